@@ -1,0 +1,34 @@
+# lazyrestore: `make demo` and `make test` work on a fresh Debian 12 machine (as root).
+VENV      := .venv
+NATIVE    := build/native
+CC        ?= cc
+CFLAGS    := -O2 -g -std=gnu11 -Wall -Wextra -Werror
+SANFLAGS  := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+
+.PHONY: all bootstrap build native test demo clean
+
+all: build
+
+bootstrap:
+	bash scripts/bootstrap.sh
+
+build: bootstrap native
+
+native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout
+
+$(NATIVE)/lr-workload: native/workload/lr-workload.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -static -pthread -o $@ $<
+
+$(NATIVE)/lr-index-layout: native/tools/lr-index-layout.c native/include/lr_index.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Inative/include -o $@ $<
+
+test: build
+	$(VENV)/bin/python -m pytest -ra tests
+
+demo: build
+	$(VENV)/bin/lazyrestore demo
+
+clean:
+	rm -rf build

@@ -1,0 +1,1 @@
+"""lazyrestore: post-copy checkpoint, restore and migration on CRIU."""

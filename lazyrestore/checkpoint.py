@@ -1,0 +1,146 @@
+"""`lazyrestore checkpoint`: dump a process tree with CRIU, then index and describe it."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pycriu
+
+from . import criu, lazyindex, manifest, procs
+from .errors import ImagesDirError
+from .images import read_dump_stats, read_pagemap, read_pstree
+from .manifest import Manifest
+from .output import Reporter, human_bytes
+from .verify import plan_index
+
+DUMP_LOG = "dump.log"
+
+
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What `checkpoint` reports. Times in seconds; frozen_s is CRIU's own figure."""
+
+    images_dir: str
+    checkpoint_id: str
+    pid: int
+    processes: int
+    threads: int
+    lazy_pages: int
+    eager_pages: int
+    page_size: int
+    images_bytes: int
+    frozen_s: float
+    dump_s: float
+    index_s: float
+    leave_running: bool
+
+
+def prepare_dir(images_dir: Path) -> None:
+    """Create the images directory if its parent exists; refuse a non-empty one."""
+    if images_dir.exists():
+        if not images_dir.is_dir():
+            raise ImagesDirError(f"{images_dir} exists and is not a directory")
+        if any(images_dir.iterdir()):
+            raise ImagesDirError(f"images directory {images_dir} is not empty; give an empty or new directory")
+        return
+    if not images_dir.parent.is_dir():
+        raise ImagesDirError(f"cannot create images directory {images_dir}: {images_dir.parent} does not exist")
+    images_dir.mkdir(mode=0o700)
+
+
+def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: bool) -> None:
+    """One CRIU dump through RPC; CriuFailed quotes the log on failure."""
+    client = pycriu.criu()
+    client.use_binary(binary.path)
+    fd = os.open(images_dir, os.O_DIRECTORY)
+    try:
+        client.opts.images_dir_fd = fd
+        client.opts.pid = pid
+        client.opts.log_file = DUMP_LOG
+        client.opts.log_level = criu.LOG_LEVEL
+        client.opts.leave_running = leave_running
+        client.dump()
+    except pycriu.CRIUException as exc:
+        raise criu.failure("dump", exc, images_dir / DUMP_LOG) from exc
+    finally:
+        os.close(fd)
+
+
+def write_metadata(images_dir: Path, binary: criu.CriuBinary, pid: int,
+                   block_size: int = lazyindex.DEFAULT_BLOCK_SIZE) -> Manifest:
+    """Write the lazy index, then the manifest (last: its presence marks a complete checkpoint)."""
+    page_size = os.sysconf("SC_PAGE_SIZE")
+    tree = read_pstree(images_dir)
+    checkpoint_id = manifest.new_checkpoint_id()
+    entries = _checksummed(images_dir, plan_index(images_dir, page_size), page_size, block_size)
+    index = lazyindex.LazyIndex(page_size, block_size, len(tree), bytes.fromhex(checkpoint_id), tuple(entries))
+    (images_dir / manifest.META_DIR).mkdir(exist_ok=True)
+    index_path = images_dir / manifest.META_DIR / manifest.INDEX_NAME
+    lazyindex.write(index_path, index)
+    files, pages_files = manifest.describe_files(images_dir)
+    m = Manifest(
+        checkpoint_id=checkpoint_id, created=manifest.utc_now(), criu_version=binary.version,
+        source_pid=pid, page_size=page_size, block_size=block_size, processes=len(tree),
+        threads=sum(len(p.threads) for p in tree), lazy_pages=index.lazy_pages, eager_pages=index.eager_pages,
+        files=files, pages_files=pages_files,
+        index=manifest.FileEntry(f"{manifest.META_DIR}/{manifest.INDEX_NAME}", index_path.stat().st_size,
+                                 manifest.sha256_file(index_path)),
+    )
+    manifest.write(images_dir, m)
+    return m
+
+
+def _checksummed(images_dir: Path, planned: list[lazyindex.IndexEntry], page_size: int,
+                 block_size: int) -> list[lazyindex.IndexEntry]:
+    by_file: dict[int, list[lazyindex.IndexEntry]] = {}
+    for e in planned:
+        by_file.setdefault(e.pages_id, []).append(e)
+    for proc in read_pstree(images_dir):
+        pm = read_pagemap(images_dir, proc.pid)
+        if pm is not None:
+            by_file.setdefault(pm.pages_id, [])
+    out = []
+    for pages_id, entries in sorted(by_file.items()):
+        out += lazyindex.checksum_entries(entries, images_dir / f"pages-{pages_id}.img", page_size, block_size)
+    out.sort(key=lambda e: (e.pid, e.start))
+    return out
+
+
+def checkpoint(pid: int, images_dir: Path, leave_running: bool, allow_host_pids: bool,
+               reporter: Reporter) -> CheckpointSummary:
+    procs.require_root()
+    binary = criu.find_criu()
+    procs.check_checkpointable(pid, allow_host_pids)
+    prepare_dir(images_dir)
+    reporter.event("started", action="checkpoint", pid=pid, images_dir=str(images_dir), criu=binary.path)
+    reporter.progress(f"dumping process tree {pid} into {images_dir} with criu {binary.version}")
+    t0 = time.monotonic()
+    dump(binary, pid, images_dir, leave_running)
+    t1 = time.monotonic()
+    reporter.event("dumped", seconds=round(t1 - t0, 6))
+    reporter.progress(f"dumped in {t1 - t0:.2f} s; indexing and checksumming pages")
+    m = write_metadata(images_dir, binary, pid)
+    t2 = time.monotonic()
+    stats = read_dump_stats(images_dir)
+    return CheckpointSummary(
+        images_dir=str(images_dir), checkpoint_id=m.checkpoint_id, pid=pid, processes=m.processes,
+        threads=m.threads, lazy_pages=m.lazy_pages, eager_pages=m.eager_pages, page_size=m.page_size,
+        images_bytes=sum(f.size for f in m.files + m.pages_files) + m.index.size,
+        frozen_s=stats.get("frozen_time", 0) / 1e6, dump_s=t1 - t0, index_s=t2 - t1, leave_running=leave_running,
+    )
+
+
+def summary_text(s: CheckpointSummary) -> str:
+    ps = s.page_size
+    state = "left running" if s.leave_running else "stopped"
+    return (
+        f"checkpoint {s.checkpoint_id} of pid {s.pid} in {s.images_dir}\n"
+        f"  processes {s.processes}, threads {s.threads} (source {state})\n"
+        f"  memory    {human_bytes((s.lazy_pages + s.eager_pages) * ps)} in pages: "
+        f"{s.lazy_pages} lazy ({human_bytes(s.lazy_pages * ps)}), {s.eager_pages} eager\n"
+        f"  images    {human_bytes(s.images_bytes)}\n"
+        f"  frozen    {s.frozen_s:.3f} s (CRIU); dump {s.dump_s:.3f} s, index {s.index_s:.3f} s"
+    )

@@ -1,0 +1,240 @@
+"""The lazy index: the binary contract between Python and the C daemons.
+
+Layout (little-endian, fixed; the C view is native/include/lr_index.h):
+
+  header    80 bytes   see HEADER below
+  records   record_count x 48 bytes, sorted by (pid, start), never overlapping
+  checksums checksum_count x u64, XXH64 (seed 0) of each checksum block
+  trailer   u64 XXH64 (seed 0) of every byte before it
+
+A record is a run of pages of one process that CRIU stored in pages-<pages_id>.img
+at byte ``offset``; it never crosses a VMA boundary (UFFDIO_COPY works within one
+VMA). Records flagged RANGE_LAZY are the ones lr-lazyd places on demand; the others
+(eager) are restored by CRIU itself and are indexed so all page data is verifiable.
+
+Checksums are per block, not per record: the blocks of a record are the
+``block_size``-aligned windows of the address space, clipped to the record. A
+fault-around window of block_size therefore needs exactly one checksum, and a
+multi-GiB record never has to be hashed whole to place one page. Record i owns
+checksums[first_checksum : first_checksum + nblocks(record)].
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from bisect import bisect_right
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import xxhash
+
+from .errors import CorruptCheckpoint
+from .images import Pagemap, Vma, PE_PARENT, PE_PRESENT
+
+MAGIC = b"LRINDEX\0"
+VERSION = 1
+RANGE_LAZY = 1 << 0
+KNOWN_RANGE_FLAGS = RANGE_LAZY
+DEFAULT_BLOCK_SIZE = 64 * 1024
+HEADER = struct.Struct("<8sIIIIII QQQQ16s")
+RECORD = struct.Struct("<IIQQIIQQ")
+CHECKSUM = struct.Struct("<Q")
+TRAILER = struct.Struct("<Q")
+assert HEADER.size == 80 and RECORD.size == 48
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One range of pages (a record of the index).
+
+    pid: the process's pid inside the checkpoint (as in pstree.img).
+    flags: RANGE_LAZY or 0 (eager).
+    start: first virtual address (page aligned).
+    nr_pages: length in pages.
+    pages_id: N of the pages-N.img file holding the bytes.
+    offset: byte offset of the first page in that file.
+    checksums: XXH64 of each checksum block of the range (see module doc).
+    """
+
+    pid: int
+    flags: int
+    start: int
+    nr_pages: int
+    pages_id: int
+    offset: int
+    checksums: tuple[int, ...] = ()
+
+    @property
+    def lazy(self) -> bool:
+        return bool(self.flags & RANGE_LAZY)
+
+    def end(self, page_size: int) -> int:
+        return self.start + self.nr_pages * page_size
+
+
+@dataclass(frozen=True)
+class LazyIndex:
+    """The whole index: header fields and the records."""
+
+    page_size: int
+    block_size: int
+    task_count: int
+    checkpoint_id: bytes
+    entries: tuple[IndexEntry, ...]
+
+    @property
+    def lazy_pages(self) -> int:
+        return sum(e.nr_pages for e in self.entries if e.lazy)
+
+    @property
+    def eager_pages(self) -> int:
+        return sum(e.nr_pages for e in self.entries if not e.lazy)
+
+
+def block_spans(start: int, length: int, block_size: int) -> list[tuple[int, int]]:
+    """(address, length) of each block_size-aligned window of [start, start+length)."""
+    spans = []
+    addr, end = start, start + length
+    while addr < end:
+        stop = min(end, (addr // block_size + 1) * block_size)
+        spans.append((addr, stop - addr))
+        addr = stop
+    return spans
+
+
+def plan_ranges(pagemap: Pagemap, vmas: list[Vma], page_size: int, where: str) -> list[IndexEntry]:
+    """Records for one process's pagemap, split at VMA boundaries (checksums left empty)."""
+    starts = [v.start for v in vmas]
+    out: list[IndexEntry] = []
+    offset = 0
+    for pe in pagemap.entries:
+        if pe.flags & PE_PARENT or not pe.present:
+            raise CorruptCheckpoint(where, f"pages at {pe.vaddr:#x} are not in pages-{pagemap.pages_id}.img "
+                                    f"(flags {pe.flags:#x}: incremental or page-server dumps are not supported)")
+        addr, end = pe.vaddr, pe.vaddr + pe.nr_pages * page_size
+        while addr < end:
+            i = bisect_right(starts, addr) - 1
+            if i < 0 or vmas[i].end <= addr:
+                raise CorruptCheckpoint(where, f"page {addr:#x} of pid {pagemap.pid} lies in no VMA of mm-{pagemap.pid}.img")
+            stop = min(end, vmas[i].end)
+            n = (stop - addr) // page_size
+            out.append(IndexEntry(pagemap.pid, RANGE_LAZY if pe.lazy else 0, addr, n, pagemap.pages_id, offset))
+            offset += n * page_size
+            addr = stop
+    return out
+
+
+def checksum_entries(entries: list[IndexEntry], pages_path: Path, page_size: int, block_size: int) -> list[IndexEntry]:
+    """Entries of one pages file with their block checksums; the file must hold exactly their bytes."""
+    need = sum(e.nr_pages for e in entries) * page_size
+    size = pages_path.stat().st_size if pages_path.exists() else -1
+    if size < 0:
+        raise CorruptCheckpoint(str(pages_path), "missing (the pagemap refers to it)")
+    if size != need:
+        raise CorruptCheckpoint(str(pages_path), f"has {size} bytes, the pagemap describes {need}")
+    if size == 0:
+        return list(entries)
+    with open(pages_path, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+        view = memoryview(m)
+        try:
+            return [replace(e, checksums=_range_checksums(view, e, page_size, block_size)) for e in entries]
+        finally:
+            view.release()
+
+
+def _range_checksums(view: memoryview, e: IndexEntry, page_size: int, block_size: int) -> tuple[int, ...]:
+    sums = []
+    for addr, length in block_spans(e.start, e.nr_pages * page_size, block_size):
+        pos = e.offset + (addr - e.start)
+        sums.append(xxhash.xxh64_intdigest(view[pos:pos + length]))
+    return tuple(sums)
+
+
+def encode(index: LazyIndex) -> bytes:
+    """The index file's bytes."""
+    records, sums = [], []
+    for e in index.entries:
+        records.append(RECORD.pack(e.pid, e.flags, e.start, e.nr_pages, e.pages_id, 0, e.offset, len(sums)))
+        sums.extend(e.checksums)
+    header = HEADER.pack(MAGIC, VERSION, HEADER.size, RECORD.size, index.page_size, index.block_size,
+                         index.task_count, len(records), len(sums), index.lazy_pages, index.eager_pages,
+                         index.checkpoint_id)
+    body = header + b"".join(records) + b"".join(CHECKSUM.pack(s) for s in sums)
+    return body + TRAILER.pack(xxhash.xxh64_intdigest(body))
+
+
+def write(path: Path, index: LazyIndex) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(encode(index))
+    tmp.rename(path)
+
+
+def read(path: Path) -> LazyIndex:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CorruptCheckpoint(str(path), "missing (expected the lazy index written by `lazyrestore checkpoint`)") from exc
+    return decode(data, str(path))
+
+
+def decode(data: bytes, where: str) -> LazyIndex:
+    """Parse and fully validate index bytes; any inconsistency raises CorruptCheckpoint naming `where`."""
+    if len(data) < HEADER.size + TRAILER.size:
+        raise CorruptCheckpoint(where, f"truncated: {len(data)} bytes, the header alone needs {HEADER.size + TRAILER.size}")
+    (magic, version, header_size, record_size, page_size, block_size, task_count,
+     record_count, checksum_count, lazy_pages, eager_pages, checkpoint_id) = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptCheckpoint(where, f"bad magic {magic!r}, expected {MAGIC!r}")
+    if (version, header_size, record_size) != (VERSION, HEADER.size, RECORD.size):
+        raise CorruptCheckpoint(where, f"unsupported layout: version {version}, header {header_size} B, record {record_size} B "
+                                f"(expected {VERSION}, {HEADER.size}, {RECORD.size})")
+    _check_sizes(where, page_size, block_size)
+    expected = HEADER.size + record_count * RECORD.size + checksum_count * CHECKSUM.size + TRAILER.size
+    if len(data) != expected:
+        raise CorruptCheckpoint(where, f"size {len(data)} bytes does not match its header ({expected} expected)")
+    (trailer,) = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+    if trailer != xxhash.xxh64_intdigest(memoryview(data)[:-TRAILER.size]):
+        raise CorruptCheckpoint(where, "checksum mismatch: the file was modified or damaged")
+    entries = _decode_records(data, record_count, checksum_count, page_size, block_size, where)
+    index = LazyIndex(page_size, block_size, task_count, checkpoint_id, tuple(entries))
+    if (index.lazy_pages, index.eager_pages) != (lazy_pages, eager_pages):
+        raise CorruptCheckpoint(where, f"header counts {lazy_pages} lazy / {eager_pages} eager pages, "
+                                f"records add up to {index.lazy_pages} / {index.eager_pages}")
+    return index
+
+
+def _check_sizes(where: str, page_size: int, block_size: int) -> None:
+    def pow2(n: int) -> bool:
+        return n > 0 and n & (n - 1) == 0
+    if not pow2(page_size) or page_size < 4096:
+        raise CorruptCheckpoint(where, f"page_size {page_size} is not a power of two >= 4096")
+    if not pow2(block_size) or block_size < page_size:
+        raise CorruptCheckpoint(where, f"block_size {block_size} is not a power of two >= page_size")
+
+
+def _decode_records(data: bytes, count: int, checksum_count: int, page_size: int, block_size: int,
+                    where: str) -> list[IndexEntry]:
+    sums_at = HEADER.size + count * RECORD.size
+    sums = [s for (s,) in CHECKSUM.iter_unpack(data[sums_at:sums_at + checksum_count * CHECKSUM.size])]
+    entries: list[IndexEntry] = []
+    next_sum = 0
+    for i, fields in enumerate(RECORD.iter_unpack(data[HEADER.size:sums_at])):
+        pid, flags, start, nr_pages, pages_id, reserved, offset, first = fields
+        what = f"record {i} (pid {pid}, {start:#x})"
+        if flags & ~KNOWN_RANGE_FLAGS or reserved:
+            raise CorruptCheckpoint(where, f"{what}: unknown flags {flags:#x} or reserved field set")
+        if nr_pages == 0 or start % page_size or offset % page_size or start + nr_pages * page_size > 1 << 64:
+            raise CorruptCheckpoint(where, f"{what}: empty, unaligned or beyond the address space")
+        if first != next_sum:
+            raise CorruptCheckpoint(where, f"{what}: first checksum {first}, expected {next_sum}")
+        nblocks = len(block_spans(start, nr_pages * page_size, block_size))
+        if first + nblocks > checksum_count:
+            raise CorruptCheckpoint(where, f"{what}: needs checksums up to {first + nblocks}, the file has {checksum_count}")
+        if entries and (entries[-1].pid, entries[-1].end(page_size)) > (pid, start):
+            raise CorruptCheckpoint(where, f"{what}: out of order or overlapping the previous record")
+        entries.append(IndexEntry(pid, flags, start, nr_pages, pages_id, offset, tuple(sums[first:first + nblocks])))
+        next_sum = first + nblocks
+    if next_sum != checksum_count:
+        raise CorruptCheckpoint(where, f"records use {next_sum} checksums, the header counts {checksum_count}")
+    return entries

@@ -1,0 +1,170 @@
+"""The checkpoint manifest: what a checkpoint holds and how to tell it is intact.
+
+`DIR/lazyrestore/manifest.json` lists every file of the checkpoint with its size,
+and with its SHA-256 for all but the page content files (pages-N.img, whose bytes
+the lazy index covers with per-block XXH64 checksums). It is written last, so a
+directory without it is not a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CorruptCheckpoint
+
+FORMAT = "lazyrestore-manifest"
+VERSION = 1
+META_DIR = "lazyrestore"
+MANIFEST_NAME = "manifest.json"
+INDEX_NAME = "index.bin"
+# Files that CRIU or lazyrestore write beside the images but that are not part of them.
+NOT_CHECKPOINT = (".log",)
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of the checkpoint: name relative to the images dir, size, SHA-256 (None for pages files)."""
+
+    name: str
+    size: int
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Contents of manifest.json (see README, "Checkpoint format").
+
+    checkpoint_id: 32 hex digits, random per checkpoint; also in the index header.
+    created: ISO 8601 UTC time of the checkpoint.
+    criu_version: version of the CRIU that dumped.
+    source_pid: host pid of the tree's root at checkpoint time.
+    page_size, block_size: as in the index.
+    processes, threads: counts in pstree.img.
+    lazy_pages, eager_pages: page counts (as in the index).
+    files: every image file but pages files; pages_files: the pages-N.img files.
+    index: the lazy index file.
+    checksum: the page checksum algorithm.
+    """
+
+    checkpoint_id: str
+    created: str
+    criu_version: str
+    source_pid: int
+    page_size: int
+    block_size: int
+    processes: int
+    threads: int
+    lazy_pages: int
+    eager_pages: int
+    files: tuple[FileEntry, ...]
+    pages_files: tuple[FileEntry, ...]
+    index: FileEntry
+    checksum: str = "xxh64"
+
+
+def new_checkpoint_id() -> str:
+    return secrets.token_hex(16)
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_pages_file(name: str) -> bool:
+    return name.startswith("pages-") and name.endswith(".img")
+
+
+def list_image_files(images_dir: Path) -> list[str]:
+    """Names of the checkpoint's files: regular files of the directory, logs left out."""
+    return sorted(n for n in os.listdir(images_dir)
+                  if (images_dir / n).is_file() and not n.endswith(NOT_CHECKPOINT))
+
+
+def describe_files(images_dir: Path) -> tuple[tuple[FileEntry, ...], tuple[FileEntry, ...]]:
+    files, pages = [], []
+    for name in list_image_files(images_dir):
+        size = (images_dir / name).stat().st_size
+        if is_pages_file(name):
+            pages.append(FileEntry(name, size, None))
+        else:
+            files.append(FileEntry(name, size, sha256_file(images_dir / name)))
+    return tuple(files), tuple(pages)
+
+
+def to_json(m: Manifest) -> dict[str, Any]:
+    return {"format": FORMAT, "version": VERSION, **asdict(m)}
+
+
+def write(images_dir: Path, m: Manifest) -> Path:
+    path = images_dir / META_DIR / MANIFEST_NAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(to_json(m), indent=2) + "\n")
+    tmp.rename(path)
+    return path
+
+
+def read(images_dir: Path) -> Manifest:
+    path = images_dir / META_DIR / MANIFEST_NAME
+    where = str(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CorruptCheckpoint(where, "missing: not a complete lazyrestore checkpoint "
+                                "(made by `lazyrestore checkpoint`, which writes it last)") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CorruptCheckpoint(where, f"is not valid JSON ({exc})") from exc
+    return from_json(raw, where)
+
+
+def _file_entry(raw: Any, where: str) -> FileEntry:
+    if not isinstance(raw, dict):
+        raise CorruptCheckpoint(where, f"file entry {raw!r} is not an object")
+    name, size, digest = raw.get("name"), raw.get("size"), raw.get("sha256")
+    if not isinstance(name, str) or "/" in name.replace(f"{META_DIR}/", "", 1) or name.startswith((".", "/")):
+        raise CorruptCheckpoint(where, f"file name {name!r} is not a plain file name")
+    if not isinstance(size, int) or size < 0:
+        raise CorruptCheckpoint(where, f"size of {name} is {size!r}, expected a non-negative integer")
+    if digest is not None and (not isinstance(digest, str) or len(digest) != 64):
+        raise CorruptCheckpoint(where, f"sha256 of {name} is {digest!r}, expected 64 hex digits")
+    return FileEntry(name, size, digest)
+
+
+_INT_FIELDS = ("source_pid", "page_size", "block_size", "processes", "threads", "lazy_pages", "eager_pages")
+
+
+def from_json(raw: Any, where: str) -> Manifest:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CorruptCheckpoint(where, f"not a lazyrestore manifest (format field should be {FORMAT!r})")
+    if raw.get("version") != VERSION:
+        raise CorruptCheckpoint(where, f"manifest version {raw.get('version')!r}, this lazyrestore reads {VERSION}")
+    for key in _INT_FIELDS:
+        if not isinstance(raw.get(key), int) or raw[key] < 0:
+            raise CorruptCheckpoint(where, f"field {key} is {raw.get(key)!r}, expected a non-negative integer")
+    cid = raw.get("checkpoint_id")
+    if not isinstance(cid, str) or len(cid) != 32:
+        raise CorruptCheckpoint(where, f"checkpoint_id {cid!r} is not 32 hex digits")
+    if not isinstance(raw.get("files"), list) or not isinstance(raw.get("pages_files"), list):
+        raise CorruptCheckpoint(where, "files and pages_files must be lists")
+    return Manifest(
+        checkpoint_id=cid, created=str(raw.get("created")), criu_version=str(raw.get("criu_version")),
+        **{k: raw[k] for k in _INT_FIELDS},
+        files=tuple(_file_entry(f, where) for f in raw["files"]),
+        pages_files=tuple(_file_entry(f, where) for f in raw["pages_files"]),
+        index=_file_entry(raw.get("index"), where),
+        checksum=str(raw.get("checksum")),
+    )

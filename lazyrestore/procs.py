@@ -1,0 +1,70 @@
+"""Facts about live processes, read from /proc."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import NotPermitted, ProcessError
+
+START_HINT = (
+    "start the workload as the init of its own pid namespace, e.g. "
+    "`unshare -p -f setsid sh -c 'exec CMD > app.log 2>&1' < /dev/null > unshare.log 2>&1 &`, "
+    "and checkpoint the host pid whose NSpid line in /proc/PID/status ends in 1"
+)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise NotPermitted("lazyrestore must run as root (CRIU needs it); try sudo")
+
+
+def status_fields(pid: int) -> dict[str, str]:
+    """The fields of /proc/PID/status, or ProcessError when the process is absent."""
+    path = Path(f"/proc/{pid}/status")
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise ProcessError(f"no process with pid {pid}") from exc
+    except OSError as exc:
+        raise ProcessError(f"cannot read {path}: {exc.strerror}") from exc
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def ns_pids(pid: int) -> list[int]:
+    """The process's pid in each nested pid namespace, outermost first."""
+    return [int(x) for x in status_fields(pid).get("NSpid", str(pid)).split()]
+
+
+def is_pidns_init(pid: int) -> bool:
+    chain = ns_pids(pid)
+    return len(chain) > 1 and chain[-1] == 1
+
+
+def is_running(pid: int) -> bool:
+    """True when the process exists and is not a zombie."""
+    try:
+        state = status_fields(pid).get("State", "")
+    except ProcessError:
+        return False
+    return not state.startswith(("Z", "X"))
+
+
+def check_checkpointable(pid: int, allow_host_pids: bool) -> None:
+    """Refuse a pid that a same-host restore could not bring back as is."""
+    if pid <= 0:
+        raise ProcessError(f"pid must be a positive number, got {pid}")
+    if pid == os.getpid() or pid == 1:
+        raise ProcessError(f"refusing to checkpoint pid {pid} (lazyrestore itself or the host's init)")
+    chain = ns_pids(pid)
+    if allow_host_pids or (len(chain) > 1 and chain[-1] == 1):
+        return
+    raise ProcessError(
+        f"process {pid} is not the init of its own pid namespace (NSpid: {' '.join(map(str, chain))}); "
+        f"CRIU restores pids as they were, so a restore on this host would collide with pids in use. "
+        f"{START_HINT}; or pass --allow-host-pids to checkpoint it anyway (for restore on another host)"
+    )

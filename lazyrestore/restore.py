@@ -1,0 +1,101 @@
+"""`lazyrestore restore`: verify a checkpoint, then restore it through CRIU's RPC."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pycriu
+
+from . import criu, manifest, procs
+from .errors import CriuFailed, ProcessError
+from .images import read_pstree
+from .output import Reporter
+from .verify import verify_checkpoint
+
+LOG_DIR = "logs"
+# How long a restored root must stay alive before restore reports success.
+SETTLE_S = 0.2
+
+
+@dataclass(frozen=True)
+class RestoreSummary:
+    """What `restore` reports. pid is the restored root's pid on this host."""
+
+    images_dir: str
+    checkpoint_id: str
+    pid: int
+    processes: int
+    verify_s: float
+    restore_s: float
+    log: str
+
+
+def log_path(images_dir: Path) -> Path:
+    """A fresh restore log under DIR/lazyrestore/logs (the images stay untouched)."""
+    logs = images_dir / manifest.META_DIR / LOG_DIR
+    logs.mkdir(exist_ok=True)
+    return logs / f"restore-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+
+
+def check_pids_free(images_dir: Path) -> None:
+    """A tree dumped in the host pid namespace needs its pids free on this host."""
+    tree = read_pstree(images_dir)
+    if tree[0].pid == 1:
+        return
+    busy = [p.pid for p in tree if procs.is_running(p.pid)]
+    if busy:
+        raise ProcessError(f"the checkpoint was taken in the host pid namespace and pids {busy} are in use here; "
+                           f"stop those processes or restore on another host")
+
+
+def run_restore(binary: criu.CriuBinary, images_dir: Path, log: Path) -> int:
+    """One CRIU restore through RPC; the tree becomes our child; returns its root pid."""
+    client = pycriu.criu()
+    client.use_binary(binary.path)
+    dir_fd = os.open(images_dir, os.O_DIRECTORY)
+    work_fd = os.open(log.parent, os.O_DIRECTORY)
+    try:
+        client.opts.images_dir_fd = dir_fd
+        client.opts.work_dir_fd = work_fd
+        client.opts.log_file = log.name
+        client.opts.log_level = criu.LOG_LEVEL
+        client.opts.rst_sibling = True
+        return client.restore().pid
+    except pycriu.CRIUException as exc:
+        raise criu.failure("restore", exc, log) from exc
+    finally:
+        os.close(dir_fd)
+        os.close(work_fd)
+
+
+def wait_running(pid: int, log: Path) -> None:
+    """The restored root must be alive (not a zombie) a moment after CRIU returns."""
+    time.sleep(SETTLE_S)
+    if not procs.is_running(pid):
+        raise CriuFailed("restore", f"restored root pid {pid} exited right after restore", str(log),
+                         criu.log_excerpt(log))
+
+
+def restore(images_dir: Path, reporter: Reporter) -> RestoreSummary:
+    procs.require_root()
+    binary = criu.find_criu()
+    reporter.progress(f"verifying checkpoint {images_dir} (manifest, images, index, page checksums)")
+    t0 = time.monotonic()
+    m, _index = verify_checkpoint(images_dir, pages=True)
+    check_pids_free(images_dir)
+    t1 = time.monotonic()
+    reporter.event("verified", checkpoint_id=m.checkpoint_id, seconds=round(t1 - t0, 6))
+    log = log_path(images_dir)
+    reporter.progress(f"restoring {m.processes} process(es) with criu {binary.version}; log {log}")
+    pid = run_restore(binary, images_dir, log)
+    wait_running(pid, log)
+    t2 = time.monotonic()
+    return RestoreSummary(str(images_dir), m.checkpoint_id, pid, m.processes, t1 - t0, t2 - t1, str(log))
+
+
+def summary_text(s: RestoreSummary) -> str:
+    return (f"restored checkpoint {s.checkpoint_id}: root pid {s.pid} ({s.processes} process(es))\n"
+            f"  verify {s.verify_s:.3f} s, restore {s.restore_s:.3f} s; log {s.log}")
