@@ -30,7 +30,7 @@ from pathlib import Path
 import xxhash
 
 from .errors import CorruptCheckpoint
-from .images import Pagemap, Vma, PE_PARENT, PE_PRESENT
+from .images import Pagemap, Vma, PE_PARENT
 
 MAGIC = b"LRINDEX\0"
 VERSION = 1
