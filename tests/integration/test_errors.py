@@ -106,3 +106,12 @@ def test_restore_failure_names_criu_log(start_workload, workdir: Path, reaper) -
     res = run_cli("restore", "--images", str(workdir / "images"))
     assert res.code == 0, res.stderr
     reaper.add(res.last("summary")["pid"])
+
+
+def test_not_root(workdir: Path) -> None:
+    import sys
+    proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                           "-m", "lazyrestore.cli", "restore", "--images", str(workdir), "--json"],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 3, proc.stderr
+    assert "must run as root" in proc.stderr
