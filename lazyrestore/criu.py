@@ -35,10 +35,10 @@ class CriuBinary:
 
 def parse_version(text: str) -> tuple[int, ...] | None:
     """The version from `criu --version` output ("Version: 4.1.1"), or None."""
-    match = re.search(r"^Version:\s*([0-9][0-9.]*)", text, re.MULTILINE)
+    match = re.search(r"^Version:\s*([0-9]+(?:\.[0-9]+)*)\.?(?:[-+~]\S*)?\s*$", text, re.MULTILINE)
     if not match:
         return None
-    return tuple(int(part) for part in match.group(1).strip(".").split("."))
+    return tuple(int(part) for part in match.group(1).split("."))
 
 
 def candidate_path() -> str | None:

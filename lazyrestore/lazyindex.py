@@ -103,6 +103,15 @@ def block_spans(start: int, length: int, block_size: int) -> list[tuple[int, int
     return spans
 
 
+def block_count(start: int, length: int, block_size: int) -> int:
+    """len(block_spans(start, length, block_size)), computed without building the list."""
+    if length <= 0:
+        return 0
+    first = start // block_size
+    last = (start + length - 1) // block_size
+    return last - first + 1
+
+
 def plan_ranges(pagemap: Pagemap, vmas: list[Vma], page_size: int, where: str) -> list[IndexEntry]:
     """Records for one process's pagemap, split at VMA boundaries (checksums left empty)."""
     starts = [v.start for v in vmas]
@@ -228,7 +237,7 @@ def _decode_records(data: bytes, count: int, checksum_count: int, page_size: int
             raise CorruptCheckpoint(where, f"{what}: empty, unaligned or beyond the address space")
         if first != next_sum:
             raise CorruptCheckpoint(where, f"{what}: first checksum {first}, expected {next_sum}")
-        nblocks = len(block_spans(start, nr_pages * page_size, block_size))
+        nblocks = block_count(start, nr_pages * page_size, block_size)
         if first + nblocks > checksum_count:
             raise CorruptCheckpoint(where, f"{what}: needs checksums up to {first + nblocks}, the file has {checksum_count}")
         if entries and (entries[-1].pid, entries[-1].end(page_size)) > (pid, start):

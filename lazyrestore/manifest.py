@@ -131,15 +131,33 @@ def read(images_dir: Path) -> Manifest:
     return from_json(raw, where)
 
 
+def _plain_name(name: Any) -> bool:
+    """A file name in the images dir, or in its lazyrestore/ subdirectory."""
+    if not isinstance(name, str):
+        return False
+    if name.startswith(f"{META_DIR}/"):
+        name = name[len(META_DIR) + 1:]
+    return bool(name) and "/" not in name and "\0" not in name and not name.startswith(".")
+
+
+def _count(value: Any) -> bool:
+    """A non-negative JSON integer (not a boolean)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _hex(value: Any, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and all(c in "0123456789abcdef" for c in value)
+
+
 def _file_entry(raw: Any, where: str) -> FileEntry:
     if not isinstance(raw, dict):
         raise CorruptCheckpoint(where, f"file entry {raw!r} is not an object")
     name, size, digest = raw.get("name"), raw.get("size"), raw.get("sha256")
-    if not isinstance(name, str) or "/" in name.replace(f"{META_DIR}/", "", 1) or name.startswith((".", "/")):
-        raise CorruptCheckpoint(where, f"file name {name!r} is not a plain file name")
-    if not isinstance(size, int) or size < 0:
+    if not _plain_name(name):
+        raise CorruptCheckpoint(where, f"file name {name!r} is not a plain file name (or {META_DIR}/NAME)")
+    if not _count(size):
         raise CorruptCheckpoint(where, f"size of {name} is {size!r}, expected a non-negative integer")
-    if digest is not None and (not isinstance(digest, str) or len(digest) != 64):
+    if digest is not None and not _hex(digest, 64):
         raise CorruptCheckpoint(where, f"sha256 of {name} is {digest!r}, expected 64 hex digits")
     return FileEntry(name, size, digest)
 
@@ -153,12 +171,12 @@ def from_json(raw: Any, where: str) -> Manifest:
     if raw.get("version") != VERSION:
         raise CorruptCheckpoint(where, f"manifest version {raw.get('version')!r}, this lazyrestore reads {VERSION}")
     for key in _INT_FIELDS:
-        if not isinstance(raw.get(key), int) or raw[key] < 0:
+        if not _count(raw.get(key)):
             raise CorruptCheckpoint(where, f"field {key} is {raw.get(key)!r}, expected a non-negative integer")
     cid = raw.get("checkpoint_id")
-    if not isinstance(cid, str) or len(cid) != 32:
+    if not _hex(cid, 32):
         raise CorruptCheckpoint(where, f"checkpoint_id {cid!r} is not 32 hex digits")
-    if not isinstance(raw.get("files"), list) or not isinstance(raw.get("pages_files"), list):
+    if not isinstance(raw.get("files"), (list, tuple)) or not isinstance(raw.get("pages_files"), (list, tuple)):
         raise CorruptCheckpoint(where, "files and pages_files must be lists")
     return Manifest(
         checkpoint_id=cid, created=str(raw.get("created")), criu_version=str(raw.get("criu_version")),

@@ -22,6 +22,8 @@ def plan_index(images_dir: Path, page_size: int) -> list[lazyindex.IndexEntry]:
         if pagemap is not None:
             where = str(images_dir / f"pagemap-{proc.pid}.img")
             entries += lazyindex.plan_ranges(pagemap, read_vmas(images_dir, proc.pid), page_size, where)
+    # The index orders records by (pid, start); pstree.img is in depth-first order.
+    entries.sort(key=lambda e: (e.pid, e.start))
     return entries
 
 
