@@ -4,8 +4,8 @@ Layout (little-endian, fixed; the C view is native/include/lr_index.h):
 
   header    80 bytes   see HEADER below
   records   record_count x 48 bytes, sorted by (pid, start), never overlapping
-  checksums checksum_count x u64, XXH64 (seed 0) of each checksum block
-  trailer   u64 XXH64 (seed 0) of every byte before it
+  checksums checksum_count x u64, XXH3-64 (seed 0) of each checksum block
+  trailer   u64 XXH3-64 (seed 0) of every byte before it
 
 A record is a run of pages of one process that CRIU stored in pages-<pages_id>.img
 at byte ``offset``; it never crosses a VMA boundary (UFFDIO_COPY works within one
@@ -54,7 +54,7 @@ class IndexEntry:
     nr_pages: length in pages.
     pages_id: N of the pages-N.img file holding the bytes.
     offset: byte offset of the first page in that file.
-    checksums: XXH64 of each checksum block of the range (see module doc).
+    checksums: XXH3-64 of each checksum block of the range (see module doc).
     """
 
     pid: int
@@ -156,7 +156,7 @@ def _range_checksums(view: memoryview, e: IndexEntry, page_size: int, block_size
     sums = []
     for addr, length in block_spans(e.start, e.nr_pages * page_size, block_size):
         pos = e.offset + (addr - e.start)
-        sums.append(xxhash.xxh64_intdigest(view[pos:pos + length]))
+        sums.append(xxhash.xxh3_64_intdigest(view[pos:pos + length]))
     return tuple(sums)
 
 
@@ -170,7 +170,7 @@ def encode(index: LazyIndex) -> bytes:
                          index.task_count, len(records), len(sums), index.lazy_pages, index.eager_pages,
                          index.checkpoint_id)
     body = header + b"".join(records) + b"".join(CHECKSUM.pack(s) for s in sums)
-    return body + TRAILER.pack(xxhash.xxh64_intdigest(body))
+    return body + TRAILER.pack(xxhash.xxh3_64_intdigest(body))
 
 
 def write(path: Path, index: LazyIndex) -> None:
@@ -203,7 +203,7 @@ def decode(data: bytes, where: str) -> LazyIndex:
     if len(data) != expected:
         raise CorruptCheckpoint(where, f"size {len(data)} bytes does not match its header ({expected} expected)")
     (trailer,) = TRAILER.unpack_from(data, len(data) - TRAILER.size)
-    if trailer != xxhash.xxh64_intdigest(memoryview(data)[:-TRAILER.size]):
+    if trailer != xxhash.xxh3_64_intdigest(memoryview(data)[:-TRAILER.size]):
         raise CorruptCheckpoint(where, "checksum mismatch: the file was modified or damaged")
     entries = _decode_records(data, record_count, checksum_count, page_size, block_size, where)
     index = LazyIndex(page_size, block_size, task_count, checkpoint_id, tuple(entries))

@@ -2,7 +2,7 @@
 
 `DIR/lazyrestore/manifest.json` lists every file of the checkpoint with its size,
 and with its SHA-256 for all but the page content files (pages-N.img, whose bytes
-the lazy index covers with per-block XXH64 checksums). It is written last, so a
+the lazy index covers with per-block XXH3-64 checksums). It is written last, so a
 directory without it is not a complete checkpoint.
 """
 
@@ -24,6 +24,7 @@ VERSION = 1
 META_DIR = "lazyrestore"
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.bin"
+CHECKSUM = "xxh3_64"  # XXH3-64, seed 0, of each checksum block (see lazyindex.py)
 # Files that CRIU or lazyrestore write beside the images but that are not part of them.
 NOT_CHECKPOINT = (".log",)
 
@@ -66,7 +67,7 @@ class Manifest:
     files: tuple[FileEntry, ...]
     pages_files: tuple[FileEntry, ...]
     index: FileEntry
-    checksum: str = "xxh64"
+    checksum: str = CHECKSUM
 
 
 def new_checkpoint_id() -> str:
@@ -176,6 +177,8 @@ def from_json(raw: Any, where: str) -> Manifest:
     cid = raw.get("checkpoint_id")
     if not _hex(cid, 32):
         raise CorruptCheckpoint(where, f"checkpoint_id {cid!r} is not 32 hex digits")
+    if raw.get("checksum") != CHECKSUM:
+        raise CorruptCheckpoint(where, f"checksum algorithm {raw.get('checksum')!r}, this lazyrestore uses {CHECKSUM!r}")
     if not isinstance(raw.get("files"), (list, tuple)) or not isinstance(raw.get("pages_files"), (list, tuple)):
         raise CorruptCheckpoint(where, "files and pages_files must be lists")
     return Manifest(

@@ -81,7 +81,7 @@ def _check_range(view: memoryview, e: lazyindex.IndexEntry, index: LazyIndex, pa
     spans = block_spans(e.start, e.nr_pages * index.page_size, index.block_size)
     for (addr, length), want in zip(spans, e.checksums):
         pos = e.offset + addr - e.start
-        if pos + length > len(view) or xxhash.xxh64_intdigest(view[pos:pos + length]) != want:
+        if pos + length > len(view) or xxhash.xxh3_64_intdigest(view[pos:pos + length]) != want:
             raise CorruptCheckpoint(str(path), f"page data at offset {pos} (pid {e.pid}, address {addr:#x}) "
                                     "fails its checksum: the file is corrupt")
     return e.nr_pages * index.page_size

@@ -8,8 +8,8 @@
  *   struct lr_index_header                   80 bytes
  *   struct lr_index_record [record_count]    48 bytes each, sorted by (pid, start),
  *                                            never overlapping, never crossing a VMA
- *   uint64_t checksums [checksum_count]      XXH64 (seed 0) of each checksum block
- *   uint64_t trailer                         XXH64 (seed 0) of every byte before it
+ *   uint64_t checksums [checksum_count]      XXH3-64 (seed 0) of each checksum block
+ *   uint64_t trailer                         XXH3-64 (seed 0) of every byte before it
  *
  * Checksum blocks: the block_size-aligned windows of the address space, clipped
  * to the record. A record covering [start, start + nr_pages * page_size) owns

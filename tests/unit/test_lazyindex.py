@@ -61,7 +61,7 @@ def entry(pid: int, start: int, nr_pages: int, *, lazy: bool = True, pages_id: i
           page_size: int = PS, block_size: int = BS) -> IndexEntry:
     """An IndexEntry with the right number of (arbitrary but distinct) checksums."""
     n = nblocks(start, nr_pages, page_size, block_size)
-    sums = tuple(xxhash.xxh64_intdigest(f"{pid}:{start}:{k}".encode()) for k in range(n))
+    sums = tuple(xxhash.xxh3_64_intdigest(f"{pid}:{start}:{k}".encode()) for k in range(n))
     return IndexEntry(pid, RANGE_LAZY if lazy else 0, start, nr_pages, pages_id, offset, sums)
 
 
@@ -87,9 +87,9 @@ def small_index() -> LazyIndex:
 
 
 def refix_trailer(data: bytes) -> bytes:
-    """Recompute the trailer (XXH64 of every preceding byte) of index bytes."""
+    """Recompute the trailer (XXH3-64 of every preceding byte) of index bytes."""
     body = data[:-TRAILER.size]
-    return body + TRAILER.pack(xxhash.xxh64_intdigest(body))
+    return body + TRAILER.pack(xxhash.xxh3_64_intdigest(body))
 
 
 def record_at(i: int) -> int:
@@ -338,7 +338,7 @@ def expected_checksums(data: bytes, e: IndexEntry, ps: int, bs: int) -> tuple[in
         lo = max(e.start, base + k * bs)
         hi = min(end, base + (k + 1) * bs)
         pos = e.offset + (lo - e.start)
-        sums.append(xxhash.xxh64_intdigest(data[pos:pos + (hi - lo)]))
+        sums.append(xxhash.xxh3_64_intdigest(data[pos:pos + (hi - lo)]))
     return tuple(sums)
 
 
@@ -359,7 +359,7 @@ def planned_entries() -> list[IndexEntry]:
     return plan_ranges(pm, vmas, PS, "pagemap-9.img")
 
 
-def test_checksum_entries_match_xxh64_of_file_slices(tmp_path: Path) -> None:
+def test_checksum_entries_match_xxh3_of_file_slices(tmp_path: Path) -> None:
     bs = 4 * PS
     planned = planned_entries()
     path, data = fake_pages(tmp_path, sum(e.nr_pages for e in planned))
@@ -373,8 +373,8 @@ def test_checksum_entries_match_xxh64_of_file_slices(tmp_path: Path) -> None:
     # spot check one block by hand: record 3 starts at 0x7F0000003000, its first block is its first page only
     rec = out[3]
     assert rec.start == 0x7F0000003000 and rec.offset == 11 * PS
-    assert rec.checksums[0] == xxhash.xxh64_intdigest(data[11 * PS:12 * PS])
-    assert rec.checksums[1] == xxhash.xxh64_intdigest(data[12 * PS:16 * PS])
+    assert rec.checksums[0] == xxhash.xxh3_64_intdigest(data[11 * PS:12 * PS])
+    assert rec.checksums[1] == xxhash.xxh3_64_intdigest(data[12 * PS:16 * PS])
 
 
 def test_checksum_entries_detect_a_single_changed_byte(tmp_path: Path) -> None:
