@@ -14,7 +14,7 @@ bootstrap:
 
 build: bootstrap native
 
-native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout
+native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd
 
 $(NATIVE)/lr-workload: native/workload/lr-workload.c
 	@mkdir -p $(@D)
@@ -32,3 +32,16 @@ demo: build
 
 clean:
 	rm -rf build
+
+# --- lr-lazyd --------------------------------------------------------------
+LAZYD_SRC := $(wildcard native/lazyd/*.c) native/common/error.c native/common/index.c native/common/pages.c
+LAZYD_HDR := $(wildcard native/lazyd/*.h native/include/*.h)
+NATIVE_INC := -Inative/include -Inative/lazyd
+
+$(NATIVE)/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(NATIVE_INC) -o $@ $(LAZYD_SRC) -lxxhash
+
+$(NATIVE)/san/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC) -o $@ $(LAZYD_SRC) -lxxhash

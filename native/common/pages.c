@@ -1,0 +1,141 @@
+/* pages.c: reading and verifying page bytes from pages-N.img files. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "lr_pages.h"
+
+#define LR_MAX_PAGES_ID (1u << 20) /* CRIU numbers pages files from 1; far fewer in practice */
+
+int lr_pages_open(struct lr_pages *p, const char *dir, struct lr_error *err)
+{
+	memset(p, 0, sizeof(*p));
+	p->dir = dir;
+	p->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (p->dirfd < 0)
+		return lr_error_set(err, errno, "open images directory %s", dir);
+	return 0;
+}
+
+void lr_pages_close(struct lr_pages *p)
+{
+	for (uint32_t i = 0; i < p->nfds; i++)
+		if (p->fds[i] >= 0)
+			close(p->fds[i]);
+	free(p->fds);
+	free(p->sizes);
+	if (p->dirfd >= 0)
+		close(p->dirfd);
+	memset(p, 0, sizeof(*p));
+	p->dirfd = -1;
+}
+
+static int grow(struct lr_pages *p, uint32_t id, struct lr_error *err)
+{
+	uint32_t n = id + 1;
+	int *fds = realloc(p->fds, n * sizeof(*fds));
+	if (!fds)
+		return lr_error_set(err, ENOMEM, "pages file table");
+	p->fds = fds;
+	uint64_t *sizes = realloc(p->sizes, n * sizeof(*sizes));
+	if (!sizes)
+		return lr_error_set(err, ENOMEM, "pages file table");
+	p->sizes = sizes;
+	for (uint32_t i = p->nfds; i < n; i++)
+		p->fds[i] = -1;
+	p->nfds = n;
+	return 0;
+}
+
+static int pages_fd(struct lr_pages *p, uint32_t id, struct lr_error *err)
+{
+	char name[32];
+	struct stat st;
+
+	if (id >= LR_MAX_PAGES_ID)
+		return lr_error_set(err, 0, "index refers to pages-%u.img: id out of range", id);
+	if (id >= p->nfds && grow(p, id, err))
+		return -1;
+	if (p->fds[id] >= 0)
+		return p->fds[id];
+	snprintf(name, sizeof(name), "pages-%u.img", id);
+	int fd = openat(p->dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return lr_error_set(err, errno, "open %s/%s", p->dir, name);
+	if (fstat(fd, &st)) {
+		close(fd);
+		return lr_error_set(err, errno, "stat %s/%s", p->dir, name);
+	}
+	p->fds[id] = fd;
+	p->sizes[id] = (uint64_t)st.st_size;
+	return fd;
+}
+
+static int read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t n = pread(fd, (char *)buf + done, len - done, (off_t)(off + done));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n < 0 ? -errno : -EIO;
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+static int verify(const struct lr_index *idx, const struct lr_index_record *rec, uint64_t a, uint64_t b,
+		  const char *buf, const char *dir, struct lr_error *err)
+{
+	uint32_t bs = idx->hdr->block_size;
+	uint64_t base = rec->start / bs * bs;
+
+	for (uint64_t x = a; x < b;) {
+		uint64_t stop = (x / bs + 1) * bs;
+		if (stop > b)
+			stop = b;
+		uint64_t k = (x - base) / bs;
+		if (XXH3_64bits(buf + (x - a), stop - x) != idx->sums[rec->first_checksum + k])
+			return lr_error_set(err, 0, "%s/pages-%u.img: page data at offset %" PRIu64 " (pid %u, address %#" PRIx64
+					    ") fails its checksum: the file is corrupt",
+					    dir, rec->pages_id, rec->offset + (x - rec->start), rec->pid, x);
+		x = stop;
+	}
+	return 0;
+}
+
+int lr_pages_read(struct lr_pages *p, const struct lr_index *idx, const struct lr_index_record *rec, uint64_t src,
+		  uint64_t len, void *buf, size_t buf_size, size_t *at, struct lr_error *err)
+{
+	uint32_t bs = idx->hdr->block_size;
+	uint64_t end = lr_record_end(idx, rec);
+	uint64_t a = src / bs * bs, b = (src + len + bs - 1) / bs * bs;
+
+	if (src < rec->start || len > end - src || src + len > end)
+		return lr_error_set(err, 0, "read %#" PRIx64 "+%" PRIu64 " outside record of pid %u", src, len, rec->pid);
+	a = a < rec->start ? rec->start : a;
+	b = b > end ? end : b;
+	if (b - a > buf_size)
+		return lr_error_set(err, 0, "read of %" PRIu64 " bytes exceeds the buffer", b - a);
+	int fd = pages_fd(p, rec->pages_id, err);
+	if (fd < 0)
+		return -1;
+	uint64_t off = rec->offset + (a - rec->start);
+	if (off > p->sizes[rec->pages_id] || b - a > p->sizes[rec->pages_id] - off)
+		return lr_error_set(err, 0, "%s/pages-%u.img: truncated (needs bytes up to %" PRIu64 ", has %" PRIu64 ")",
+				    p->dir, rec->pages_id, off + (b - a), p->sizes[rec->pages_id]);
+	int rc = read_full(fd, buf, b - a, off);
+	if (rc)
+		return lr_error_set(err, -rc, "read %s/pages-%u.img at %" PRIu64, p->dir, rec->pages_id, off);
+	if (verify(idx, rec, a, b, buf, p->dir, err))
+		return -1;
+	*at = src - a;
+	return 0;
+}

@@ -1,0 +1,71 @@
+/* drain.c: placing the pages nobody asked for yet, one chunk at a time, between faults. */
+#include "lazyd.h"
+#include "uffd.h"
+
+/* Milliseconds until the rate cap allows the next chunk (0: now). */
+int lr_drain_wait_ms(const struct lr_lazyd *d)
+{
+	if (!d->cfg.drain_rate || !d->drain_epoch_ns)
+		return 0;
+	uint64_t allowed_ns = d->stats.drain_bytes * 1000000000ULL / d->cfg.drain_rate;
+	uint64_t spent_ns = lr_now_ns() - d->drain_epoch_ns;
+	return allowed_ns > spent_ns ? (int)((allowed_ns - spent_ns) / 1000000ULL) + 1 : 0;
+}
+
+/* The next task with pages left and no pending retry, round robin. */
+static struct lr_task *next_task(struct lr_lazyd *d)
+{
+	uint64_t now = lr_now_ns();
+	for (size_t k = 0; k < d->ntasks; k++) {
+		struct lr_task *t = d->tasks[(d->drain_next + k) % d->ntasks];
+		if (!t->gone && t->spans.left && t->retry_at_ns <= now) {
+			d->drain_next = (d->drain_next + k + 1) % d->ntasks;
+			return t;
+		}
+	}
+	return NULL;
+}
+
+/* One chunk. Returns 1 when it placed (or tried to place) something, 0 when there was nothing to do. */
+int lr_drain_step(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_task *t = next_task(d);
+	struct lr_run run;
+	uint64_t placed, ps = d->page_size;
+
+	if (!t)
+		return 0;
+	if (!d->drain_epoch_ns)
+		d->drain_epoch_ns = lr_now_ns();
+	if (!lr_spans_next_run(&t->spans, d->cfg.chunk / ps, d->index.hdr->block_size / ps, &run))
+		return 0;
+	int rc = lr_place(d, t, run.span, run.page, run.page + run.npages, &placed, err);
+	d->stats.drain_bytes += placed;
+	switch (rc) {
+	case LR_UFFD_OK:
+		return 1;
+	case LR_UFFD_RETRY:
+		d->stats.retries++;
+		t->retry_at_ns = lr_now_ns() + 50000;
+		return 1;
+	case LR_UFFD_NOVMA: {
+		/* Past the placed part: if no event explains it after a second try, nothing is mapped there any more. */
+		struct lr_run stop;
+		if (!lr_spans_run_in(&t->spans, run.span, run.page, run.page + run.npages, &stop))
+			return 1;
+		uint64_t at = t->spans.v[run.span].addr + stop.page * ps;
+		if (t->novma_at_events == t->events_seen) {
+			lr_spans_clear(&t->spans, at, ps);
+			lr_log(d, 2, "pid %d: no VMA at %#lx any more: page dropped", t->pid, (unsigned long)at);
+		}
+		t->novma_at_events = t->events_seen;
+		t->retry_at_ns = lr_now_ns() + 50000;
+		return 1;
+	}
+	case LR_UFFD_GONE:
+		lr_task_gone(d, t);
+		return 1;
+	default:
+		return -1;
+	}
+}

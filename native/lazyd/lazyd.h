@@ -1,0 +1,92 @@
+/*
+ * lazyd.h: the lr-lazyd daemon's state, passed explicitly to every part.
+ */
+#ifndef LR_LAZYD_H
+#define LR_LAZYD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "criu_sock.h"
+#include "loop.h"
+#include "lr_index_reader.h"
+#include "lr_pages.h"
+#include "spans.h"
+#include "stats.h"
+
+struct lr_config {
+	const char *images_dir;   /* checkpoint (index and pages files); read only */
+	const char *work_dir;     /* where lazy-pages.socket lives (CRIU's work dir) */
+	const char *log_file;     /* -o: log here instead of stderr (relative to work_dir) */
+	const char *status_file;  /* latest stats JSON, rewritten atomically */
+	int status_fd;            /* gets one '\0' once listening (runc waits for it) */
+	int stats_fd;             /* JSON lines: progress and done */
+	uint64_t fault_around;    /* bytes placed around a fault (power of two) */
+	uint64_t chunk;           /* bytes per drain step */
+	uint64_t drain_rate;      /* bytes/s cap on the drain; 0 = none */
+	unsigned stats_ms;        /* progress line period */
+	bool drain;               /* false: serve faults only */
+	bool guard;               /* fork the guardian (crash safety) */
+	int verbose;
+};
+
+struct lr_task {
+	struct lr_fdrec rec;       /* rec.fd is the task's uffd */
+	int32_t pid;               /* pid in the checkpoint; 0 for a child forked after restore */
+	pid_t host_pid;            /* 0 when unknown */
+	struct lr_spans spans;
+	bool gone;
+	uint64_t retry_at_ns;      /* layout changing: no drain before this time */
+	uint64_t events_seen;      /* uffd messages read so far */
+	uint64_t novma_at_events;  /* events_seen at the last ENOENT, for the second-strike rule */
+	uint64_t *deferred;        /* fault addresses to serve again */
+	size_t ndeferred, capdeferred;
+};
+
+struct lr_lazyd {
+	struct lr_config cfg;
+	struct lr_index index;
+	struct lr_pages pages;
+	struct lr_stats stats;
+	int epfd;
+	int guard_fd;
+	int listen_fd;
+	struct lr_fdrec listen_rec;
+	struct lr_fdrec conn_rec;
+	struct lr_criu_conn conn;
+	struct lr_task **tasks;
+	size_t ntasks, cap;
+	size_t drain_next;         /* round-robin position */
+	char *buf;                 /* verified page bytes on their way into a task */
+	size_t buf_size;
+	uint32_t page_size;
+	bool finished;             /* CRIU sent "restore finished" */
+	bool connected;
+	uint64_t drain_epoch_ns;   /* rate limiting: when drain_bytes was last zero-based */
+};
+
+/* tasks.c */
+int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const struct lr_spans *parent,
+		struct lr_task **out, struct lr_error *err);
+void lr_task_gone(struct lr_lazyd *d, struct lr_task *t);
+int lr_task_defer(struct lr_task *t, uint64_t addr, struct lr_error *err);
+uint64_t lr_left_bytes(const struct lr_lazyd *d);
+void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* place.c */
+int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, uint64_t *placed,
+	     struct lr_error *err);
+
+/* serve.c */
+int lr_serve_uffd(void *ctx, struct lr_fdrec *rec, struct lr_error *err);
+int lr_serve_deferred(struct lr_lazyd *d, struct lr_error *err);
+
+/* drain.c */
+int lr_drain_step(struct lr_lazyd *d, struct lr_error *err);
+int lr_drain_wait_ms(const struct lr_lazyd *d);
+
+/* restore_conn.c */
+int lr_conn_on_listen(void *ctx, struct lr_fdrec *rec, struct lr_error *err);
+
+#endif /* LR_LAZYD_H */

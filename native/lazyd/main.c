@@ -1,0 +1,361 @@
+/*
+ * lr-lazyd: lazyrestore's lazy-pages daemon. A drop-in for `criu lazy-pages`
+ * serving pages from local image files: it owns the userfaultfds of a
+ * `criu restore --lazy-pages`, serves faults first, drains the rest, verifies
+ * every byte against the lazy index, and (with its guardian) never lets the
+ * tree run on pages it can no longer get.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "guard.h"
+#include "lazyd.h"
+
+#define LR_EXIT_USAGE 2
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop(int sig)
+{
+	stop_signal = sig;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: lr-lazyd -D IMAGES_DIR [-W WORK_DIR] [options]\n"
+		"  -D, --images-dir DIR     checkpoint with lazyrestore/index.bin (read only)\n"
+		"  -W, --work-dir DIR       CRIU's work dir: lazy-pages.socket goes here (default: images dir)\n"
+		"      --status-fd N        write one '\\0' byte to fd N once listening (as runc expects)\n"
+		"      --stats-fd N         JSON lines with progress and the final summary on fd N\n"
+		"      --status-file PATH   keep the latest progress JSON in PATH\n"
+		"      --stats-interval MS  progress period (default 100)\n"
+		"      --fault-around SIZE  bytes placed around a fault, power of two (default 64K)\n"
+		"      --chunk SIZE         bytes per drain step (default 1M)\n"
+		"      --drain-rate SIZE    cap the background drain at SIZE bytes per second (default: none)\n"
+		"      --no-drain           serve faults only\n"
+		"      --no-guard           no guardian: if the daemon dies the tree reads zero pages (tests only)\n"
+		"  -o, --log-file FILE      log here (relative to the work dir) instead of stderr\n"
+		"  -v, --verbose[=N]        more log (N up to 3: every fault)\n"
+		"Exit: 0 every page placed; 1 error (tree killed); 2 usage; 3 daemon died (tree killed).\n");
+}
+
+static int parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (errno || end == s || *s == '-')
+		return -1;
+	switch (*end) {
+	case 'K': case 'k': v <<= 10; end++; break;
+	case 'M': case 'm': v <<= 20; end++; break;
+	case 'G': case 'g': v <<= 30; end++; break;
+	default: break;
+	}
+	if (*end)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int parse_int(const char *s, int *out)
+{
+	char *end;
+	errno = 0;
+	long v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < 0 || v > 1 << 20)
+		return -1;
+	*out = (int)v;
+	return 0;
+}
+
+enum { OPT_STATUS_FD = 256, OPT_STATS_FD, OPT_STATUS_FILE, OPT_STATS_INTERVAL, OPT_FAULT_AROUND, OPT_CHUNK,
+       OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD };
+
+static const struct option long_opts[] = {
+	{"images-dir", required_argument, NULL, 'D'}, {"work-dir", required_argument, NULL, 'W'},
+	{"log-file", required_argument, NULL, 'o'}, {"verbose", optional_argument, NULL, 'v'},
+	{"status-fd", required_argument, NULL, OPT_STATUS_FD}, {"stats-fd", required_argument, NULL, OPT_STATS_FD},
+	{"status-file", required_argument, NULL, OPT_STATUS_FILE},
+	{"stats-interval", required_argument, NULL, OPT_STATS_INTERVAL},
+	{"fault-around", required_argument, NULL, OPT_FAULT_AROUND}, {"chunk", required_argument, NULL, OPT_CHUNK},
+	{"drain-rate", required_argument, NULL, OPT_DRAIN_RATE}, {"no-drain", no_argument, NULL, OPT_NO_DRAIN},
+	{"no-guard", no_argument, NULL, OPT_NO_GUARD}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+
+static int bad_value(const char *opt, const char *val, const char *want)
+{
+	fprintf(stderr, "lr-lazyd: invalid value %s for %s: expected %s\n", val, opt, want);
+	return -1;
+}
+
+static int parse_one(struct lr_config *c, int opt, const char *arg)
+{
+	switch (opt) {
+	case 'D': c->images_dir = arg; return 0;
+	case 'W': c->work_dir = arg; return 0;
+	case 'o': c->log_file = arg; return 0;
+	case 'v': c->verbose = arg ? atoi(arg) : c->verbose + 1; return 0;
+	case OPT_STATUS_FD: return parse_int(arg, &c->status_fd) ? bad_value("--status-fd", arg, "a descriptor number") : 0;
+	case OPT_STATS_FD: return parse_int(arg, &c->stats_fd) ? bad_value("--stats-fd", arg, "a descriptor number") : 0;
+	case OPT_STATUS_FILE: c->status_file = arg; return 0;
+	case OPT_NO_DRAIN: c->drain = false; return 0;
+	case OPT_NO_GUARD: c->guard = false; return 0;
+	case OPT_STATS_INTERVAL: {
+		int ms;
+		if (parse_int(arg, &ms) || ms < 10)
+			return bad_value("--stats-interval", arg, "milliseconds >= 10");
+		c->stats_ms = (unsigned)ms;
+		return 0;
+	}
+	case OPT_FAULT_AROUND:
+		if (parse_size(arg, &c->fault_around) || c->fault_around < 4096 || c->fault_around > (64 << 20) ||
+		    (c->fault_around & (c->fault_around - 1)))
+			return bad_value("--fault-around", arg, "a power of two from 4K to 64M");
+		return 0;
+	case OPT_CHUNK:
+		if (parse_size(arg, &c->chunk) || c->chunk < 4096 || c->chunk > (256 << 20))
+			return bad_value("--chunk", arg, "a size from 4K to 256M");
+		return 0;
+	case OPT_DRAIN_RATE:
+		return parse_size(arg, &c->drain_rate) ? bad_value("--drain-rate", arg, "bytes per second, e.g. 200M") : 0;
+	default:
+		return -1;
+	}
+}
+
+static int parse_args(int argc, char **argv, struct lr_config *c)
+{
+	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20,
+				.stats_ms = 100, .drain = true, .guard = true, .verbose = 1};
+	int opt;
+	while ((opt = getopt_long(argc, argv, "D:W:o:v::h", long_opts, NULL)) != -1) {
+		if (opt == 'h') {
+			usage(stdout);
+			exit(0);
+		}
+		if (opt == '?' || parse_one(c, opt, optarg))
+			return -1;
+	}
+	if (optind < argc)
+		return bad_value("arguments", argv[optind], "options only");
+	if (!c->images_dir) {
+		fprintf(stderr, "lr-lazyd: -D/--images-dir is required\n");
+		return -1;
+	}
+	if (!c->work_dir)
+		c->work_dir = c->images_dir;
+	return 0;
+}
+
+static int write_all(int fd, const char *buf, size_t len)
+{
+	while (len) {
+		ssize_t n = write(fd, buf, len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		buf += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static void write_status_file(const char *path, const char *json, size_t len)
+{
+	char tmp[4096];
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return;
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return;
+	int bad = write_all(fd, json, len) || write_all(fd, "\n", 1);
+	close(fd);
+	if (!bad)
+		rename(tmp, path);
+}
+
+/* A progress, done or error line to --stats-fd and --status-file. */
+static void emit(struct lr_lazyd *d, const char *event, bool with_hist, const char *message)
+{
+	char buf[16384];
+	int len = lr_stats_json(&d->stats, event, lr_left_bytes(d), with_hist, buf, sizeof(buf) - 600);
+	if (len <= 0 || (size_t)len >= sizeof(buf) - 600)
+		return;
+	if (message) { /* replace the closing brace with the message, JSON-escaped */
+		len--;
+		len += snprintf(buf + len, sizeof(buf) - (size_t)len, ",\"message\":\"");
+		for (const char *p = message; *p && (size_t)len < sizeof(buf) - 8; p++) {
+			if (*p == '"' || *p == '\\')
+				buf[len++] = '\\';
+			buf[len++] = (*p >= 0 && *p < 0x20) ? ' ' : *p;
+		}
+		len += snprintf(buf + len, sizeof(buf) - (size_t)len, "\"}");
+	}
+	if (d->cfg.status_file)
+		write_status_file(d->cfg.status_file, buf, (size_t)len);
+	buf[len++] = '\n';
+	if (d->cfg.stats_fd >= 0 && write_all(d->cfg.stats_fd, buf, (size_t)len)) {
+		close(d->cfg.stats_fd); /* the reader went away: keep serving, stop reporting */
+		d->cfg.stats_fd = -1;
+	}
+	d->stats.last_emit_ns = lr_now_ns();
+}
+
+static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
+{
+	char path[4096];
+	d->page_size = (uint32_t)sysconf(_SC_PAGESIZE);
+	if (snprintf(path, sizeof(path), "%s/%s", d->cfg.images_dir, LR_INDEX_NAME) >= (int)sizeof(path))
+		return lr_error_set(err, ENAMETOOLONG, "images dir %s", d->cfg.images_dir);
+	if (lr_index_open(&d->index, path, d->page_size, err) || lr_pages_open(&d->pages, d->cfg.images_dir, err))
+		return -1;
+	d->buf_size = (d->cfg.chunk > d->cfg.fault_around ? d->cfg.chunk : d->cfg.fault_around) +
+		      2 * (size_t)d->index.hdr->block_size;
+	d->buf = malloc(d->buf_size);
+	if (!d->buf)
+		return lr_error_set(err, ENOMEM, "page buffer of %zu bytes", d->buf_size);
+	return 0;
+}
+
+static int enter_work_dir(struct lr_lazyd *d, struct lr_error *err)
+{
+	if (chdir(d->cfg.work_dir))
+		return lr_error_set(err, errno, "work dir %s", d->cfg.work_dir);
+	if (d->cfg.log_file) {
+		int fd = open(d->cfg.log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		if (fd < 0 || dup2(fd, STDERR_FILENO) < 0)
+			return lr_error_set(err, errno, "log file %s", d->cfg.log_file);
+		close(fd);
+	}
+	return 0;
+}
+
+static int start_listening(struct lr_lazyd *d, struct lr_error *err)
+{
+	d->listen_fd = lr_criu_listen(err);
+	if (d->listen_fd < 0)
+		return -1;
+	d->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (d->epfd < 0)
+		return lr_error_set(err, errno, "epoll_create1");
+	d->listen_rec = (struct lr_fdrec){d->listen_fd, lr_conn_on_listen, NULL};
+	if (lr_loop_add(d->epfd, &d->listen_rec, err))
+		return -1;
+	if (d->cfg.guard && lr_guard_fork(&d->guard_fd, err))
+		return -1;
+	if (d->cfg.status_fd >= 0) {
+		if (write_all(d->cfg.status_fd, "", 1))
+			return lr_error_set(err, errno, "write to --status-fd %d", d->cfg.status_fd);
+		close(d->cfg.status_fd);
+		d->cfg.status_fd = -1;
+	}
+	lr_log(d, 1, "listening on %s/%s; %u task(s), %lu lazy pages in %s", d->cfg.work_dir, LR_LAZY_SOCK_NAME,
+	       d->index.hdr->task_count, (unsigned long)d->index.hdr->lazy_pages, d->cfg.images_dir);
+	return 0;
+}
+
+static bool all_placed(const struct lr_lazyd *d)
+{
+	if (!d->finished)
+		return false;
+	for (size_t i = 0; i < d->ntasks; i++)
+		if (!d->tasks[i]->gone && (d->tasks[i]->spans.left || d->tasks[i]->ndeferred))
+			return false;
+	return true;
+}
+
+static bool has_deferred(const struct lr_lazyd *d)
+{
+	for (size_t i = 0; i < d->ntasks; i++)
+		if (d->tasks[i]->ndeferred)
+			return true;
+	return false;
+}
+
+static int next_timeout(const struct lr_lazyd *d, bool drained)
+{
+	uint64_t since = (lr_now_ns() - d->stats.last_emit_ns) / 1000000ULL;
+	int tick = since >= d->cfg.stats_ms ? 0 : (int)(d->cfg.stats_ms - since);
+	if (has_deferred(d))
+		return 1;
+	if (d->finished && d->cfg.drain && lr_left_bytes(d)) {
+		int wait = lr_drain_wait_ms(d);
+		if (!wait)
+			return drained ? 0 : 1; /* nothing drainable right now: tasks are between layout changes */
+		return wait < tick ? wait : tick;
+	}
+	return tick;
+}
+
+static int run(struct lr_lazyd *d, struct lr_error *err)
+{
+	bool drained = false;
+	for (;;) {
+		if (stop_signal)
+			return lr_error_set(err, 0, "stopped by signal %d before every page was placed", (int)stop_signal);
+		if (lr_loop_run_once(d->epfd, d, next_timeout(d, drained), err) < 0 || lr_serve_deferred(d, err))
+			return -1;
+		if (all_placed(d))
+			return 0;
+		drained = false;
+		if (d->finished && d->cfg.drain && !lr_drain_wait_ms(d)) {
+			int rc = lr_drain_step(d, err);
+			if (rc < 0)
+				return -1;
+			drained = rc > 0;
+		}
+		if ((lr_now_ns() - d->stats.last_emit_ns) / 1000000ULL >= d->cfg.stats_ms)
+			emit(d, "progress", false, NULL);
+	}
+}
+
+static void finish(struct lr_lazyd *d)
+{
+	struct lr_error err;
+	d->stats.done_ns = lr_now_ns();
+	emit(d, "done", true, NULL);
+	lr_log(d, 1, "every page placed: %lu faults (p50 %.1f us, p99 %.1f us), %lu bytes by fault, %lu by drain, "
+	       "resident %.3f s after restore finished", (unsigned long)d->stats.faults,
+	       (double)lr_stats_quantile(&d->stats, 0.5) / 1000.0, (double)lr_stats_quantile(&d->stats, 0.99) / 1000.0,
+	       (unsigned long)d->stats.fault_bytes, (unsigned long)d->stats.drain_bytes,
+	       (double)(d->stats.done_ns - d->stats.finished_ns) / 1e9);
+	if (d->cfg.guard && lr_guard_send(d->guard_fd, LR_GUARD_DONE, 0, 0, -1, &err))
+		lr_log(d, 0, "telling the guardian: %s", err.msg);
+	for (size_t i = 0; i < d->ntasks; i++)
+		if (!d->tasks[i]->gone)
+			close(d->tasks[i]->rec.fd);
+}
+
+int main(int argc, char **argv)
+{
+	struct lr_lazyd d = {.guard_fd = -1, .listen_fd = -1, .epfd = -1};
+	struct lr_error err = {0};
+	struct sigaction sa = {.sa_handler = on_stop};
+
+	if (parse_args(argc, argv, &d.cfg)) {
+		usage(stderr);
+		return LR_EXIT_USAGE;
+	}
+	d.stats.start_ns = lr_now_ns();
+	d.pages.dirfd = -1;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if (open_inputs(&d, &err) || enter_work_dir(&d, &err) || start_listening(&d, &err) || run(&d, &err)) {
+		lr_log(&d, 0, "error: %s", err.msg);
+		emit(&d, "error", false, err.msg);
+		return 1;
+	}
+	finish(&d);
+	return 0;
+}

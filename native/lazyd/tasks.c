@@ -1,0 +1,106 @@
+/* tasks.c: the restored tasks and their uffds. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "guard.h"
+#include "lazyd.h"
+
+void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...)
+{
+	va_list ap;
+	char line[768];
+
+	if (level > d->cfg.verbose)
+		return;
+	int len = snprintf(line, sizeof(line), "lr-lazyd[%d] %.6f: ", getpid(),
+			   (double)(lr_now_ns() - d->stats.start_ns) / 1e9);
+	va_start(ap, fmt);
+	vsnprintf(line + len, sizeof(line) - (size_t)len, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s\n", line);
+}
+
+static int grow_tasks(struct lr_lazyd *d, struct lr_error *err)
+{
+	if (d->ntasks < d->cap)
+		return 0;
+	size_t cap = d->cap ? d->cap * 2 : 8;
+	struct lr_task **v = realloc(d->tasks, cap * sizeof(*v));
+	if (!v)
+		return lr_error_set(err, ENOMEM, "task table");
+	d->tasks = v;
+	d->cap = cap;
+	return 0;
+}
+
+int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const struct lr_spans *parent,
+		struct lr_task **out, struct lr_error *err)
+{
+	struct lr_task *t = calloc(1, sizeof(*t));
+	if (!t || grow_tasks(d, err)) {
+		free(t);
+		return t ? -1 : lr_error_set(err, ENOMEM, "task of pid %d", pid);
+	}
+	t->rec = (struct lr_fdrec){uffd, lr_serve_uffd, NULL};
+	t->pid = pid;
+	t->host_pid = host_pid;
+	t->novma_at_events = UINT64_MAX;
+	int rc = parent ? lr_spans_clone(&t->spans, parent, err) : lr_spans_init(&t->spans, &d->index, (uint32_t)pid, err);
+	if (rc || lr_loop_add(d->epfd, &t->rec, err)) {
+		lr_spans_fini(&t->spans);
+		free(t);
+		return -1;
+	}
+	d->tasks[d->ntasks++] = t;
+	d->stats.tasks++;
+	*out = t;
+	return 0;
+}
+
+void lr_task_gone(struct lr_lazyd *d, struct lr_task *t)
+{
+	if (t->gone)
+		return;
+	struct lr_error ignored;
+	lr_loop_del(d->epfd, &t->rec, &ignored);
+	lr_log(d, 1, "task pid %d (host %d, uffd %d) is gone with %lu pages unplaced", t->pid, t->host_pid, t->rec.fd,
+	       (unsigned long)t->spans.left);
+	close(t->rec.fd);
+	t->rec.fd = -1;
+	lr_spans_fini(&t->spans);
+	free(t->deferred);
+	t->deferred = NULL;
+	t->ndeferred = t->capdeferred = 0;
+	t->gone = true;
+	d->stats.tasks_gone++;
+}
+
+int lr_task_defer(struct lr_task *t, uint64_t addr, struct lr_error *err)
+{
+	for (size_t i = 0; i < t->ndeferred; i++)
+		if (t->deferred[i] == addr)
+			return 0;
+	if (t->ndeferred == t->capdeferred) {
+		size_t cap = t->capdeferred ? t->capdeferred * 2 : 8;
+		uint64_t *v = realloc(t->deferred, cap * sizeof(*v));
+		if (!v)
+			return lr_error_set(err, ENOMEM, "deferred faults of pid %d", t->pid);
+		t->deferred = v;
+		t->capdeferred = cap;
+	}
+	t->deferred[t->ndeferred++] = addr;
+	return 0;
+}
+
+uint64_t lr_left_bytes(const struct lr_lazyd *d)
+{
+	uint64_t left = 0;
+	for (size_t i = 0; i < d->ntasks; i++)
+		if (!d->tasks[i]->gone)
+			left += d->tasks[i]->spans.left;
+	return left * d->page_size;
+}
