@@ -8,8 +8,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from . import checkpoint, inspection, restore
-from .errors import LazyRestoreError
+import os
+
+from . import checkpoint, inspection, lazy, restore, status
+from .daemons import LazydOptions
+from .errors import LazyRestoreError, UsageError
 from .output import Reporter
 
 
@@ -35,10 +38,47 @@ def cmd_checkpoint(args: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
+def size_bytes(text: str) -> int:
+    """A size such as 65536, 64K, 1M or 2G."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = units.get(t[-1:], 1)
+    digits = t[:-1] if t[-1:] in units else t
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a size such as 65536, 64K or 1M, got {text!r}")
+    return int(digits) * mult
+
+
+def power_of_two_size(text: str) -> int:
+    value = size_bytes(text)
+    if value < 4096 or value & (value - 1) or value > 64 << 20:
+        raise argparse.ArgumentTypeError(f"expected a power of two from 4K to 64M, got {text!r}")
+    return value
+
+
 def cmd_restore(args: argparse.Namespace, rep: Reporter) -> int:
-    s = restore.restore(args.images, rep)
-    rep.result(restore.summary_text(s), "summary", action="restore", **asdict(s))
+    if args.detach and not args.lazy:
+        raise UsageError("--detach goes with --lazy (an eager restore is complete when it returns)")
+    if not args.lazy:
+        s = restore.restore(args.images, rep)
+        rep.result(restore.summary_text(s), "summary", action="restore", **asdict(s))
+        return 0
+    opts = LazydOptions(fault_around=args.fault_around, chunk=args.chunk, drain_rate=args.drain_rate,
+                        sanitized=bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+    ls = lazy.restore_lazy(args.images, args.workdir, args.detach, opts, rep)
+    rep.result(lazy.summary_text(ls), "summary", action="restore", lazy=True, **asdict(ls))
     return 0
+
+
+def cmd_status(args: argparse.Namespace, rep: Reporter) -> int:
+    found = status.status(args.images, args.workdir)
+    rep.result(status.status_text(found), "status", **found)
+    return 0
+
+
+def cmd_lazy_pages(args: argparse.Namespace, rep: Reporter) -> int:
+    status.exec_lazyd(args.lazyd_args)
+    return 1
 
 
 def cmd_inspect(args: argparse.Namespace, rep: Reporter) -> int:
@@ -64,9 +104,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept a tree in the host pid namespace (its pids must be free where it is restored)")
     c.set_defaults(func=cmd_checkpoint)
 
-    r = sub.add_parser("restore", help="verify a checkpoint and restore it (eagerly)")
+    r = sub.add_parser("restore", help="verify a checkpoint and restore it (eagerly, or lazily with --lazy)")
     r.add_argument("--images", "-D", type=images_path, required=True, help="checkpoint directory")
+    r.add_argument("--lazy", action="store_true", help="resume at once; lr-lazyd places memory on demand and in the background")
+    r.add_argument("--detach", action="store_true", help="with --lazy: return once the tree runs; see `status`")
+    r.add_argument("--workdir", type=images_path, default=None,
+                   help="CRIU work dir for logs and lazy-pages.socket (default DIR/lazyrestore/runs/restore-...)")
+    r.add_argument("--fault-around", type=power_of_two_size, default=64 << 10, help="bytes placed per fault (64K)")
+    r.add_argument("--chunk", type=size_bytes, default=1 << 20, help="bytes per background drain step (1M)")
+    r.add_argument("--drain-rate", type=size_bytes, default=0, help="cap on the background drain, bytes/s (none)")
     r.set_defaults(func=cmd_restore)
+
+    st = sub.add_parser("status", help="progress of a lazy restore (e.g. one started with --detach)")
+    st.add_argument("--images", "-D", type=images_path, default=None, help="checkpoint directory: its newest restore")
+    st.add_argument("--workdir", type=images_path, default=None, help="the restore's work dir")
+    st.set_defaults(func=cmd_status)
+
+    lp = sub.add_parser("lazy-pages", help="drop-in for `criu lazy-pages`: run lr-lazyd with these options",
+                        add_help=False)
+    lp.add_argument("lazyd_args", nargs=argparse.REMAINDER)
+    lp.set_defaults(func=cmd_lazy_pages, json=False)
 
     i = sub.add_parser("inspect", help="show what a checkpoint holds and whether it is intact")
     i.add_argument("--images", "-D", type=images_path, required=True, help="checkpoint directory")
@@ -77,14 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", type=images_path, default=None, help="where to keep images (default: a new dir in /dev/shm)")
     d.set_defaults(func=cmd_demo)
 
-    for sp in (c, r, i, d):
+    for sp in (c, r, i, d, st):
         sp.add_argument("--json", action="store_true", help="print JSON events, one object per line")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rep = Reporter(json_mode=args.json)
+    rep = Reporter(json_mode=getattr(args, "json", False))
     func: Callable[[argparse.Namespace, Reporter], int] = args.func
     try:
         return func(args, rep)

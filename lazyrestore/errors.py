@@ -15,6 +15,8 @@ Exit codes (stable, documented in README.md):
   7  corrupt or inconsistent checkpoint (image, index or manifest)
   8  CRIU failed (dump or restore)
   9  verification failed (memory checksum differs)
+ 10  lazy restore failed after the tree resumed: lr-lazyd stopped before every
+     page was placed, so its guardian killed the tree (the checkpoint is intact)
 """
 
 from __future__ import annotations
@@ -76,3 +78,9 @@ class CriuFailed(LazyRestoreError):
 
 class VerificationFailed(LazyRestoreError):
     exit_code = 9
+
+
+class DaemonFailed(LazyRestoreError):
+    """lr-lazyd stopped before every page was placed; its guardian killed the restored tree."""
+
+    exit_code = 10

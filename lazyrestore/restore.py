@@ -15,7 +15,8 @@ from .images import read_pstree
 from .output import Reporter
 from .verify import verify_checkpoint
 
-LOG_DIR = "logs"
+RUNS_DIR = "runs"
+RESTORE_LOG = "restore.log"
 # How long a restored root must stay alive before restore reports success.
 SETTLE_S = 0.2
 
@@ -33,11 +34,19 @@ class RestoreSummary:
     log: str
 
 
-def log_path(images_dir: Path) -> Path:
-    """A fresh restore log under DIR/lazyrestore/logs (the images stay untouched)."""
-    logs = images_dir / manifest.META_DIR / LOG_DIR
-    logs.mkdir(exist_ok=True)
-    return logs / f"restore-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+def new_run_dir(images_dir: Path, workdir: Path | None) -> Path:
+    """CRIU's work dir for one restore: its log, and lazy-pages.socket for a lazy one.
+
+    By default DIR/lazyrestore/runs/restore-TIME-PID; the images themselves stay untouched.
+    """
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        return workdir
+    runs = images_dir / manifest.META_DIR / RUNS_DIR
+    runs.mkdir(exist_ok=True)
+    run = runs / f"restore-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run.mkdir()
+    return run
 
 
 def check_pids_free(images_dir: Path) -> None:
@@ -51,8 +60,12 @@ def check_pids_free(images_dir: Path) -> None:
                            f"stop those processes or restore on another host")
 
 
-def run_restore(binary: criu.CriuBinary, images_dir: Path, log: Path) -> int:
-    """One CRIU restore through RPC; the tree becomes our child; returns its root pid."""
+def run_restore(binary: criu.CriuBinary, images_dir: Path, log: Path, lazy: bool = False) -> int:
+    """One CRIU restore through RPC; the tree becomes our child; returns its root pid.
+
+    With lazy, CRIU leaves lazy pages missing and hands each task's userfaultfd to the
+    daemon listening on lazy-pages.socket in the log's directory (CRIU's work dir).
+    """
     client = pycriu.criu()
     client.use_binary(binary.path)
     dir_fd = os.open(images_dir, os.O_DIRECTORY)
@@ -63,6 +76,7 @@ def run_restore(binary: criu.CriuBinary, images_dir: Path, log: Path) -> int:
         client.opts.log_file = log.name
         client.opts.log_level = criu.LOG_LEVEL
         client.opts.rst_sibling = True
+        client.opts.lazy_pages = lazy
         return client.restore().pid
     except pycriu.CRIUException as exc:
         raise criu.failure("restore", exc, log) from exc
@@ -88,7 +102,7 @@ def restore(images_dir: Path, reporter: Reporter) -> RestoreSummary:
     check_pids_free(images_dir)
     t1 = time.monotonic()
     reporter.event("verified", checkpoint_id=m.checkpoint_id, seconds=round(t1 - t0, 6))
-    log = log_path(images_dir)
+    log = new_run_dir(images_dir, None) / RESTORE_LOG
     reporter.progress(f"restoring {m.processes} process(es) with criu {binary.version}; log {log}")
     pid = run_restore(binary, images_dir, log)
     wait_running(pid, log)

@@ -1,0 +1,109 @@
+"""Running lr-lazyd (with its guardian) and reading what it reports.
+
+lr-lazyd forks a guardian: the process started here is the guardian, whose exit
+status is the outcome (0 every page placed; 1 error, 3 daemon died: in both
+the guardian killed the restored tree). Progress arrives as JSON lines on a
+pipe (--stats-fd) and, for `status`, in a file rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DaemonFailed
+from .paths import native_binary
+
+LAZYD_LOG = "lazyd.log"
+STATUS_FILE = "status.json"
+EXIT_TREE_KILLED = 3
+
+
+@dataclass(frozen=True)
+class LazydOptions:
+    """Tuning passed to lr-lazyd (sizes in bytes; 0 drain_rate = uncapped)."""
+
+    fault_around: int = 64 * 1024
+    chunk: int = 1 << 20
+    drain_rate: int = 0
+    sanitized: bool = False  # run the ASan/UBSan build (tests)
+
+
+class Lazyd:
+    """One lr-lazyd serving one restore from `images` with CRIU work dir `workdir`."""
+
+    def __init__(self, images: Path, workdir: Path, options: LazydOptions, detach: bool) -> None:
+        self.workdir = workdir
+        self.log = workdir / LAZYD_LOG
+        self.status_file = workdir / STATUS_FILE
+        binary = native_binary("san/lr-lazyd" if options.sanitized else "lr-lazyd")
+        status_r, status_w = os.pipe()
+        args = [str(binary), "-D", str(images), "-W", str(workdir), "-o", LAZYD_LOG,
+                "--status-fd", str(status_w), "--status-file", str(self.status_file),
+                "--fault-around", str(options.fault_around), "--chunk", str(options.chunk),
+                "--drain-rate", str(options.drain_rate)]
+        fds = [status_w]
+        self.stats_r = -1
+        if not detach:
+            self.stats_r, stats_w = os.pipe()
+            args += ["--stats-fd", str(stats_w)]
+            fds.append(stats_w)
+        self.proc = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log, "ab"), start_new_session=True)
+        for fd in fds:
+            os.close(fd)
+        self._wait_listening(status_r)
+
+    def _wait_listening(self, status_r: int, timeout: float = 30.0) -> None:
+        try:
+            ready, _, _ = select.select([status_r], [], [], timeout)
+            got = os.read(status_r, 1) if ready else b""
+        finally:
+            os.close(status_r)
+        if got != b"\0":
+            self.stop()
+            raise DaemonFailed(f"lr-lazyd did not start listening: {self.last_log_lines()}; log {self.log}")
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """JSON objects from --stats-fd until the daemon closes it."""
+        with os.fdopen(self.stats_r, "r", buffering=1) as f:
+            self.stats_r = -1
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM the guardian: it stops the daemon and, before DONE, kills the restored tree."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def last_log_lines(self, n: int = 3) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-n:]) or "(empty log)"
+
+
+def read_status(workdir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((workdir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None

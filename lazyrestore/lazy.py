@@ -1,0 +1,142 @@
+"""`lazyrestore restore --lazy`: the tree resumes at once; lr-lazyd places its memory behind it.
+
+Flow: verify the checkpoint's metadata (page bytes are verified by lr-lazyd as it
+places them), start lr-lazyd with its guardian in a fresh CRIU work dir, run
+`criu restore --lazy-pages` through RPC, report the time to resume, then follow
+lr-lazyd's progress until every page is placed. With --detach, return once the
+tree runs and leave lr-lazyd and its guardian to finish; `status` reads their
+progress file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from . import criu, procs
+from .daemons import EXIT_TREE_KILLED, Lazyd, LazydOptions, read_status
+from .errors import CriuFailed, DaemonFailed
+from .output import Reporter, human_bytes
+from .restore import RESTORE_LOG, check_pids_free, new_run_dir, run_restore, wait_running
+from .verify import verify_checkpoint
+
+PROGRESS_EVERY_S = 0.5
+
+
+@dataclass(frozen=True)
+class LazySummary:
+    """What a lazy restore reports. Times in seconds; latencies in microseconds.
+
+    resume_s: from starting CRIU's restore to the tree running.
+    resident_s: from "restore finished" to every page placed (None with --detach).
+    """
+
+    images_dir: str
+    checkpoint_id: str
+    pid: int
+    processes: int
+    workdir: str
+    verify_s: float
+    resume_s: float
+    resident_s: float | None
+    faults: int
+    fault_bytes: int
+    drain_bytes: int
+    zero_pages: int
+    lat_p50_us: float
+    lat_p99_us: float
+    lat_max_us: float
+    daemon_cpu_s: float
+    detached: bool
+
+
+def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: LazydOptions,
+                 reporter: Reporter) -> LazySummary:
+    procs.require_root()
+    binary = criu.find_criu()
+    t0 = time.monotonic()
+    m, _index = verify_checkpoint(images_dir, pages=False)
+    check_pids_free(images_dir)
+    verify_s = time.monotonic() - t0
+    run = new_run_dir(images_dir, workdir)
+    reporter.progress(f"lazy restore of {m.processes} process(es) ({human_bytes(m.lazy_pages * m.page_size)} lazy); "
+                      f"work dir {run}")
+    daemon = Lazyd(images_dir, run, options, detach)
+    reporter.event("listening", workdir=str(run), daemon_log=str(daemon.log))
+    pid, resume_s = _resume(binary, images_dir, run, daemon)
+    reporter.event("resumed", pid=pid, resume_s=round(resume_s, 6))
+    reporter.progress(f"resumed: root pid {pid} after {resume_s * 1000:.1f} ms")
+    if detach:
+        last = read_status(run) or {}
+    else:
+        last = _follow(daemon, m.lazy_pages * m.page_size, reporter)
+    return _summary(images_dir, m.checkpoint_id, pid, m.processes, run, verify_s, resume_s, last, detach)
+
+
+def _resume(binary: criu.CriuBinary, images_dir: Path, run: Path, daemon: Lazyd) -> tuple[int, float]:
+    t = time.monotonic()
+    try:
+        pid = run_restore(binary, images_dir, run / RESTORE_LOG, lazy=True)
+        resume_s = time.monotonic() - t
+        wait_running(pid, run / RESTORE_LOG)
+    except (CriuFailed, KeyboardInterrupt):
+        daemon.stop()
+        raise
+    return pid, resume_s
+
+
+def _follow(daemon: Lazyd, total: int, reporter: Reporter) -> dict[str, Any]:
+    """Show progress until lr-lazyd exits; the last JSON object it wrote, or DaemonFailed."""
+    last: dict[str, Any] = {}
+    shown = 0.0
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="placing pages",
+               disable=reporter.json_mode, file=reporter.err, leave=False)
+    try:
+        for ev in daemon.events():
+            last = ev
+            placed = max(0, ev.get("total_bytes", total) - ev.get("left_bytes", 0))
+            bar.total = ev.get("total_bytes", total) or total
+            bar.update(placed - bar.n)
+            if ev.get("event") == "progress" and time.monotonic() - shown >= PROGRESS_EVERY_S:
+                shown = time.monotonic()
+                reporter.event("progress", **{k: ev[k] for k in ("left_bytes", "total_bytes", "faults",
+                                                                 "fault_bytes", "drain_bytes") if k in ev})
+        code = daemon.wait()
+    except KeyboardInterrupt:
+        daemon.stop()
+        raise DaemonFailed("interrupted before every page was placed: the restored tree was killed; "
+                           "the checkpoint is intact") from None
+    finally:
+        bar.close()
+    if code != 0 or last.get("event") != "done":
+        why = last.get("message") or daemon.last_log_lines()
+        what = "died" if code == EXIT_TREE_KILLED else f"failed (exit {code})"
+        raise DaemonFailed(f"lr-lazyd {what} before every page was placed: {why}; its guardian killed the "
+                           f"restored tree; the checkpoint is intact; log {daemon.log}")
+    return last
+
+
+def _summary(images_dir: Path, cid: str, pid: int, processes: int, run: Path, verify_s: float, resume_s: float,
+             last: dict[str, Any], detach: bool) -> LazySummary:
+    return LazySummary(
+        images_dir=str(images_dir), checkpoint_id=cid, pid=pid, processes=processes, workdir=str(run),
+        verify_s=verify_s, resume_s=resume_s, resident_s=None if detach else last.get("resident_s"),
+        faults=last.get("faults", 0), fault_bytes=last.get("fault_bytes", 0), drain_bytes=last.get("drain_bytes", 0),
+        zero_pages=last.get("zero_pages", 0), lat_p50_us=last.get("lat_p50_us", 0.0),
+        lat_p99_us=last.get("lat_p99_us", 0.0), lat_max_us=last.get("lat_max_us", 0.0),
+        daemon_cpu_s=last.get("cpu_user_s", 0.0) + last.get("cpu_sys_s", 0.0), detached=detach)
+
+
+def summary_text(s: LazySummary) -> str:
+    head = f"restored checkpoint {s.checkpoint_id} lazily: root pid {s.pid} ({s.processes} process(es))"
+    if s.detached:
+        return (f"{head}\n  resumed after {s.resume_s * 1000:.1f} ms; pages still arriving: "
+                f"`lazyrestore status --workdir {s.workdir}`")
+    return (f"{head}\n  resumed after {s.resume_s * 1000:.1f} ms; every page resident {s.resident_s:.3f} s later\n"
+            f"  faults {s.faults} (p50 {s.lat_p50_us:.1f} us, p99 {s.lat_p99_us:.1f} us, max {s.lat_max_us:.1f} us); "
+            f"placed by fault {human_bytes(s.fault_bytes)}, by drain {human_bytes(s.drain_bytes)}; "
+            f"zero pages {s.zero_pages}\n  lr-lazyd cpu {s.daemon_cpu_s:.3f} s; work dir {s.workdir}")
