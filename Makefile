@@ -3,7 +3,7 @@ VENV      := .venv
 NATIVE    := build/native
 CC        ?= cc
 CFLAGS    := -O2 -g -std=gnu11 -Wall -Wextra -Werror
-SANFLAGS  := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
+SANFLAGS  := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
 
 .PHONY: all bootstrap build native test demo clean
 

@@ -49,6 +49,8 @@ class Lazyd:
                 "--status-fd", str(status_w), "--status-file", str(self.status_file),
                 "--fault-around", str(options.fault_around), "--chunk", str(options.chunk),
                 "--drain-rate", str(options.drain_rate)]
+        # Extra lr-lazyd options for tests and debugging only (e.g. --no-guard to show what the guardian prevents).
+        args += os.environ.get("LAZYRESTORE_LAZYD_ARGS", "").split()
         fds = [status_w]
         self.stats_r = -1
         if not detach:
@@ -83,6 +85,13 @@ class Lazyd:
 
     def wait(self) -> int:
         return self.proc.wait()
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The exit status, or None if still running after timeout seconds."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self) -> None:
         """SIGTERM the guardian: it stops the daemon and, before DONE, kills the restored tree."""

@@ -67,7 +67,7 @@ def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: 
                       f"work dir {run}")
     daemon = Lazyd(images_dir, run, options, detach)
     reporter.event("listening", workdir=str(run), daemon_log=str(daemon.log))
-    pid, resume_s = _resume(binary, images_dir, run, daemon)
+    pid, resume_s = _resume(binary, images_dir, run, daemon, reporter, m.lazy_pages * m.page_size)
     reporter.event("resumed", pid=pid, resume_s=round(resume_s, 6))
     reporter.progress(f"resumed: root pid {pid} after {resume_s * 1000:.1f} ms")
     if detach:
@@ -77,13 +77,21 @@ def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: 
     return _summary(images_dir, m.checkpoint_id, pid, m.processes, run, verify_s, resume_s, last, detach)
 
 
-def _resume(binary: criu.CriuBinary, images_dir: Path, run: Path, daemon: Lazyd) -> tuple[int, float]:
+def _resume(binary: criu.CriuBinary, images_dir: Path, run: Path, daemon: Lazyd, reporter: Reporter,
+            total: int) -> tuple[int, float]:
     t = time.monotonic()
     try:
         pid = run_restore(binary, images_dir, run / RESTORE_LOG, lazy=True)
-        resume_s = time.monotonic() - t
-        wait_running(pid, run / RESTORE_LOG)
     except (CriuFailed, KeyboardInterrupt):
+        daemon.stop()
+        raise
+    resume_s = time.monotonic() - t
+    try:
+        wait_running(pid, run / RESTORE_LOG)
+    except CriuFailed:
+        # The tree died at once: when lr-lazyd failed (e.g. a corrupt page) its error is the cause.
+        if daemon.wait_exit(5.0) not in (None, 0):
+            _follow(daemon, total, reporter)
         daemon.stop()
         raise
     return pid, resume_s

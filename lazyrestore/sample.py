@@ -22,6 +22,9 @@ from .errors import LazyRestoreError
 from .paths import native_binary
 
 REPORT = re.compile(r"^report role=(\S+) pid=(\d+) seq=(\d+) checksum=([0-9a-f]{16}) mib=(\d+)$")
+VERIFY = re.compile(r"^verify role=(\S+) pid=\d+ (ok|BAD)\b.*$")
+# Real-time signals lr-workload acts on (see native/workload/lr-workload.c).
+OPS = {"verify": 1, "fork": 2, "dontneed": 3, "munmap": 4, "mremap": 5, "kwrite": 6}
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,37 @@ class Workload:
             time.sleep(0.05)
         raise LazyRestoreError(f"workload {self.pid} did not report {self.roles} within {timeout:.0f} s; log {self.log}")
 
+    def lines(self) -> list[str]:
+        return self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+
+    def bad_lines(self) -> list[str]:
+        """Every line in which the workload saw memory it did not expect."""
+        return [ln for ln in self.lines() if "BAD" in ln]
+
+    def request_verify(self, timeout: float = 60.0) -> dict[str, str]:
+        """Every process compares each page with what it must hold; role -> "ok" or "BAD"."""
+        seen = len(self.lines())
+        os.killpg(self.pid, signal.SIGRTMIN + OPS["verify"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = {m[1]: m[2] for m in map(VERIFY.match, self.lines()[seen:]) if m}
+            if all(role in found for role in self.roles):
+                return found
+            time.sleep(0.05)
+        raise LazyRestoreError(f"workload {self.pid} did not verify {self.roles} within {timeout:.0f} s; log {self.log}")
+
+    def op(self, name: str, timeout: float = 60.0) -> str:
+        """Ask the root process for one memory operation; returns its `op NAME ...` line."""
+        seen = len(self.lines())
+        os.kill(self.pid, signal.SIGRTMIN + OPS[name])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = [ln for ln in self.lines()[seen:] if ln.startswith(f"op {name} ")]
+            if done:
+                return done[0]
+            time.sleep(0.02)
+        raise LazyRestoreError(f"workload {self.pid} did not finish op {name} within {timeout:.0f} s")
+
     def kill(self) -> None:
         """SIGKILL the namespace init, which takes the whole namespace down."""
         try:
@@ -68,12 +102,12 @@ class Workload:
 
 
 def start(workdir: Path, mib: int, threads: int = 0, children: int = 0, child_mib: int = 16,
-          timeout: float = 120.0) -> Workload:
+          timeout: float = 120.0, scanners: int = 0) -> Workload:
     """Start the workload and wait until every process has filled its memory and reported once."""
     binary = native_binary("lr-workload")
     log = workdir / "app.log"
     args = [str(binary), "--mib", str(mib), "--threads", str(threads), "--children", str(children),
-            "--child-mib", str(child_mib)]
+            "--child-mib", str(child_mib), "--scanners", str(scanners)]
     script = f"exec {shlex.join(args)} > {shlex.quote(str(log))} 2>&1"
     with open(workdir / "unshare.log", "wb") as ulog:
         unshare = subprocess.Popen(["unshare", "-p", "-f", "setsid", "sh", "-c", script],

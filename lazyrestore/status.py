@@ -29,9 +29,10 @@ def status(images_dir: Path | None, workdir: Path | None) -> dict[str, Any]:
     found = read_status(run)
     if found is None:
         raise ImagesDirError(f"no progress file {run / STATUS_FILE} (not a lazy restore's work dir?)")
-    running = found.get("event") == "progress" and _alive(found.get("daemon_pid", 0))
-    state = "done" if found.get("event") == "done" else "running" if running else "failed"
-    return {"workdir": str(run), "state": state, **found}
+    daemon_event = found.pop("event", None)
+    running = daemon_event == "progress" and _alive(found.get("daemon_pid", 0))
+    state = "done" if daemon_event == "done" else "running" if running else "failed"
+    return {"workdir": str(run), "state": state, "daemon_event": daemon_event, **found}
 
 
 def _alive(pid: int) -> bool:

@@ -331,14 +331,33 @@ static void finish(struct lr_lazyd *d)
 	       (double)(d->stats.done_ns - d->stats.finished_ns) / 1e9);
 	if (d->cfg.guard && lr_guard_send(d->guard_fd, LR_GUARD_DONE, 0, 0, -1, &err))
 		lr_log(d, 0, "telling the guardian: %s", err.msg);
-	for (size_t i = 0; i < d->ntasks; i++)
-		if (!d->tasks[i]->gone)
-			close(d->tasks[i]->rec.fd);
+}
+
+static void teardown(struct lr_lazyd *d)
+{
+	for (size_t i = 0; i < d->ntasks; i++) {
+		struct lr_task *t = d->tasks[i];
+		if (!t->gone)
+			close(t->rec.fd);
+		lr_spans_fini(&t->spans);
+		free(t->deferred);
+		free(t);
+	}
+	free(d->tasks);
+	free(d->buf);
+	lr_pages_close(&d->pages);
+	lr_index_close(&d->index);
+	if (d->conn_rec.fd >= 0)
+		close(d->conn_rec.fd);
+	if (d->listen_fd >= 0)
+		close(d->listen_fd);
+	if (d->epfd >= 0)
+		close(d->epfd);
 }
 
 int main(int argc, char **argv)
 {
-	struct lr_lazyd d = {.guard_fd = -1, .listen_fd = -1, .epfd = -1};
+	struct lr_lazyd d = {.guard_fd = -1, .listen_fd = -1, .epfd = -1, .conn_rec = {.fd = -1}};
 	struct lr_error err = {0};
 	struct sigaction sa = {.sa_handler = on_stop};
 
@@ -354,8 +373,10 @@ int main(int argc, char **argv)
 	if (open_inputs(&d, &err) || enter_work_dir(&d, &err) || start_listening(&d, &err) || run(&d, &err)) {
 		lr_log(&d, 0, "error: %s", err.msg);
 		emit(&d, "error", false, err.msg);
+		teardown(&d);
 		return 1;
 	}
 	finish(&d);
+	teardown(&d);
 	return 0;
 }

@@ -46,3 +46,37 @@ def restore(images: Path, reaper: Reaper, workload: sample.Workload) -> sample.W
     assert res.code == 0, res.stderr
     pid = reaper.add(res.last("summary")["pid"])
     return sample.Workload(pid, workload.log, workload.roles)
+
+
+class LazyRun:
+    """`lazyrestore restore --lazy --json` running in the background, as a runtime would drive it."""
+
+    def __init__(self, images: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lazyrestore.cli", "restore", "--images", str(images), "--lazy", "--json", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+            env={**os.environ, "LAZYRESTORE_SANITIZED": "1", **(env or {})})
+        self.events: list[dict[str, Any]] = []
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.events.append(json.loads(line))
+            if self.events[-1]["event"] in ("resumed", "error"):
+                break
+
+    @property
+    def pid(self) -> int:
+        resumed = [e for e in self.events if e["event"] == "resumed"]
+        assert resumed, f"the tree did not resume: {self.events}; stderr: {self.stderr_now()}"
+        return resumed[0]["pid"]
+
+    @property
+    def workdir(self) -> Path:
+        return Path([e for e in self.events if e["event"] == "listening"][0]["workdir"])
+
+    def stderr_now(self) -> str:
+        return "" if self.proc.poll() is None else (self.proc.stderr.read() if self.proc.stderr else "")
+
+    def finish(self, timeout: float = 300) -> CliResult:
+        out, err = self.proc.communicate(timeout=timeout)
+        self.events += [json.loads(line) for line in out.splitlines() if line.strip()]
+        return CliResult(self.proc.returncode, self.events, err)

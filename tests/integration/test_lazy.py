@@ -1,0 +1,225 @@
+"""Lazy restore from local images with lr-lazyd: real CRIU, real faults, every byte verified.
+
+The daemon under test is the ASan/UBSan build (LazyRun sets LAZYRESTORE_SANITIZED).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from lazyrestore import procs, sample
+
+from .helpers import LazyRun, checkpoint, run_cli
+
+SLOW_DRAIN = ("--drain-rate", "48M")  # keeps the drain running while the test acts
+
+
+def lazy_restore(images: Path, reaper, w: sample.Workload, *extra: str) -> tuple[LazyRun, sample.Workload]:
+    run = LazyRun(images, *extra)
+    restored = sample.Workload(reaper.add(run.pid), w.log, w.roles)
+    return run, restored
+
+
+def assert_done(run: LazyRun) -> dict:
+    res = run.finish()
+    assert res.code == 0, res.stderr
+    summary = res.last("summary")
+    assert summary["lazy"] is True and summary["resident_s"] is not None
+    return summary
+
+
+def test_one_gib_resumes_and_every_byte_arrives(start_workload, workdir: Path, reaper) -> None:
+    w = start_workload(mib=1024)
+    before = w.request_report()
+    checkpoint(w, workdir / "images")
+    run, restored = lazy_restore(workdir / "images", reaper, w)
+    summary = assert_done(run)
+    assert summary["drain_bytes"] + summary["fault_bytes"] >= (1024 << 20) * 15 // 16
+    assert summary["resume_s"] < 30
+    after = restored.request_report()
+    assert after["main"].checksum == before["main"].checksum
+    assert restored.request_verify() == {"main": "ok"}
+
+
+def test_threads_touch_memory_during_the_drain(start_workload, workdir: Path, reaper) -> None:
+    w = sample.start(workdir, 256, threads=2, scanners=4)
+    reaper.add(w.pid)
+    before = w.request_report()
+    checkpoint(w, workdir / "images")
+    run, restored = lazy_restore(workdir / "images", reaper, w, *SLOW_DRAIN)
+    during = restored.request_report()
+    summary = assert_done(run)
+    assert summary["faults"] > 0, "the scanners must have faulted on missing pages"
+    assert during["main"].checksum == before["main"].checksum
+    assert restored.request_verify() == {"main": "ok"}
+    scans = [ln for ln in w.lines() if ln.startswith("scan ") and "ok" in ln]
+    assert scans and not w.bad_lines()
+
+
+def test_fork_after_restore_and_children(start_workload, workdir: Path, reaper) -> None:
+    w = start_workload(mib=256, children=1)
+    before = w.request_report()
+    checkpoint(w, workdir / "images")
+    run, restored = lazy_restore(workdir / "images", reaper, w, *SLOW_DRAIN)
+    assert restored.op("fork") == "op fork done"
+    assert restored.op("fork") == "op fork done"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and sum("role=fork" in ln and " ok " in ln for ln in w.lines()) < 2:
+        time.sleep(0.05)
+    forks = [ln for ln in w.lines() if ln.startswith("verify role=fork")]
+    assert len(forks) == 2 and all(" ok " in ln for ln in forks), forks
+    summary = assert_done(run)
+    assert summary["faults"] > 0
+    after = restored.request_report()
+    assert {r: after[r].checksum for r in after} == {r: before[r].checksum for r in before}
+    assert not w.bad_lines()
+
+
+@pytest.mark.parametrize("ops", [("dontneed", "munmap", "mremap"), ("mremap", "dontneed", "kwrite", "munmap")])
+def test_layout_changes_during_the_drain(start_workload, workdir: Path, reaper, ops: tuple[str, ...]) -> None:
+    w = sample.start(workdir, 256, scanners=2)
+    reaper.add(w.pid)
+    checkpoint(w, workdir / "images")
+    run, restored = lazy_restore(workdir / "images", reaper, w, *SLOW_DRAIN)
+    for op in ops:
+        line = restored.op(op)
+        assert line.startswith(f"op {op} done") and "BAD" not in line, line
+        assert restored.request_verify() == {"main": "ok"}
+    summary = assert_done(run)
+    assert summary["resident_s"] > 0
+    assert restored.request_verify() == {"main": "ok"}
+    assert not w.bad_lines()
+
+
+def test_kernel_reads_a_lazy_buffer(start_workload, workdir: Path, reaper) -> None:
+    w = start_workload(mib=128)
+    checkpoint(w, workdir / "images")
+    run, restored = lazy_restore(workdir / "images", reaper, w, "--drain-rate", "16M")
+    assert restored.op("kwrite") == "op kwrite done ok"
+    assert_done(run)
+    assert restored.request_verify() == {"main": "ok"}
+
+
+def kill_daemon_mid_drain(w: sample.Workload, images: Path, reaper, *extra: str,
+                          env: dict[str, str] | None = None) -> tuple[LazyRun, sample.Workload]:
+    """Lazy restore with a slow drain; SIGKILL lr-lazyd while pages are missing, then make the tree read them."""
+    run = LazyRun(images, "--drain-rate", "16M", *extra, env=env)
+    restored = sample.Workload(reaper.add(run.pid), w.log, w.roles)
+    deadline = time.monotonic() + 30
+    status: dict = {}
+    while time.monotonic() < deadline and not status.get("left_bytes"):
+        try:
+            status = json.loads((run.workdir / "status.json").read_text())
+        except (OSError, ValueError):
+            time.sleep(0.01)
+    assert status.get("left_bytes", 0) > 0, "the drain must still be running when the daemon is killed"
+    os.kill(status["daemon_pid"], signal.SIGKILL)
+    os.killpg(restored.pid, signal.SIGUSR1)  # the report reads every page, missing ones included
+    return run, restored
+
+
+def wrong_reports(w: sample.Workload, expected: str) -> list[sample.Report]:
+    return [r for r in w.reports() if r.checksum != expected]
+
+
+def test_daemon_killed_mid_drain_kills_the_tree(start_workload, workdir: Path, reaper) -> None:
+    w = start_workload(mib=256, threads=1)
+    before = w.request_report()
+    log_size = w.log.stat().st_size
+    checkpoint(w, workdir / "images")
+    run, restored = kill_daemon_mid_drain(w, workdir / "images", reaper)
+    res = run.finish()
+    assert res.code == 10, res.stderr
+    assert "killed the restored tree" in res.last("error")["message"]
+    deadline = time.monotonic() + 10
+    while procs.is_running(restored.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not procs.is_running(restored.pid), "the tree must not run on without its pages"
+    time.sleep(0.5)
+    assert not wrong_reports(w, before["main"].checksum), "a process saw wrong memory"
+    # Nothing lost: the same checkpoint restores again, every byte right.
+    os.truncate(w.log, log_size)
+    run2, again = lazy_restore(workdir / "images", reaper, w)
+    assert_done(run2)
+    assert again.request_report()["main"].checksum == before["main"].checksum
+
+
+def test_without_the_guardian_a_killed_daemon_means_zero_pages(start_workload, workdir: Path, reaper) -> None:
+    """The hazard the guardian exists for (CRIU's own daemon has it): this test shows the check above can fail."""
+    w = start_workload(mib=256)
+    before = w.request_report()
+    checkpoint(w, workdir / "images")
+    run, restored = kill_daemon_mid_drain(w, workdir / "images", reaper,
+                                          env={"LAZYRESTORE_LAZYD_ARGS": "--no-guard"})
+    deadline = time.monotonic() + 30
+    while not wrong_reports(w, before["main"].checksum) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert wrong_reports(w, before["main"].checksum), "without a guardian the tree reads zero pages"
+    assert procs.is_running(restored.pid)
+    os.kill(restored.pid, signal.SIGKILL)
+    assert run.finish().code != 0
+
+
+def test_corrupt_page_data_is_never_placed(start_workload, workdir: Path, reaper) -> None:
+    w = sample.start(workdir, 64, scanners=2)
+    reaper.add(w.pid)
+    checkpoint(w, workdir / "images")
+    pages = workdir / "images" / "pages-1.img"
+    data = bytearray(pages.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    pages.write_bytes(bytes(data))
+    run = LazyRun(workdir / "images")
+    if any(e["event"] == "resumed" for e in run.events):
+        reaper.add(run.pid)
+    res = run.finish()
+    assert res.code == 10, res.stderr
+    message = res.last("error")["message"]
+    assert "pages-1.img" in message and "checksum" in message
+    time.sleep(0.5)
+    assert not w.bad_lines(), "corrupt bytes reached the process"
+    if any(e["event"] == "resumed" for e in run.events):
+        assert not procs.is_running(run.pid)
+
+
+def test_detach_and_status(start_workload, workdir: Path, reaper) -> None:
+    w = start_workload(mib=128)
+    before = w.request_report()
+    checkpoint(w, workdir / "images")
+    res = run_cli("restore", "--images", str(workdir / "images"), "--lazy", "--detach", "--drain-rate", "64M")
+    assert res.code == 0, res.stderr
+    summary = res.last("summary")
+    pid = reaper.add(summary["pid"])
+    assert summary["detached"] is True
+    first = run_cli("status", "--images", str(workdir / "images"))
+    assert first.code == 0 and first.last("status")["state"] in ("running", "done")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        st = run_cli("status", "--workdir", summary["workdir"]).last("status")
+        if st["state"] != "running":
+            break
+        time.sleep(0.2)
+    assert st["state"] == "done" and st["left_bytes"] == 0
+    restored = sample.Workload(pid, w.log, w.roles)
+    assert restored.request_report()["main"].checksum == before["main"].checksum
+
+
+def test_many_lazy_restores_of_one_checkpoint(start_workload, workdir: Path, reaper) -> None:
+    w = start_workload(mib=64)
+    before = w.request_report()
+    log_size = w.log.stat().st_size
+    checkpoint(w, workdir / "images")
+    manifest_before = (workdir / "images" / "lazyrestore" / "manifest.json").read_text()
+    for _ in range(3):
+        run, restored = lazy_restore(workdir / "images", reaper, w)
+        assert_done(run)
+        assert restored.request_report()["main"].checksum == before["main"].checksum
+        reaper.kill_all()
+        os.truncate(w.log, log_size)
+    assert run_cli("inspect", "--images", str(workdir / "images")).last("report")["consistent"]
+    assert (workdir / "images" / "lazyrestore" / "manifest.json").read_text() == manifest_before
