@@ -76,8 +76,11 @@ def cmd_status(args: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
-def cmd_lazy_pages(args: argparse.Namespace, rep: Reporter) -> int:
-    status.exec_lazyd(args.lazyd_args)
+def run_lazy_pages(lazyd_args: list[str]) -> int:
+    try:
+        status.exec_lazyd(lazyd_args)
+    except LazyRestoreError as exc:
+        return report_error(Reporter(json_mode=False), exc.kind, str(exc), exc.exit_code)
     return 1
 
 
@@ -120,10 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--workdir", type=images_path, default=None, help="the restore's work dir")
     st.set_defaults(func=cmd_status)
 
-    lp = sub.add_parser("lazy-pages", help="drop-in for `criu lazy-pages`: run lr-lazyd with these options",
-                        add_help=False)
-    lp.add_argument("lazyd_args", nargs=argparse.REMAINDER)
-    lp.set_defaults(func=cmd_lazy_pages, json=False)
+    sub.add_parser("lazy-pages", add_help=False,
+                   help="drop-in for `criu lazy-pages -D DIR [-W DIR] [--status-fd N]`: runs lr-lazyd (see lr-lazyd --help)")
 
     i = sub.add_parser("inspect", help="show what a checkpoint holds and whether it is intact")
     i.add_argument("--images", "-D", type=images_path, required=True, help="checkpoint directory")
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lazy-pages"]:  # every option goes to lr-lazyd as given (argparse would take -D itself)
+        return run_lazy_pages(argv[1:])
     args = build_parser().parse_args(argv)
     rep = Reporter(json_mode=getattr(args, "json", False))
     func: Callable[[argparse.Namespace, Reporter], int] = args.func
