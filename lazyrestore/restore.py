@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,16 +38,14 @@ class RestoreSummary:
 def new_run_dir(images_dir: Path, workdir: Path | None) -> Path:
     """CRIU's work dir for one restore: its log, and lazy-pages.socket for a lazy one.
 
-    By default DIR/lazyrestore/runs/restore-TIME-PID; the images themselves stay untouched.
+    By default a new DIR/lazyrestore/runs/restore-TIME-XXXX; the images themselves stay untouched.
     """
     if workdir is not None:
         workdir.mkdir(parents=True, exist_ok=True)
         return workdir
     runs = images_dir / manifest.META_DIR / RUNS_DIR
     runs.mkdir(exist_ok=True)
-    run = runs / f"restore-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    run.mkdir()
-    return run
+    return Path(tempfile.mkdtemp(prefix=f"restore-{time.strftime('%Y%m%d-%H%M%S')}-", dir=runs))
 
 
 def check_pids_free(images_dir: Path) -> None:

@@ -36,6 +36,8 @@ def test_demo_round_trip() -> None:
     import json
     events = [json.loads(line) for line in out.stdout.splitlines()]
     sums = {(e["when"], e["role"]): e["checksum"] for e in events if e["event"] == "checksum"}
-    assert sums[("before", "main")] == sums[("after", "main")]
-    assert sums[("before", "child0")] == sums[("after", "child0")]
-    assert events[-1]["event"] == "summary" and events[-1]["match"] is True
+    assert sums[("before checkpoint", "main")] == sums[("after eager restore", "main")]
+    assert sums[("before checkpoint", "main")] == sums[("after lazy restore", "main")]
+    final = events[-1]
+    assert final["event"] == "summary" and final["match"] is True
+    assert final["lazy_resume_s"] > 0 and final["lazy_resident_s"] > 0
