@@ -14,7 +14,7 @@ bootstrap:
 
 build: bootstrap native
 
-native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd
+native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index
 
 $(NATIVE)/lr-workload: native/workload/lr-workload.c
 	@mkdir -p $(@D)
@@ -45,3 +45,20 @@ $(NATIVE)/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 $(NATIVE)/san/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC) -o $@ $(LAZYD_SRC) -lxxhash
+
+# --- benchmarks ------------------------------------------------------------
+# Eager restore, CRIU's local lazy mode and lr-lazyd side by side; writes BENCHMARKS.md.
+.PHONY: bench
+bench: build
+	$(VENV)/bin/python bench/run_bench.py
+
+# --- C unit tests (ASan + UBSan), run by tests/unit/test_native.py ------------
+TEST_SANFLAGS := $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC)
+
+$(NATIVE)/tests/test_spans: native/tests/test_spans.c native/lazyd/spans.c native/common/index.c native/common/error.c $(LAZYD_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_spans.c native/lazyd/spans.c native/common/index.c native/common/error.c -lxxhash
+
+$(NATIVE)/tests/test_index: native/tests/test_index.c native/common/index.c native/common/error.c $(LAZYD_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_index.c native/common/index.c native/common/error.c -lxxhash

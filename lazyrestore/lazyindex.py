@@ -233,11 +233,13 @@ def _decode_records(data: bytes, count: int, checksum_count: int, page_size: int
         what = f"record {i} (pid {pid}, {start:#x})"
         if flags & ~KNOWN_RANGE_FLAGS or reserved:
             raise CorruptCheckpoint(where, f"{what}: unknown flags {flags:#x} or reserved field set")
-        if nr_pages == 0 or start % page_size or offset % page_size or start + nr_pages * page_size > 1 << 64:
+        length = nr_pages * page_size
+        if nr_pages == 0 or start % page_size or offset % page_size or start + length >= 1 << 64 \
+                or offset + length >= 1 << 64:
             raise CorruptCheckpoint(where, f"{what}: empty, unaligned or beyond the address space")
         if first != next_sum:
             raise CorruptCheckpoint(where, f"{what}: first checksum {first}, expected {next_sum}")
-        nblocks = block_count(start, nr_pages * page_size, block_size)
+        nblocks = block_count(start, length, block_size)
         if first + nblocks > checksum_count:
             raise CorruptCheckpoint(where, f"{what}: needs checksums up to {first + nblocks}, the file has {checksum_count}")
         if entries and (entries[-1].pid, entries[-1].end(page_size)) > (pid, start):

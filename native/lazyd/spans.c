@@ -89,7 +89,8 @@ int lr_spans_clone(struct lr_spans *dst, const struct lr_spans *src, struct lr_e
 		lr_spans_fini(dst);
 		return lr_error_set(err, ENOMEM, "cloning the span table for a forked task");
 	}
-	memcpy(dst->v, src->v, src->n * sizeof(*dst->v));
+	if (src->n) /* a task without lazy pages has no table (memcpy from NULL is undefined) */
+		memcpy(dst->v, src->v, src->n * sizeof(*dst->v));
 	memcpy(dst->bits, src->bits, words * 8);
 	return 0;
 }
@@ -196,7 +197,8 @@ int lr_spans_remap(struct lr_spans *s, uint64_t from, uint64_t to, uint64_t len,
 		s->v[w++] = *sp;
 	}
 	s->n = w;
-	qsort(s->v, s->n, sizeof(*s->v), by_addr);
+	if (s->n)
+		qsort(s->v, s->n, sizeof(*s->v), by_addr);
 	s->cursor = 0;
 	return 0;
 }
