@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 /* pages.c: reading and verifying page bytes from pages-N.img files. */
 #include <errno.h>
 #include <fcntl.h>
@@ -5,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -12,11 +15,29 @@
 #include "lr_pages.h"
 
 #define LR_MAX_PAGES_ID (1u << 20) /* CRIU numbers pages files from 1; far fewer in practice */
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
 
-int lr_pages_open(struct lr_pages *p, const char *dir, struct lr_error *err)
+/* Set by SIGIO: a writer wants one of our leased files (the only file-scope state: a signal flag). */
+static volatile sig_atomic_t lease_broken;
+
+void lr_pages_lease_broken(int sig)
+{
+	(void)sig;
+	lease_broken = 1;
+}
+
+bool lr_pages_lease_was_broken(void)
+{
+	return lease_broken;
+}
+
+int lr_pages_open(struct lr_pages *p, const char *dir, bool map, struct lr_error *err)
 {
 	memset(p, 0, sizeof(*p));
 	p->dir = dir;
+	p->map = map;
 	p->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (p->dirfd < 0)
 		return lr_error_set(err, errno, "open images directory %s", dir);
@@ -25,11 +46,15 @@ int lr_pages_open(struct lr_pages *p, const char *dir, struct lr_error *err)
 
 void lr_pages_close(struct lr_pages *p)
 {
-	for (uint32_t i = 0; i < p->nfds; i++)
+	for (uint32_t i = 0; i < p->nfds; i++) {
+		if (p->maps[i])
+			munmap((void *)p->maps[i], p->sizes[i]);
 		if (p->fds[i] >= 0)
-			close(p->fds[i]);
+			close(p->fds[i]); /* releases the lease */
+	}
 	free(p->fds);
 	free(p->sizes);
+	free(p->maps);
 	if (p->dirfd >= 0)
 		close(p->dirfd);
 	memset(p, 0, sizeof(*p));
@@ -47,10 +72,29 @@ static int grow(struct lr_pages *p, uint32_t id, struct lr_error *err)
 	if (!sizes)
 		return lr_error_set(err, ENOMEM, "pages file table");
 	p->sizes = sizes;
-	for (uint32_t i = p->nfds; i < n; i++)
+	const char **maps = realloc(p->maps, n * sizeof(*maps));
+	if (!maps)
+		return lr_error_set(err, ENOMEM, "pages file table");
+	p->maps = maps;
+	for (uint32_t i = p->nfds; i < n; i++) {
 		p->fds[i] = -1;
+		p->maps[i] = NULL;
+	}
 	p->nfds = n;
 	return 0;
+}
+
+/* Map file `id` under a read lease; on any failure it stays in read mode (still safe, one copy more). */
+static void try_map(struct lr_pages *p, uint32_t id)
+{
+	if (!p->sizes[id] || fcntl(p->fds[id], F_SETLEASE, F_RDLCK))
+		return;
+	void *m = mmap(NULL, p->sizes[id], PROT_READ, MAP_SHARED, p->fds[id], 0);
+	if (m == MAP_FAILED) {
+		fcntl(p->fds[id], F_SETLEASE, F_UNLCK);
+		return;
+	}
+	p->maps[id] = m;
 }
 
 static int pages_fd(struct lr_pages *p, uint32_t id, struct lr_error *err)
@@ -74,6 +118,8 @@ static int pages_fd(struct lr_pages *p, uint32_t id, struct lr_error *err)
 	}
 	p->fds[id] = fd;
 	p->sizes[id] = (uint64_t)st.st_size;
+	if (p->map)
+		try_map(p, id);
 	return fd;
 }
 
@@ -111,31 +157,64 @@ static int verify(const struct lr_index *idx, const struct lr_index_record *rec,
 	return 0;
 }
 
-int lr_pages_read(struct lr_pages *p, const struct lr_index *idx, const struct lr_index_record *rec, uint64_t src,
-		  uint64_t len, void *buf, size_t buf_size, size_t *at, struct lr_error *err)
+/* The block-aligned span [*a, *b) of the record covering [src, src + len), and its file offset. */
+static int span_of(struct lr_pages *p, const struct lr_index *idx, const struct lr_index_record *rec, uint64_t src,
+		   uint64_t len, uint64_t *a, uint64_t *b, uint64_t *off, struct lr_error *err)
 {
 	uint32_t bs = idx->hdr->block_size;
 	uint64_t end = lr_record_end(idx, rec);
-	uint64_t a = src / bs * bs, b = (src + len + bs - 1) / bs * bs;
 
-	if (src < rec->start || len > end - src || src + len > end)
+	if (src < rec->start || len > end - src)
 		return lr_error_set(err, 0, "read %#" PRIx64 "+%" PRIu64 " outside record of pid %u", src, len, rec->pid);
-	a = a < rec->start ? rec->start : a;
-	b = b > end ? end : b;
+	*a = src / bs * bs < rec->start ? rec->start : src / bs * bs;
+	*b = (src + len + bs - 1) / bs * bs > end ? end : (src + len + bs - 1) / bs * bs;
+	if (pages_fd(p, rec->pages_id, err) < 0)
+		return -1;
+	*off = rec->offset + (*a - rec->start);
+	if (*off > p->sizes[rec->pages_id] || *b - *a > p->sizes[rec->pages_id] - *off)
+		return lr_error_set(err, 0, "%s/pages-%u.img: truncated (needs bytes up to %" PRIu64 ", has %" PRIu64 ")",
+				    p->dir, rec->pages_id, *off + (*b - *a), p->sizes[rec->pages_id]);
+	return 0;
+}
+
+int lr_pages_read(struct lr_pages *p, const struct lr_index *idx, const struct lr_index_record *rec, uint64_t src,
+		  uint64_t len, void *buf, size_t buf_size, size_t *at, struct lr_error *err)
+{
+	uint64_t a, b, off;
+
+	if (span_of(p, idx, rec, src, len, &a, &b, &off, err))
+		return -1;
 	if (b - a > buf_size)
 		return lr_error_set(err, 0, "read of %" PRIu64 " bytes exceeds the buffer", b - a);
-	int fd = pages_fd(p, rec->pages_id, err);
-	if (fd < 0)
-		return -1;
-	uint64_t off = rec->offset + (a - rec->start);
-	if (off > p->sizes[rec->pages_id] || b - a > p->sizes[rec->pages_id] - off)
-		return lr_error_set(err, 0, "%s/pages-%u.img: truncated (needs bytes up to %" PRIu64 ", has %" PRIu64 ")",
-				    p->dir, rec->pages_id, off + (b - a), p->sizes[rec->pages_id]);
-	int rc = read_full(fd, buf, b - a, off);
+	int rc = read_full(p->fds[rec->pages_id], buf, b - a, off);
 	if (rc)
 		return lr_error_set(err, -rc, "read %s/pages-%u.img at %" PRIu64, p->dir, rec->pages_id, off);
 	if (verify(idx, rec, a, b, buf, p->dir, err))
 		return -1;
 	*at = src - a;
+	return 0;
+}
+
+int lr_pages_get(struct lr_pages *p, const struct lr_index *idx, const struct lr_index_record *rec, uint64_t src,
+		 uint64_t len, void *buf, size_t buf_size, const char **data, struct lr_error *err)
+{
+	uint64_t a, b, off;
+	size_t at;
+
+	if (span_of(p, idx, rec, src, len, &a, &b, &off, err))
+		return -1;
+	const char *map = p->maps[rec->pages_id];
+	if (!map) {
+		if (lr_pages_read(p, idx, rec, src, len, buf, buf_size, &at, err))
+			return -1;
+		*data = (const char *)buf + at;
+		return 0;
+	}
+	/* Map the page cache pages in one call rather than a fault each (a hint: failure is harmless). */
+	uint64_t pg = idx->hdr->page_size, lo = off / pg * pg;
+	madvise((void *)(map + lo), off + (b - a) - lo, MADV_POPULATE_READ);
+	if (verify(idx, rec, a, b, map + off, p->dir, err))
+		return -1;
+	*data = map + off + (src - a);
 	return 0;
 }

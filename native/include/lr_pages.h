@@ -1,13 +1,21 @@
 /*
  * lr_pages.h: page bytes from the checkpoint's pages-N.img files, verified.
  *
- * Bytes are read into the caller's buffer (never placed straight from a shared
- * mapping of the file, so a file changed under us cannot slip past the check)
- * and every checksum block they touch is verified before they are returned.
+ * Every checksum block that bytes come from is verified before the bytes are
+ * handed out. Two ways to get them:
+ * - mapped (default): the file is mapped shared, read-only, and the caller
+ *   copies straight from the page cache (one copy fewer). This is only done
+ *   under a read lease (F_SETLEASE F_RDLCK): taking it fails while anyone has
+ *   the file open for writing, and anyone opening it for writing later is held
+ *   off while we get SIGIO, upon which the daemon stops (lr_pages_lease_broken).
+ *   So verified bytes cannot change under us before they are copied.
+ * - read: pread into the caller's buffer, verified there. Used when no lease
+ *   can be had, or when mapping is turned off.
  */
 #ifndef LR_PAGES_H
 #define LR_PAGES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,10 +27,12 @@ struct lr_pages {
 	const char *dir;     /* its path, for messages */
 	int *fds;            /* by pages_id; -1 = not opened yet */
 	uint64_t *sizes;     /* file sizes, for bounds checks */
+	const char **maps;   /* by pages_id: the mapped file under a read lease, or NULL (read mode) */
 	uint32_t nfds;
+	bool map;            /* try the mapped way */
 };
 
-int lr_pages_open(struct lr_pages *p, const char *dir, struct lr_error *err);
+int lr_pages_open(struct lr_pages *p, const char *dir, bool map, struct lr_error *err);
 void lr_pages_close(struct lr_pages *p);
 
 /*
@@ -33,5 +43,17 @@ void lr_pages_close(struct lr_pages *p);
  */
 int lr_pages_read(struct lr_pages *p, const struct lr_index *idx, const struct lr_index_record *rec, uint64_t src,
 		  uint64_t len, void *buf, size_t buf_size, size_t *at, struct lr_error *err);
+
+/*
+ * Verified bytes of record `rec` at checkpoint addresses [src, src + len):
+ * *data points into the file's mapping when it has one, else into buf (read
+ * as lr_pages_read does).
+ */
+int lr_pages_get(struct lr_pages *p, const struct lr_index *idx, const struct lr_index_record *rec, uint64_t src,
+		 uint64_t len, void *buf, size_t buf_size, const char **data, struct lr_error *err);
+
+/* Set from the SIGIO handler: someone wants to write a leased pages file. */
+void lr_pages_lease_broken(int sig);
+bool lr_pages_lease_was_broken(void);
 
 #endif /* LR_PAGES_H */

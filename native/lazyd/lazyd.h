@@ -28,6 +28,7 @@ struct lr_config {
 	unsigned stats_ms;        /* progress line period */
 	bool drain;               /* false: serve faults only */
 	bool guard;               /* fork the guardian (crash safety) */
+	bool map;                 /* copy from leased mappings of the pages files (else pread) */
 	int verbose;
 };
 

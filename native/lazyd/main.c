@@ -43,6 +43,7 @@ static void usage(FILE *f)
 		"      --drain-rate SIZE    cap the background drain at SIZE bytes per second (default: none)\n"
 		"      --no-drain           serve faults only\n"
 		"      --no-guard           no guardian: if the daemon dies the tree reads zero pages (tests only)\n"
+		"      --no-map             read page bytes with pread instead of copying from a leased mapping\n"
 		"  -o, --log-file FILE      log here (relative to the work dir) instead of stderr\n"
 		"  -v, --verbose[=N]        more log (N up to 3: every fault)\n"
 		"Exit: 0 every page placed; 1 error (tree killed); 2 usage; 3 daemon died (tree killed).\n");
@@ -79,7 +80,7 @@ static int parse_int(const char *s, int *out)
 }
 
 enum { OPT_STATUS_FD = 256, OPT_STATS_FD, OPT_STATUS_FILE, OPT_STATS_INTERVAL, OPT_FAULT_AROUND, OPT_CHUNK,
-       OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD };
+       OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD, OPT_NO_MAP };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"work-dir", required_argument, NULL, 'W'},
@@ -89,7 +90,7 @@ static const struct option long_opts[] = {
 	{"stats-interval", required_argument, NULL, OPT_STATS_INTERVAL},
 	{"fault-around", required_argument, NULL, OPT_FAULT_AROUND}, {"chunk", required_argument, NULL, OPT_CHUNK},
 	{"drain-rate", required_argument, NULL, OPT_DRAIN_RATE}, {"no-drain", no_argument, NULL, OPT_NO_DRAIN},
-	{"no-guard", no_argument, NULL, OPT_NO_GUARD}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+	{"no-guard", no_argument, NULL, OPT_NO_GUARD}, {"no-map", no_argument, NULL, OPT_NO_MAP}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
 static int bad_value(const char *opt, const char *val, const char *want)
 {
@@ -109,6 +110,7 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 	case OPT_STATUS_FILE: c->status_file = arg; return 0;
 	case OPT_NO_DRAIN: c->drain = false; return 0;
 	case OPT_NO_GUARD: c->guard = false; return 0;
+	case OPT_NO_MAP: c->map = false; return 0;
 	case OPT_STATS_INTERVAL: {
 		int ms;
 		if (parse_int(arg, &ms) || ms < 10)
@@ -135,7 +137,7 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 static int parse_args(int argc, char **argv, struct lr_config *c)
 {
 	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20,
-				.stats_ms = 100, .drain = true, .guard = true, .verbose = 1};
+				.stats_ms = 100, .drain = true, .guard = true, .map = true, .verbose = 1};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "D:W:o:v::h", long_opts, NULL)) != -1) {
 		if (opt == 'h') {
@@ -217,7 +219,8 @@ static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 	d->page_size = (uint32_t)sysconf(_SC_PAGESIZE);
 	if (snprintf(path, sizeof(path), "%s/%s", d->cfg.images_dir, LR_INDEX_NAME) >= (int)sizeof(path))
 		return lr_error_set(err, ENAMETOOLONG, "images dir %s", d->cfg.images_dir);
-	if (lr_index_open(&d->index, path, d->page_size, err) || lr_pages_open(&d->pages, d->cfg.images_dir, err))
+	if (lr_index_open(&d->index, path, d->page_size, err) ||
+	    lr_pages_open(&d->pages, d->cfg.images_dir, d->cfg.map, err))
 		return -1;
 	d->buf_size = (d->cfg.chunk > d->cfg.fault_around ? d->cfg.chunk : d->cfg.fault_around) +
 		      2 * (size_t)d->index.hdr->block_size;
@@ -303,6 +306,9 @@ static int run(struct lr_lazyd *d, struct lr_error *err)
 	for (;;) {
 		if (stop_signal)
 			return lr_error_set(err, 0, "stopped by signal %d before every page was placed", (int)stop_signal);
+		if (lr_pages_lease_was_broken())
+			return lr_error_set(err, 0, "a pages file of %s was opened for writing during the restore: "
+					    "its bytes can no longer be trusted", d->cfg.images_dir);
 		if (lr_loop_run_once(d->epfd, d, next_timeout(d, drained), err) < 0 || lr_serve_deferred(d, err))
 			return -1;
 		if (all_placed(d))
@@ -369,6 +375,8 @@ int main(int argc, char **argv)
 	d.pages.dirfd = -1;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
+	struct sigaction lease = {.sa_handler = lr_pages_lease_broken};
+	sigaction(SIGIO, &lease, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	if (open_inputs(&d, &err) || enter_work_dir(&d, &err) || start_listening(&d, &err) || run(&d, &err)) {
 		lr_log(&d, 0, "error: %s", err.msg);

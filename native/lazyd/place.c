@@ -13,18 +13,18 @@ int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint
 	const struct lr_span sp = t->spans.v[si];
 	const uint64_t ps = d->page_size;
 	struct lr_run run;
-	size_t at;
+	const char *data;
 
 	*placed = 0;
 	if (!lr_spans_run_in(&t->spans, si, lo, hi, &run))
 		return LR_UFFD_OK;
 	const uint64_t first = run.page;
-	if (lr_pages_read(&d->pages, &d->index, &d->index.recs[sp.rec], sp.src + first * ps, (hi - first) * ps, d->buf,
-			  d->buf_size, &at, err))
+	if (lr_pages_get(&d->pages, &d->index, &d->index.recs[sp.rec], sp.src + first * ps, (hi - first) * ps, d->buf,
+			 d->buf_size, &data, err))
 		return -1;
 	do {
 		uint64_t dst = sp.addr + run.page * ps, done;
-		int rc = lr_uffd_copy(t->rec.fd, dst, d->buf + at + (run.page - first) * ps, run.npages * ps, &done, err);
+		int rc = lr_uffd_copy(t->rec.fd, dst, data + (run.page - first) * ps, run.npages * ps, &done, err);
 		if (rc < 0)
 			return -1;
 		lr_spans_clear(&t->spans, dst, done);

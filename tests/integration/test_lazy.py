@@ -223,3 +223,29 @@ def test_many_lazy_restores_of_one_checkpoint(start_workload, workdir: Path, rea
         os.truncate(w.log, log_size)
     assert run_cli("inspect", "--images", str(workdir / "images")).last("report")["consistent"]
     assert (workdir / "images" / "lazyrestore" / "manifest.json").read_text() == manifest_before
+
+
+def test_opening_a_pages_file_for_writing_stops_the_restore(start_workload, workdir: Path, reaper) -> None:
+    """lr-lazyd copies from a leased mapping: a writer showing up must stop it, never slip bytes past the checks."""
+    w = start_workload(mib=128)
+    checkpoint(w, workdir / "images")
+    run, restored = lazy_restore(workdir / "images", reaper, w, "--drain-rate", "8M")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (run.workdir / "status.json").exists():
+        time.sleep(0.01)
+    writer_done = []
+
+    def open_for_writing() -> None:  # blocks until the lease holder lets go
+        with open(workdir / "images" / "pages-1.img", "r+b"):
+            writer_done.append(time.monotonic())
+
+    import threading
+    t = threading.Thread(target=open_for_writing)
+    t.start()
+    res = run.finish(timeout=120)
+    t.join(timeout=120)
+    assert res.code == 10, res.stderr
+    assert "opened for writing" in res.last("error")["message"]
+    assert writer_done, "the writer got its file once the daemon stopped"
+    assert not procs.is_running(restored.pid)
+    assert not w.bad_lines()
