@@ -1,0 +1,309 @@
+"""BENCHMARKS.md: machine, medians per (kind, size, method), ratios against CRIU's lazy mode, goals."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+from typing import Any
+
+from bench_methods import LABELS, METHODS
+
+from lazyrestore.criu import LOG_LEVEL
+from lazyrestore.restore import SETTLE_S
+
+BASELINE = "criu-lazy"
+OURS = "lr-lazyd"
+RESUME_FLAT_MAX = 1.2
+DRAIN_GBPS_MIN = 3.0
+DRAIN_RATIO_MIN = 2.5
+FIELDS = ("resume_s", "resident_s", "drain_gbps", "lat_p50_us", "lat_p99_us", "daemon_cpu_s", "wall_s")
+
+Record = dict[str, Any]
+Medians = dict[tuple[str, int, str], dict[str, Any]]
+
+
+# --- machine ---------------------------------------------------------------
+
+def _first_line_with(path: str, key: str) -> str:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _command_output(args: list[str]) -> str:
+    try:
+        out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def machine(criu_path: str, repo: str) -> dict[str, str]:
+    mem_kb = _first_line_with("/proc/meminfo", "MemTotal").split()[0]
+    commit = _command_output(["git", "-C", repo, "rev-parse", "--short", "HEAD"])
+    dirty = _command_output(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"])
+    criu_version = _command_output([criu_path, "--version"]).replace("\n", ", ").removeprefix("Version: ")
+    return {
+        "kernel": platform.release(),
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "memory": f"{int(mem_kb) / (1 << 20):.1f} GiB" if mem_kb.isdigit() else mem_kb,
+        "cpu": _first_line_with("/proc/cpuinfo", "model name"),
+        "criu": f"{criu_version} ({criu_path})",
+        "python": platform.python_version(),
+        "lazyrestore": commit + (" (with uncommitted changes)" if dirty not in ("", "unknown") else ""),
+    }
+
+
+# --- numbers ---------------------------------------------------------------
+
+def run_ok(r: Record) -> bool:
+    return r.get("error") is None and r.get("checksum") == "ok"
+
+
+def run_censored(r: Record) -> bool:
+    """CRIU's daemon ran out of time: its figures are bounds and the memory was not checked."""
+    return r.get("error") is None and bool(r.get("timed_out"))
+
+
+def run_failed(r: Record) -> bool:
+    return not run_ok(r) and not run_censored(r)
+
+
+def _figures(r: Record) -> Record:
+    """A run's figures; for a censored run, the bounds (resident and CPU at least, drain at most)."""
+    if not run_censored(r):
+        return r
+    limit, resume = r["resident_min_s"], r["resume_s"]
+    return {"resume_s": resume, "resident_s": limit, "drain_gbps": r["lazy_bytes"] / (limit - resume) / 1e9,
+            "daemon_cpu_s": r.get("daemon_cpu_min_s")}
+
+
+def medians(records: list[Record]) -> Medians:
+    """Median of each figure over the runs that succeeded or were censored, per (kind, size, method).
+
+    censored: the median resident time is a censored run's bound (so resident, drain and CPU are bounds).
+    """
+    groups: dict[tuple[str, int, str], list[Record]] = {}
+    for r in records:
+        groups.setdefault((r["kind"], r["size_mib"], r["method"]), []).append(r)
+    out: Medians = {}
+    for key, runs in groups.items():
+        used = [_figures(r) for r in runs if run_ok(r) or run_censored(r)]
+        bounds = [r["resident_min_s"] for r in runs if run_censored(r)]
+        row: dict[str, Any] = {"runs": len(runs), "ok": sum(map(run_ok, runs)), "timed_out": len(bounds)}
+        for f in FIELDS:
+            values = [r[f] for r in used if r.get(f) is not None]
+            row[f] = statistics.median(values) if values else None
+        row["censored"] = bool(bounds) and row["resident_s"] is not None and row["resident_s"] >= min(bounds)
+        out[key] = row
+    return out
+
+
+def ratio(num: float | None, den: float | None) -> float | None:
+    return num / den if num is not None and den else None
+
+
+def fmt(x: float | None, digits: int = 3, bound: str = "") -> str:
+    return "n/a" if x is None else f"{bound}{x:.{digits}f}"
+
+
+def fmt_ratio(x: float | None, bound: str = "") -> str:
+    return "n/a" if x is None else f"{bound}{x:.2f}×"
+
+
+# --- tables ----------------------------------------------------------------
+
+TABLE_HEAD = ("| size | method | resume (s) | resident (s) | drain (GB/s) | fault p50 / p99 (µs) | daemon CPU (s) "
+              "| resume × CRIU | resident × CRIU | drain × CRIU | command wall (s) | checksums |\n"
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+
+
+def _ratios(m: dict[str, Any], base: dict[str, Any]) -> list[str]:
+    """resume, resident and drain against CRIU lazy-pages; a censored baseline makes the last two lower bounds."""
+    low = "> " if base.get("censored") and not m["censored"] else ""
+    return [fmt_ratio(ratio(base.get("resume_s"), m["resume_s"])),
+            fmt_ratio(ratio(base.get("resident_s"), m["resident_s"]), low),
+            fmt_ratio(ratio(m["drain_gbps"], base.get("drain_gbps")), low)]
+
+
+def _checks(m: dict[str, Any]) -> str:
+    text = f"{m['ok']}/{m['runs']} ok" + (f", {m['timed_out']} timed out" if m["timed_out"] else "")
+    return text if m["ok"] + m["timed_out"] == m["runs"] else f"**{text}**"
+
+
+def _row(kind: str, size: int, method: str, med: Medians) -> str:
+    m, base = med[(kind, size, method)], med.get((kind, size, BASELINE), {})
+    over, under = ("> ", "< ") if m["censored"] else ("", "")
+    lat = "n/a" if m["lat_p50_us"] is None else f"{m['lat_p50_us']:.1f} / {m['lat_p99_us']:.1f}"
+    cells = [f"{size} MiB", LABELS[method], fmt(m["resume_s"]), fmt(m["resident_s"], 3, over),
+             fmt(m["drain_gbps"], 2, under), lat, fmt(m["daemon_cpu_s"], 3, over), *_ratios(m, base),
+             fmt(m["wall_s"]), _checks(m)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def kind_table(kind: str, sizes: list[int], med: Medians) -> str:
+    rows = [_row(kind, s, meth, med) for s in sizes for meth in METHODS if (kind, s, meth) in med]
+    return TABLE_HEAD + "\n" + "\n".join(rows)
+
+
+def checkpoint_table(checkpoints: list[Record]) -> str:
+    lines = ["| workload | size | lazy bytes | images | dump (s) | frozen (s, CRIU) | checkpoint |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for c in checkpoints:
+        if c.get("error"):
+            lines.append(f"| {c['kind']} | {c['size_mib']} MiB | | | | | **failed: {c['error']}** |")
+            continue
+        lines.append(f"| {c['kind']} | {c['size_mib']} MiB | {c['lazy_bytes'] / (1 << 20):.1f} MiB "
+                     f"| {c['images_bytes'] / (1 << 20):.1f} MiB | {c['dump_s']:.3f} | {c['frozen_s']:.3f} | ok |")
+    return "\n".join(lines)
+
+
+def _outcome(r: Record) -> str:
+    if r.get("error") is not None:
+        return f"**FAILED: {r['error']}**"
+    if run_censored(r):
+        return f"timed out: {r['note']}; memory not checked"
+    return r["checksum"] if r["checksum"] == "ok" else f"**{r['checksum']}**"
+
+
+def runs_table(records: list[Record]) -> str:
+    lines = ["| workload | size | repeat | order | method | resume (s) | resident (s) | drain (GB/s) | outcome |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---|"]
+    for r in records:
+        f = _figures(r)
+        over, under = ("> ", "< ") if run_censored(r) else ("", "")
+        lines.append(f"| {r['kind']} | {r['size_mib']} MiB | {r['repeat']} | {r['order']} | {LABELS[r['method']]} "
+                     f"| {fmt(f.get('resume_s'))} | {fmt(f.get('resident_s'), 3, over)} "
+                     f"| {fmt(f.get('drain_gbps'), 2, under)} | {_outcome(r)} |")
+    return "\n".join(lines)
+
+
+# --- goals -----------------------------------------------------------------
+
+def _verdict(ok: bool | None) -> str:
+    return "not evaluated" if ok is None else ("**holds**" if ok else "**does not hold**")
+
+
+def goal_flat_resume(med: Medians, kind: str) -> tuple[bool | None, str]:
+    small, big = med.get((kind, 256, OURS), {}), med.get((kind, 4096, OURS), {})
+    r = ratio(big.get("resume_s"), small.get("resume_s"))
+    if r is None:
+        return None, f"needs lr-lazyd figures for the {kind} workload at 256 MiB and 4096 MiB"
+    return r <= RESUME_FLAT_MAX, (f"{kind}: lr-lazyd resume {fmt(big['resume_s'])} s at 4 GiB / "
+                                  f"{fmt(small['resume_s'])} s at 256 MiB = {r:.2f} (goal ≤ {RESUME_FLAT_MAX})")
+
+
+def goal_drain(med: Medians, kind: str, size: int) -> tuple[bool | None, str]:
+    ours, base = med.get((kind, size, OURS), {}), med.get((kind, size, BASELINE), {})
+    gbps, r = ours.get("drain_gbps"), ratio(ours.get("drain_gbps"), base.get("drain_gbps"))
+    if gbps is None:
+        return None, f"{kind} {size} MiB: no lr-lazyd drain figure"
+    ok = gbps >= DRAIN_GBPS_MIN or (r is not None and r >= DRAIN_RATIO_MIN)
+    over, under = ("> ", "< ") if base.get("censored") else ("", "")
+    return ok, (f"{kind} {size} MiB: lr-lazyd {gbps:.2f} GB/s, CRIU lazy-pages {fmt(base.get('drain_gbps'), 2, under)} "
+                f"GB/s, ratio {fmt_ratio(r, over)}")
+
+
+def goals_section(med: Medians, kinds: list[str], sizes: list[int]) -> tuple[str, list[bool | None]]:
+    lines = ["## Goals", "",
+             f"(a) Time to resume flat across sizes: lr-lazyd at 4 GiB / at 256 MiB ≤ {RESUME_FLAT_MAX} (idle workload).", ""]
+    verdicts: list[bool | None] = []
+    for kind in kinds:
+        ok, text = goal_flat_resume(med, kind)
+        tag = "" if kind == "idle" else " (for information)"
+        lines.append(f"- {text}: {_verdict(ok)}{tag}")
+        if kind == "idle":
+            verdicts.append(ok)
+    goal_b = (f"(b) Local drain ≥ {DRAIN_GBPS_MIN:g} GB/s or ≥ {DRAIN_RATIO_MIN}× CRIU's local lazy mode "
+              "in the same run, per size.")
+    lines += ["", goal_b, ""]
+    for kind in kinds:
+        for size in sizes:
+            ok, text = goal_drain(med, kind, size)
+            lines.append(f"- {text}: {_verdict(ok)}")
+            verdicts.append(ok)
+    return "\n".join(lines), verdicts
+
+
+# --- document --------------------------------------------------------------
+
+NOTES = """\
+How the figures are taken (all times from the start of CRIU's restore of the same checkpoint):
+
+- **resume**: until the restored tree runs. eager: `restore_s` from `lazyrestore restore --json` minus the
+  tool's fixed {settle:.1f} s liveness wait, i.e. CRIU's restore with every page placed; CRIU lazy-pages: wall
+  time of `criu restore --lazy-pages -d`; lr-lazyd: `resume_s` from `lazyrestore restore --lazy --json`.
+- **resident**: until every page is resident. eager: same as resume; CRIU lazy-pages: until the
+  `criu lazy-pages` daemon exits (it exits once every page is placed); lr-lazyd: `resume_s + resident_s`
+  (`resident_s` counts from CRIU's "restore finished" message, slightly before the tree resumes, so this
+  over-counts a little).
+- **drain**: lazy bytes of the checkpoint / (resident − resume), in GB/s (10^9 bytes/s); faults included.
+- **fault p50 / p99**: lr-lazyd's own fault service latency; CRIU's daemon does not report it (n/a).
+- **daemon CPU**: CRIU lazy-pages: user+system time from `wait4()` on the daemon; lr-lazyd: its own
+  `getrusage` in its final report. Eager has no daemon.
+- **× CRIU**: against CRIU lazy-pages in the same run, from the medians: resume and resident = CRIU / method
+  (> 1 is faster), drain = method / CRIU.
+- **command wall**: eager and lr-lazyd: the whole `lazyrestore restore` command (checkpoint verification,
+  daemon start, the liveness wait); CRIU lazy-pages: from starting its daemon to the daemon's exit.
+- Logging: CRIU restores at -v{restore_level} (as lazyrestore's own), `criu lazy-pages` at its default -v2 (at
+  -v4 it logs every page it copies), lr-lazyd at its default level.
+- Every restore is checked: the restored tree reports its memory checksum, which must equal the one taken
+  before the checkpoint, and the workload's log must show no `BAD` line; then it is killed.
+- Workloads: `lr-workload --mib N` as init of its own pid namespace; "idle" only sleeps, "scanning" runs two
+  threads that keep reading (and comparing) all of the main region. Images on tmpfs (/dev/shm).
+- **time limit**: {limit:.0f} s from the start of a lazy restore until every page is resident
+  (`--drain-timeout`). When CRIU's daemon runs out of it, its row shows bounds (resident and CPU ">",
+  drain "<"), the ratios against it are lower bounds (">"), and that tree is killed without a memory check;
+  lr-lazyd running out of it counts as a failure.
+- First touch of fresh memory is slow and noisy in a VM: compare figures within one run, not across runs.
+"""
+
+
+def render(meta: dict[str, Any], records: list[Record], checkpoints: list[Record], med: Medians) -> str:
+    kinds, sizes = meta["kinds"], meta["sizes"]
+    parts = ["# lazyrestore benchmarks", ""]
+    parts += _alarms(records, checkpoints)
+    parts += [f"Date: {meta['date']}  ", f"Command: `{meta['command']}` (repeats: {meta['repeat']}, median reported)", "",
+              "Machine:", ""]
+    parts += [f"- {k}: {v}" for k, v in meta["machine"].items()]
+    parts += ["", "Checkpoints (one per workload; every method restores the same one):", "",
+              checkpoint_table(checkpoints), ""]
+    for kind in kinds:
+        parts += [f"## {kind.capitalize()} workload", "", kind_table(kind, sizes, med), ""]
+    goals, _ = goals_section(med, kinds, sizes)
+    parts += [goals, "", "## Method", "", NOTES.format(settle=SETTLE_S, restore_level=LOG_LEVEL, limit=meta["drain_timeout_s"]),
+              "## Every run", "", runs_table(records), ""]
+    return "\n".join(parts)
+
+
+def _alarms(records: list[Record], checkpoints: list[Record]) -> list[str]:
+    mism = [r for r in records if r.get("error") is None and not run_censored(r) and r.get("checksum") != "ok"]
+    slow = [r for r in records if run_censored(r)]
+    failed = [r for r in records if r.get("error") is not None]
+    bad_cp = [c for c in checkpoints if c.get("error")]
+    out = []
+    if mism:
+        out.append(f"**CHECKSUM MISMATCH in {len(mism)} run(s): "
+                   + "; ".join(f"{r['kind']} {r['size_mib']} MiB {r['method']} #{r['repeat']}: {r['checksum']}"
+                               for r in mism) + "**")
+    if failed:
+        out.append(f"**{len(failed)} restore(s) FAILED: "
+                   + "; ".join(f"{r['kind']} {r['size_mib']} MiB {r['method']} #{r['repeat']}" for r in failed) + "**")
+    if slow:
+        out.append(f"**CRIU lazy-pages did not make every page resident within the time limit in {len(slow)} run(s) "
+                   "(" + "; ".join(f"{r['kind']} {r['size_mib']} MiB #{r['repeat']}: > {r['resident_min_s']:.0f} s"
+                                  for r in slow)
+                   + "): its figures there are bounds (>, <) and those trees were killed unchecked.**")
+    if bad_cp:
+        out.append(f"**{len(bad_cp)} checkpoint(s) FAILED (their sizes are missing below)**")
+    if not (mism or failed or bad_cp):
+        out.append(("Every other restore" if slow else "All restores") + " succeeded and every checked tree's "
+                   "memory checksum matched the original.")
+    return [line for alarm in out for line in (alarm, "")]
