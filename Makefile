@@ -34,17 +34,17 @@ clean:
 	rm -rf build
 
 # --- lr-lazyd --------------------------------------------------------------
-LAZYD_SRC := $(wildcard native/lazyd/*.c) native/common/error.c native/common/index.c native/common/pages.c
+LAZYD_SRC := $(wildcard native/lazyd/*.c) native/common/error.c native/common/index.c native/common/pages.c native/common/ahead.c
 LAZYD_HDR := $(wildcard native/lazyd/*.h native/include/*.h)
 NATIVE_INC := -Inative/include -Inative/lazyd
 
 $(NATIVE)/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(NATIVE_INC) -o $@ $(LAZYD_SRC) -lxxhash
+	$(CC) $(CFLAGS) $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash
 
 $(NATIVE)/san/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC) -o $@ $(LAZYD_SRC) -lxxhash
+	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash
 
 # --- benchmarks ------------------------------------------------------------
 # Eager restore, CRIU's local lazy mode and lr-lazyd side by side; writes BENCHMARKS.md.

@@ -55,6 +55,7 @@ void lr_pages_close(struct lr_pages *p)
 	free(p->fds);
 	free(p->sizes);
 	free(p->maps);
+	free((void *)p->verified);
 	if (p->dirfd >= 0)
 		close(p->dirfd);
 	memset(p, 0, sizeof(*p));
@@ -104,10 +105,12 @@ static int pages_fd(struct lr_pages *p, uint32_t id, struct lr_error *err)
 
 	if (id >= LR_MAX_PAGES_ID)
 		return lr_error_set(err, 0, "index refers to pages-%u.img: id out of range", id);
+	if (id < p->nfds && p->fds[id] >= 0)
+		return p->fds[id];
+	if (p->prepared) /* the tables are shared with the verify-ahead thread now: no growing */
+		return lr_error_set(err, 0, "pages-%u.img was not opened up front", id);
 	if (id >= p->nfds && grow(p, id, err))
 		return -1;
-	if (p->fds[id] >= 0)
-		return p->fds[id];
 	snprintf(name, sizeof(name), "pages-%u.img", id);
 	int fd = openat(p->dirfd, name, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -137,8 +140,10 @@ static int read_full(int fd, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/* Check the blocks of rec in [a, b) (block aligned or clipped to rec), whose bytes are at buf. With
+ * flags (mapped bytes only), blocks marked verified are skipped and good ones are marked. */
 static int verify(const struct lr_index *idx, const struct lr_index_record *rec, uint64_t a, uint64_t b,
-		  const char *buf, const char *dir, struct lr_error *err)
+		  const char *buf, _Atomic uint8_t *flags, const char *dir, struct lr_error *err)
 {
 	uint32_t bs = idx->hdr->block_size;
 	uint64_t base = rec->start / bs * bs;
@@ -147,14 +152,42 @@ static int verify(const struct lr_index *idx, const struct lr_index_record *rec,
 		uint64_t stop = (x / bs + 1) * bs;
 		if (stop > b)
 			stop = b;
-		uint64_t k = (x - base) / bs;
-		if (XXH3_64bits(buf + (x - a), stop - x) != idx->sums[rec->first_checksum + k])
+		uint64_t sum = rec->first_checksum + (x - base) / bs;
+		if (flags && atomic_load_explicit(&flags[sum], memory_order_acquire)) {
+			x = stop;
+			continue;
+		}
+		if (XXH3_64bits(buf + (x - a), stop - x) != idx->sums[sum])
 			return lr_error_set(err, 0, "%s/pages-%u.img: page data at offset %" PRIu64 " (pid %u, address %#" PRIx64
 					    ") fails its checksum: the file is corrupt",
 					    dir, rec->pages_id, rec->offset + (x - rec->start), rec->pid, x);
+		if (flags)
+			atomic_store_explicit(&flags[sum], 1, memory_order_release);
 		x = stop;
 	}
 	return 0;
+}
+
+/* Map the page cache pages of [off, off + len) in one call rather than a fault each (a hint: failure is harmless). */
+static void populate(const char *map, uint64_t off, uint64_t len, uint64_t page_size)
+{
+	uint64_t lo = off / page_size * page_size;
+	madvise((void *)(map + lo), off + len - lo, MADV_POPULATE_READ);
+}
+
+/* Every block of rec in [a, b) already verified in its mapping (by the verify-ahead thread)? */
+static bool all_verified(const struct lr_pages *p, const struct lr_index *idx, const struct lr_index_record *rec,
+			 uint64_t a, uint64_t b)
+{
+	uint32_t bs = idx->hdr->block_size;
+	uint64_t base = rec->start / bs * bs;
+
+	if (!p->verified)
+		return false;
+	for (uint64_t k = (a - base) / bs; k <= (b - 1 - base) / bs; k++)
+		if (!atomic_load_explicit(&p->verified[rec->first_checksum + k], memory_order_acquire))
+			return false;
+	return true;
 }
 
 /* The block-aligned span [*a, *b) of the record covering [src, src + len), and its file offset. */
@@ -189,7 +222,7 @@ int lr_pages_read(struct lr_pages *p, const struct lr_index *idx, const struct l
 	int rc = read_full(p->fds[rec->pages_id], buf, b - a, off);
 	if (rc)
 		return lr_error_set(err, -rc, "read %s/pages-%u.img at %" PRIu64, p->dir, rec->pages_id, off);
-	if (verify(idx, rec, a, b, buf, p->dir, err))
+	if (verify(idx, rec, a, b, buf, NULL, p->dir, err))
 		return -1;
 	*at = src - a;
 	return 0;
@@ -210,11 +243,45 @@ int lr_pages_get(struct lr_pages *p, const struct lr_index *idx, const struct lr
 		*data = (const char *)buf + at;
 		return 0;
 	}
-	/* Map the page cache pages in one call rather than a fault each (a hint: failure is harmless). */
-	uint64_t pg = idx->hdr->page_size, lo = off / pg * pg;
-	madvise((void *)(map + lo), off + (b - a) - lo, MADV_POPULATE_READ);
-	if (verify(idx, rec, a, b, map + off, p->dir, err))
-		return -1;
+	if (!all_verified(p, idx, rec, a, b)) {
+		populate(map, off, b - a, idx->hdr->page_size);
+		if (verify(idx, rec, a, b, map + off, p->verified, p->dir, err))
+			return -1;
+	}
 	*data = map + off + (src - a);
 	return 0;
+}
+
+int lr_pages_prepare(struct lr_pages *p, const struct lr_index *idx, struct lr_error *err)
+{
+	for (uint64_t i = 0; i < idx->hdr->record_count; i++)
+		if (pages_fd(p, idx->recs[i].pages_id, err) < 0)
+			return -1;
+	p->nverified = idx->hdr->checksum_count;
+	p->verified = calloc(p->nverified ? p->nverified : 1, 1);
+	if (!p->verified)
+		return lr_error_set(err, ENOMEM, "verified-block flags for %" PRIu64 " blocks", p->nverified);
+	p->prepared = true;
+	return 0;
+}
+
+void lr_pages_check_ahead(struct lr_pages *p, const struct lr_index *idx, const struct lr_index_record *rec,
+			  uint64_t k0, uint64_t k1)
+{
+	uint32_t bs = idx->hdr->block_size;
+	uint64_t base = rec->start / bs * bs, end = lr_record_end(idx, rec), a, b, off;
+	struct lr_error ignored;
+
+	a = base + k0 * bs < rec->start ? rec->start : base + k0 * bs;
+	b = base + k1 * bs > end ? end : base + k1 * bs;
+	if (!p->prepared || a >= b || rec->pages_id >= p->nfds || !p->maps[rec->pages_id] ||
+	    span_of(p, idx, rec, a, b - a, &a, &b, &off, &ignored))
+		return;
+	const char *map = p->maps[rec->pages_id];
+	populate(map, off, b - a, idx->hdr->page_size);
+	for (uint64_t x = a; x < b;) { /* block by block, so one bad block does not hold back the others */
+		uint64_t stop = (x / bs + 1) * bs < b ? (x / bs + 1) * bs : b;
+		verify(idx, rec, x, stop, map + off + (x - a), p->verified, p->dir, &ignored);
+		x = stop;
+	}
 }

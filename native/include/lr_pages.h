@@ -15,6 +15,7 @@
 #ifndef LR_PAGES_H
 #define LR_PAGES_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -30,10 +31,28 @@ struct lr_pages {
 	const char **maps;   /* by pages_id: the mapped file under a read lease, or NULL (read mode) */
 	uint32_t nfds;
 	bool map;            /* try the mapped way */
+	bool prepared;       /* lr_pages_prepare done: every file is open, the tables no longer change */
+	_Atomic uint8_t *verified; /* by checksum index: 1 = that block's mapped bytes passed their check */
+	uint64_t nverified;
 };
 
 int lr_pages_open(struct lr_pages *p, const char *dir, bool map, struct lr_error *err);
 void lr_pages_close(struct lr_pages *p);
+
+/*
+ * Open (and map) every pages file the index refers to and set up the
+ * verified-block flags. Afterwards the file tables are fixed, so other threads
+ * may read them (lr_ahead).
+ */
+int lr_pages_prepare(struct lr_pages *p, const struct lr_index *idx, struct lr_error *err);
+
+/*
+ * Verify blocks [k0, k1) of record `rec` in its mapped file, marking each good
+ * one. For the verify-ahead thread: a bad or unmapped block is left unmarked
+ * (the event loop checks it again and reports it). Thread safe after prepare.
+ */
+void lr_pages_check_ahead(struct lr_pages *p, const struct lr_index *idx, const struct lr_index_record *rec,
+			  uint64_t k0, uint64_t k1);
 
 /*
  * Read the bytes of record `rec` covering checkpoint addresses [src, src + len)

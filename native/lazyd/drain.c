@@ -26,6 +26,14 @@ static struct lr_task *next_task(struct lr_lazyd *d)
 	return NULL;
 }
 
+/* The checksum index of page `page` of a span. */
+static uint64_t checksum_at(const struct lr_lazyd *d, const struct lr_span *sp, uint64_t page)
+{
+	const struct lr_index_record *rec = &d->index.recs[sp->rec];
+	uint32_t bs = d->index.hdr->block_size;
+	return rec->first_checksum + (sp->src + page * d->page_size - rec->start / bs * bs) / bs;
+}
+
 /* One chunk. Returns 1 when it placed (or tried to place) something, 0 when there was nothing to do. */
 int lr_drain_step(struct lr_lazyd *d, struct lr_error *err)
 {
@@ -41,6 +49,7 @@ int lr_drain_step(struct lr_lazyd *d, struct lr_error *err)
 		return 0;
 	int rc = lr_place(d, t, run.span, run.page, run.page + run.npages, &placed, err);
 	d->stats.drain_bytes += placed;
+	lr_ahead_reached(&d->ahead, checksum_at(d, &t->spans.v[run.span], run.page + run.npages - 1));
 	switch (rc) {
 	case LR_UFFD_OK:
 		return 1;

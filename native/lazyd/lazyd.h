@@ -10,6 +10,7 @@
 
 #include "criu_sock.h"
 #include "loop.h"
+#include "lr_ahead.h"
 #include "lr_index_reader.h"
 #include "lr_pages.h"
 #include "spans.h"
@@ -25,6 +26,7 @@ struct lr_config {
 	uint64_t fault_around;    /* bytes placed around a fault (power of two) */
 	uint64_t chunk;           /* bytes per drain step */
 	uint64_t drain_rate;      /* bytes/s cap on the drain; 0 = none */
+	uint64_t ahead;           /* verify-ahead lead in bytes; 0 = no verify-ahead thread */
 	unsigned stats_ms;        /* progress line period */
 	bool drain;               /* false: serve faults only */
 	bool guard;               /* fork the guardian (crash safety) */
@@ -49,6 +51,7 @@ struct lr_lazyd {
 	struct lr_config cfg;
 	struct lr_index index;
 	struct lr_pages pages;
+	struct lr_ahead ahead;     /* verifies mapped page bytes ahead of the drain */
 	struct lr_stats stats;
 	int epfd;
 	int guard_fd;

@@ -44,6 +44,8 @@ static void usage(FILE *f)
 		"      --no-drain           serve faults only\n"
 		"      --no-guard           no guardian: if the daemon dies the tree reads zero pages (tests only)\n"
 		"      --no-map             read page bytes with pread instead of copying from a leased mapping\n"
+		"      --verify-ahead SIZE  a second thread checks mapped page bytes up to SIZE ahead of the drain\n"
+		"                           (default 64M; 0: the event loop checks everything itself)\n"
 		"  -o, --log-file FILE      log here (relative to the work dir) instead of stderr\n"
 		"  -v, --verbose[=N]        more log (N up to 3: every fault)\n"
 		"Exit: 0 every page placed; 1 error (tree killed); 2 usage; 3 daemon died (tree killed).\n");
@@ -80,7 +82,7 @@ static int parse_int(const char *s, int *out)
 }
 
 enum { OPT_STATUS_FD = 256, OPT_STATS_FD, OPT_STATUS_FILE, OPT_STATS_INTERVAL, OPT_FAULT_AROUND, OPT_CHUNK,
-       OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD, OPT_NO_MAP };
+       OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD, OPT_NO_MAP, OPT_VERIFY_AHEAD };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"work-dir", required_argument, NULL, 'W'},
@@ -90,7 +92,8 @@ static const struct option long_opts[] = {
 	{"stats-interval", required_argument, NULL, OPT_STATS_INTERVAL},
 	{"fault-around", required_argument, NULL, OPT_FAULT_AROUND}, {"chunk", required_argument, NULL, OPT_CHUNK},
 	{"drain-rate", required_argument, NULL, OPT_DRAIN_RATE}, {"no-drain", no_argument, NULL, OPT_NO_DRAIN},
-	{"no-guard", no_argument, NULL, OPT_NO_GUARD}, {"no-map", no_argument, NULL, OPT_NO_MAP}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+	{"no-guard", no_argument, NULL, OPT_NO_GUARD}, {"no-map", no_argument, NULL, OPT_NO_MAP},
+	{"verify-ahead", required_argument, NULL, OPT_VERIFY_AHEAD}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
 static int bad_value(const char *opt, const char *val, const char *want)
 {
@@ -129,6 +132,10 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 		return 0;
 	case OPT_DRAIN_RATE:
 		return parse_size(arg, &c->drain_rate) ? bad_value("--drain-rate", arg, "bytes per second, e.g. 200M") : 0;
+	case OPT_VERIFY_AHEAD:
+		if (parse_size(arg, &c->ahead) || c->ahead > (1ULL << 40))
+			return bad_value("--verify-ahead", arg, "a size up to 1T, e.g. 64M, or 0");
+		return 0;
 	default:
 		return -1;
 	}
@@ -136,7 +143,7 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 
 static int parse_args(int argc, char **argv, struct lr_config *c)
 {
-	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20,
+	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20, .ahead = 64 << 20,
 				.stats_ms = 100, .drain = true, .guard = true, .map = true, .verbose = 1};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "D:W:o:v::h", long_opts, NULL)) != -1) {
@@ -256,6 +263,11 @@ static int start_listening(struct lr_lazyd *d, struct lr_error *err)
 		return -1;
 	if (d->cfg.guard && lr_guard_fork(&d->guard_fd, err))
 		return -1;
+	/* Open the pages files only now, in the daemon: the read leases must be ours, not the guardian's. */
+	if (lr_pages_prepare(&d->pages, &d->index, err))
+		return -1;
+	if (d->cfg.map && d->cfg.ahead && lr_ahead_start(&d->ahead, &d->index, &d->pages, d->cfg.ahead, err))
+		return -1;
 	if (d->cfg.status_fd >= 0) {
 		if (write_all(d->cfg.status_fd, "", 1))
 			return lr_error_set(err, errno, "write to --status-fd %d", d->cfg.status_fd);
@@ -351,6 +363,7 @@ static void teardown(struct lr_lazyd *d)
 	}
 	free(d->tasks);
 	free(d->buf);
+	lr_ahead_stop(&d->ahead); /* before the mappings it reads go away */
 	lr_pages_close(&d->pages);
 	lr_index_close(&d->index);
 	if (d->conn_rec.fd >= 0)
