@@ -60,7 +60,7 @@ def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: boo
         client.opts.images_dir_fd = fd
         client.opts.pid = pid
         client.opts.log_file = DUMP_LOG
-        client.opts.log_level = criu.LOG_LEVEL
+        client.opts.log_level = binary.log_level
         client.opts.leave_running = leave_running
         client.dump()
     except pycriu.CRIUException as exc:

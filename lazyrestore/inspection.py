@@ -11,7 +11,7 @@ from . import lazyindex, manifest
 from .errors import LazyRestoreError
 from .images import Pagemap, Vma, read_pagemap, read_pstree, read_vmas, require_checkpoint_dir
 from .output import human_bytes
-from .verify import verify_checkpoint
+from .verify import verify_checkpoint_index
 
 
 def vma_report(vma: Vma, ranges: list[lazyindex.IndexEntry]) -> dict[str, Any]:
@@ -49,7 +49,7 @@ def _ranges(pagemap: Pagemap | None, vmas: list[Vma], page_size: int, images_dir
 
 def consistency(images_dir: Path) -> dict[str, Any]:
     try:
-        m, index = verify_checkpoint(images_dir, pages=True)
+        m, index = verify_checkpoint_index(images_dir, pages=True)
     except LazyRestoreError as exc:
         return {"consistent": False, "problem": str(exc), "error": exc.kind}
     return {"consistent": True, "problem": None, "checkpoint_id": m.checkpoint_id, "created": m.created,

@@ -22,7 +22,7 @@ from .daemons import EXIT_TREE_KILLED, Lazyd, LazydOptions, read_status
 from .errors import CriuFailed, DaemonFailed
 from .output import Reporter, human_bytes
 from .restore import RESTORE_LOG, check_pids_free, new_run_dir, run_restore, wait_running
-from .verify import verify_checkpoint
+from .verify import verify_for_lazy
 
 PROGRESS_EVERY_S = 0.5
 
@@ -59,7 +59,7 @@ def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: 
     procs.require_root()
     binary = criu.find_criu()
     t0 = time.monotonic()
-    m, _index = verify_checkpoint(images_dir, pages=False)
+    m = verify_for_lazy(images_dir)
     check_pids_free(images_dir)
     verify_s = time.monotonic() - t0
     run = new_run_dir(images_dir, workdir)

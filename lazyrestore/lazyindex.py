@@ -92,6 +92,23 @@ class LazyIndex:
         return sum(e.nr_pages for e in self.entries if not e.lazy)
 
 
+@dataclass(frozen=True)
+class IndexHeader:
+    """The header of an index whose size and trailer checksum were checked (records not decoded).
+
+    Enough to tie an index to its checkpoint in O(1) Python work; lr-lazyd validates every
+    record itself before it serves anything (native/common/index.c).
+    """
+
+    page_size: int
+    block_size: int
+    task_count: int
+    checkpoint_id: bytes
+    lazy_pages: int
+    eager_pages: int
+    record_count: int
+
+
 def block_spans(start: int, length: int, block_size: int) -> list[tuple[int, int]]:
     """(address, length) of each block_size-aligned window of [start, start+length)."""
     spans = []
@@ -187,8 +204,17 @@ def read(path: Path) -> LazyIndex:
     return decode(data, str(path))
 
 
-def decode(data: bytes, where: str) -> LazyIndex:
-    """Parse and fully validate index bytes; any inconsistency raises CorruptCheckpoint naming `where`."""
+def read_header(path: Path) -> IndexHeader:
+    """The header of the index at path, after checking its size and trailer checksum."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CorruptCheckpoint(str(path), "missing (expected the lazy index written by `lazyrestore checkpoint`)") from exc
+    return decode_header(data, str(path))
+
+
+def decode_header(data: bytes, where: str) -> IndexHeader:
+    """Check magic, layout, sizes, total length and trailer; any inconsistency raises CorruptCheckpoint."""
     if len(data) < HEADER.size + TRAILER.size:
         raise CorruptCheckpoint(where, f"truncated: {len(data)} bytes, the header alone needs {HEADER.size + TRAILER.size}")
     (magic, version, header_size, record_size, page_size, block_size, task_count,
@@ -205,10 +231,17 @@ def decode(data: bytes, where: str) -> LazyIndex:
     (trailer,) = TRAILER.unpack_from(data, len(data) - TRAILER.size)
     if trailer != xxhash.xxh3_64_intdigest(memoryview(data)[:-TRAILER.size]):
         raise CorruptCheckpoint(where, "checksum mismatch: the file was modified or damaged")
-    entries = _decode_records(data, record_count, checksum_count, page_size, block_size, where)
-    index = LazyIndex(page_size, block_size, task_count, checkpoint_id, tuple(entries))
-    if (index.lazy_pages, index.eager_pages) != (lazy_pages, eager_pages):
-        raise CorruptCheckpoint(where, f"header counts {lazy_pages} lazy / {eager_pages} eager pages, "
+    return IndexHeader(page_size, block_size, task_count, checkpoint_id, lazy_pages, eager_pages, record_count)
+
+
+def decode(data: bytes, where: str) -> LazyIndex:
+    """Parse and fully validate index bytes; any inconsistency raises CorruptCheckpoint naming `where`."""
+    h = decode_header(data, where)
+    sums_count = (len(data) - HEADER.size - h.record_count * RECORD.size - TRAILER.size) // CHECKSUM.size
+    entries = _decode_records(data, h.record_count, sums_count, h.page_size, h.block_size, where)
+    index = LazyIndex(h.page_size, h.block_size, h.task_count, h.checkpoint_id, tuple(entries))
+    if (index.lazy_pages, index.eager_pages) != (h.lazy_pages, h.eager_pages):
+        raise CorruptCheckpoint(where, f"header counts {h.lazy_pages} lazy / {h.eager_pages} eager pages, "
                                 f"records add up to {index.lazy_pages} / {index.eager_pages}")
     return index
 

@@ -73,7 +73,7 @@ def run_restore(binary: criu.CriuBinary, images_dir: Path, log: Path, lazy: bool
         client.opts.images_dir_fd = dir_fd
         client.opts.work_dir_fd = work_fd
         client.opts.log_file = log.name
-        client.opts.log_level = criu.LOG_LEVEL
+        client.opts.log_level = binary.log_level
         client.opts.rst_sibling = True
         client.opts.lazy_pages = lazy
         return client.restore().pid
@@ -97,7 +97,7 @@ def restore(images_dir: Path, reporter: Reporter) -> RestoreSummary:
     binary = criu.find_criu()
     reporter.progress(f"verifying checkpoint {images_dir} (manifest, images, index, page checksums)")
     t0 = time.monotonic()
-    m, _index = verify_checkpoint(images_dir, pages=True)
+    m = verify_checkpoint(images_dir, pages=True)
     check_pids_free(images_dir)
     t1 = time.monotonic()
     reporter.event("verified", checkpoint_id=m.checkpoint_id, seconds=round(t1 - t0, 6))

@@ -44,19 +44,24 @@ def check_files(images_dir: Path, m: Manifest) -> None:
             raise CorruptCheckpoint(str(path), "SHA-256 differs from the manifest (modified or corrupt)")
 
 
+def check_index_header(where: str, m: Manifest, h: lazyindex.IndexHeader | LazyIndex) -> None:
+    """The index belongs to this checkpoint: its id, page counts and task count match the manifest."""
+    if h.checkpoint_id.hex() != m.checkpoint_id:
+        raise CorruptCheckpoint(where, f"belongs to checkpoint {h.checkpoint_id.hex()}, the manifest is {m.checkpoint_id}")
+    if (h.lazy_pages, h.eager_pages, h.page_size) != (m.lazy_pages, m.eager_pages, m.page_size):
+        raise CorruptCheckpoint(where, "page counts or page size differ from the manifest")
+    if h.task_count != m.processes:
+        raise CorruptCheckpoint(where, f"task count {h.task_count}, the manifest has {m.processes} processes")
+
+
 def check_index(images_dir: Path, m: Manifest, index: LazyIndex) -> None:
     """The index belongs to this checkpoint and describes exactly the pages of its images."""
     where = str(images_dir / m.index.name)
-    if index.checkpoint_id.hex() != m.checkpoint_id:
-        raise CorruptCheckpoint(where, f"belongs to checkpoint {index.checkpoint_id.hex()}, the manifest is {m.checkpoint_id}")
-    if (index.lazy_pages, index.eager_pages, index.page_size) != (m.lazy_pages, m.eager_pages, m.page_size):
-        raise CorruptCheckpoint(where, "page counts or page size differ from the manifest")
+    check_index_header(where, m, index)
     planned = plan_index(images_dir, index.page_size)
     strip = [(e.pid, e.flags, e.start, e.nr_pages, e.pages_id, e.offset) for e in index.entries]
     if strip != [(e.pid, e.flags, e.start, e.nr_pages, e.pages_id, e.offset) for e in planned]:
         raise CorruptCheckpoint(where, "its ranges differ from what the pagemap images describe")
-    if index.task_count != m.processes:
-        raise CorruptCheckpoint(where, f"task count {index.task_count}, the manifest has {m.processes} processes")
 
 
 def check_pages(images_dir: Path, index: LazyIndex) -> int:
@@ -87,16 +92,36 @@ def _check_range(view: memoryview, e: lazyindex.IndexEntry, index: LazyIndex, pa
     return e.nr_pages * index.page_size
 
 
-def verify_checkpoint(images_dir: Path, pages: bool = True) -> tuple[Manifest, LazyIndex]:
+def verify_checkpoint(images_dir: Path, pages: bool = True) -> Manifest:
     """Manifest, files, index and (optionally) all page data; raises on the first problem."""
+    return verify_checkpoint_index(images_dir, pages)[0]
+
+
+def verify_checkpoint_index(images_dir: Path, pages: bool = True) -> tuple[Manifest, LazyIndex]:
+    """verify_checkpoint, also cross-checking every index record against the pagemaps; returns the index."""
+    m = _verified_files(images_dir)
+    index = lazyindex.read(images_dir / m.index.name)
+    check_index(images_dir, m, index)
+    if pages:
+        check_pages(images_dir, index)
+    return m, index
+
+
+def verify_for_lazy(images_dir: Path) -> Manifest:
+    """The quick check before a lazy restore, O(metadata): every file's size and SHA-256 against the
+    manifest (the pagemaps and the index among them, so they are the ones written together at
+    checkpoint time) and the index's header and trailer. Page bytes are verified by lr-lazyd block by
+    block before it places them, and it validates every index record itself."""
+    m = _verified_files(images_dir)
+    check_index_header(str(images_dir / m.index.name), m, lazyindex.read_header(images_dir / m.index.name))
+    return m
+
+
+def _verified_files(images_dir: Path) -> Manifest:
     if not images_dir.is_dir():
         raise ImagesDirError(f"images directory {images_dir} does not exist or is not a directory")
     if not (images_dir / manifest.META_DIR / manifest.MANIFEST_NAME).exists():
         require_checkpoint_dir(images_dir)
     m = manifest.read(images_dir)
     check_files(images_dir, m)
-    index = lazyindex.read(images_dir / m.index.name)
-    check_index(images_dir, m, index)
-    if pages:
-        check_pages(images_dir, index)
-    return m, index
+    return m

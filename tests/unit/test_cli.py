@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lazyrestore import cli, criu
-from lazyrestore.errors import CriuUnavailable, ImagesDirError
+from lazyrestore.errors import CriuUnavailable, ImagesDirError, UsageError
 
 
 # ---------------------------------------------------------------- argument parsing
@@ -243,3 +243,17 @@ def test_log_excerpt_without_errors_gives_last_lines(tmp_path: Path) -> None:
 def test_log_excerpt_missing_log(tmp_path: Path) -> None:
     lines = criu.log_excerpt(tmp_path / "none.log")
     assert len(lines) == 1 and "could not be read" in lines[0]
+
+
+def test_criu_log_level_default_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(criu.LOG_LEVEL_ENV, raising=False)
+    assert criu.log_level() == criu.DEFAULT_LOG_LEVEL == 3
+    monkeypatch.setenv(criu.LOG_LEVEL_ENV, "4")
+    assert criu.log_level() == 4
+
+
+@pytest.mark.parametrize("text", ["5", "-1", "debug", "3.0"])
+def test_criu_log_level_rejects_bad_values(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv(criu.LOG_LEVEL_ENV, text)
+    with pytest.raises(UsageError, match=r"LAZYRESTORE_CRIU_LOG_LEVEL=.*expected a CRIU log level from 0 to 4"):
+        criu.log_level()
