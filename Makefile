@@ -14,11 +14,15 @@ bootstrap:
 
 build: bootstrap native
 
-native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index
+native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index
 
 $(NATIVE)/lr-workload: native/workload/lr-workload.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -static -pthread -o $@ $<
+
+$(NATIVE)/lr-fill-rate: native/tools/lr-fill-rate.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -pthread -o $@ $<
 
 $(NATIVE)/lr-index-layout: native/tools/lr-index-layout.c native/include/lr_index.h
 	@mkdir -p $(@D)

@@ -30,7 +30,7 @@ CRIU_RESTORE_LOG = "restore.log"
 # it copies, which slows it down; lr-lazyd runs at its default level (no per-fault lines).
 CRIU_DAEMON_VERBOSITY = "-v2"
 # The same level lazyrestore uses for its own CRIU restores.
-CRIU_RESTORE_VERBOSITY = f"-v{criu.LOG_LEVEL}"
+CRIU_RESTORE_VERBOSITY = f"-v{criu.log_level()}"
 
 
 class MethodFailed(Exception):

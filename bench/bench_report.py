@@ -10,7 +10,7 @@ from typing import Any
 
 from bench_methods import LABELS, METHODS
 
-from lazyrestore.criu import LOG_LEVEL
+from lazyrestore.criu import log_level
 from lazyrestore.restore import SETTLE_S
 
 BASELINE = "criu-lazy"
@@ -185,6 +185,27 @@ def runs_table(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
+def fill_table(fills: list[Record], kinds: list[str], sizes: list[int], med: Medians) -> str:
+    """The machine's fresh-memory fill rates beside each lazy method's drain (the ceiling for any restore)."""
+    rows = ["| workload | size | UFFDIO_COPY, 1 thread | UFFDIO_COPY, 2 threads | memcpy, 1 thread | lr-lazyd drain "
+            "| of 1-thread UFFDIO_COPY | CRIU lazy-pages drain | of 1-thread UFFDIO_COPY |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for kind in kinds:
+        for size in sizes:
+            got = [f for f in fills if (f["kind"], f["size_mib"]) == (kind, size) and not f.get("error")]
+            if not got:
+                continue
+            one, two, cpy = (statistics.median(f[k] for f in got) for k in ("uffd_1t", "uffd_2t", "memcpy_1t"))
+            ours = med.get((kind, size, OURS), {}).get("drain_gbps")
+            base = med.get((kind, size, BASELINE), {})
+            under = "< " if base.get("censored") else ""
+            rows.append(f"| {kind} | {size} MiB | {one:.2f} | {two:.2f} | {cpy:.2f} | {fmt(ours, 2)} | "
+                        f"{fmt(None if ours is None else 100 * ours / one, 0)} % | "
+                        f"{fmt(base.get('drain_gbps'), 2, under)} | "
+                        f"{fmt(None if base.get('drain_gbps') is None else 100 * base['drain_gbps'] / one, 0, under)} % |")
+    return "\n".join(rows)
+
+
 # --- goals -----------------------------------------------------------------
 
 def _verdict(ok: bool | None) -> str:
@@ -266,7 +287,8 @@ How the figures are taken (all times from the start of CRIU's restore of the sam
 """
 
 
-def render(meta: dict[str, Any], records: list[Record], checkpoints: list[Record], med: Medians) -> str:
+def render(meta: dict[str, Any], records: list[Record], checkpoints: list[Record], med: Medians,
+           fills: list[Record]) -> str:
     kinds, sizes = meta["kinds"], meta["sizes"]
     parts = ["# lazyrestore benchmarks", ""]
     parts += _alarms(records, checkpoints)
@@ -277,8 +299,15 @@ def render(meta: dict[str, Any], records: list[Record], checkpoints: list[Record
               checkpoint_table(checkpoints), ""]
     for kind in kinds:
         parts += [f"## {kind.capitalize()} workload", "", kind_table(kind, sizes, med), ""]
+    parts += ["## What this machine allows", "",
+              "Any restore must write every page once into memory the process never had. `lr-fill-rate` measures "
+              "how fast this VM does that, for the checkpoint's lazy size, before each repeat: UFFDIO_COPY "
+              "of 1 MiB from a resident buffer into a region registered with userfaultfd, as a lazy-pages daemon "
+              "does but with nothing to read or verify, with 1 and 2 threads; and memcpy into fresh memory (a page "
+              "fault, a zeroed page, then the copy: eager restore's way). Figures in GB/s.", "",
+              fill_table(fills, kinds, sizes, med), ""]
     goals, _ = goals_section(med, kinds, sizes)
-    parts += [goals, "", "## Method", "", NOTES.format(settle=SETTLE_S, restore_level=LOG_LEVEL, limit=meta["drain_timeout_s"]),
+    parts += [goals, "", "## Method", "", NOTES.format(settle=SETTLE_S, restore_level=log_level(), limit=meta["drain_timeout_s"]),
               "## Every run", "", runs_table(records), ""]
     return "\n".join(parts)
 

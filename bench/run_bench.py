@@ -32,6 +32,7 @@ from bench_methods import METHODS, BaselineTimedOut, MethodFailed, Target, lazyr
 from bench_procs import DRAIN_TIMEOUT_S, TIMEOUT_S, become_subreaper, kill_and_wait, kill_descendants, run_json
 
 from lazyrestore import criu, sample
+from lazyrestore.paths import native_binary
 from lazyrestore.errors import LazyRestoreError
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -172,6 +173,24 @@ def measure(cp: Checkpointed, method: str, repeat: int, order: int, drain_timeou
     return rec
 
 
+FILL_MODES = {"uffd_1t": ("1", "--uffd"), "uffd_2t": ("2", "--uffd"), "memcpy_1t": ("1",)}
+
+
+def measure_fill(cp: Checkpointed, repeat: int) -> dict[str, Any]:
+    """How fast this machine fills fresh memory of the checkpoint's lazy size (lr-fill-rate), in GB/s:
+    UFFDIO_COPY with 1 and 2 threads (the most any lazy daemon could do), and memcpy after a page fault."""
+    mib = max(1, cp.lazy_bytes >> 20)
+    rec: dict[str, Any] = {"size_mib": cp.size_mib, "kind": cp.kind, "repeat": repeat, "mib": mib, "error": None}
+    for key, (threads, *mode) in FILL_MODES.items():
+        try:
+            out = subprocess.run([str(native_binary("lr-fill-rate")), "--mib", str(mib), "--threads", threads, *mode],
+                                 capture_output=True, text=True, timeout=TIMEOUT_S, check=True)
+            rec[key] = json.loads(out.stdout)["gbps"]
+        except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
+            rec["error"] = f"lr-fill-rate {key}: {type(exc).__name__}: {exc}"
+    return rec
+
+
 def drain_gbps(cp: Checkpointed, resume: float, resident: float, method: str) -> float | None:
     if method == "eager" or resident <= resume:
         return None
@@ -194,7 +213,7 @@ def describe(rec: dict[str, Any]) -> str:
 # --- one (size, kind) ------------------------------------------------------
 
 def run_set(size: int, kind: str, args: argparse.Namespace, records: list[dict[str, Any]],
-            checkpoints: list[dict[str, Any]]) -> None:
+            checkpoints: list[dict[str, Any]], fills: list[dict[str, Any]]) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="lazyrestore-bench-", dir=SHM))
     try:
         try:
@@ -206,6 +225,10 @@ def run_set(size: int, kind: str, args: argparse.Namespace, records: list[dict[s
         checkpoints.append({"size_mib": size, "kind": kind, "error": None, **info})
         methods = list(METHODS)
         for rep in range(args.repeat):
+            fills.append(measure_fill(cp, rep))
+            f = fills[-1]
+            log(f"[{size} MiB {kind}] #{rep} fill rate (GB/s): UFFDIO_COPY {f.get('uffd_1t')} (1 thread), "
+                f"{f.get('uffd_2t')} (2 threads); memcpy {f.get('memcpy_1t')}")
             shift = rep % len(methods)
             for order, method in enumerate(methods[shift:] + methods[:shift]):
                 rec = measure(cp, method, rep, order, args.drain_timeout)
@@ -233,11 +256,11 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]],
-                  checkpoints: list[dict[str, Any]]) -> None:
+                  checkpoints: list[dict[str, Any]], fills: list[dict[str, Any]]) -> None:
     med = bench_report.medians(records)
-    args.out.write_text(bench_report.render(meta, records, checkpoints, med))
+    args.out.write_text(bench_report.render(meta, records, checkpoints, med, fills))
     medians_json = [{"kind": k, "size_mib": s, "method": m, **v} for (k, s, m), v in sorted(med.items())]
-    args.json_out.write_text(json.dumps({"meta": meta, "checkpoints": checkpoints, "runs": records,
+    args.json_out.write_text(json.dumps({"meta": meta, "checkpoints": checkpoints, "runs": records, "fill_rates": fills,
                                          "medians": medians_json}, indent=2) + "\n")
     log(f"wrote {args.out} and {args.json_out}")
 
@@ -261,17 +284,18 @@ def main(argv: list[str]) -> int:
             "machine": bench_report.machine(criu_path, str(REPO))}
     records: list[dict[str, Any]] = []
     checkpoints: list[dict[str, Any]] = []
+    fills: list[dict[str, Any]] = []
     log(f"sizes {args.sizes} MiB, kinds {args.kinds}, {args.repeat} repeat(s); machine {meta['machine']}")
     try:
         for size in args.sizes:
             for kind in args.kinds:
-                run_set(size, kind, args, records, checkpoints)
+                run_set(size, kind, args, records, checkpoints, fills)
     except KeyboardInterrupt:
         log("interrupted: every started process killed, scratch dirs removed; nothing written")
         return 130
     finally:
         cleanup(None)
-    write_outputs(args, meta, records, checkpoints)
+    write_outputs(args, meta, records, checkpoints, fills)
     failed = [r for r in records if bench_report.run_failed(r)] + [c for c in checkpoints if c.get("error")]
     if failed:
         log(f"{len(failed)} failure(s) or checksum mismatch(es): see {args.out}")
