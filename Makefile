@@ -14,7 +14,7 @@ bootstrap:
 
 build: bootstrap native
 
-native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index
+native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index
 
 $(NATIVE)/lr-workload: native/workload/lr-workload.c
 	@mkdir -p $(@D)
@@ -37,18 +37,32 @@ demo: build
 clean:
 	rm -rf build
 
+# --- lr-pageserver -----------------------------------------------------------
+PS_SRC := $(wildcard native/pageserver/*.c) native/common/error.c native/common/index.c native/common/auth.c \
+	native/common/net.c native/common/proto.c
+PS_HDR := $(wildcard native/pageserver/*.h native/include/*.h)
+
+$(NATIVE)/lr-pageserver: $(PS_SRC) $(PS_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -Inative/include -Inative/pageserver -o $@ $(PS_SRC) -lxxhash -lcrypto
+
+$(NATIVE)/san/lr-pageserver: $(PS_SRC) $(PS_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror -Inative/include -Inative/pageserver -o $@ $(PS_SRC) -lxxhash -lcrypto
+
 # --- lr-lazyd --------------------------------------------------------------
-LAZYD_SRC := $(wildcard native/lazyd/*.c) native/common/error.c native/common/index.c native/common/pages.c native/common/ahead.c
+LAZYD_SRC := $(wildcard native/lazyd/*.c) native/common/error.c native/common/index.c native/common/pages.c \
+	native/common/ahead.c native/common/auth.c native/common/net.c native/common/proto.c
 LAZYD_HDR := $(wildcard native/lazyd/*.h native/include/*.h)
 NATIVE_INC := -Inative/include -Inative/lazyd
 
 $(NATIVE)/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash
+	$(CC) $(CFLAGS) $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash -lcrypto
 
 $(NATIVE)/san/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash
+	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash -lcrypto
 
 # --- benchmarks ------------------------------------------------------------
 # Eager restore, CRIU's local lazy mode and lr-lazyd side by side; writes BENCHMARKS.md.

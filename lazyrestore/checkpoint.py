@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pycriu
 
-from . import criu, lazyindex, manifest, procs
+from . import criu, lazyindex, manifest, procs, secret
 from .errors import ImagesDirError
 from .images import read_dump_stats, read_pagemap, read_pstree
 from .manifest import Manifest
@@ -78,6 +78,7 @@ def write_metadata(images_dir: Path, binary: criu.CriuBinary, pid: int,
     entries = _checksummed(images_dir, plan_index(images_dir, page_size), page_size, block_size)
     index = lazyindex.LazyIndex(page_size, block_size, len(tree), bytes.fromhex(checkpoint_id), tuple(entries))
     (images_dir / manifest.META_DIR).mkdir(exist_ok=True)
+    secret.create(images_dir)
     index_path = images_dir / manifest.META_DIR / manifest.INDEX_NAME
     lazyindex.write(index_path, index)
     files, pages_files = manifest.describe_files(images_dir)

@@ -82,6 +82,8 @@ int lr_drain_step(struct lr_lazyd *d, struct lr_error *err)
 	uint64_t ps = d->page_size, budget = d->cfg.chunk / ps, placed;
 	int more = 1;
 
+	if (d->remote)
+		return lr_remote_drain_step(d, err);
 	if (!t)
 		return 0;
 	if (!d->drain_epoch_ns)

@@ -10,6 +10,7 @@
 
 #include "criu_sock.h"
 #include "loop.h"
+#include "remote.h"
 #include "lr_ahead.h"
 #include "lr_index_reader.h"
 #include "lr_pages.h"
@@ -31,7 +32,15 @@ struct lr_config {
 	bool drain;               /* false: serve faults only */
 	bool guard;               /* fork the guardian (crash safety) */
 	bool map;                 /* copy from leased mappings of the pages files (else pread) */
+	const char *source;       /* HOST:PORT of an lr-pageserver: remote mode (images_dir is filled from it) */
+	const char *secret_file;  /* the checkpoint's secret (remote mode) */
+	uint64_t source_timeout_ms; /* how long a lost page server may stay away */
 	int verbose;
+};
+
+struct lr_deferred {
+	uint64_t addr;             /* page address of a fault not served yet */
+	uint64_t t0;               /* when the fault was read, for its latency */
 };
 
 struct lr_task {
@@ -43,7 +52,7 @@ struct lr_task {
 	uint64_t retry_at_ns;      /* layout changing: no drain before this time */
 	uint64_t events_seen;      /* uffd messages read so far */
 	uint64_t novma_at_events;  /* events_seen at the last ENOENT, for the second-strike rule */
-	uint64_t *deferred;        /* fault addresses to serve again */
+	struct lr_deferred *deferred; /* faults to serve again */
 	size_t ndeferred, capdeferred;
 };
 
@@ -52,6 +61,7 @@ struct lr_lazyd {
 	struct lr_index index;
 	struct lr_pages pages;
 	struct lr_ahead ahead;     /* verifies mapped page bytes ahead of the drain */
+	struct lr_remote *remote;  /* the page server, in remote mode; NULL for local images */
 	struct lr_stats stats;
 	int epfd;
 	int guard_fd;
@@ -74,11 +84,13 @@ struct lr_lazyd {
 int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const struct lr_spans *parent,
 		struct lr_task **out, struct lr_error *err);
 void lr_task_gone(struct lr_lazyd *d, struct lr_task *t);
-int lr_task_defer(struct lr_task *t, uint64_t addr, struct lr_error *err);
+int lr_task_defer(struct lr_task *t, uint64_t addr, uint64_t t0, struct lr_error *err);
 uint64_t lr_left_bytes(const struct lr_lazyd *d);
 void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* place.c */
+int lr_place_from(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, const char *data,
+		  uint64_t *placed, struct lr_error *err);
 int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, uint64_t *placed,
 	     struct lr_error *err);
 

@@ -44,6 +44,9 @@ static void usage(FILE *f)
 		"      --no-drain           serve faults only\n"
 		"      --no-guard           no guardian: if the daemon dies the tree reads zero pages (tests only)\n"
 		"      --no-map             read page bytes with pread instead of copying from a leased mapping\n"
+		"      --source HOST:PORT   remote mode: fetch the checkpoint from this lr-pageserver into -D, serve from it\n"
+		"      --secret-file FILE   the checkpoint's secret (remote mode; mode 0600)\n"
+		"      --source-timeout S   how long a lost page server may stay away before the tree is stopped (default 30)\n"
 		"      --verify-ahead SIZE  a second thread checks mapped page bytes up to SIZE ahead of the drain\n"
 		"                           (default 64M; 0: the event loop checks everything itself)\n"
 		"  -o, --log-file FILE      log here (relative to the work dir) instead of stderr\n"
@@ -82,7 +85,8 @@ static int parse_int(const char *s, int *out)
 }
 
 enum { OPT_STATUS_FD = 256, OPT_STATS_FD, OPT_STATUS_FILE, OPT_STATS_INTERVAL, OPT_FAULT_AROUND, OPT_CHUNK,
-       OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD, OPT_NO_MAP, OPT_VERIFY_AHEAD };
+       OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD, OPT_NO_MAP, OPT_VERIFY_AHEAD,
+       OPT_SOURCE, OPT_SECRET_FILE, OPT_SOURCE_TIMEOUT };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"work-dir", required_argument, NULL, 'W'},
@@ -93,7 +97,9 @@ static const struct option long_opts[] = {
 	{"fault-around", required_argument, NULL, OPT_FAULT_AROUND}, {"chunk", required_argument, NULL, OPT_CHUNK},
 	{"drain-rate", required_argument, NULL, OPT_DRAIN_RATE}, {"no-drain", no_argument, NULL, OPT_NO_DRAIN},
 	{"no-guard", no_argument, NULL, OPT_NO_GUARD}, {"no-map", no_argument, NULL, OPT_NO_MAP},
-	{"verify-ahead", required_argument, NULL, OPT_VERIFY_AHEAD}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+	{"verify-ahead", required_argument, NULL, OPT_VERIFY_AHEAD}, {"source", required_argument, NULL, OPT_SOURCE},
+	{"secret-file", required_argument, NULL, OPT_SECRET_FILE},
+	{"source-timeout", required_argument, NULL, OPT_SOURCE_TIMEOUT}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
 static int bad_value(const char *opt, const char *val, const char *want)
 {
@@ -132,6 +138,15 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 		return 0;
 	case OPT_DRAIN_RATE:
 		return parse_size(arg, &c->drain_rate) ? bad_value("--drain-rate", arg, "bytes per second, e.g. 200M") : 0;
+	case OPT_SOURCE: c->source = arg; return 0;
+	case OPT_SECRET_FILE: c->secret_file = arg; return 0;
+	case OPT_SOURCE_TIMEOUT: {
+		int s;
+		if (parse_int(arg, &s) || s < 1 || s > 86400)
+			return bad_value("--source-timeout", arg, "seconds from 1 to 86400");
+		c->source_timeout_ms = (uint64_t)s * 1000;
+		return 0;
+	}
 	case OPT_VERIFY_AHEAD:
 		if (parse_size(arg, &c->ahead) || c->ahead > (1ULL << 40))
 			return bad_value("--verify-ahead", arg, "a size up to 1T, e.g. 64M, or 0");
@@ -143,7 +158,7 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 
 static int parse_args(int argc, char **argv, struct lr_config *c)
 {
-	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20, .ahead = 64 << 20,
+	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20, .ahead = 64 << 20, .source_timeout_ms = 30000,
 				.stats_ms = 100, .drain = true, .guard = true, .map = true, .verbose = 1};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "D:W:o:v::h", long_opts, NULL)) != -1) {
@@ -162,6 +177,10 @@ static int parse_args(int argc, char **argv, struct lr_config *c)
 	}
 	if (!c->work_dir)
 		c->work_dir = c->images_dir;
+	if (!c->source != !c->secret_file) {
+		fprintf(stderr, "lr-lazyd: --source and --secret-file go together\n");
+		return -1;
+	}
 	return 0;
 }
 
@@ -220,10 +239,27 @@ static void emit(struct lr_lazyd *d, const char *event, bool with_hist, const ch
 	d->stats.last_emit_ns = lr_now_ns();
 }
 
+/* Remote mode: the guardian first (it must not inherit the page server's sockets), then the fetch. */
+static int fetch_remote(struct lr_lazyd *d, struct lr_error *err)
+{
+	if (!d->cfg.source)
+		return 0;
+	d->remote = calloc(1, sizeof(*d->remote));
+	if (!d->remote)
+		return lr_error_set(err, ENOMEM, "remote source");
+	d->remote->urgent.rec.fd = d->remote->bulk.rec.fd = -1;
+	d->remote->timeout_ms = d->cfg.source_timeout_ms;
+	if (d->cfg.guard && lr_guard_fork(&d->guard_fd, err))
+		return -1;
+	return lr_remote_fetch(d, err);
+}
+
 static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 {
 	char path[4096];
 	d->page_size = (uint32_t)sysconf(_SC_PAGESIZE);
+	if (fetch_remote(d, err))
+		return -1;
 	if (snprintf(path, sizeof(path), "%s/%s", d->cfg.images_dir, LR_INDEX_NAME) >= (int)sizeof(path))
 		return lr_error_set(err, ENAMETOOLONG, "images dir %s", d->cfg.images_dir);
 	if (lr_index_open(&d->index, path, d->page_size, err) ||
@@ -237,16 +273,26 @@ static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 	return 0;
 }
 
+/* -o FILE (relative to the work dir): from the start, so a remote fetch is logged there too. */
+static int open_log(struct lr_lazyd *d, struct lr_error *err)
+{
+	char path[4096];
+	if (!d->cfg.log_file)
+		return 0;
+	if (snprintf(path, sizeof(path), "%s/%s", d->cfg.log_file[0] == '/' ? "" : d->cfg.work_dir, d->cfg.log_file) >=
+	    (int)sizeof(path))
+		return lr_error_set(err, ENAMETOOLONG, "log file %s", d->cfg.log_file);
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (fd < 0 || dup2(fd, STDERR_FILENO) < 0)
+		return lr_error_set(err, errno, "log file %s", path);
+	close(fd);
+	return 0;
+}
+
 static int enter_work_dir(struct lr_lazyd *d, struct lr_error *err)
 {
 	if (chdir(d->cfg.work_dir))
 		return lr_error_set(err, errno, "work dir %s", d->cfg.work_dir);
-	if (d->cfg.log_file) {
-		int fd = open(d->cfg.log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-		if (fd < 0 || dup2(fd, STDERR_FILENO) < 0)
-			return lr_error_set(err, errno, "log file %s", d->cfg.log_file);
-		close(fd);
-	}
 	return 0;
 }
 
@@ -261,12 +307,14 @@ static int start_listening(struct lr_lazyd *d, struct lr_error *err)
 	d->listen_rec = (struct lr_fdrec){d->listen_fd, lr_conn_on_listen, NULL};
 	if (lr_loop_add(d->epfd, &d->listen_rec, err))
 		return -1;
-	if (d->cfg.guard && lr_guard_fork(&d->guard_fd, err))
+	if (d->cfg.guard && d->guard_fd < 0 && lr_guard_fork(&d->guard_fd, err))
+		return -1;
+	if (d->remote && lr_remote_start(d, err))
 		return -1;
 	/* Open the pages files only now, in the daemon: the read leases must be ours, not the guardian's. */
 	if (lr_pages_prepare(&d->pages, &d->index, err))
 		return -1;
-	if (d->cfg.map && d->cfg.ahead && lr_ahead_start(&d->ahead, &d->index, &d->pages, d->cfg.ahead, err))
+	if (d->cfg.map && d->cfg.ahead && !d->remote && lr_ahead_start(&d->ahead, &d->index, &d->pages, d->cfg.ahead, err))
 		return -1;
 	if (d->cfg.status_fd >= 0) {
 		if (write_all(d->cfg.status_fd, "", 1))
@@ -301,6 +349,9 @@ static int next_timeout(const struct lr_lazyd *d, bool drained)
 {
 	uint64_t since = (lr_now_ns() - d->stats.last_emit_ns) / 1000000ULL;
 	int tick = since >= d->cfg.stats_ms ? 0 : (int)(d->cfg.stats_ms - since);
+	int remote = lr_remote_wait_ms(d);
+	if (remote >= 0 && remote < tick)
+		tick = remote;
 	if (has_deferred(d))
 		return 1;
 	if (d->finished && d->cfg.drain && lr_left_bytes(d)) {
@@ -321,7 +372,8 @@ static int run(struct lr_lazyd *d, struct lr_error *err)
 		if (lr_pages_lease_was_broken())
 			return lr_error_set(err, 0, "a pages file of %s was opened for writing during the restore: "
 					    "its bytes can no longer be trusted", d->cfg.images_dir);
-		if (lr_loop_run_once(d->epfd, d, next_timeout(d, drained), err) < 0 || lr_serve_deferred(d, err))
+		if (lr_loop_run_once(d->epfd, d, next_timeout(d, drained), err) < 0 || lr_serve_deferred(d, err) ||
+		    (d->remote && lr_remote_tick(d, err)))
 			return -1;
 		if (all_placed(d))
 			return 0;
@@ -349,6 +401,11 @@ static void finish(struct lr_lazyd *d)
 	       (double)(d->stats.done_ns - d->stats.finished_ns) / 1e9);
 	if (d->cfg.guard && lr_guard_send(d->guard_fd, LR_GUARD_DONE, 0, 0, -1, &err))
 		lr_log(d, 0, "telling the guardian: %s", err.msg);
+	if (d->remote && lr_remote_done(d, &err))
+		lr_log(d, 0, "warning: every page is placed, but the page server was not told (%s): it keeps the "
+		       "checkpoint as undelivered", err.msg);
+	else if (d->remote)
+		lr_log(d, 1, "the page server acknowledged DONE: the checkpoint is delivered");
 }
 
 static void teardown(struct lr_lazyd *d)
@@ -364,6 +421,7 @@ static void teardown(struct lr_lazyd *d)
 	free(d->tasks);
 	free(d->buf);
 	lr_ahead_stop(&d->ahead); /* before the mappings it reads go away */
+	lr_remote_close(d);
 	lr_pages_close(&d->pages);
 	lr_index_close(&d->index);
 	if (d->conn_rec.fd >= 0)
@@ -391,7 +449,7 @@ int main(int argc, char **argv)
 	struct sigaction lease = {.sa_handler = lr_pages_lease_broken};
 	sigaction(SIGIO, &lease, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	if (open_inputs(&d, &err) || enter_work_dir(&d, &err) || start_listening(&d, &err) || run(&d, &err)) {
+	if (open_log(&d, &err) || open_inputs(&d, &err) || enter_work_dir(&d, &err) || start_listening(&d, &err) || run(&d, &err)) {
 		lr_log(&d, 0, "error: %s", err.msg);
 		emit(&d, "error", false, err.msg);
 		teardown(&d);

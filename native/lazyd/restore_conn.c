@@ -44,6 +44,8 @@ static int on_conn_read(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
 			d->stats.finished_ns = lr_now_ns();
 			lr_log(d, 1, "restore finished: %zu task(s), %lu bytes to place", d->ntasks,
 			       (unsigned long)lr_left_bytes(d));
+			if (d->remote && lr_remote_bulk_start(d, err))
+				return -1;
 		}
 		if (rc == 3) { /* CRIU closed the connection after finishing: all is in */
 			lr_loop_del(d->epfd, rec, err);

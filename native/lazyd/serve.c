@@ -70,7 +70,9 @@ static int serve_fault(struct lr_lazyd *d, struct lr_task *t, uint64_t addr, uin
 	case LR_UFFD_RETRY:
 		d->stats.retries++;
 		t->retry_at_ns = lr_now_ns() + LR_RETRY_DELAY_NS;
-		return lr_task_defer(t, addr, err);
+		return lr_task_defer(t, addr, t0, err);
+	case LR_UFFD_WAIT: /* asked the page server: served when the bytes are placed */
+		return lr_task_defer(t, addr, t0, err);
 	case LR_UFFD_GONE:
 		lr_task_gone(d, t);
 		return 0;
@@ -165,7 +167,7 @@ int lr_serve_deferred(struct lr_lazyd *d, struct lr_error *err)
 {
 	for (size_t i = 0; i < d->ntasks; i++) {
 		struct lr_task *t = d->tasks[i];
-		uint64_t *addrs = t->deferred, now = lr_now_ns();
+		struct lr_deferred *faults = t->deferred;
 		size_t n = t->ndeferred;
 		if (!n || t->gone)
 			continue;
@@ -174,8 +176,8 @@ int lr_serve_deferred(struct lr_lazyd *d, struct lr_error *err)
 		t->ndeferred = t->capdeferred = 0;
 		int rc = 0;
 		for (size_t k = 0; k < n && !t->gone && !rc; k++)
-			rc = serve_fault(d, t, addrs[k], now, err);
-		free(addrs);
+			rc = serve_fault(d, t, faults[k].addr, faults[k].t0, err);
+		free(faults);
 		if (rc)
 			return -1;
 	}

@@ -121,6 +121,14 @@ static uint64_t span_end(const struct lr_spans *s, const struct lr_span *sp)
 	return sp->addr + sp->npages * s->page_size;
 }
 
+size_t lr_spans_lower(const struct lr_spans *s, uint64_t addr)
+{
+	long i = floor_span(s, addr);
+	if (i < 0)
+		return 0;
+	return addr < span_end(s, &s->v[i]) ? (size_t)i : (size_t)i + 1;
+}
+
 long lr_spans_find(const struct lr_spans *s, uint64_t addr)
 {
 	long i = floor_span(s, addr);
@@ -200,6 +208,7 @@ int lr_spans_remap(struct lr_spans *s, uint64_t from, uint64_t to, uint64_t len,
 	if (s->n)
 		qsort(s->v, s->n, sizeof(*s->v), by_addr);
 	s->cursor = 0;
+	s->remapped = true;
 	return 0;
 }
 

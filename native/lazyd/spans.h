@@ -33,6 +33,7 @@ struct lr_spans {
 	uint64_t nbits;
 	uint64_t left;      /* pages still to place */
 	size_t cursor;      /* spans before it have no page left (drain position) */
+	bool remapped;      /* an mremap moved spans: addr no longer equals src */
 	uint32_t page_size;
 };
 
@@ -47,6 +48,8 @@ int lr_spans_init(struct lr_spans *s, const struct lr_index *idx, uint32_t pid, 
 int lr_spans_clone(struct lr_spans *dst, const struct lr_spans *src, struct lr_error *err);
 void lr_spans_fini(struct lr_spans *s);
 
+/* Index of the span containing addr, or else of the first span after it (n when none). */
+size_t lr_spans_lower(const struct lr_spans *s, uint64_t addr);
 /* Index of the span containing addr, or -1. */
 long lr_spans_find(const struct lr_spans *s, uint64_t addr);
 bool lr_spans_pending(const struct lr_spans *s, const struct lr_span *sp, uint64_t page);

@@ -79,20 +79,20 @@ void lr_task_gone(struct lr_lazyd *d, struct lr_task *t)
 	d->stats.tasks_gone++;
 }
 
-int lr_task_defer(struct lr_task *t, uint64_t addr, struct lr_error *err)
+int lr_task_defer(struct lr_task *t, uint64_t addr, uint64_t t0, struct lr_error *err)
 {
 	for (size_t i = 0; i < t->ndeferred; i++)
-		if (t->deferred[i] == addr)
+		if (t->deferred[i].addr == addr)
 			return 0;
 	if (t->ndeferred == t->capdeferred) {
 		size_t cap = t->capdeferred ? t->capdeferred * 2 : 8;
-		uint64_t *v = realloc(t->deferred, cap * sizeof(*v));
+		struct lr_deferred *v = realloc(t->deferred, cap * sizeof(*v));
 		if (!v)
 			return lr_error_set(err, ENOMEM, "deferred faults of pid %d", t->pid);
 		t->deferred = v;
 		t->capdeferred = cap;
 	}
-	t->deferred[t->ndeferred++] = addr;
+	t->deferred[t->ndeferred++] = (struct lr_deferred){addr, t0};
 	return 0;
 }
 

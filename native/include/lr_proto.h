@@ -1,0 +1,187 @@
+/*
+ * lr_proto.h: the wire protocol between lr-pageserver (source) and lr-lazyd
+ * (destination). Version 1. Every integer is little-endian; every struct here
+ * is packed by construction (fixed-width fields, no padding, sizes asserted).
+ *
+ * A session has two TCP connections ("channels"), each authenticated:
+ *   urgent: requests and their replies (files, page ranges, hints, DONE);
+ *           small frames, TCP_NODELAY. A fault's request never queues behind
+ *           bulk data: bulk data has its own connection.
+ *   bulk:   after BULK_START the server streams every lazy range, in chunks of
+ *           at most LR_BULK_BLOCKS checksum blocks, without being asked range
+ *           by range, then BULK_END. HINTs on the urgent channel move the
+ *           stream to the place the faults are.
+ *
+ * Frame: struct lr_frame, then `length` payload bytes (length <= LR_FRAME_MAX;
+ * frames a client sends are at most LR_REQUEST_MAX). A peer that receives a
+ * malformed frame answers ERROR (when it can) and closes the connection.
+ *
+ * Handshake, on each channel:
+ *   client -> HELLO     {magic, version, channel, session (bulk: from WELCOME), client_nonce}
+ *   server -> CHALLENGE {version, checkpoint_id, server_nonce}
+ *   client -> AUTH      {mac = HMAC-SHA256(secret, "lazyrestore-client-v1" || channel || session ||
+ *                                          checkpoint_id || server_nonce || client_nonce)}
+ *   server -> WELCOME   {session, mac = HMAC-SHA256(secret, "lazyrestore-server-v1" || channel || session ||
+ *                                                   checkpoint_id || client_nonce || server_nonce)}
+ * The secret is the checkpoint's 32 random bytes (lazyrestore/secret, mode
+ * 0600). Both nonces are fresh random bytes, so a recorded AUTH is worthless
+ * on another connection; the server's mac proves to the client that the
+ * server holds the secret too (the client trusts the files it is sent). A
+ * wrong mac gets ERROR LR_ERR_AUTH and the connection closed. Nothing but the
+ * handshake is accepted before WELCOME, and the handshake must finish within
+ * LR_HANDSHAKE_MS.
+ *
+ * Requests (urgent channel, req_id chosen by the client, echoed in replies):
+ *   LIST        -> FILES       the checkpoint's files: struct lr_file_entry + name, repeated
+ *   GET_FILE    -> FILE_DATA   {struct lr_file_req}; the file's bytes in frames flagged
+ *                              LR_F_MORE but the last (metadata images, manifest, index;
+ *                              pages files are fetched as page ranges)
+ *   GET_PAGES   -> PAGES       {struct lr_page_req}: whole checksum blocks of one index record
+ *   HINT        (no reply)     {struct lr_page_req}: stream near here next
+ *   DONE        -> DONE        every page is placed and verified: the checkpoint is delivered
+ * Bulk channel: BULK_START {struct lr_page_req: where to begin} -> PAGES..., BULK_END.
+ *
+ * PAGES carries struct lr_pages_hdr, then the nblocks XXH3-64 checksums of
+ * the blocks (u64 each, from the server's index), then the bytes of blocks
+ * [first_block, first_block + nblocks) of index record `record` (clipped to
+ * the record, as in lr_index.h; data_len bytes). The client places nothing
+ * unless every block's bytes hash to the checksum sent and that checksum is
+ * the one in its own copy of the index. Every record, block and length is
+ * checked against the lazy index by the server before any byte is read.
+ * GET_PAGES asks for at most LR_PAGES_MAX_DATA bytes.
+ */
+#ifndef LR_PROTO_H
+#define LR_PROTO_H
+
+#include <stdint.h>
+
+#define LR_PROTO_MAGIC 0x3150524cu /* "LRP1" */
+#define LR_PROTO_VERSION 1u
+#define LR_FRAME_MAX (4u << 20)    /* largest payload of any frame */
+#define LR_REQUEST_MAX 4096u       /* largest payload a client may send */
+#define LR_BULK_BLOCKS 16u         /* checksum blocks per bulk PAGES frame (1 MiB with 64 KiB blocks) */
+#define LR_PAGES_MAX_DATA (2u << 20) /* page bytes in one PAGES frame */
+#define LR_FILE_CHUNK (1u << 20)   /* FILE_DATA payload per frame */
+#define LR_NONCE_SIZE 32u
+#define LR_MAC_SIZE 32u            /* HMAC-SHA256 */
+#define LR_SECRET_SIZE 32u
+#define LR_HANDSHAKE_MS 10000      /* a connection must authenticate within this */
+#define LR_NAME_MAX 255u           /* file names in LIST / GET_FILE */
+
+enum lr_frame_type {
+	LR_HELLO = 1,
+	LR_CHALLENGE = 2,
+	LR_AUTH = 3,
+	LR_WELCOME = 4,
+	LR_LIST = 5,
+	LR_FILES = 6,
+	LR_GET_FILE = 7,
+	LR_FILE_DATA = 8,
+	LR_GET_PAGES = 9,
+	LR_PAGES = 10,
+	LR_HINT = 11,
+	LR_BULK_START = 12,
+	LR_BULK_END = 13,
+	LR_DONE = 14,
+	LR_ERROR = 15,
+	LR_FRAME_TYPES /* one past the last */
+};
+
+enum lr_frame_flags {
+	LR_F_MORE = 1 << 0, /* FILE_DATA: more frames of this file follow */
+};
+
+enum lr_channel {
+	LR_CHANNEL_URGENT = 1,
+	LR_CHANNEL_BULK = 2,
+};
+
+/* ERROR codes: what the peer did wrong (or what went wrong here). */
+enum lr_error_code {
+	LR_ERR_PROTOCOL = 1, /* malformed frame, wrong order, unknown type */
+	LR_ERR_VERSION = 2,  /* unsupported protocol version */
+	LR_ERR_AUTH = 3,     /* missing or wrong proof of the secret */
+	LR_ERR_TOO_BIG = 4,  /* frame longer than allowed */
+	LR_ERR_RANGE = 5,    /* record, block or length outside the lazy index */
+	LR_ERR_NO_FILE = 6,  /* GET_FILE of a file that is not served */
+	LR_ERR_IO = 7,       /* the server could not read its images */
+	LR_ERR_TIMEOUT = 8,  /* handshake not finished in time */
+	LR_ERR_SESSION = 9,  /* bulk channel for an unknown or already joined session */
+};
+
+struct lr_frame {
+	uint32_t magic;   /* LR_PROTO_MAGIC */
+	uint16_t type;    /* enum lr_frame_type */
+	uint16_t flags;   /* enum lr_frame_flags */
+	uint32_t length;  /* payload bytes that follow */
+	uint32_t reserved;/* 0 */
+	uint64_t req_id;  /* the request's id, echoed in its reply; 0 for bulk data */
+};
+
+struct lr_hello {
+	uint32_t version;  /* LR_PROTO_VERSION */
+	uint32_t channel;  /* enum lr_channel */
+	uint64_t session;  /* 0 on the urgent channel; the WELCOME's session on the bulk one */
+	uint8_t client_nonce[LR_NONCE_SIZE];
+};
+
+struct lr_challenge {
+	uint32_t version;
+	uint32_t reserved;
+	uint8_t checkpoint_id[16];
+	uint8_t server_nonce[LR_NONCE_SIZE];
+};
+
+struct lr_auth {
+	uint8_t mac[LR_MAC_SIZE];
+};
+
+struct lr_welcome {
+	uint64_t session;
+	uint8_t mac[LR_MAC_SIZE];
+};
+
+struct lr_file_entry {   /* FILES payload: entries back to back */
+	uint64_t size;
+	uint32_t kind;       /* LR_FILE_META or LR_FILE_PAGES */
+	uint32_t name_len;   /* 1..LR_NAME_MAX bytes of name follow, no NUL */
+};
+
+enum lr_file_kind {
+	LR_FILE_META = 1,    /* fetch whole with GET_FILE */
+	LR_FILE_PAGES = 2,   /* pages-N.img: only its eager ranges are fetched (GET_PAGES); the rest is lazy */
+};
+
+struct lr_file_req {
+	uint32_t name_len;   /* name follows */
+	uint32_t reserved;
+};
+
+struct lr_page_req {
+	uint64_t record;     /* index record */
+	uint32_t first_block;/* within the record */
+	uint32_t nblocks;    /* GET_PAGES: >= 1 and at most LR_FRAME_MAX bytes; HINT/BULK_START: ignored */
+};
+
+struct lr_pages_hdr {
+	uint64_t record;
+	uint32_t first_block;
+	uint32_t nblocks;    /* nblocks u64 checksums follow, then the data */
+	uint64_t data_len;   /* page bytes after the checksums */
+};
+
+struct lr_error_frame {
+	uint32_t code;       /* enum lr_error_code */
+	uint32_t reserved;   /* a UTF-8 message follows (the rest of the payload) */
+};
+
+_Static_assert(sizeof(struct lr_frame) == 24, "lr_frame is 24 bytes");
+_Static_assert(sizeof(struct lr_hello) == 48, "lr_hello is 48 bytes");
+_Static_assert(sizeof(struct lr_challenge) == 56, "lr_challenge is 56 bytes");
+_Static_assert(sizeof(struct lr_welcome) == 40, "lr_welcome is 40 bytes");
+_Static_assert(sizeof(struct lr_file_entry) == 16, "lr_file_entry is 16 bytes");
+_Static_assert(sizeof(struct lr_page_req) == 16, "lr_page_req is 16 bytes");
+_Static_assert(sizeof(struct lr_pages_hdr) == 24, "lr_pages_hdr is 24 bytes");
+_Static_assert(sizeof(struct lr_error_frame) == 8, "lr_error_frame is 8 bytes");
+
+#endif /* LR_PROTO_H */

@@ -1,0 +1,392 @@
+/* remote.c: the page server as lr-lazyd's page source, inside the event loop (see remote.h). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lazyd.h"
+#include "lr_proto_io.h"
+#include "remote.h"
+#include "uffd.h"
+
+#define LR_MAX_BAD_BLOCKS 64           /* checksum failures in transit tolerated (each refetched) */
+#define LR_SWEEP_INFLIGHT (8u << 20)   /* bytes asked for at once after the bulk stream ended */
+#define LR_BACKOFF_MIN_MS 100
+#define LR_BACKOFF_MAX_MS 2000
+#define LR_IO_TIMEOUT_MS 10000
+
+static int send_frame(struct lr_lazyd *d, int fd, uint16_t type, const void *p, uint32_t len, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	return lr_send_frame(fd, type, 0, ++r->next_req, p, len, lr_net_now_ns() + LR_IO_TIMEOUT_MS * 1000000ULL, err);
+}
+
+/* The connection is gone: forget what was asked for, reconnect from lr_remote_tick. */
+static void lost(struct lr_lazyd *d, const char *why)
+{
+	struct lr_remote *r = d->remote;
+	struct lr_error ignored;
+	struct lr_chan *chans[] = {&r->urgent, &r->bulk};
+
+	if (!r->connected)
+		return;
+	for (int i = 0; i < 2; i++)
+		if (chans[i]->rec.fd >= 0) {
+			lr_loop_del(d->epfd, &chans[i]->rec, &ignored);
+			close(chans[i]->rec.fd);
+			chans[i]->rec.fd = -1;
+			chans[i]->got = 0;
+		}
+	r->connected = r->bulk_started = r->bulk_ended = false;
+	memset(r->inflight, 0, d->index.hdr->checksum_count);
+	r->inflight_bytes = 0;
+	r->lost_at_ns = lr_now_ns();
+	r->retry_at_ns = r->lost_at_ns;
+	r->backoff_ms = LR_BACKOFF_MIN_MS;
+	lr_log(d, 0, "lost the page server %s: %s; reconnecting for up to %llu s", r->addr.text, why,
+	       (unsigned long long)(r->timeout_ms / 1000));
+}
+
+/* Non-blocking: 1 with a whole frame in c->hdr / c->buf, 0 for more later, -1 when the connection is gone. */
+static int chan_read(struct lr_chan *c, struct lr_error *err)
+{
+	const uint64_t hsz = sizeof(c->hdr);
+	for (;;) {
+		bool in_hdr = c->got < hsz;
+		uint64_t want = in_hdr ? hsz : hsz + c->hdr.length;
+		char *dst = in_hdr ? (char *)&c->hdr + c->got : c->buf + (c->got - hsz);
+		if (c->got == want && !in_hdr)
+			return 1;
+		ssize_t n = recv(c->rec.fd, dst, want - c->got, MSG_DONTWAIT);
+		if (n == 0)
+			return lr_error_set(err, 0, "the page server closed the connection");
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR ? 0 : lr_error_set(err, errno, "receive from the page server");
+		c->got += (uint64_t)n;
+		if (c->got == hsz && lr_frame_check(&c->hdr, LR_FRAME_MAX, err))
+			return -1;
+	}
+}
+
+static int peer_error(const struct lr_chan *c, struct lr_error *err)
+{
+	struct lr_error_frame e = {0, 0};
+	if (c->hdr.length >= sizeof(e))
+		memcpy(&e, c->buf, sizeof(e));
+	int n = c->hdr.length > sizeof(e) ? (int)(c->hdr.length - sizeof(e)) : 0;
+	return lr_error_set(err, 0, "the page server refused: %s error: %.*s", lr_error_code_name(e.code), n,
+			    c->buf + sizeof(e));
+}
+
+/* The spans of task t holding bytes of record rec between checkpoint addresses [a, b): place them from data. */
+static int deliver_task(struct lr_lazyd *d, struct lr_task *t, uint32_t rec, uint64_t a, uint64_t b, const char *data,
+			uint64_t *placed, struct lr_error *err)
+{
+	const uint64_t ps = d->page_size;
+	size_t k = t->spans.remapped ? 0 : lr_spans_lower(&t->spans, a);
+	for (; k < t->spans.n && !t->gone; k++) {
+		const struct lr_span *sp = &t->spans.v[k];
+		uint64_t end = sp->src + sp->npages * ps;
+		if (!t->spans.remapped && sp->addr >= b)
+			break;
+		if (sp->rec != rec || end <= a || sp->src >= b)
+			continue;
+		uint64_t lo = (sp->src < a ? a - sp->src : 0) / ps, hi = ((end < b ? end : b) - sp->src) / ps, n = 0;
+		int rc = lr_place_from(d, t, k, lo, hi, data + (sp->src + lo * ps - a), &n, err);
+		*placed += n;
+		if (rc < 0)
+			return -1;
+		if (rc == LR_UFFD_GONE)
+			lr_task_gone(d, t);
+		/* RETRY / NOVMA: those pages stay pending; the sweep after the bulk stream asks for them again */
+	}
+	return 0;
+}
+
+static void clear_inflight(struct lr_remote *r, const struct lr_index *idx, const struct lr_pages_hdr *h)
+{
+	const struct lr_index_record *rec = &idx->recs[h->record];
+	for (uint32_t k = 0; k < h->nblocks; k++) {
+		uint8_t *f = &r->inflight[rec->first_checksum + h->first_block + k];
+		if (*f) {
+			*f = 0;
+			r->inflight_bytes -= r->inflight_bytes < idx->hdr->block_size ? r->inflight_bytes : idx->hdr->block_size;
+		}
+	}
+}
+
+static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	struct lr_pages_hdr h;
+	const char *data;
+	uint64_t a, placed = 0;
+
+	if (lr_pages_frame_check(&d->index, c->buf, c->hdr.length, &h, &a, &data, err)) {
+		if (err->errnum != EBADMSG || ++r->bad_blocks > LR_MAX_BAD_BLOCKS)
+			return -1;
+		lr_log(d, 0, "%s; asking for it again", err->msg);
+		clear_inflight(r, &d->index, &h);
+		return 0; /* the pages stay pending: the fault retries / the sweep asks again */
+	}
+	clear_inflight(r, &d->index, &h);
+	*(bulk ? &r->bulk_bytes : &r->urgent_bytes) += h.data_len;
+	for (size_t i = 0; i < d->ntasks; i++)
+		if (!d->tasks[i]->gone && d->tasks[i]->spans.left &&
+		    deliver_task(d, d->tasks[i], (uint32_t)h.record, a, a + h.data_len, data, &placed, err))
+			return -1;
+	*(bulk ? &d->stats.drain_bytes : &d->stats.fault_bytes) += placed;
+	return 0;
+}
+
+static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	int rc = chan_read(c, err);
+	if (rc < 0 && c->got >= sizeof(c->hdr) && c->hdr.magic != LR_PROTO_MAGIC)
+		return -1; /* not a lazyrestore server: no point reconnecting */
+	if (rc < 0) {
+		lost(d, err->msg);
+		return 0;
+	}
+	if (rc == 0)
+		return 0;
+	c->got = 0;
+	switch (c->hdr.type) {
+	case LR_PAGES:
+		return on_pages(d, c, bulk, err);
+	case LR_BULK_END:
+		r->bulk_ended = bulk;
+		lr_log(d, 1, "bulk stream complete: %" PRIu64 " bytes streamed, %" PRIu64 " on request",
+		       r->bulk_bytes, r->urgent_bytes);
+		return bulk ? 0 : lr_error_set(err, 0, "the page server sent BULK_END on the urgent channel");
+	case LR_ERROR:
+		return peer_error(c, err);
+	default:
+		return lr_error_set(err, 0, "unexpected %s frame from the page server on the %s channel",
+				    lr_frame_name(c->hdr.type), bulk ? "bulk" : "urgent");
+	}
+}
+
+static int on_urgent(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
+{
+	struct lr_lazyd *d = ctx;
+	return on_chan(d, lr_container_of(rec, struct lr_chan, rec), false, err);
+}
+
+static int on_bulk(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
+{
+	struct lr_lazyd *d = ctx;
+	return on_chan(d, lr_container_of(rec, struct lr_chan, rec), true, err);
+}
+
+static int add_channels(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	r->urgent.rec.on_read = r->urgent.rec.on_hup = on_urgent;
+	r->bulk.rec.on_read = r->bulk.rec.on_hup = on_bulk;
+	if (lr_loop_add(d->epfd, &r->urgent.rec, err) || lr_loop_add(d->epfd, &r->bulk.rec, err))
+		return -1;
+	r->connected = true;
+	r->lost_at_ns = 0;
+	return 0;
+}
+
+int lr_remote_start(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	r->inflight = calloc(d->index.hdr->checksum_count ? d->index.hdr->checksum_count : 1, 1);
+	r->urgent.buf = malloc(LR_FRAME_MAX);
+	r->bulk.buf = malloc(LR_FRAME_MAX);
+	if (!r->inflight || !r->urgent.buf || !r->bulk.buf)
+		return lr_error_set(err, ENOMEM, "remote page source buffers");
+	r->bulk.rec.fd = lr_remote_handshake(r, LR_CHANNEL_BULK, d->index.hdr->checkpoint_id, (int)r->timeout_ms, err);
+	return r->bulk.rec.fd < 0 ? -1 : add_channels(d, err);
+}
+
+int lr_remote_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool hint, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	const struct lr_index_record *x = &d->index.recs[rec];
+	uint64_t bs = d->index.hdr->block_size, base = x->start / bs * bs;
+	uint32_t k0 = (uint32_t)((a - base) / bs), k1 = (uint32_t)((b - 1 - base) / bs) + 1;
+	uint32_t per = LR_PAGES_MAX_DATA / (uint32_t)bs;
+
+	if (!r->connected)
+		return 0; /* asked for again once reconnected */
+	for (uint32_t k = k0; k < k1;) {
+		if (r->inflight[x->first_checksum + k]) {
+			k++;
+			continue;
+		}
+		struct lr_page_req q = {rec, k, 0};
+		while (k < k1 && q.nblocks < per && !r->inflight[x->first_checksum + k]) {
+			r->inflight[x->first_checksum + k++] = 1;
+			q.nblocks++;
+		}
+		r->inflight_bytes += (uint64_t)q.nblocks * bs;
+		r->requests++;
+		if (send_frame(d, r->urgent.rec.fd, LR_GET_PAGES, &q, sizeof(q), err)) {
+			lost(d, err->msg);
+			return 0;
+		}
+	}
+	if (hint && r->bulk_started && lr_now_ns() - r->hint_at_ns > 1000000ULL) {
+		struct lr_page_req q = {rec, k0, 1};
+		r->hint_at_ns = lr_now_ns();
+		if (send_frame(d, r->urgent.rec.fd, LR_HINT, &q, sizeof(q), err))
+			lost(d, err->msg);
+	}
+	return 0;
+}
+
+/* Where the bulk stream should begin: the first pending page of the first task that has one. */
+static struct lr_page_req first_pending(const struct lr_lazyd *d)
+{
+	for (size_t i = 0; i < d->ntasks; i++) {
+		const struct lr_spans *s = &d->tasks[i]->spans;
+		for (size_t k = s->cursor; !d->tasks[i]->gone && k < s->n; k++) {
+			struct lr_run run;
+			if (!lr_spans_run_in(s, k, 0, s->v[k].npages, &run))
+				continue;
+			const struct lr_index_record *x = &d->index.recs[s->v[k].rec];
+			uint64_t bs = d->index.hdr->block_size, src = s->v[k].src + run.page * d->page_size;
+			return (struct lr_page_req){s->v[k].rec, (uint32_t)((src - x->start / bs * bs) / bs), 1};
+		}
+	}
+	return (struct lr_page_req){0, 0, 1};
+}
+
+int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	if (!r->connected || r->bulk_started || !d->cfg.drain)
+		return 0;
+	struct lr_page_req q = first_pending(d);
+	if (send_frame(d, r->bulk.rec.fd, LR_BULK_START, &q, sizeof(q), err)) {
+		lost(d, err->msg);
+		return 0;
+	}
+	r->bulk_started = true;
+	return 0;
+}
+
+int lr_remote_drain_step(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	if (!r->connected || !r->bulk_ended || r->inflight_bytes >= LR_SWEEP_INFLIGHT)
+		return 0;
+	for (size_t i = 0; i < d->ntasks; i++) {
+		struct lr_task *t = d->tasks[i];
+		struct lr_run run;
+		if (t->gone || !t->spans.left || t->retry_at_ns > lr_now_ns() ||
+		    !lr_spans_next_run(&t->spans, LR_PAGES_MAX_DATA / d->page_size, d->index.hdr->block_size / d->page_size,
+				       &run))
+			continue;
+		const struct lr_span *sp = &t->spans.v[run.span];
+		uint64_t a = sp->src + run.page * d->page_size;
+		uint64_t before = r->inflight_bytes;
+		if (lr_remote_want(d, sp->rec, a, a + run.npages * d->page_size, false, err))
+			return -1;
+		if (r->inflight_bytes > before)
+			return 1;
+	}
+	return 0;
+}
+
+int lr_remote_wait_ms(const struct lr_lazyd *d)
+{
+	const struct lr_remote *r = d->remote;
+	if (!r || r->connected)
+		return -1;
+	uint64_t now = lr_now_ns();
+	return r->retry_at_ns > now ? (int)((r->retry_at_ns - now) / 1000000ULL) + 1 : 0;
+}
+
+static int reconnect(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	const uint8_t *cid = d->index.hdr->checkpoint_id;
+	r->session = 0;
+	r->urgent.rec.fd = lr_remote_handshake(r, LR_CHANNEL_URGENT, cid, 1000, err);
+	if (r->urgent.rec.fd < 0)
+		return -1;
+	r->bulk.rec.fd = lr_remote_handshake(r, LR_CHANNEL_BULK, cid, 1000, err);
+	if (r->bulk.rec.fd < 0) {
+		close(r->urgent.rec.fd);
+		r->urgent.rec.fd = -1;
+		return -1;
+	}
+	return add_channels(d, err);
+}
+
+int lr_remote_tick(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	uint64_t now = lr_now_ns();
+	if (!r || r->connected || now < r->retry_at_ns)
+		return 0;
+	if (!reconnect(d, err)) {
+		r->reconnects++;
+		lr_log(d, 0, "reconnected to the page server %s after %.3f s (session %llu)", r->addr.text,
+		       (double)(now - r->lost_at_ns) / 1e9, (unsigned long long)r->session);
+		return d->finished ? lr_remote_bulk_start(d, err) : 0;
+	}
+	if (strstr(err->msg, "another checkpoint") || strstr(err->msg, "secret") || strstr(err->msg, "refused"))
+		return -1;
+	if ((now - r->lost_at_ns) / 1000000ULL >= r->timeout_ms)
+		return lr_error_set(err, 0, "page server %s unreachable for %llu s (last: %s): the restored tree is "
+				    "stopped; the checkpoint on the source is intact", r->addr.text,
+				    (unsigned long long)(r->timeout_ms / 1000), err->msg);
+	r->retry_at_ns = now + r->backoff_ms * 1000000ULL;
+	r->backoff_ms = r->backoff_ms * 2 > LR_BACKOFF_MAX_MS ? LR_BACKOFF_MAX_MS : r->backoff_ms * 2;
+	return 0;
+}
+
+int lr_remote_done(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	uint64_t until = lr_now_ns() + LR_IO_TIMEOUT_MS * 1000000ULL;
+
+	if (!r->connected)
+		return lr_error_set(err, 0, "not connected to the page server");
+	if (send_frame(d, r->urgent.rec.fd, LR_DONE, NULL, 0, err))
+		return -1;
+	while (lr_now_ns() < until) { /* replies to earlier requests may still come first */
+		struct pollfd p = {r->urgent.rec.fd, POLLIN, 0};
+		if (poll(&p, 1, 100) < 0 && errno != EINTR)
+			return lr_error_set(err, errno, "poll");
+		int rc = chan_read(&r->urgent, err);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			continue;
+		r->urgent.got = 0;
+		if (r->urgent.hdr.type == LR_DONE)
+			return 0;
+		if (r->urgent.hdr.type == LR_ERROR)
+			return peer_error(&r->urgent, err);
+	}
+	return lr_error_set(err, ETIMEDOUT, "no DONE from the page server");
+}
+
+void lr_remote_close(struct lr_lazyd *d)
+{
+	struct lr_remote *r = d->remote;
+	if (!r)
+		return;
+	if (r->urgent.rec.fd >= 0)
+		close(r->urgent.rec.fd);
+	if (r->bulk.rec.fd >= 0)
+		close(r->bulk.rec.fd);
+	free(r->urgent.buf);
+	free(r->bulk.buf);
+	free(r->inflight);
+	explicit_bzero(r->secret, sizeof(r->secret));
+	free(r);
+	d->remote = NULL;
+}

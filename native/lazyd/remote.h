@@ -1,0 +1,87 @@
+/*
+ * remote.h: lr-lazyd's remote page source, an lr-pageserver (lr_proto.h).
+ *
+ * Before listening, the daemon fetches the checkpoint's files into its images
+ * dir (metadata whole; pages files sparse, with only their eager ranges
+ * filled and verified). Then faults are served by GET_PAGES on the urgent
+ * channel (the fault waits, deferred, until the bytes arrive), and after
+ * "restore finished" the bulk channel streams everything else; each PAGES
+ * frame is verified block by block against the index and placed into every
+ * task that still needs those pages. What the stream could not place is asked
+ * for again at its end. A dropped connection is re-established (with backoff)
+ * until --source-timeout; past it the daemon fails and its guardian kills the
+ * tree: the checkpoint on the source is untouched.
+ */
+#ifndef LR_REMOTE_H
+#define LR_REMOTE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "loop.h"
+#include "lr_error.h"
+#include "lr_net.h"
+#include "lr_proto.h"
+
+struct lr_lazyd;
+
+struct lr_chan {               /* one connection's receive side */
+	struct lr_fdrec rec;
+	struct lr_frame hdr;
+	uint64_t got;              /* bytes of header + payload received */
+	char *buf;                 /* payload, up to LR_FRAME_MAX */
+};
+
+struct lr_remote {
+	struct lr_addr addr;
+	uint8_t secret[LR_SECRET_SIZE];
+	uint8_t checkpoint_id[16];
+	uint64_t session;
+	struct lr_chan urgent, bulk;
+	bool connected;
+	bool bulk_started, bulk_ended;
+	uint8_t *inflight;         /* per checksum index: asked for on the urgent channel */
+	uint64_t inflight_bytes;
+	uint64_t next_req;
+	uint64_t lost_at_ns;       /* 0 while connected */
+	uint64_t retry_at_ns;      /* next reconnection attempt */
+	uint64_t backoff_ms;
+	uint64_t timeout_ms;       /* --source-timeout */
+	uint64_t reconnects, bad_blocks, requests, bulk_bytes, urgent_bytes;
+	uint64_t hint_at_ns;       /* last HINT sent */
+};
+
+/* Connect, authenticate and fetch the checkpoint into cfg.images_dir (before the index is opened). */
+int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err);
+/* After the index is open: the in-flight table, both channels in the event loop. */
+int lr_remote_start(struct lr_lazyd *d, struct lr_error *err);
+/* Ask for the blocks of record rec covering checkpoint addresses [a, b) unless already asked for;
+ * hint: a fault wants them (the bulk stream is told to move there). */
+int lr_remote_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool hint, struct lr_error *err);
+/* After the bulk stream: ask for pages it could not place. 1 when something was asked for. */
+int lr_remote_drain_step(struct lr_lazyd *d, struct lr_error *err);
+/* "restore finished": start the bulk stream (from the first pending page). */
+int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err);
+/* Reconnect when due; fails once the source has been gone longer than the timeout. */
+int lr_remote_tick(struct lr_lazyd *d, struct lr_error *err);
+/* Milliseconds until lr_remote_tick has something to do (-1: nothing). */
+int lr_remote_wait_ms(const struct lr_lazyd *d);
+/* Every page placed: tell the server (DONE) and wait for its answer. */
+int lr_remote_done(struct lr_lazyd *d, struct lr_error *err);
+void lr_remote_close(struct lr_lazyd *d);
+
+/* remote_fetch.c: one authenticated channel (blocking socket); checks the checkpoint id when expect_cid is set. */
+int lr_remote_handshake(struct lr_remote *r, uint32_t channel, const uint8_t *expect_cid, int timeout_ms,
+			struct lr_error *err);
+
+/*
+ * A PAGES payload checked against the index: record and blocks in range, length
+ * right, every checksum the index's, every block's bytes hashing to it (errnum
+ * EBADMSG for bytes that do not). Sets *a to the first checkpoint address and
+ * *data to the bytes.
+ */
+struct lr_index;
+int lr_pages_frame_check(const struct lr_index *idx, const char *payload, uint32_t len, struct lr_pages_hdr *h,
+			 uint64_t *a, const char **data, struct lr_error *err);
+
+#endif /* LR_REMOTE_H */

@@ -1,0 +1,250 @@
+/* remote_fetch.c: authenticating a channel, and fetching the checkpoint's files before the restore. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "lazyd.h"
+#include "lr_auth.h"
+#include "lr_cleanup.h"
+#include "lr_proto_io.h"
+#include "remote.h"
+
+static unsigned long long deadline(int ms)
+{
+	return lr_net_now_ns() + (unsigned long long)ms * 1000000ULL;
+}
+
+int lr_remote_handshake(struct lr_remote *r, uint32_t channel, const uint8_t *expect_cid, int timeout_ms,
+			struct lr_error *err)
+{
+	struct lr_hello h = {LR_PROTO_VERSION, channel, channel == LR_CHANNEL_BULK ? r->session : 0, {0}};
+	struct lr_challenge ch;
+	struct lr_auth a;
+	struct lr_welcome w;
+	struct lr_frame f;
+	uint8_t want[LR_MAC_SIZE];
+	unsigned long long until = deadline(timeout_ms);
+	LR_CLEANUP_CLOSE int fd = lr_net_connect(&r->addr, timeout_ms, err);
+
+	if (fd < 0 || lr_random(h.client_nonce, sizeof(h.client_nonce), err) ||
+	    lr_send_frame(fd, LR_HELLO, 0, 0, &h, sizeof(h), until, err) ||
+	    lr_recv_frame(fd, LR_CHALLENGE, &f, &ch, sizeof(ch), until, err))
+		return -1;
+	if (f.length != sizeof(ch) || ch.version != LR_PROTO_VERSION)
+		return lr_error_set(err, 0, "page server %s: unexpected CHALLENGE (version %u)", r->addr.text, ch.version);
+	if (expect_cid && memcmp(expect_cid, ch.checkpoint_id, 16))
+		return lr_error_set(err, 0, "page server %s serves another checkpoint than the one being restored",
+				    r->addr.text);
+	memcpy(r->checkpoint_id, ch.checkpoint_id, 16);
+	if (lr_auth_mac(r->secret, LR_AUTH_CLIENT, channel, h.session, ch.checkpoint_id, ch.server_nonce, h.client_nonce,
+			a.mac, err) ||
+	    lr_send_frame(fd, LR_AUTH, 0, 0, &a, sizeof(a), until, err) ||
+	    lr_recv_frame(fd, LR_WELCOME, &f, &w, sizeof(w), until, err))
+		return -1;
+	if (f.length != sizeof(w) || lr_auth_mac(r->secret, LR_AUTH_SERVER, channel, w.session, ch.checkpoint_id,
+						 ch.server_nonce, h.client_nonce, want, err))
+		return f.length != sizeof(w) ? lr_error_set(err, 0, "page server %s: malformed WELCOME", r->addr.text) : -1;
+	if (!lr_auth_equal(want, w.mac) || (channel == LR_CHANNEL_BULK && w.session != r->session))
+		return lr_error_set(err, 0, "page server %s could not prove it holds the checkpoint's secret", r->addr.text);
+	r->session = w.session;
+	int out = fd;
+	fd = -1;
+	return out;
+}
+
+/* A name the server may list: lazyrestore's two files or a plain top-level name (no path, no dot file). */
+static bool safe_name(const char *name, uint32_t len)
+{
+	static const char *const fixed[] = {"lazyrestore/manifest.json", "lazyrestore/index.bin"};
+	for (size_t i = 0; i < 2; i++)
+		if (strlen(fixed[i]) == len && !memcmp(fixed[i], name, len))
+			return true;
+	if (!len || len > LR_NAME_MAX || name[0] == '.' || (len > 5 && !memcmp(name + len - 5, ".part", 5)))
+		return false;
+	for (uint32_t i = 0; i < len; i++)
+		if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+		      (name[i] >= '0' && name[i] <= '9') || name[i] == '-' || name[i] == '_' || name[i] == '.'))
+			return false;
+	return true;
+}
+
+static int fetch_file(int fd, int dirfd, const char *dir, const char *name, uint64_t size, int timeout_ms,
+		      char *buf, struct lr_error *err)
+{
+	char part[LR_NAME_MAX + 8];
+	struct lr_file_req q = {(uint32_t)strlen(name), 0};
+	char req[sizeof(q) + LR_NAME_MAX];
+	struct lr_frame f;
+	uint64_t got = 0;
+
+	memcpy(req, &q, sizeof(q));
+	memcpy(req + sizeof(q), name, q.name_len);
+	snprintf(part, sizeof(part), "%s.part", name);
+	LR_CLEANUP_CLOSE int out = openat(dirfd, part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (out < 0)
+		return lr_error_set(err, errno, "create %s/%s", dir, part);
+	if (lr_send_frame(fd, LR_GET_FILE, 0, 1, req, (uint32_t)(sizeof(q) + q.name_len), deadline(timeout_ms), err))
+		return -1;
+	do {
+		if (lr_recv_frame(fd, LR_FILE_DATA, &f, buf, LR_FRAME_MAX, deadline(timeout_ms), err))
+			return -1;
+		if (f.length > size - got)
+			return lr_error_set(err, 0, "page server sent more of %s than the %" PRIu64 " bytes it listed", name, size);
+		if (pwrite(out, buf, f.length, (off_t)got) != (ssize_t)f.length)
+			return lr_error_set(err, errno ? errno : EIO, "write %s/%s", dir, part);
+		got += f.length;
+	} while (f.flags & LR_F_MORE);
+	if (got != size)
+		return lr_error_set(err, 0, "page server sent %" PRIu64 " bytes of %s, it listed %" PRIu64, got, name, size);
+	if (renameat(dirfd, part, dirfd, name))
+		return lr_error_set(err, errno, "rename %s/%s", dir, part);
+	return 0;
+}
+
+static int sparse_file(int dirfd, const char *dir, const char *name, uint64_t size, struct lr_error *err)
+{
+	LR_CLEANUP_CLOSE int out = openat(dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (out < 0 || ftruncate(out, (off_t)size))
+		return lr_error_set(err, errno, "create %s/%s", dir, name);
+	return 0;
+}
+
+/* LIST, then every file: metadata whole, pages files as sparse files of their size. */
+static int fetch_listed(int fd, int dirfd, const char *dir, int timeout_ms, char *buf, struct lr_error *err)
+{
+	struct lr_frame f;
+	if (lr_send_frame(fd, LR_LIST, 0, 1, NULL, 0, deadline(timeout_ms), err) ||
+	    lr_recv_frame(fd, LR_FILES, &f, buf, LR_FRAME_MAX, deadline(timeout_ms), err))
+		return -1;
+	LR_CLEANUP_FREE char *list = malloc(f.length ? f.length : 1);
+	if (!list)
+		return lr_error_set(err, ENOMEM, "file list");
+	memcpy(list, buf, f.length);
+	for (uint32_t at = 0; at < f.length;) {
+		struct lr_file_entry e;
+		char name[LR_NAME_MAX + 1];
+		if (f.length - at < sizeof(e))
+			return lr_error_set(err, 0, "page server sent a truncated file list");
+		memcpy(&e, list + at, sizeof(e));
+		if (!e.name_len || e.name_len > f.length - at - sizeof(e) || !safe_name(list + at + sizeof(e), e.name_len) ||
+		    (e.kind != LR_FILE_META && e.kind != LR_FILE_PAGES))
+			return lr_error_set(err, 0, "page server listed a file outside a checkpoint (entry at byte %u)", at);
+		memcpy(name, list + at + sizeof(e), e.name_len);
+		name[e.name_len] = 0;
+		at += (uint32_t)sizeof(e) + e.name_len;
+		if (e.kind == LR_FILE_META ? fetch_file(fd, dirfd, dir, name, e.size, timeout_ms, buf, err)
+					   : sparse_file(dirfd, dir, name, e.size, err))
+			return -1;
+	}
+	return 0;
+}
+
+int lr_pages_frame_check(const struct lr_index *idx, const char *payload, uint32_t len, struct lr_pages_hdr *h,
+			 uint64_t *a, const char **data, struct lr_error *err)
+{
+	if (len < sizeof(*h))
+		return lr_error_set(err, 0, "PAGES frame of %u bytes is too short", len);
+	memcpy(h, payload, sizeof(*h));
+	if (h->record >= idx->hdr->record_count)
+		return lr_error_set(err, 0, "PAGES for record %" PRIu64 ": the index has %" PRIu64, h->record,
+				    idx->hdr->record_count);
+	const struct lr_index_record *r = &idx->recs[h->record];
+	uint64_t bs = idx->hdr->block_size, base = r->start / bs * bs, end = lr_record_end(idx, r);
+	uint64_t nb = lr_block_count(r->start, r->nr_pages * idx->hdr->page_size, idx->hdr->block_size);
+	if (!h->nblocks || h->first_block >= nb || h->nblocks > nb - h->first_block)
+		return lr_error_set(err, 0, "PAGES for record %" PRIu64 " blocks %u+%u: the record has %" PRIu64,
+				    h->record, h->first_block, h->nblocks, nb);
+	*a = base + h->first_block * bs < r->start ? r->start : base + h->first_block * bs;
+	uint64_t b = base + (h->first_block + (uint64_t)h->nblocks) * bs > end ? end
+						: base + (h->first_block + (uint64_t)h->nblocks) * bs;
+	if (h->data_len != b - *a || len != sizeof(*h) + h->nblocks * 8ULL + h->data_len)
+		return lr_error_set(err, 0, "PAGES for record %" PRIu64 ": %" PRIu64 " data bytes in a %u-byte frame, "
+				    "expected %" PRIu64, h->record, h->data_len, len, b - *a);
+	*data = payload + sizeof(*h) + h->nblocks * 8ULL;
+	for (uint32_t k = 0; k < h->nblocks; k++) {
+		uint64_t sent, x = *a > base + (h->first_block + k) * bs ? *a : base + (h->first_block + k) * bs;
+		uint64_t y = base + (h->first_block + k + 1) * bs < b ? base + (h->first_block + k + 1) * bs : b;
+		memcpy(&sent, payload + sizeof(*h) + k * 8ULL, 8);
+		if (sent != idx->sums[r->first_checksum + h->first_block + k] || XXH3_64bits(*data + (x - *a), y - x) != sent)
+			return lr_error_set(err, EBADMSG, "page bytes of pid %u at %#" PRIx64 " (record %" PRIu64 " block %u) "
+					    "from the page server fail their checksum", r->pid, x, h->record,
+					    h->first_block + k);
+	}
+	return 0;
+}
+
+/* The eager ranges of every pages file, fetched and verified (CRIU reads them itself at restore). */
+static int fetch_eager(int fd, int dirfd, const struct lr_index *idx, int timeout_ms, char *buf, struct lr_error *err)
+{
+	uint32_t per = LR_PAGES_MAX_DATA / idx->hdr->block_size;
+	for (uint64_t i = 0; i < idx->hdr->record_count; i++) {
+		const struct lr_index_record *r = &idx->recs[i];
+		uint64_t nb = lr_block_count(r->start, r->nr_pages * idx->hdr->page_size, idx->hdr->block_size);
+		char name[32];
+		if (r->flags & LR_RANGE_LAZY)
+			continue;
+		snprintf(name, sizeof(name), "pages-%u.img", r->pages_id);
+		LR_CLEANUP_CLOSE int out = openat(dirfd, name, O_WRONLY | O_CLOEXEC);
+		if (out < 0)
+			return lr_error_set(err, errno, "open %s (not listed by the page server?)", name);
+		for (uint64_t k = 0; k < nb; k += per) {
+			struct lr_page_req q = {i, (uint32_t)k, (uint32_t)(nb - k < per ? nb - k : per)};
+			struct lr_pages_hdr h;
+			struct lr_frame f;
+			const char *data;
+			uint64_t a;
+			if (lr_send_frame(fd, LR_GET_PAGES, 0, 1, &q, sizeof(q), deadline(timeout_ms), err) ||
+			    lr_recv_frame(fd, LR_PAGES, &f, buf, LR_FRAME_MAX, deadline(timeout_ms), err) ||
+			    lr_pages_frame_check(idx, buf, f.length, &h, &a, &data, err))
+				return -1;
+			if (h.record != i || h.first_block != q.first_block || h.nblocks != q.nblocks)
+				return lr_error_set(err, 0, "page server answered another range than asked for");
+			if (pwrite(out, data, h.data_len, (off_t)(r->offset + (a - r->start))) != (ssize_t)h.data_len)
+				return lr_error_set(err, errno ? errno : EIO, "write %s", name);
+		}
+	}
+	return 0;
+}
+
+int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	const char *dir = d->cfg.images_dir;
+	int ms = (int)r->timeout_ms;
+	char path[4096];
+	struct lr_index idx = {0};
+
+	if (lr_secret_load(d->cfg.secret_file, r->secret, err) || lr_addr_parse(d->cfg.source, &r->addr, err))
+		return -1;
+	if ((mkdir(dir, 0755) && errno != EEXIST) || snprintf(path, sizeof(path), "%s/lazyrestore", dir) >= (int)sizeof(path) ||
+	    (mkdir(path, 0755) && errno != EEXIST))
+		return lr_error_set(err, errno, "create %s", path);
+	LR_CLEANUP_CLOSE int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	LR_CLEANUP_FREE char *buf = malloc(LR_FRAME_MAX);
+	if (dirfd < 0 || !buf)
+		return lr_error_set(err, dirfd < 0 ? errno : ENOMEM, "images directory %s", dir);
+	LR_CLEANUP_CLOSE int fd = lr_remote_handshake(r, LR_CHANNEL_URGENT, NULL, ms, err);
+	if (fd < 0 || fetch_listed(fd, dirfd, dir, ms, buf, err))
+		return -1;
+	snprintf(path, sizeof(path), "%s/%s", dir, LR_INDEX_NAME);
+	if (lr_index_open(&idx, path, (uint32_t)sysconf(_SC_PAGESIZE), err))
+		return -1;
+	int rc = memcmp(idx.hdr->checkpoint_id, r->checkpoint_id, 16)
+			 ? lr_error_set(err, 0, "the index the page server sent belongs to another checkpoint")
+			 : fetch_eager(fd, dirfd, &idx, ms, buf, err);
+	lr_index_close(&idx);
+	if (rc)
+		return -1;
+	lr_log(d, 1, "fetched the checkpoint from %s into %s (session %llu)", r->addr.text, dir,
+	       (unsigned long long)r->session);
+	r->urgent.rec.fd = fd; /* kept: it becomes the urgent channel */
+	fd = -1;
+	return 0;
+}

@@ -1,0 +1,329 @@
+/* conn.c: connections: accepting, reading frames, the output queue, closing. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lr_proto_io.h"
+#include "server.h"
+
+#define PS_QUEUE_MAX 512 /* queued pieces before a connection's requests are not read any more */
+
+static void peer_text(const struct sockaddr_storage *ss, char *out, size_t size)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	int port = 0;
+	if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const void *)ss;
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+		port = ntohs(a->sin_port);
+	} else if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const void *)ss;
+		inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+		port = ntohs(a->sin6_port);
+	}
+	snprintf(out, size, "%s:%d", host, port);
+}
+
+static int add_conn(struct ps_server *s, struct ps_conn *c, struct lr_error *err)
+{
+	if (s->nconns == s->capconns) {
+		size_t n = s->capconns ? s->capconns * 2 : 16;
+		struct ps_conn **v = realloc(s->conns, n * sizeof(*v));
+		if (!v)
+			return lr_error_set(err, ENOMEM, "connection table");
+		s->conns = v;
+		s->capconns = n;
+	}
+	c->events = EPOLLIN | EPOLLRDHUP;
+	struct epoll_event ev = {.events = c->events, .data.ptr = c};
+	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, c->fd, &ev))
+		return lr_error_set(err, errno, "epoll add connection");
+	s->conns[s->nconns++] = c;
+	return 0;
+}
+
+int ps_conn_accept(struct ps_server *s, struct lr_error *err)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	int one = 1;
+	int fd = accept4(s->listen_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+	if (fd < 0)
+		return errno == EAGAIN || errno == EINTR || errno == ECONNABORTED ? 0 : lr_error_set(err, errno, "accept");
+	if (s->stopping || s->nconns >= s->cfg.max_conns) {
+		ps_log(s, 1, "refused a connection: %s", s->stopping ? "delivered, stopping (--once)" : "too many connections");
+		close(fd);
+		return 0;
+	}
+	struct ps_conn *c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return lr_error_set(err, ENOMEM, "connection");
+	}
+	c->fd = fd;
+	c->id = ++s->next_conn_id;
+	peer_text(&ss, c->peer, sizeof(c->peer));
+	c->deadline_ns = lr_net_now_ns() + (uint64_t)s->cfg.handshake_ms * 1000000ULL;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (add_conn(s, c, err)) {
+		close(fd);
+		free(c);
+		return -1;
+	}
+	ps_log(s, 2, "conn %u from %s", c->id, c->peer);
+	return 0;
+}
+
+int ps_conn_update_events(struct ps_server *s, struct ps_conn *c)
+{
+	uint32_t want = EPOLLRDHUP;
+	if (c->n - c->head < PS_QUEUE_MAX && !c->closing)
+		want |= EPOLLIN; /* backpressure: a client that does not read its replies is not read either */
+	if (c->n > c->head || (c->session && c == c->session->bulk && c->session->bulk_started && !c->session->bulk_ended))
+		want |= EPOLLOUT;
+	if (want == c->events || c->dead)
+		return 0;
+	struct epoll_event ev = {.events = want, .data.ptr = c};
+	if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, c->fd, &ev))
+		return -1;
+	c->events = want;
+	return 0;
+}
+
+static int push(struct ps_conn *c, struct ps_out o)
+{
+	if (c->head && c->head == c->n)
+		c->head = c->n = 0;
+	if (c->n == c->cap) {
+		size_t n = c->cap ? c->cap * 2 : 16;
+		struct ps_out *v = realloc(c->out, n * sizeof(*v));
+		if (!v)
+			return -1;
+		c->out = v;
+		c->cap = n;
+	}
+	c->out[c->n++] = o;
+	return 0;
+}
+
+int ps_queue_bytes(struct ps_conn *c, const void *bytes, size_t len)
+{
+	char *copy = malloc(len ? len : 1);
+	if (!copy)
+		return -1;
+	memcpy(copy, bytes, len);
+	if (push(c, (struct ps_out){copy, -1, 0, len})) {
+		free(copy);
+		return -1;
+	}
+	return 0;
+}
+
+int ps_queue_frame(struct ps_conn *c, uint16_t type, uint16_t flags, uint64_t req_id, const void *payload, uint32_t len)
+{
+	char *buf = malloc(sizeof(struct lr_frame) + len);
+	if (!buf)
+		return -1;
+	lr_frame_make((struct lr_frame *)buf, type, flags, len, req_id);
+	memcpy(buf + sizeof(struct lr_frame), payload, len);
+	if (push(c, (struct ps_out){buf, -1, 0, sizeof(struct lr_frame) + len})) {
+		free(buf);
+		return -1;
+	}
+	return 0;
+}
+
+int ps_queue_file(struct ps_conn *c, int fd, uint64_t off, uint64_t len)
+{
+	return len ? push(c, (struct ps_out){NULL, fd, off, len}) : 0;
+}
+
+bool ps_queue_empty(const struct ps_conn *c)
+{
+	return c->head == c->n;
+}
+
+/* Send one queued piece as far as the socket takes it: 1 done, 0 would block, -1 error. */
+static int send_piece(struct ps_conn *c, struct ps_out *o)
+{
+	if (o->bytes) {
+		ssize_t n = send(c->fd, o->bytes + o->off, o->len - o->off, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n < 0)
+			return errno == EAGAIN || errno == EINTR ? 0 : -1;
+		o->off += (uint64_t)n;
+		return o->off == o->len;
+	}
+	off_t off = (off_t)o->off;
+	ssize_t n = sendfile(c->fd, o->fd, &off, o->len);
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR ? 0 : -1;
+	if (n == 0)
+		return -1; /* the file is shorter than the index said: it changed under us */
+	o->off = (uint64_t)off;
+	o->len -= (uint64_t)n;
+	return o->len == 0;
+}
+
+/* Write what the socket takes. Returns 0, or -1 when the connection must go. */
+static int flush(struct ps_conn *c)
+{
+	while (c->head < c->n) {
+		int rc = send_piece(c, &c->out[c->head]);
+		if (rc < 0)
+			return -1;
+		if (rc == 0)
+			return 0;
+		free(c->out[c->head].bytes);
+		c->head++;
+	}
+	return 0;
+}
+
+int ps_conn_on_write(struct ps_server *s, struct ps_conn *c)
+{
+	if (flush(c)) {
+		ps_log(s, 1, "conn %u (%s): send failed: %s", c->id, c->peer, strerror(errno));
+		ps_conn_close(s, c);
+		return 0;
+	}
+	if (ps_queue_empty(c) && c->closing) {
+		ps_conn_close(s, c);
+		return 0;
+	}
+	if (ps_queue_empty(c) && c->session && c == c->session->bulk) {
+		if (ps_bulk_fill(s, c))
+			return -1;
+		if (flush(c)) {
+			ps_log(s, 1, "conn %u (%s): send failed: %s", c->id, c->peer, strerror(errno));
+			ps_conn_close(s, c);
+			return 0;
+		}
+	}
+	return ps_conn_update_events(s, c);
+}
+
+void ps_conn_fail(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *fmt, ...)
+{
+	char msg[400], payload[sizeof(struct lr_error_frame) + 400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	ps_log(s, 0, "conn %u (%s): %s error: %s", c->id, c->peer, lr_error_code_name(code), msg);
+	ps_event(s, "{\"event\":\"rejected\",\"conn\":%u,\"peer\":\"%s\",\"code\":\"%s\"}", c->id, c->peer,
+		 lr_error_code_name(code));
+	size_t len = lr_error_frame_build(payload, sizeof(payload), code, msg);
+	ps_queue_frame(c, LR_ERROR, 0, c->hdr.req_id, payload, (uint32_t)len);
+	c->closing = true;
+	flush(c);
+	if (ps_queue_empty(c))
+		ps_conn_close(s, c);
+	else
+		ps_conn_update_events(s, c);
+}
+
+/* Read into the header, then the payload; 1 when a whole frame is in, 0 for more later, -1 closed. */
+static int read_frame(struct ps_server *s, struct ps_conn *c)
+{
+	struct lr_error err;
+	bool have_hdr = c->got >= sizeof(c->hdr);
+	size_t want = have_hdr ? sizeof(c->hdr) + c->hdr.length : sizeof(c->hdr);
+	char *dst = have_hdr ? c->buf + (c->got - sizeof(c->hdr)) : (char *)&c->hdr + c->got;
+
+	if (c->got < want) {
+		ssize_t n = recv(c->fd, dst, want - c->got, MSG_DONTWAIT);
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+			return -1;
+		if (n < 0)
+			return 0;
+		c->got += (uint32_t)n;
+		if (c->got < want)
+			return 0;
+	}
+	if (!have_hdr) {
+		uint32_t max = c->state == PS_READY ? LR_REQUEST_MAX : (uint32_t)sizeof(c->buf);
+		if (lr_frame_check(&c->hdr, max, &err)) {
+			ps_conn_fail(s, c, c->hdr.magic == LR_PROTO_MAGIC && c->hdr.length > max ? LR_ERR_TOO_BIG
+												  : LR_ERR_PROTOCOL,
+				     "%s", err.msg);
+			return -2;
+		}
+		if (c->hdr.length)
+			return read_frame(s, c);
+	}
+	return 1;
+}
+
+int ps_conn_on_read(struct ps_server *s, struct ps_conn *c)
+{
+	for (int frames = 0; frames < 16 && !c->dead && !c->closing; frames++) {
+		int rc = read_frame(s, c);
+		if (rc == -1) {
+			ps_log(s, c->state == PS_READY ? 2 : 1, "conn %u (%s): closed by the peer%s", c->id, c->peer,
+			       c->state == PS_READY ? "" : " before authenticating");
+			ps_conn_close(s, c);
+			return 0;
+		}
+		if (rc <= 0)
+			return 0;
+		c->got = 0;
+		rc = c->state == PS_READY ? ps_request_frame(s, c) : ps_handshake_frame(s, c);
+		if (rc < 0)
+			return -1;
+		if (ps_conn_update_events(s, c))
+			return -1;
+		if (c->n - c->head >= PS_QUEUE_MAX)
+			return 0;
+	}
+	return 0;
+}
+
+void ps_conn_close(struct ps_server *s, struct ps_conn *c)
+{
+	if (c->dead)
+		return;
+	epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	c->dead = true;
+	for (size_t i = c->head; i < c->n; i++)
+		free(c->out[i].bytes);
+	c->head = c->n = 0;
+	if (c->session) {
+		struct ps_session *ss = c->session;
+		if (ss->urgent == c)
+			ss->urgent = NULL;
+		if (ss->bulk == c)
+			ss->bulk = NULL;
+		c->session = NULL;
+		if (!ss->urgent) /* the urgent channel is the session */
+			ps_session_end(s, ss, ss->done ? "delivered" : "closed before DONE: the checkpoint was not delivered");
+	}
+}
+
+/* Free the connections closed during the last batch (epoll may still have handed out pointers to them). */
+void ps_conn_reap(struct ps_server *s)
+{
+	size_t w = 0;
+	for (size_t i = 0; i < s->nconns; i++) {
+		struct ps_conn *c = s->conns[i];
+		if (c->dead) {
+			free(c->out);
+			free(c);
+		} else {
+			s->conns[w++] = c;
+		}
+	}
+	s->nconns = w;
+}

@@ -1,0 +1,324 @@
+/*
+ * lr-pageserver: serves one checkpoint to lazyrestore clients (lr-lazyd) over
+ * TCP: its metadata files, the page ranges faults ask for, and a bulk stream
+ * of everything else, to any number of authenticated sessions at once. The
+ * images are opened read only.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "lr_auth.h"
+#include "server.h"
+
+#define LR_EXIT_USAGE 2
+#define PS_BATCH 64
+
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop(int sig)
+{
+	stop_signal = sig;
+}
+
+void ps_log(const struct ps_server *s, int level, const char *fmt, ...)
+{
+	va_list ap;
+	char line[768];
+
+	if (level > s->cfg.verbose)
+		return;
+	int len = snprintf(line, sizeof(line), "lr-pageserver[%d] %.6f: ", getpid(),
+			   (double)(lr_net_now_ns() - s->start_ns) / 1e9);
+	va_start(ap, fmt);
+	vsnprintf(line + len, sizeof(line) - (size_t)len, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "%s\n", line);
+}
+
+const char *ps_json_text(const char *in, char *out, size_t size)
+{
+	size_t o = 0;
+	for (const char *p = in; *p && o + 7 < size; p++) {
+		if (*p == '"' || *p == '\\') {
+			out[o++] = '\\';
+			out[o++] = *p;
+		} else {
+			out[o++] = (*p >= 0 && *p < 0x20) ? ' ' : *p;
+		}
+	}
+	out[o] = 0;
+	return out;
+}
+
+void ps_event(const struct ps_server *s, const char *fmt, ...)
+{
+	va_list ap;
+	char line[1024];
+
+	if (s->cfg.events_fd < 0)
+		return;
+	va_start(ap, fmt);
+	int len = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+	va_end(ap);
+	if (len <= 0 || len >= (int)sizeof(line) - 1)
+		return;
+	line[len++] = '\n';
+	if (write(s->cfg.events_fd, line, (size_t)len) != len)
+		return; /* the reader went away: keep serving */
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: lr-pageserver -D IMAGES_DIR --listen HOST:PORT [options]\n"
+		"  -D, --images-dir DIR     checkpoint with lazyrestore/index.bin and lazyrestore/secret (read only)\n"
+		"  -l, --listen HOST:PORT   address to serve on (port 0: any free port, printed in the log and events)\n"
+		"      --secret-file FILE   the checkpoint's secret (default: IMAGES_DIR/lazyrestore/secret)\n"
+		"      --once               exit 0 after the first session that reports DONE\n"
+		"      --status-fd N        write one '\\0' byte to fd N once listening\n"
+		"      --events-fd N        JSON lines: listening, session, delivered, session_lost, rejected\n"
+		"      --max-conns N        connections at once (default 256)\n"
+		"      --handshake-ms MS    time a connection has to authenticate (default %d)\n"
+		"  -o, --log-file FILE      log here instead of stderr\n"
+		"  -v, --verbose[=N]        more log\n"
+		"Exit: 0 stopped by a signal, or delivered with --once; 1 error; 2 usage.\n",
+		LR_HANDSHAKE_MS);
+}
+
+static int parse_uint(const char *arg, unsigned lo, unsigned hi, unsigned *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(arg, &end, 10);
+	if (errno || end == arg || *end || *arg == '-' || v < lo || v > hi)
+		return -1;
+	*out = (unsigned)v;
+	return 0;
+}
+
+static int bad_value(const char *opt, const char *val, const char *want)
+{
+	fprintf(stderr, "lr-pageserver: invalid value %s for %s: expected %s\n", val, opt, want);
+	return -1;
+}
+
+enum { OPT_SECRET = 256, OPT_ONCE, OPT_STATUS_FD, OPT_EVENTS_FD, OPT_MAX_CONNS, OPT_HANDSHAKE_MS };
+
+static const struct option long_opts[] = {
+	{"images-dir", required_argument, NULL, 'D'}, {"listen", required_argument, NULL, 'l'},
+	{"log-file", required_argument, NULL, 'o'}, {"verbose", optional_argument, NULL, 'v'},
+	{"secret-file", required_argument, NULL, OPT_SECRET}, {"once", no_argument, NULL, OPT_ONCE},
+	{"status-fd", required_argument, NULL, OPT_STATUS_FD}, {"events-fd", required_argument, NULL, OPT_EVENTS_FD},
+	{"max-conns", required_argument, NULL, OPT_MAX_CONNS}, {"handshake-ms", required_argument, NULL, OPT_HANDSHAKE_MS},
+	{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+
+static int parse_one(struct ps_config *c, int opt, const char *arg)
+{
+	unsigned v;
+	switch (opt) {
+	case 'D': c->images_dir = arg; return 0;
+	case 'l': c->listen = arg; return 0;
+	case 'o': c->log_file = arg; return 0;
+	case 'v': c->verbose = arg ? atoi(arg) : c->verbose + 1; return 0;
+	case OPT_SECRET: c->secret_file = arg; return 0;
+	case OPT_ONCE: c->once = true; return 0;
+	case OPT_STATUS_FD:
+	case OPT_EVENTS_FD:
+		if (parse_uint(arg, 0, 1 << 20, &v))
+			return bad_value(opt == OPT_STATUS_FD ? "--status-fd" : "--events-fd", arg, "a descriptor number");
+		*(opt == OPT_STATUS_FD ? &c->status_fd : &c->events_fd) = (int)v;
+		return 0;
+	case OPT_MAX_CONNS:
+		return parse_uint(arg, 1, 65536, &c->max_conns) ? bad_value("--max-conns", arg, "1 to 65536") : 0;
+	case OPT_HANDSHAKE_MS:
+		return parse_uint(arg, 10, 600000, &c->handshake_ms) ? bad_value("--handshake-ms", arg, "10 to 600000") : 0;
+	default:
+		return -1;
+	}
+}
+
+static int parse_args(int argc, char **argv, struct ps_config *c)
+{
+	*c = (struct ps_config){.status_fd = -1, .events_fd = -1, .verbose = 1, .max_conns = 256,
+				.handshake_ms = LR_HANDSHAKE_MS};
+	int opt;
+	while ((opt = getopt_long(argc, argv, "D:l:o:v::h", long_opts, NULL)) != -1) {
+		if (opt == 'h') {
+			usage(stdout);
+			exit(0);
+		}
+		if (opt == '?' || parse_one(c, opt, optarg))
+			return -1;
+	}
+	if (optind < argc)
+		return bad_value("arguments", argv[optind], "options only");
+	if (!c->images_dir || !c->listen) {
+		fprintf(stderr, "lr-pageserver: -D/--images-dir and --listen are required\n");
+		return -1;
+	}
+	return 0;
+}
+
+static int setup(struct ps_server *s, struct lr_error *err)
+{
+	char secret_path[4096];
+	struct lr_addr addr;
+
+	if (s->cfg.log_file && !freopen(s->cfg.log_file, "a", stderr))
+		return lr_error_set(err, errno, "log file %s", s->cfg.log_file);
+	setvbuf(stderr, NULL, _IOLBF, 0);
+	if (!s->cfg.secret_file) {
+		snprintf(secret_path, sizeof(secret_path), "%s/lazyrestore/secret", s->cfg.images_dir);
+		s->cfg.secret_file = secret_path;
+	}
+	if (lr_secret_load(s->cfg.secret_file, s->secret, err))
+		return -1;
+	s->cfg.secret_file = NULL; /* secret_path goes out of scope */
+	if (ps_catalog_open(s, err) || lr_addr_parse(s->cfg.listen, &addr, err))
+		return -1;
+	s->listen_fd = lr_net_listen(&addr, &s->port, err);
+	if (s->listen_fd < 0)
+		return -1;
+	s->epfd = epoll_create1(EPOLL_CLOEXEC);
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+	if (s->epfd < 0 || epoll_ctl(s->epfd, EPOLL_CTL_ADD, s->listen_fd, &ev))
+		return lr_error_set(err, errno, "epoll");
+	return 0;
+}
+
+static void announce(struct ps_server *s)
+{
+	ps_log(s, 0, "serving %s on %s (port %d): %zu files, %llu lazy pages", s->cfg.images_dir, s->cfg.listen, s->port,
+	       s->nfiles, (unsigned long long)s->index.hdr->lazy_pages);
+	ps_event(s, "{\"event\":\"listening\",\"port\":%d,\"pid\":%d,\"lazy_pages\":%llu}", s->port, getpid(),
+		 (unsigned long long)s->index.hdr->lazy_pages);
+	if (s->cfg.status_fd >= 0) {
+		if (write(s->cfg.status_fd, "", 1) != 1)
+			ps_log(s, 0, "writing to --status-fd %d failed", s->cfg.status_fd);
+		close(s->cfg.status_fd);
+		s->cfg.status_fd = -1;
+	}
+}
+
+/* Connections that did not authenticate in time are dropped; returns ms until the next such deadline. */
+static int expire_handshakes(struct ps_server *s)
+{
+	uint64_t now = lr_net_now_ns(), next = UINT64_MAX;
+	for (size_t i = 0; i < s->nconns; i++) {
+		struct ps_conn *c = s->conns[i];
+		if (c->dead || c->state == PS_READY || c->closing)
+			continue;
+		if (now >= c->deadline_ns)
+			ps_conn_fail(s, c, LR_ERR_TIMEOUT, "did not authenticate within %u ms", s->cfg.handshake_ms);
+		else if (c->deadline_ns < next)
+			next = c->deadline_ns;
+	}
+	return next == UINT64_MAX ? 1000 : (int)((next - now) / 1000000ULL) + 1;
+}
+
+static bool is_bulk(const struct ps_conn *c)
+{
+	return c && c->channel == LR_CHANNEL_BULK && c->state == PS_READY;
+}
+
+/* One batch: the listener and urgent connections first, then bulk (at most one chunk each). */
+static int dispatch(struct ps_server *s, struct epoll_event *evs, int n, struct lr_error *err)
+{
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < n; i++) {
+			struct ps_conn *c = evs[i].data.ptr;
+			if ((pass == 0) == is_bulk(c))
+				continue;
+			if (!c) {
+				if (ps_conn_accept(s, err))
+					return -1;
+				continue;
+			}
+			if (c->dead)
+				continue;
+			if ((evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) && ps_conn_on_read(s, c))
+				return lr_error_set(err, ENOMEM, "out of memory serving conn %u", c->id);
+			if (!c->dead && (evs[i].events & EPOLLOUT) && ps_conn_on_write(s, c))
+				return lr_error_set(err, errno, "epoll update for conn %u", c->id);
+		}
+	return 0;
+}
+
+static bool finished(const struct ps_server *s)
+{
+	if (!s->stopping)
+		return false;
+	for (size_t i = 0; i < s->nconns; i++) /* let the delivered client read its DONE */
+		if (!s->conns[i]->dead && s->conns[i]->session && !ps_queue_empty(s->conns[i]))
+			return false;
+	return true;
+}
+
+static int serve(struct ps_server *s, struct lr_error *err)
+{
+	struct epoll_event evs[PS_BATCH];
+	while (!stop_signal && !finished(s)) {
+		int n = epoll_wait(s->epfd, evs, PS_BATCH, expire_handshakes(s));
+		if (n < 0 && errno != EINTR)
+			return lr_error_set(err, errno, "epoll_wait");
+		if (n > 0 && dispatch(s, evs, n, err))
+			return -1;
+		ps_conn_reap(s);
+	}
+	ps_log(s, 0, stop_signal ? "stopped by signal %d; %u session(s) delivered" : "delivered (--once); exiting%.0d",
+	       stop_signal ? (int)stop_signal : 0, s->delivered);
+	return 0;
+}
+
+static void teardown(struct ps_server *s)
+{
+	for (size_t i = 0; i < s->nconns; i++)
+		ps_conn_close(s, s->conns[i]);
+	ps_conn_reap(s);
+	free(s->conns);
+	while (s->nsessions)
+		ps_session_end(s, s->sessions[0], "server stopped");
+	free(s->sessions);
+	ps_catalog_close(s);
+	if (s->listen_fd >= 0)
+		close(s->listen_fd);
+	if (s->epfd >= 0)
+		close(s->epfd);
+}
+
+int main(int argc, char **argv)
+{
+	struct ps_server s = {.dirfd = -1, .listen_fd = -1, .epfd = -1};
+	struct lr_error err = {0};
+	struct sigaction sa = {.sa_handler = on_stop};
+
+	if (parse_args(argc, argv, &s.cfg)) {
+		usage(stderr);
+		return LR_EXIT_USAGE;
+	}
+	s.start_ns = lr_net_now_ns();
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	if (setup(&s, &err)) {
+		ps_log(&s, 0, "error: %s", err.msg);
+		char text[1100];
+		ps_event(&s, "{\"event\":\"error\",\"message\":\"%s\"}", ps_json_text(err.msg, text, sizeof(text)));
+		teardown(&s);
+		return 1;
+	}
+	announce(&s);
+	int rc = serve(&s, &err);
+	if (rc)
+		ps_log(&s, 0, "error: %s", err.msg);
+	teardown(&s);
+	return rc ? 1 : 0;
+}

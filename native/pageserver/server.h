@@ -1,0 +1,148 @@
+/*
+ * server.h: lr-pageserver's state, passed explicitly to every part.
+ *
+ * One epoll loop over the listening socket and every connection. A connection
+ * authenticates (handshake.c), then sends requests (requests.c) whose replies
+ * are queued as byte buffers and file ranges (conn.c sends them, file ranges
+ * with sendfile). A session pairs an urgent and a bulk connection; the bulk
+ * one streams every lazy block once (bulk.c). The images are opened read only
+ * and never written.
+ */
+#ifndef LR_SERVER_H
+#define LR_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lr_error.h"
+#include "lr_index_reader.h"
+#include "lr_net.h"
+#include "lr_proto.h"
+
+struct ps_config {
+	const char *images_dir;
+	const char *listen;       /* HOST:PORT */
+	const char *secret_file;  /* default: IMAGES/lazyrestore/secret */
+	const char *log_file;
+	int status_fd;            /* one '\0' once listening */
+	int events_fd;            /* JSON lines: listening, session, delivered, ... */
+	bool once;                /* exit after the first delivered session */
+	int verbose;
+	unsigned max_conns;
+	unsigned handshake_ms;
+};
+
+struct ps_file {
+	char name[LR_NAME_MAX + 1]; /* relative to the images dir */
+	uint64_t size;
+	uint32_t kind;              /* enum lr_file_kind */
+	int fd;                     /* open from the start: what is listed is what is sent */
+};
+
+struct ps_out {                 /* one piece of queued output */
+	char *bytes;                /* owned bytes, or NULL for a file range */
+	int fd;                     /* file range: sent with sendfile */
+	uint64_t off, len;          /* bytes: [off, len) still to send; file: offset and bytes left */
+};
+
+enum ps_state { PS_HELLO, PS_AUTH, PS_READY };
+
+struct ps_session;
+
+struct ps_conn {
+	int fd;
+	unsigned id;
+	char peer[64];
+	enum ps_state state;
+	uint32_t channel;
+	uint64_t session_id;        /* HELLO's (bulk) */
+	struct ps_session *session;
+	uint8_t client_nonce[LR_NONCE_SIZE], server_nonce[LR_NONCE_SIZE];
+	uint64_t deadline_ns;       /* handshake must be done by then */
+	struct lr_frame hdr;        /* input: header, then payload into buf */
+	uint32_t got;
+	char buf[LR_REQUEST_MAX];
+	struct ps_out *out;         /* output queue [head, n) */
+	size_t head, n, cap;
+	uint32_t events;            /* epoll events registered */
+	bool closing;               /* close once the queue is sent (after an ERROR or DONE with --once) */
+	bool dead;                  /* closed: freed after the current batch */
+};
+
+struct ps_session {
+	uint64_t id;
+	struct ps_conn *urgent, *bulk;
+	bool bulk_started, bulk_ended, done;
+	uint64_t cursor;            /* record the bulk stream is at */
+	uint32_t cursor_block;
+	uint8_t *sent;              /* per checksum index: already sent to this session */
+	uint64_t blocks_left;       /* lazy blocks not sent yet */
+	uint64_t bytes_urgent, bytes_bulk, requests, files;
+	uint64_t start_ns;
+};
+
+struct ps_server {
+	struct ps_config cfg;
+	struct lr_index index;
+	uint8_t secret[LR_SECRET_SIZE];
+	int dirfd;
+	struct ps_file *files;
+	size_t nfiles;
+	int *pages_fds;             /* by pages id; -1 when absent */
+	uint64_t *pages_sizes;
+	uint32_t npages_fds;
+	uint64_t lazy_blocks;       /* checksum blocks of lazy records */
+	int listen_fd, epfd;
+	int port;
+	struct ps_conn **conns;
+	size_t nconns, capconns;
+	unsigned next_conn_id;
+	struct ps_session **sessions;
+	size_t nsessions, capsessions;
+	unsigned delivered;
+	bool stopping;              /* --once: delivered, finishing */
+	uint64_t start_ns;
+};
+
+/* main.c */
+void ps_log(const struct ps_server *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void ps_event(const struct ps_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* in, JSON-escaped into out (for ps_event's strings). */
+const char *ps_json_text(const char *in, char *out, size_t size);
+
+/* catalog.c: what is served */
+int ps_catalog_open(struct ps_server *s, struct lr_error *err);
+void ps_catalog_close(struct ps_server *s);
+const struct ps_file *ps_catalog_find(const struct ps_server *s, const char *name, size_t len);
+
+/* conn.c */
+int ps_conn_accept(struct ps_server *s, struct lr_error *err);
+int ps_conn_on_read(struct ps_server *s, struct ps_conn *c);
+int ps_conn_on_write(struct ps_server *s, struct ps_conn *c);
+int ps_queue_bytes(struct ps_conn *c, const void *bytes, size_t len);
+int ps_queue_frame(struct ps_conn *c, uint16_t type, uint16_t flags, uint64_t req_id, const void *payload, uint32_t len);
+int ps_queue_file(struct ps_conn *c, int fd, uint64_t off, uint64_t len);
+bool ps_queue_empty(const struct ps_conn *c);
+void ps_conn_fail(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+void ps_conn_close(struct ps_server *s, struct ps_conn *c);
+void ps_conn_reap(struct ps_server *s);
+int ps_conn_update_events(struct ps_server *s, struct ps_conn *c);
+
+/* handshake.c */
+int ps_handshake_frame(struct ps_server *s, struct ps_conn *c);
+
+/* requests.c */
+int ps_request_frame(struct ps_server *s, struct ps_conn *c);
+int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint64_t req_id, uint64_t rec, uint32_t first,
+		   uint32_t nblocks);
+
+/* bulk.c */
+struct ps_session *ps_session_new(struct ps_server *s, struct ps_conn *urgent);
+struct ps_session *ps_session_find(struct ps_server *s, uint64_t id);
+void ps_session_end(struct ps_server *s, struct ps_session *ss, const char *why);
+void ps_bulk_mark_sent(struct ps_server *s, struct ps_session *ss, uint64_t rec, uint32_t first, uint32_t nblocks);
+void ps_bulk_seek(struct ps_server *s, struct ps_session *ss, uint64_t rec, uint32_t block);
+int ps_bulk_fill(struct ps_server *s, struct ps_conn *c);
+
+#endif /* LR_SERVER_H */
