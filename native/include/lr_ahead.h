@@ -27,6 +27,7 @@ struct lr_ahead {
 	struct lr_pages *pages;      /* lr_pages_prepare'd: its tables no longer change */
 	uint64_t lead_blocks;        /* how far ahead of the drain, in checksum blocks */
 	_Atomic uint64_t reached;    /* checksum index the drain has got to */
+	_Atomic uint64_t wake_at;    /* the sleeping thread wants a signal once reached gets here (UINT64_MAX: awake) */
 	_Atomic bool stop;
 	pthread_mutex_t mu;          /* with cv: the thread sleeps while far enough ahead */
 	pthread_cond_t cv;

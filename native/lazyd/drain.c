@@ -86,8 +86,10 @@ int lr_drain_step(struct lr_lazyd *d, struct lr_error *err)
 		return lr_remote_drain_step(d, err);
 	if (!t)
 		return 0;
-	if (!d->drain_epoch_ns)
+	if (!d->drain_epoch_ns) {
 		d->drain_epoch_ns = lr_now_ns();
+		lr_log(d, 2, "drain starts");
+	}
 	if (!lr_spans_next_run(&t->spans, budget, d->index.hdr->block_size / ps, &run))
 		return 0;
 	do {

@@ -231,6 +231,7 @@ static void emit(struct lr_lazyd *d, const char *event, bool with_hist, const ch
 	}
 	if (d->cfg.status_file)
 		write_status_file(d->cfg.status_file, buf, (size_t)len);
+	lr_log(d, 2, "%s", buf);
 	buf[len++] = '\n';
 	if (d->cfg.stats_fd >= 0 && write_all(d->cfg.stats_fd, buf, (size_t)len)) {
 		close(d->cfg.stats_fd); /* the reader went away: keep serving, stop reporting */
@@ -372,6 +373,8 @@ static int run(struct lr_lazyd *d, struct lr_error *err)
 		if (lr_pages_lease_was_broken())
 			return lr_error_set(err, 0, "a pages file of %s was opened for writing during the restore: "
 					    "its bytes can no longer be trusted", d->cfg.images_dir);
+		if (all_placed(d)) /* checked before sleeping too: the drain step may have placed the last page */
+			return 0;
 		if (lr_loop_run_once(d->epfd, d, next_timeout(d, drained), err) < 0 || lr_serve_deferred(d, err) ||
 		    (d->remote && lr_remote_tick(d, err)))
 			return -1;
