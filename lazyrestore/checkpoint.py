@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pycriu
 
-from . import criu, lazyindex, manifest, procs, secret
+from . import criu, lazyindex, lazyview, manifest, procs, secret
 from .errors import ImagesDirError
 from .images import read_dump_stats, read_pagemap, read_pstree
 from .manifest import Manifest
@@ -81,6 +81,7 @@ def write_metadata(images_dir: Path, binary: criu.CriuBinary, pid: int,
     secret.create(images_dir)
     index_path = images_dir / manifest.META_DIR / manifest.INDEX_NAME
     lazyindex.write(index_path, index)
+    view = lazyview.write(images_dir, index)
     files, pages_files = manifest.describe_files(images_dir)
     m = Manifest(
         checkpoint_id=checkpoint_id, created=manifest.utc_now(), criu_version=binary.version,
@@ -89,6 +90,7 @@ def write_metadata(images_dir: Path, binary: criu.CriuBinary, pid: int,
         files=files, pages_files=pages_files,
         index=manifest.FileEntry(f"{manifest.META_DIR}/{manifest.INDEX_NAME}", index_path.stat().st_size,
                                  manifest.sha256_file(index_path)),
+        lazy_view=view,
     )
     manifest.write(images_dir, m)
     return m

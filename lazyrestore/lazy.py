@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from . import criu, procs
+from . import criu, lazyview, procs
 from .daemons import EXIT_TREE_KILLED, Lazyd, LazydOptions, read_status
 from .errors import CriuFailed, DaemonFailed
 from .output import Reporter, human_bytes
@@ -65,9 +65,10 @@ def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: 
     run = new_run_dir(images_dir, workdir)
     reporter.progress(f"lazy restore of {m.processes} process(es) ({human_bytes(m.lazy_pages * m.page_size)} lazy); "
                       f"work dir {run}")
+    criu_images = lazyview.criu_dir(images_dir, m, run)
     daemon = Lazyd(images_dir, run, options, detach)
     reporter.event("listening", workdir=str(run), daemon_log=str(daemon.log))
-    pid, resume_s = _resume(binary, images_dir, run, daemon, reporter, m.lazy_pages * m.page_size)
+    pid, resume_s = _resume(binary, criu_images, run, daemon, reporter, m.lazy_pages * m.page_size)
     reporter.event("resumed", pid=pid, resume_s=round(resume_s, 6))
     reporter.progress(f"resumed: root pid {pid} after {resume_s * 1000:.1f} ms")
     if detach:
@@ -77,11 +78,11 @@ def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: 
     return _summary(images_dir, m.checkpoint_id, pid, m.processes, run, verify_s, resume_s, last, detach)
 
 
-def _resume(binary: criu.CriuBinary, images_dir: Path, run: Path, daemon: Lazyd, reporter: Reporter,
+def _resume(binary: criu.CriuBinary, criu_images: Path, run: Path, daemon: Lazyd, reporter: Reporter,
             total: int) -> tuple[int, float]:
     t = time.monotonic()
     try:
-        pid = run_restore(binary, images_dir, run / RESTORE_LOG, lazy=True)
+        pid = run_restore(binary, criu_images, run / RESTORE_LOG, lazy=True)
     except (CriuFailed, KeyboardInterrupt):
         daemon.stop()
         raise

@@ -52,6 +52,8 @@ class Manifest:
     files: every image file but pages files; pages_files: the pages-N.img files.
     index: the lazy index file.
     checksum: the page checksum algorithm.
+    lazy_view: the pagemaps and eager pages CRIU reads in a lazy restore (lazyview.py); empty in
+      checkpoints made before the view existed, which restore lazily from the images themselves.
     """
 
     checkpoint_id: str
@@ -68,6 +70,7 @@ class Manifest:
     pages_files: tuple[FileEntry, ...]
     index: FileEntry
     checksum: str = CHECKSUM
+    lazy_view: tuple[FileEntry, ...] = ()
 
 
 def new_checkpoint_id() -> str:
@@ -179,8 +182,9 @@ def from_json(raw: Any, where: str) -> Manifest:
         raise CorruptCheckpoint(where, f"checkpoint_id {cid!r} is not 32 hex digits")
     if raw.get("checksum") != CHECKSUM:
         raise CorruptCheckpoint(where, f"checksum algorithm {raw.get('checksum')!r}, this lazyrestore uses {CHECKSUM!r}")
-    if not isinstance(raw.get("files"), (list, tuple)) or not isinstance(raw.get("pages_files"), (list, tuple)):
-        raise CorruptCheckpoint(where, "files and pages_files must be lists")
+    if not all(isinstance(raw.get(k, []), (list, tuple)) for k in ("files", "pages_files", "lazy_view")) \
+            or "files" not in raw or "pages_files" not in raw:
+        raise CorruptCheckpoint(where, "files and pages_files must be lists (lazy_view too, when present)")
     return Manifest(
         checkpoint_id=cid, created=str(raw.get("created")), criu_version=str(raw.get("criu_version")),
         **{k: raw[k] for k in _INT_FIELDS},
@@ -188,4 +192,12 @@ def from_json(raw: Any, where: str) -> Manifest:
         pages_files=tuple(_file_entry(f, where) for f in raw["pages_files"]),
         index=_file_entry(raw.get("index"), where),
         checksum=str(raw.get("checksum")),
+        lazy_view=tuple(_view_entry(f, where) for f in raw.get("lazy_view", [])),
     )
+
+
+def _view_entry(raw: Any, where: str) -> FileEntry:
+    f = _file_entry(raw, where)
+    if not f.name.startswith(f"{META_DIR}/view-") or f.sha256 is None:
+        raise CorruptCheckpoint(where, f"lazy_view file {f.name!r}: expected {META_DIR}/view-NAME with a sha256")
+    return f

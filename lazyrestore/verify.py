@@ -33,7 +33,7 @@ def check_files(images_dir: Path, m: Manifest) -> None:
     for name in manifest.list_image_files(images_dir):
         if name not in listed:
             raise CorruptCheckpoint(str(images_dir / name), "is not listed in the manifest (from another checkpoint?)")
-    for f in m.files + m.pages_files + (m.index,):
+    for f in m.files + m.pages_files + (m.index,) + m.lazy_view:
         path = images_dir / f.name
         if not path.is_file():
             raise CorruptCheckpoint(str(path), "missing (listed in the manifest)")

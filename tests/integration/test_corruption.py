@@ -95,3 +95,13 @@ def test_inspect_reports_the_damage(pristine: Path, workdir: Path) -> None:
     report = res.last("report") if any(e["event"] == "report" for e in res.events) else res.last("error")
     text = report.get("problem") or report.get("message")
     assert "mm-2.img" in text
+
+
+@pytest.mark.parametrize("name", ["lazyrestore/view-pagemap-2.img", "lazyrestore/view-pages-1.img"])
+def test_flipped_byte_in_the_lazy_view(pristine: Path, workdir: Path, name: str) -> None:
+    images = damaged_copy(pristine, workdir)
+    flip_byte(images / name, 5)
+    res = run_cli("restore", "--images", str(images), "--lazy")
+    assert res.code == 7, f"exit {res.code}, stderr: {res.stderr}"
+    assert name in res.last("error")["message"]
+    assert not any(e.get("event") == "resumed" for e in res.events)
