@@ -66,9 +66,11 @@ $(NATIVE)/san/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 
 # --- benchmarks ------------------------------------------------------------
 # Eager restore, CRIU's local lazy mode and lr-lazyd side by side; writes BENCHMARKS.md.
+# About 20 minutes, 6 of them waiting on CRIU's 4 GiB scanning case; `make bench BENCH_ARGS=--quick` for a smoke run.
+BENCH_ARGS ?= --repeat 3 --drain-timeout 120
 .PHONY: bench
 bench: build
-	$(VENV)/bin/python bench/run_bench.py
+	$(VENV)/bin/python bench/run_bench.py $(BENCH_ARGS)
 
 # --- C unit tests (ASan + UBSan), run by tests/unit/test_native.py ------------
 TEST_SANFLAGS := $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC)
