@@ -1,0 +1,155 @@
+"""A small client of lr-pageserver's wire protocol (native/include/lr_proto.h), for tests only.
+
+Speaks the frames byte for byte as lr_proto.h defines them, so tests can act as an
+honest client, or as a hostile one (wrong secret, garbage, oversize frames, bad ranges).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import socket
+import struct
+from dataclasses import dataclass
+
+MAGIC = 0x3150524C
+VERSION = 1
+FRAME = struct.Struct("<IHHIIQ")
+HELLO = struct.Struct("<IIQ32s")
+CHALLENGE = struct.Struct("<II16s32s")
+WELCOME = struct.Struct("<Q32s")
+FILE_ENTRY = struct.Struct("<QII")
+FILE_REQ = struct.Struct("<II")
+PAGE_REQ = struct.Struct("<QII")
+PAGES_HDR = struct.Struct("<QIIQ")
+ERROR = struct.Struct("<II")
+
+HELLO_T, CHALLENGE_T, AUTH_T, WELCOME_T, LIST_T, FILES_T, GET_FILE_T, FILE_DATA_T = range(1, 9)
+GET_PAGES_T, PAGES_T, HINT_T, BULK_START_T, BULK_END_T, DONE_T, ERROR_T = range(9, 16)
+F_MORE = 1
+URGENT, BULK = 1, 2
+ERR_PROTOCOL, ERR_VERSION, ERR_AUTH, ERR_TOO_BIG, ERR_RANGE, ERR_NO_FILE = 1, 2, 3, 4, 5, 6
+
+
+class PeerError(Exception):
+    """The server answered ERROR: code and message."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"ERROR {code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: int
+    flags: int
+    req_id: int
+    payload: bytes
+
+
+def mac(secret: bytes, label: bytes, channel: int, session: int, cid: bytes, first: bytes, second: bytes) -> bytes:
+    msg = label + struct.pack("<IQ", channel, session) + cid + first + second
+    return hmac.new(secret, msg, hashlib.sha256).digest()
+
+
+class Client:
+    """One channel to lr-pageserver."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.next_id = 1
+        self.session = 0
+        self.checkpoint_id = b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, type_: int, payload: bytes = b"", req_id: int = 0, flags: int = 0) -> None:
+        self.sock.sendall(FRAME.pack(MAGIC, type_, flags, len(payload), 0, req_id) + payload)
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError(f"closed by the server after {len(data)} of {n} bytes")
+            data += chunk
+        return data
+
+    def recv(self) -> Frame:
+        magic, type_, flags, length, _, req_id = FRAME.unpack(self._read(FRAME.size))
+        assert magic == MAGIC, f"bad magic {magic:#x}"
+        payload = self._read(length)
+        if type_ == ERROR_T:
+            code, _ = ERROR.unpack_from(payload)
+            raise PeerError(code, payload[ERROR.size:].decode(errors="replace"))
+        return Frame(type_, flags, req_id, payload)
+
+    def closed(self) -> bool:
+        """True when the server has closed the connection (after any frames it still sent)."""
+        try:
+            while True:
+                if not self.sock.recv(65536):
+                    return True
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+
+    def handshake(self, secret: bytes, channel: int = URGENT, session: int = 0) -> None:
+        cnonce = os.urandom(32)
+        self.send(HELLO_T, HELLO.pack(VERSION, channel, session, cnonce))
+        ch = self.recv()
+        assert ch.type == CHALLENGE_T, ch
+        _, _, cid, snonce = CHALLENGE.unpack(ch.payload)
+        self.send(AUTH_T, mac(secret, b"lazyrestore-client-v1", channel, session, cid, snonce, cnonce))
+        w = self.recv()
+        assert w.type == WELCOME_T, w
+        self.session, server_mac = WELCOME.unpack(w.payload)
+        want = mac(secret, b"lazyrestore-server-v1", channel, self.session, cid, cnonce, snonce)
+        assert hmac.compare_digest(server_mac, want), "the server's proof of the secret is wrong"
+        self.checkpoint_id = cid
+
+    def request(self, type_: int, payload: bytes = b"") -> int:
+        req_id = self.next_id
+        self.next_id += 1
+        self.send(type_, payload, req_id)
+        return req_id
+
+    def list_files(self) -> dict[str, tuple[int, int]]:
+        """name -> (size, kind)"""
+        self.request(LIST_T)
+        f = self.recv()
+        assert f.type == FILES_T, f
+        out, pos = {}, 0
+        while pos < len(f.payload):
+            size, kind, n = FILE_ENTRY.unpack_from(f.payload, pos)
+            pos += FILE_ENTRY.size
+            out[f.payload[pos:pos + n].decode()] = (size, kind)
+            pos += n
+        return out
+
+    def get_file(self, name: str) -> bytes:
+        raw = name.encode()
+        self.request(GET_FILE_T, FILE_REQ.pack(len(raw), 0) + raw)
+        data = b""
+        while True:
+            f = self.recv()
+            assert f.type == FILE_DATA_T, f
+            data += f.payload
+            if not f.flags & F_MORE:
+                return data
+
+    def get_pages(self, record: int, first_block: int, nblocks: int) -> tuple[tuple[int, ...], bytes]:
+        """(checksums, data) of blocks [first_block, first_block + nblocks) of index record `record`."""
+        self.request(GET_PAGES_T, PAGE_REQ.pack(record, first_block, nblocks))
+        f = self.recv()
+        assert f.type == PAGES_T, f
+        rec, first, n, data_len = PAGES_HDR.unpack_from(f.payload)
+        assert (rec, first, n) == (record, first_block, nblocks)
+        sums = struct.unpack_from(f"<{n}Q", f.payload, PAGES_HDR.size)
+        data = f.payload[PAGES_HDR.size + 8 * n:]
+        assert len(data) == data_len
+        return sums, data
