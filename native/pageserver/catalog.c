@@ -41,7 +41,7 @@ static int add_file(struct ps_server *s, const char *name, size_t *cap, struct l
 	struct ps_file *f = &s->files[s->nfiles++];
 	snprintf(f->name, sizeof(f->name), "%s", name);
 	f->size = (uint64_t)st.st_size;
-	f->kind = strncmp(name, "pages-", 6) ? LR_FILE_META : LR_FILE_PAGES;
+	f->kind = strncmp(name, "pages-", 6) ? LR_FILE_META : LR_FILE_PAGES; /* lazyrestore/view-pages-N.img is META */
 	f->fd = fd;
 	return 0;
 }
@@ -59,24 +59,40 @@ static bool served_image(const char *name)
 	return true;
 }
 
-/* Every regular file at the top of the images dir but logs, then the manifest and the index. */
-static int list_files(struct ps_server *s, struct lr_error *err)
+/* Add the files of subdir (relative to the images dir; "." for the top) whose names start with prefix. */
+static int add_dir(struct ps_server *s, const char *subdir, const char *prefix, size_t *cap, struct lr_error *err)
 {
-	int fd = dup(s->dirfd);
-	size_t cap = 0;
+	int fd = openat(s->dirfd, subdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd < 0)
-		return lr_error_set(err, errno, "dup images dir fd");
+		return errno == ENOENT ? 0 : lr_error_set(err, errno, "read %s/%s", s->cfg.images_dir, subdir);
 	DIR *dir = fdopendir(fd);
 	if (!dir) {
 		close(fd);
-		return lr_error_set(err, errno, "read images dir %s", s->cfg.images_dir);
+		return lr_error_set(err, errno, "read %s/%s", s->cfg.images_dir, subdir);
 	}
-	rewinddir(dir);
 	int rc = 0;
-	for (struct dirent *e; !rc && (e = readdir(dir));)
-		if (served_image(e->d_name))
-			rc = add_file(s, e->d_name, &cap, err);
+	char name[LR_NAME_MAX + 1];
+	for (struct dirent *e; !rc && (e = readdir(dir));) {
+		if (!served_image(e->d_name) || strncmp(e->d_name, prefix, strlen(prefix)))
+			continue;
+		if (snprintf(name, sizeof(name), "%s%s%s", strcmp(subdir, ".") ? subdir : "", strcmp(subdir, ".") ? "/" : "",
+			     e->d_name) >= (int)sizeof(name))
+			continue; /* a name no client could ask for */
+		rc = add_file(s, name, cap, err);
+	}
 	closedir(dir);
+	return rc;
+}
+
+/*
+ * Every regular file at the top of the images dir but logs, the lazy view
+ * (lazyrestore/view-*: the pagemaps and eager pages CRIU reads in a lazy
+ * restore), then the manifest and the index.
+ */
+static int list_files(struct ps_server *s, struct lr_error *err)
+{
+	size_t cap = 0;
+	int rc = add_dir(s, ".", "", &cap, err) || add_dir(s, "lazyrestore", "view-", &cap, err) ? -1 : 0;
 	for (size_t i = 0; !rc && i < sizeof(lazyrestore_files) / sizeof(*lazyrestore_files); i++)
 		rc = add_file(s, lazyrestore_files[i], &cap, err);
 	return rc;

@@ -109,6 +109,9 @@ def test_honest_client_gets_files_and_verified_pages(server: Server, images: Pat
     assert "lazyrestore/secret" not in files
     assert c.get_file("lazyrestore/index.bin") == (images / "lazyrestore" / "index.bin").read_bytes()
     assert c.get_file("pstree.img") == (images / "pstree.img").read_bytes()
+    for view in manifest["lazy_view"]:  # the pagemaps and eager pages a lazy restore gives CRIU
+        assert files[view["name"]] == (view["size"], wire.FILE_META)
+        assert c.get_file(view["name"]) == (images / view["name"]).read_bytes()
     rec, entry = first_lazy(images)
     sums, data = c.get_pages(rec, 0, 1)
     assert sums[0] == entry.checksums[0]
