@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,21 @@ def checkpoint(workload: sample.Workload, images: Path, *extra: str) -> dict[str
     res = run_cli("checkpoint", "--pid", str(workload.pid), "--images", str(images), *extra)
     assert res.code == 0, res.stderr
     return res.last("summary")
+
+
+@contextmanager
+def small_checkpoint(prefix: str, mib: int = 32, children: int = 0) -> Iterator[Path]:
+    """A checkpoint of a small sample workload on tmpfs (the workload is gone), removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/dev/shm"))
+    try:
+        w = sample.start(base, mib, children=children)
+        try:
+            checkpoint(w, base / "images")
+        finally:
+            w.kill()
+        yield base / "images"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def restore(images: Path, reaper: Reaper, workload: sample.Workload) -> sample.Workload:

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .helpers import checkpoint, run_cli
+from .helpers import run_cli, small_checkpoint
 
 
 @pytest.fixture(scope="module")
 def pristine() -> Iterator[Path]:
     """One small checkpoint shared by the tests; each damages its own copy."""
-    from lazyrestore import sample
-    base = Path(tempfile.mkdtemp(prefix="lazyrestore-corrupt-", dir="/dev/shm"))
-    w = sample.start(base, 32, children=1)
-    try:
-        checkpoint(w, base / "images")
-    finally:
-        w.kill()
-    yield base / "images"
-    shutil.rmtree(base, ignore_errors=True)
+    with small_checkpoint("lazyrestore-corrupt-", children=1) as images:
+        yield images
 
 
 def damaged_copy(pristine: Path, workdir: Path) -> Path:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,20 +22,13 @@ from lazyrestore import lazyindex
 from lazyrestore.paths import native_binary
 
 from . import wire
-from .helpers import checkpoint
+from .helpers import small_checkpoint
 
 
 @pytest.fixture(scope="module")
 def images() -> Iterator[Path]:
-    from lazyrestore import sample
-    base = Path(tempfile.mkdtemp(prefix="lazyrestore-ps-", dir="/dev/shm"))
-    w = sample.start(base, 32)
-    try:
-        checkpoint(w, base / "images")
-    finally:
-        w.kill()
-    yield base / "images"
-    shutil.rmtree(base, ignore_errors=True)
+    with small_checkpoint("lazyrestore-ps-") as path:
+        yield path
 
 
 class Server:
