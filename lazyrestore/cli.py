@@ -10,9 +10,9 @@ from typing import Callable
 
 import os
 
-from . import checkpoint, inspection, lazy, restore, status
-from .daemons import LazydOptions
-from .errors import LazyRestoreError, UsageError
+from . import checkpoint, inspection, lazy, remote, restore, serve, status
+from .daemons import LazydOptions, RemoteSource
+from .errors import DaemonFailed, LazyRestoreError, UsageError
 from .output import Reporter
 
 
@@ -57,16 +57,49 @@ def power_of_two_size(text: str) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, rep: Reporter) -> int:
+    if (args.images is None) == (args.source is None):
+        raise UsageError("restore needs either --images DIR (a local checkpoint) or --from HOST:PORT (a page server)")
+    if args.source is not None:
+        return restore_from(args, rep)
     if args.detach and not args.lazy:
         raise UsageError("--detach goes with --lazy (an eager restore is complete when it returns)")
     if not args.lazy:
         s = restore.restore(args.images, rep)
         rep.result(restore.summary_text(s), "summary", action="restore", **asdict(s))
         return 0
-    opts = LazydOptions(fault_around=args.fault_around, chunk=args.chunk, drain_rate=args.drain_rate,
-                        sanitized=bool(os.environ.get("LAZYRESTORE_SANITIZED")))
-    ls = lazy.restore_lazy(args.images, args.workdir, args.detach, opts, rep)
+    ls = lazy.restore_lazy(args.images, args.workdir, args.detach, lazyd_options(args), rep)
     rep.result(lazy.summary_text(ls), "summary", action="restore", lazy=True, **asdict(ls))
+    return 0
+
+
+def lazyd_options(args: argparse.Namespace) -> LazydOptions:
+    return LazydOptions(fault_around=args.fault_around, chunk=args.chunk, drain_rate=args.drain_rate,
+                        sanitized=bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+
+
+def restore_from(args: argparse.Namespace, rep: Reporter) -> int:
+    """restore --from HOST:PORT: always lazy, from a page server."""
+    if args.secret_file is None or args.workdir is None:
+        raise UsageError("--from HOST:PORT needs --secret-file FILE (the checkpoint's secret, mode 0600) and "
+                         "--workdir DIR (where the checkpoint's metadata is fetched)")
+    source = RemoteSource(args.source, args.secret_file, args.source_timeout)
+    ls = remote.restore_remote(source, args.workdir, args.detach, lazyd_options(args), rep)
+    rep.result(lazy.summary_text(ls), "summary", action="restore", lazy=True, source=args.source, **asdict(ls))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, rep: Reporter) -> int:
+    s = serve.serve(args.images, args.listen, args.once, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+    rep.result(serve.summary_text(s), "summary", action="serve", **asdict(s))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace, rep: Reporter) -> int:
+    cp, s = serve.migrate(args.pid, args.images, args.listen, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+    if not s.delivered:
+        raise DaemonFailed(f"the page server stopped before a destination had every page; the checkpoint in "
+                           f"{args.images} is intact: `lazyrestore serve --images {args.images} --listen {args.listen}`")
+    rep.result(serve.summary_text(s), "summary", action="migrate", checkpoint=asdict(cp), **asdict(s))
     return 0
 
 
@@ -107,12 +140,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept a tree in the host pid namespace (its pids must be free where it is restored)")
     c.set_defaults(func=cmd_checkpoint)
 
-    r = sub.add_parser("restore", help="verify a checkpoint and restore it (eagerly, or lazily with --lazy)")
-    r.add_argument("--images", "-D", type=images_path, required=True, help="checkpoint directory")
+    r = sub.add_parser("restore", help="verify a checkpoint and restore it (eagerly, or lazily with --lazy; "
+                                       "from a page server with --from)")
+    r.add_argument("--images", "-D", type=images_path, default=None, help="checkpoint directory")
+    r.add_argument("--from", dest="source", metavar="HOST:PORT", default=None,
+                   help="restore lazily from this page server (`lazyrestore serve` / `migrate`)")
+    r.add_argument("--secret-file", type=images_path, default=None,
+                   help="with --from: a copy of the checkpoint's lazyrestore/secret (mode 0600)")
+    r.add_argument("--source-timeout", type=positive_int, default=30,
+                   help="with --from: seconds a lost page server may stay away before the tree is stopped (30)")
     r.add_argument("--lazy", action="store_true", help="resume at once; lr-lazyd places memory on demand and in the background")
     r.add_argument("--detach", action="store_true", help="with --lazy: return once the tree runs; see `status`")
     r.add_argument("--workdir", type=images_path, default=None,
-                   help="CRIU work dir for logs and lazy-pages.socket (default DIR/lazyrestore/runs/restore-...)")
+                   help="CRIU work dir for logs and lazy-pages.socket (default DIR/lazyrestore/runs/restore-...); "
+                        "with --from: a new dir for the fetched checkpoint (images/) and the restore (run/)")
     r.add_argument("--fault-around", type=power_of_two_size, default=64 << 10, help="bytes placed per fault (64K)")
     r.add_argument("--chunk", type=size_bytes, default=1 << 20, help="bytes per background drain step (1M)")
     r.add_argument("--drain-rate", type=size_bytes, default=0, help="cap on the background drain, bytes/s (none)")
@@ -135,7 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", type=images_path, default=None, help="where to keep images (default: a new dir in /dev/shm)")
     d.set_defaults(func=cmd_demo)
 
-    for sp in (c, r, i, d, st):
+    sv = sub.add_parser("serve", help="serve a checkpoint to remote lazy restores (lr-pageserver)")
+    sv.add_argument("--images", "-D", type=images_path, required=True, help="checkpoint directory (read only)")
+    sv.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
+    sv.add_argument("--once", action="store_true", help="stop after the first destination has every page")
+    sv.set_defaults(func=cmd_serve)
+
+    mg = sub.add_parser("migrate", help="checkpoint a tree and serve it until a destination has every page")
+    mg.add_argument("--pid", type=positive_int, required=True, help="root of the tree (init of its own pid namespace)")
+    mg.add_argument("--images", "-D", type=images_path, required=True, help="new or empty directory (tmpfs recommended)")
+    mg.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
+    mg.set_defaults(func=cmd_migrate)
+
+    for sp in (c, r, i, d, st, sv, mg):
         sp.add_argument("--json", action="store_true", help="print JSON events, one object per line")
     return p
 

@@ -36,11 +36,22 @@ class LazydOptions:
     sanitized: bool = False  # run the ASan/UBSan build (tests)
 
 
+@dataclass(frozen=True)
+class RemoteSource:
+    """An lr-pageserver to fetch the checkpoint from and stream its pages (remote mode)."""
+
+    address: str  # HOST:PORT
+    secret_file: Path
+    timeout_s: int = 30  # how long a lost page server may stay away before the tree is stopped
+
+
 class Lazyd:
     """One lr-lazyd serving one restore from `images` with CRIU work dir `workdir`."""
 
-    def __init__(self, images: Path, workdir: Path, options: LazydOptions, detach: bool) -> None:
+    def __init__(self, images: Path, workdir: Path, options: LazydOptions, detach: bool,
+                 source: RemoteSource | None = None) -> None:
         self.workdir = workdir
+        self.detached = detach
         self.log = workdir / LAZYD_LOG
         self.status_file = workdir / STATUS_FILE
         binary = native_binary("san/lr-lazyd" if options.sanitized else "lr-lazyd")
@@ -49,6 +60,9 @@ class Lazyd:
                 "--status-fd", str(status_w), "--status-file", str(self.status_file),
                 "--fault-around", str(options.fault_around), "--chunk", str(options.chunk),
                 "--drain-rate", str(options.drain_rate)]
+        if source is not None:
+            args += ["--source", source.address, "--secret-file", str(source.secret_file),
+                     "--source-timeout", str(source.timeout_s)]
         # Extra lr-lazyd options for tests and debugging only (e.g. --no-guard to show what the guardian prevents).
         args += os.environ.get("LAZYRESTORE_LAZYD_ARGS", "").split()
         fds = [status_w]
@@ -61,9 +75,10 @@ class Lazyd:
                                      stderr=open(self.log, "ab"), start_new_session=True)
         for fd in fds:
             os.close(fd)
-        self._wait_listening(status_r)
+        # A remote source is fetched (metadata and eager pages) before lr-lazyd listens.
+        self._wait_listening(status_r, 30.0 if source is None else 30.0 + 4 * source.timeout_s)
 
-    def _wait_listening(self, status_r: int, timeout: float = 30.0) -> None:
+    def _wait_listening(self, status_r: int, timeout: float) -> None:
         try:
             ready, _, _ = select.select([status_r], [], [], timeout)
             got = os.read(status_r, 1) if ready else b""
@@ -71,7 +86,7 @@ class Lazyd:
             os.close(status_r)
         if got != b"\0":
             self.stop()
-            raise DaemonFailed(f"lr-lazyd did not start listening: {self.last_log_lines()}; log {self.log}")
+            raise DaemonFailed(f"lr-lazyd did not start listening: {self.first_error()}; log {self.log}")
 
     def events(self) -> Iterator[dict[str, Any]]:
         """JSON objects from --stats-fd until the daemon closes it."""
@@ -102,6 +117,16 @@ class Lazyd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def first_error(self) -> str:
+        """The first "error:" line of the log (the cause), else its last lines."""
+        try:
+            for line in self.log.read_text(errors="replace").splitlines():
+                if "error: " in line:
+                    return line.split("error: ", 1)[1]
+        except OSError:
+            pass
+        return self.last_log_lines()
 
     def last_log_lines(self, n: int = 3) -> str:
         try:

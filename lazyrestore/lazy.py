@@ -22,6 +22,7 @@ from .daemons import EXIT_TREE_KILLED, Lazyd, LazydOptions, read_status
 from .errors import CriuFailed, DaemonFailed
 from .output import Reporter, human_bytes
 from .restore import RESTORE_LOG, check_pids_free, new_run_dir, run_restore, wait_running
+from .manifest import Manifest
 from .verify import verify_for_lazy
 
 PROGRESS_EVERY_S = 0.5
@@ -65,17 +66,27 @@ def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: 
     run = new_run_dir(images_dir, workdir)
     reporter.progress(f"lazy restore of {m.processes} process(es) ({human_bytes(m.lazy_pages * m.page_size)} lazy); "
                       f"work dir {run}")
-    criu_images = lazyview.criu_dir(images_dir, m, run)
     daemon = Lazyd(images_dir, run, options, detach)
+    return resume_and_follow(binary, images_dir, m, run, daemon, verify_s, reporter)
+
+
+def resume_and_follow(binary: criu.CriuBinary, images_dir: Path, m: Manifest, run: Path, daemon: Lazyd,
+                      verify_s: float, reporter: Reporter) -> LazySummary:
+    """With lr-lazyd listening in run: CRIU's lazy restore, then (unless detached) the drain to its end."""
+    try:
+        criu_images = lazyview.criu_dir(images_dir, m, run)
+    except OSError:
+        daemon.stop()
+        raise
     reporter.event("listening", workdir=str(run), daemon_log=str(daemon.log))
     pid, resume_s = _resume(binary, criu_images, run, daemon, reporter, m.lazy_pages * m.page_size)
     reporter.event("resumed", pid=pid, resume_s=round(resume_s, 6))
     reporter.progress(f"resumed: root pid {pid} after {resume_s * 1000:.1f} ms")
-    if detach:
+    if daemon.detached:
         last = read_status(run) or {}
     else:
         last = _follow(daemon, m.lazy_pages * m.page_size, reporter)
-    return _summary(images_dir, m.checkpoint_id, pid, m.processes, run, verify_s, resume_s, last, detach)
+    return _summary(images_dir, m.checkpoint_id, pid, m.processes, run, verify_s, resume_s, last, daemon.detached)
 
 
 def _resume(binary: criu.CriuBinary, criu_images: Path, run: Path, daemon: Lazyd, reporter: Reporter,

@@ -59,20 +59,32 @@ int lr_remote_handshake(struct lr_remote *r, uint32_t channel, const uint8_t *ex
 	return out;
 }
 
-/* A name the server may list: lazyrestore's two files or a plain top-level name (no path, no dot file). */
-static bool safe_name(const char *name, uint32_t len)
+/* A plain file name: letters, digits, '-', '_', '.'; not empty, no dot file, no ".part" (our temporaries). */
+static bool plain_name(const char *name, uint32_t len)
 {
-	static const char *const fixed[] = {"lazyrestore/manifest.json", "lazyrestore/index.bin"};
-	for (size_t i = 0; i < 2; i++)
-		if (strlen(fixed[i]) == len && !memcmp(fixed[i], name, len))
-			return true;
-	if (!len || len > LR_NAME_MAX || name[0] == '.' || (len > 5 && !memcmp(name + len - 5, ".part", 5)))
+	if (!len || name[0] == '.' || (len > 5 && !memcmp(name + len - 5, ".part", 5)))
 		return false;
 	for (uint32_t i = 0; i < len; i++)
 		if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
 		      (name[i] >= '0' && name[i] <= '9') || name[i] == '-' || name[i] == '_' || name[i] == '.'))
 			return false;
 	return true;
+}
+
+/* A name the server may list: lazyrestore's manifest and index, the lazy view (lazyrestore/view-*), or a
+ * plain top-level name. Nothing with a path of its own, so nothing lands outside the images dir. */
+static bool safe_name(const char *name, uint32_t len)
+{
+	static const char *const fixed[] = {"lazyrestore/manifest.json", "lazyrestore/index.bin"};
+	static const char view[] = "lazyrestore/view-";
+	for (size_t i = 0; i < 2; i++)
+		if (strlen(fixed[i]) == len && !memcmp(fixed[i], name, len))
+			return true;
+	if (len > LR_NAME_MAX)
+		return false;
+	if (len > sizeof(view) - 1 && !memcmp(name, view, sizeof(view) - 1))
+		return plain_name(name + sizeof(view) - 1, len - (uint32_t)(sizeof(view) - 1));
+	return plain_name(name, len);
 }
 
 static int fetch_file(int fd, int dirfd, const char *dir, const char *name, uint64_t size, int timeout_ms,

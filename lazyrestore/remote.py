@@ -1,0 +1,90 @@
+"""`lazyrestore restore --from HOST:PORT`: a lazy restore of a checkpoint another host serves.
+
+lr-lazyd connects to the page server (`lazyrestore serve` / `migrate`), proves it
+knows the checkpoint's secret, and fetches the manifest, the metadata images, the
+lazy view and the eager page ranges into WORKDIR/images (pages files stay sparse:
+their lazy bytes arrive later, verified block by block). Here every fetched file is
+checked against the manifest's sizes and SHA-256 before CRIU reads it; then the
+tree resumes and lr-lazyd streams the rest (faults first) until every page is
+placed, when it tells the server DONE. Nothing on the source is ever changed, so a
+failed restore can simply be started again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from pathlib import Path
+
+from . import criu, procs, secret
+from .daemons import Lazyd, LazydOptions, RemoteSource
+from .errors import LazyRestoreError, UsageError
+from .lazy import LazySummary, resume_and_follow
+from .output import Reporter
+from .restore import check_pids_free
+from .verify import verify_for_lazy
+
+IMAGES_SUBDIR = "images"
+RUN_SUBDIR = "run"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """HOST:PORT (an IPv4 address or name; [IPv6]:PORT) -> (host, port); UsageError naming what is wrong."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError(f"address {text!r}: expected HOST:PORT, e.g. 10.231.0.1:7411 (port 0 to 65535)")
+    host = host.removeprefix("[").removesuffix("]")
+    if any(c.isspace() for c in host):
+        raise UsageError(f"address {text!r}: the host part has white space")
+    return host, int(port)
+
+
+def check_destination(address: str) -> None:
+    """A restore connects to a real port: 0 (any) is only for listening."""
+    host, port = parse_address(address)
+    if port == 0:
+        raise UsageError(f"address {address!r}: port 0 means any free port when listening; give the page "
+                         "server's port (it prints it when it starts)")
+    try:
+        if ipaddress.ip_address(host).is_unspecified:
+            raise UsageError(f"address {address!r}: {host} is a listening address; give the page server's address")
+    except ValueError:
+        pass  # a host name: lr-lazyd resolves it
+
+
+def prepare_workdir(workdir: Path) -> tuple[Path, Path]:
+    """WORKDIR/images (the fetched checkpoint) and WORKDIR/run (CRIU's work dir), both new."""
+    images, run = workdir / IMAGES_SUBDIR, workdir / RUN_SUBDIR
+    if workdir.exists() and not workdir.is_dir():
+        raise UsageError(f"--workdir {workdir}: exists and is not a directory")
+    for sub in (images, run):
+        if sub.exists() and any(sub.iterdir()):
+            raise UsageError(f"--workdir {workdir}: {sub} is not empty (from an earlier restore?); "
+                             "give a new or empty work dir")
+    images.mkdir(parents=True, exist_ok=True)
+    run.mkdir(exist_ok=True)
+    return images, run
+
+
+def restore_remote(source: RemoteSource, workdir: Path, detach: bool, options: LazydOptions,
+                   reporter: Reporter) -> LazySummary:
+    procs.require_root()
+    check_destination(source.address)
+    secret.check_file(source.secret_file)
+    binary = criu.find_criu()
+    images, run = prepare_workdir(workdir)
+    reporter.progress(f"fetching the checkpoint from {source.address} into {images}")
+    t0 = time.monotonic()
+    daemon = Lazyd(images, run, options, detach, source)
+    try:
+        m = verify_for_lazy(images)
+        check_pids_free(images)
+    except (LazyRestoreError, KeyboardInterrupt):
+        daemon.stop()
+        raise
+    fetch_s = time.monotonic() - t0
+    reporter.event("fetched", source=source.address, checkpoint_id=m.checkpoint_id, seconds=round(fetch_s, 6),
+                   images=str(images))
+    reporter.progress(f"fetched and verified checkpoint {m.checkpoint_id} in {fetch_s:.3f} s "
+                      f"({m.processes} process(es)); resuming")
+    return resume_and_follow(binary, images, m, run, daemon, fetch_s, reporter)

@@ -1,0 +1,192 @@
+"""`lazyrestore serve` and `migrate`: a checkpoint served to remote restores by lr-pageserver.
+
+lr-pageserver (C, epoll) serves the checkpoint read only to any number of
+authenticated sessions at once: metadata files, the page ranges faults ask for, and
+a bulk stream of the rest. It reports JSON lines (--events-fd): listening (with the
+port), session, rejected, session_lost, delivered. `migrate` checkpoints a tree,
+then serves it until one destination has every page (--once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint, secret
+from .errors import DaemonFailed, ImagesDirError, LazyRestoreError
+from .manifest import META_DIR
+from .output import Reporter
+from .paths import native_binary
+from .remote import parse_address
+from .restore import RUNS_DIR
+from .verify import verify_for_lazy
+
+START_TIMEOUT_S = 30.0
+
+
+class PageServer:
+    """One lr-pageserver serving images_dir on listen; its events arrive as dicts."""
+
+    def __init__(self, images_dir: Path, listen: str, once: bool, log: Path, sanitized: bool = False,
+                 preexec: Callable[[], None] | None = None) -> None:
+        self.log = log
+        binary = native_binary("san/lr-pageserver" if sanitized else "lr-pageserver")
+        status_r, status_w = os.pipe()
+        self.events_r, events_w = os.pipe()
+        args = [str(binary), "-D", str(images_dir), "--listen", listen, "-o", str(log),
+                "--status-fd", str(status_w), "--events-fd", str(events_w)] + (["--once"] if once else [])
+        self.proc = subprocess.Popen(args, pass_fds=(status_w, events_w), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=open(log, "ab"), start_new_session=True,
+                                     preexec_fn=preexec)
+        os.close(status_w)
+        os.close(events_w)
+        self._lines = self._read_lines()
+        self.port = self._wait_listening(status_r)
+
+    def _wait_listening(self, status_r: int) -> int:
+        try:
+            ready, _, _ = select.select([status_r], [], [], START_TIMEOUT_S)
+            got = os.read(status_r, 1) if ready else b""
+        finally:
+            os.close(status_r)
+        if got != b"\0":
+            self.stop()
+            raise DaemonFailed(f"lr-pageserver did not start: {self.log_tail()}; log {self.log}")
+        for ev in self._lines:
+            if ev.get("event") == "listening":
+                return int(ev["port"])
+        raise DaemonFailed(f"lr-pageserver reported no port: {self.log_tail()}; log {self.log}")
+
+    def _read_lines(self) -> Iterator[dict[str, Any]]:
+        with os.fdopen(self.events_r, "r", buffering=1) as f:
+            for line in f:
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        """Events after "listening", until lr-pageserver exits."""
+        yield from self._lines
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self, n: int = 3) -> str:
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-n:]) or "(empty log)"
+
+
+@dataclass
+class ServeSummary:
+    """What `serve` reports when it stops: sessions that got every page, and the rest."""
+
+    images_dir: str
+    checkpoint_id: str
+    address: str
+    port: int
+    delivered: int = 0
+    sessions: int = 0
+    rejected: int = 0
+    lost: int = 0
+    log: str = ""
+    deliveries: list[dict[str, Any]] = field(default_factory=list)
+
+
+def destination_command(host: str, port: int, images_dir: Path) -> str:
+    shown = host if host not in ("0.0.0.0", "::", "") else "THIS_HOST"
+    addr = f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
+    return (f"lazyrestore restore --from {addr} --secret-file {secret.secret_path(images_dir)} "
+            f"--workdir /var/lib/lazyrestore/{images_dir.name}")
+
+
+def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitized: bool = False) -> ServeSummary:
+    host, _ = parse_address(listen)
+    m = verify_for_lazy(images_dir)
+    if not secret.secret_path(images_dir).is_file():
+        raise ImagesDirError(f"{images_dir} has no {META_DIR}/{secret.SECRET_NAME}: it was not checkpointed by "
+                             "lazyrestore, or the secret was removed; clients could not authenticate")
+    runs = images_dir / META_DIR / RUNS_DIR
+    runs.mkdir(exist_ok=True)
+    log = runs / f"serve-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    server = PageServer(images_dir, listen, once, log, sanitized)
+    s = ServeSummary(str(images_dir), m.checkpoint_id, host, server.port, log=str(log))
+    cmd = destination_command(host, server.port, images_dir)
+    reporter.event("listening", address=host, port=server.port, checkpoint_id=m.checkpoint_id,
+                   lazy_pages=m.lazy_pages, command=cmd, log=str(log))
+    reporter.progress(f"serving checkpoint {m.checkpoint_id} on {host}:{server.port} "
+                      f"({'until one destination has every page' if once else 'until Ctrl-C'}); log {log}\n"
+                      f"  copy {secret.secret_path(images_dir)} to the destination (keep it mode 0600), then run "
+                      f"there:\n    {cmd}")
+    try:
+        _follow(server, s, reporter)
+    except KeyboardInterrupt:
+        server.stop()
+    code = server.wait()
+    if code not in (0, -signal.SIGTERM):
+        raise DaemonFailed(f"lr-pageserver failed (exit {code}): {server.log_tail()}; log {log}")
+    return s
+
+
+def _follow(server: PageServer, s: ServeSummary, reporter: Reporter) -> None:
+    for ev in server.events():
+        kind = ev.get("event")
+        reporter.event(f"server_{kind}", **{k: v for k, v in ev.items() if k != "event"})
+        if kind == "session":
+            s.sessions += 1
+            reporter.progress(f"session {ev.get('session')} from {ev.get('peer')}")
+        elif kind == "delivered":
+            s.delivered += 1
+            s.deliveries.append(ev)
+            reporter.progress(f"session {ev.get('session')} from {ev.get('peer')} has every page "
+                              f"({ev.get('seconds', 0):.3f} s)")
+        elif kind == "rejected":
+            s.rejected += 1
+            reporter.progress(f"rejected connection from {ev.get('peer')}: {ev.get('code')}")
+        elif kind == "session_lost":
+            s.lost += 1
+            reporter.progress(f"session {ev.get('session')} lost before DONE: {ev.get('message')}")
+        elif kind == "error":
+            reporter.progress(f"lr-pageserver error: {ev.get('message')}")
+
+
+def summary_text(s: ServeSummary) -> str:
+    return (f"served checkpoint {s.checkpoint_id} on {s.address}:{s.port}: {s.delivered} delivered, "
+            f"{s.sessions} session(s), {s.rejected} rejected, {s.lost} lost; log {s.log}")
+
+
+def migrate(pid: int, images_dir: Path, listen: str, reporter: Reporter,
+            sanitized: bool = False) -> tuple[checkpoint.CheckpointSummary, ServeSummary]:
+    """Checkpoint the tree rooted at pid into images_dir, then serve it until one destination has every page."""
+    parse_address(listen)
+    cp = checkpoint.checkpoint(pid, images_dir, False, False, reporter)
+    reporter.event("checkpointed", **cp.__dict__)
+    reporter.progress(checkpoint.summary_text(cp))
+    try:
+        served = serve(images_dir, listen, True, reporter, sanitized)
+    except (LazyRestoreError, KeyboardInterrupt):
+        reporter.progress(f"the checkpoint in {images_dir} is intact: serve it again with `lazyrestore serve "
+                          f"--images {images_dir} --listen {listen}`, or restore it here with `lazyrestore restore "
+                          f"--images {images_dir}`")
+        raise
+    return cp, served
