@@ -94,6 +94,37 @@ def cmd_serve(args: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
+def cmd_testhosts(args: argparse.Namespace, rep: Reporter) -> int:
+    from . import testhosts
+    if args.action == "down":
+        removed = testhosts.down()
+        rep.result(f"removed test hosts: {', '.join(removed) or 'none were there'}", "summary", action="testhosts_down",
+                   removed=removed)
+        return 0
+    if args.action == "exec":
+        return exec_in_host(args.host, args.cmd)
+    h = testhosts.up(args.delay, args.rate)
+    rep.result(f"test hosts up: {h.a} {h.veth_a} {h.addr_a}/{h.prefixlen} <-> {h.b} {h.veth_b} {h.addr_b}/{h.prefixlen}"
+               f"; delay {h.delay_ms:g} ms and rate {h.rate_mbit:g} Mbit/s each way (0: none)\n"
+               f"  run a command in one: lazyrestore testhosts exec a -- COMMAND", "summary", action="testhosts_up",
+               **asdict(h))
+    return 0
+
+
+def exec_in_host(host: str, cmd: list[str]) -> int:
+    from . import testhosts
+    cmd = cmd[1:] if cmd[:1] == ["--"] else cmd
+    if not cmd:
+        raise UsageError("testhosts exec needs a host and a command: lazyrestore testhosts exec a|b -- COMMAND [ARGS]")
+    name = testhosts.host_name(host)
+    testhosts.enter(name)()
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as exc:
+        raise UsageError(f"testhosts exec: cannot run {cmd[0]!r}: {exc.strerror}") from exc
+    return 1
+
+
 def cmd_migrate(args: argparse.Namespace, rep: Reporter) -> int:
     cp, s = serve.migrate(args.pid, args.images, args.listen, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")))
     if not s.delivered:
@@ -187,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--images", "-D", type=images_path, required=True, help="new or empty directory (tmpfs recommended)")
     mg.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
     mg.set_defaults(func=cmd_migrate)
+
+    th = sub.add_parser("testhosts", help="two network-namespace test hosts (a: 10.231.0.1, b: 10.231.0.2)")
+    ths = th.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = ths.add_parser("up", help="create the test hosts (again)")
+    up.add_argument("--delay", type=float, default=0.0, metavar="MS", help="one-way delay on each veth end (netem)")
+    up.add_argument("--rate", type=float, default=0.0, metavar="MBIT", help="rate limit on each veth end (netem)")
+    down = ths.add_parser("down", help="remove the test hosts")
+    ex = ths.add_parser("exec", help="run a command in a test host: exec a|b -- COMMAND [ARGS]")
+    ex.add_argument("host", help="a or b")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS]")
+    for tp in (up, down):
+        tp.add_argument("--json", action="store_true", help="print JSON events, one object per line")
+    th.set_defaults(func=cmd_testhosts)
 
     for sp in (c, r, i, d, st, sv, mg):
         sp.add_argument("--json", action="store_true", help="print JSON events, one object per line")

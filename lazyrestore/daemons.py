@@ -76,6 +76,7 @@ class Lazyd:
         for fd in fds:
             os.close(fd)
         # A remote source is fetched (metadata and eager pages) before lr-lazyd listens.
+        self.source = source
         self._wait_listening(status_r, 30.0 if source is None else 30.0 + 4 * source.timeout_s)
 
     def _wait_listening(self, status_r: int, timeout: float) -> None:
@@ -86,7 +87,9 @@ class Lazyd:
             os.close(status_r)
         if got != b"\0":
             self.stop()
-            raise DaemonFailed(f"lr-lazyd did not start listening: {self.first_error()}; log {self.log}")
+            what = "did not start listening" if self.source is None else \
+                f"could not fetch the checkpoint from {self.source.address}"
+            raise DaemonFailed(f"lr-lazyd {what}: {self.first_error()}; log {self.log}")
 
     def events(self) -> Iterator[dict[str, Any]]:
         """JSON objects from --stats-fd until the daemon closes it."""

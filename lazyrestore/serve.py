@@ -132,20 +132,27 @@ def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitiz
     server = PageServer(images_dir, listen, once, log, sanitized)
     s = ServeSummary(str(images_dir), m.checkpoint_id, host, server.port, log=str(log))
     cmd = destination_command(host, server.port, images_dir)
-    reporter.event("listening", address=host, port=server.port, checkpoint_id=m.checkpoint_id,
+    reporter.event("listening", address=host, port=server.port, server_pid=server.proc.pid, checkpoint_id=m.checkpoint_id,
                    lazy_pages=m.lazy_pages, command=cmd, log=str(log))
     reporter.progress(f"serving checkpoint {m.checkpoint_id} on {host}:{server.port} "
                       f"({'until one destination has every page' if once else 'until Ctrl-C'}); log {log}\n"
                       f"  copy {secret.secret_path(images_dir)} to the destination (keep it mode 0600), then run "
                       f"there:\n    {cmd}")
+    old = signal.signal(signal.SIGTERM, _interrupt)  # a runtime stops us with SIGTERM: stop lr-pageserver too
     try:
         _follow(server, s, reporter)
     except KeyboardInterrupt:
         server.stop()
+    finally:
+        signal.signal(signal.SIGTERM, old)
     code = server.wait()
     if code not in (0, -signal.SIGTERM):
         raise DaemonFailed(f"lr-pageserver failed (exit {code}): {server.log_tail()}; log {log}")
     return s
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _follow(server: PageServer, s: ServeSummary, reporter: Reporter) -> None:

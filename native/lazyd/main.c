@@ -353,6 +353,8 @@ static int next_timeout(const struct lr_lazyd *d, bool drained)
 	int remote = lr_remote_wait_ms(d);
 	if (remote >= 0 && remote < tick)
 		tick = remote;
+	if (lr_remote_buffered(d))
+		return 0;
 	if (has_deferred(d))
 		return 1;
 	if (d->finished && d->cfg.drain && lr_left_bytes(d)) {
@@ -376,7 +378,7 @@ static int run(struct lr_lazyd *d, struct lr_error *err)
 		if (all_placed(d)) /* checked before sleeping too: the drain step may have placed the last page */
 			return 0;
 		if (lr_loop_run_once(d->epfd, d, next_timeout(d, drained), err) < 0 || lr_serve_deferred(d, err) ||
-		    (d->remote && lr_remote_tick(d, err)))
+		    (d->remote && (lr_remote_pump(d, err) || lr_remote_tick(d, err))))
 			return -1;
 		if (all_placed(d))
 			return 0;

@@ -18,6 +18,7 @@
 #define LR_BACKOFF_MIN_MS 100
 #define LR_BACKOFF_MAX_MS 2000
 #define LR_IO_TIMEOUT_MS 10000
+#define LR_CHAN_BATCH (2u << 20)        /* bytes of frames handled per wakeup before faults get a turn */
 
 static int send_frame(struct lr_lazyd *d, int fd, uint16_t type, const void *p, uint32_t len, struct lr_error *err)
 {
@@ -36,12 +37,13 @@ static void lost(struct lr_lazyd *d, const char *why)
 		return;
 	for (int i = 0; i < 2; i++)
 		if (chans[i]->rec.fd >= 0) {
-			lr_loop_del(d->epfd, &chans[i]->rec, &ignored);
+			if (i == 0 || !r->bulk_paused)
+				lr_loop_del(d->epfd, &chans[i]->rec, &ignored);
 			close(chans[i]->rec.fd);
 			chans[i]->rec.fd = -1;
-			chans[i]->got = 0;
+			chans[i]->start = chans[i]->end = 0;
 		}
-	r->connected = r->bulk_started = r->bulk_ended = false;
+	r->connected = r->bulk_started = r->bulk_ended = r->bulk_paused = false;
 	memset(r->inflight, 0, d->index.hdr->checksum_count);
 	r->inflight_bytes = 0;
 	r->lost_at_ns = lr_now_ns();
@@ -51,35 +53,47 @@ static void lost(struct lr_lazyd *d, const char *why)
 	       (unsigned long long)(r->timeout_ms / 1000));
 }
 
-/* Non-blocking: 1 with a whole frame in c->hdr / c->buf, 0 for more later, -1 when the connection is gone. */
-static int chan_read(struct lr_chan *c, struct lr_error *err)
+/* Non-blocking: 1 with a whole frame in c->hdr / c->payload, 0 for more later, -1 when the connection is gone. */
+static int chan_next(struct lr_chan *c, struct lr_error *err)
 {
-	const uint64_t hsz = sizeof(c->hdr);
+	const size_t hsz = sizeof(c->hdr);
 	for (;;) {
-		bool in_hdr = c->got < hsz;
-		uint64_t want = in_hdr ? hsz : hsz + c->hdr.length;
-		char *dst = in_hdr ? (char *)&c->hdr + c->got : c->buf + (c->got - hsz);
-		if (c->got == want && !in_hdr)
-			return 1;
-		ssize_t n = recv(c->rec.fd, dst, want - c->got, MSG_DONTWAIT);
+		size_t have = c->end - c->start;
+		if (have >= hsz) {
+			memcpy(&c->hdr, c->buf + c->start, hsz);
+			if (lr_frame_check(&c->hdr, LR_FRAME_MAX, err))
+				return -1;
+			if (have >= hsz + c->hdr.length) {
+				c->payload = c->buf + c->start + hsz;
+				c->start += hsz + c->hdr.length;
+				return 1;
+			}
+		}
+		if (c->start && LR_CHAN_BUF - c->end < LR_FRAME_MAX + hsz) { /* make room for a whole frame */
+			memmove(c->buf, c->buf + c->start, have);
+			c->start = 0;
+			c->end = have;
+		}
+		ssize_t n = recv(c->rec.fd, c->buf + c->end, LR_CHAN_BUF - c->end, MSG_DONTWAIT);
 		if (n == 0)
 			return lr_error_set(err, 0, "the page server closed the connection");
 		if (n < 0)
 			return errno == EAGAIN || errno == EINTR ? 0 : lr_error_set(err, errno, "receive from the page server");
-		c->got += (uint64_t)n;
-		if (c->got == hsz && lr_frame_check(&c->hdr, LR_FRAME_MAX, err))
-			return -1;
+		c->end += (size_t)n;
 	}
 }
+
+static bool chan_has_frame(const struct lr_chan *c);
+static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_error *err);
 
 static int peer_error(const struct lr_chan *c, struct lr_error *err)
 {
 	struct lr_error_frame e = {0, 0};
 	if (c->hdr.length >= sizeof(e))
-		memcpy(&e, c->buf, sizeof(e));
+		memcpy(&e, c->payload, sizeof(e));
 	int n = c->hdr.length > sizeof(e) ? (int)(c->hdr.length - sizeof(e)) : 0;
 	return lr_error_set(err, 0, "the page server refused: %s error: %.*s", lr_error_code_name(e.code), n,
-			    c->buf + sizeof(e));
+			    c->payload + sizeof(e));
 }
 
 /* The spans of task t holding bytes of record rec between checkpoint addresses [a, b): place them from data. */
@@ -126,7 +140,7 @@ static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 	const char *data;
 	uint64_t a, placed = 0;
 
-	if (lr_pages_frame_check(&d->index, c->buf, c->hdr.length, &h, &a, &data, err)) {
+	if (lr_pages_frame_check(&d->index, c->payload, c->hdr.length, &h, &a, &data, err)) {
 		if (err->errnum != EBADMSG || ++r->bad_blocks > LR_MAX_BAD_BLOCKS)
 			return -1;
 		lr_log(d, 0, "%s; asking for it again", err->msg);
@@ -143,19 +157,9 @@ static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 	return 0;
 }
 
-static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_error *err)
+static int on_frame(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
-	int rc = chan_read(c, err);
-	if (rc < 0 && c->got >= sizeof(c->hdr) && c->hdr.magic != LR_PROTO_MAGIC)
-		return -1; /* not a lazyrestore server: no point reconnecting */
-	if (rc < 0) {
-		lost(d, err->msg);
-		return 0;
-	}
-	if (rc == 0)
-		return 0;
-	c->got = 0;
 	switch (c->hdr.type) {
 	case LR_PAGES:
 		return on_pages(d, c, bulk, err);
@@ -170,6 +174,73 @@ static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_e
 		return lr_error_set(err, 0, "unexpected %s frame from the page server on the %s channel",
 				    lr_frame_name(c->hdr.type), bulk ? "bulk" : "urgent");
 	}
+}
+
+/* Stop reading the bulk channel until the drain rate allows more (lr_remote_drain_step resumes it). */
+static int pause_bulk(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	if (r->bulk_paused)
+		return 0;
+	r->bulk_paused = true;
+	return lr_loop_del(d->epfd, &r->bulk.rec, err);
+}
+
+static int resume_bulk(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	r->bulk_paused = false;
+	if (lr_loop_add(d->epfd, &r->bulk.rec, err))
+		return -1;
+	return chan_has_frame(&r->bulk) ? on_chan(d, &r->bulk, true, err) : 0;
+}
+
+/* The frames that have arrived, up to LR_CHAN_BATCH bytes of them: then back to the loop (faults first). */
+static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_error *err)
+{
+	uint64_t taken = 0;
+	while (taken < LR_CHAN_BATCH && d->remote->connected) {
+		if (bulk && lr_drain_wait_ms(d))
+			return pause_bulk(d, err); /* --drain-rate: TCP holds the server back meanwhile */
+		int rc = chan_next(c, err);
+		if (rc < 0 && c->end - c->start >= sizeof(c->hdr) && c->hdr.magic != LR_PROTO_MAGIC)
+			return -1; /* not a lazyrestore server: no point reconnecting */
+		if (rc < 0) {
+			lost(d, err->msg);
+			return 0;
+		}
+		if (rc == 0)
+			return 0;
+		taken += sizeof(c->hdr) + c->hdr.length;
+		if (on_frame(d, c, bulk, err))
+			return -1;
+	}
+	return 0;
+}
+
+static bool chan_has_frame(const struct lr_chan *c)
+{
+	struct lr_frame h;
+	if (c->rec.fd < 0 || c->end - c->start < sizeof(h))
+		return false;
+	memcpy(&h, c->buf + c->start, sizeof(h));
+	return c->end - c->start >= sizeof(h) + (size_t)h.length;
+}
+
+bool lr_remote_buffered(const struct lr_lazyd *d)
+{
+	const struct lr_remote *r = d->remote;
+	return r && r->connected && (chan_has_frame(&r->urgent) || (!r->bulk_paused && chan_has_frame(&r->bulk)));
+}
+
+int lr_remote_pump(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	if (!lr_remote_buffered(d))
+		return 0;
+	if (chan_has_frame(&r->urgent) && on_chan(d, &r->urgent, false, err))
+		return -1;
+	return r->connected && !r->bulk_paused && chan_has_frame(&r->bulk) ? on_chan(d, &r->bulk, true, err) : 0;
 }
 
 static int on_urgent(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
@@ -200,8 +271,8 @@ int lr_remote_start(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	r->inflight = calloc(d->index.hdr->checksum_count ? d->index.hdr->checksum_count : 1, 1);
-	r->urgent.buf = malloc(LR_FRAME_MAX);
-	r->bulk.buf = malloc(LR_FRAME_MAX);
+	r->urgent.buf = malloc(LR_CHAN_BUF);
+	r->bulk.buf = malloc(LR_CHAN_BUF);
 	if (!r->inflight || !r->urgent.buf || !r->bulk.buf)
 		return lr_error_set(err, ENOMEM, "remote page source buffers");
 	r->bulk.rec.fd = lr_remote_handshake(r, LR_CHANNEL_BULK, d->index.hdr->checkpoint_id, (int)r->timeout_ms, err);
@@ -267,6 +338,8 @@ int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err)
 	if (!r->connected || r->bulk_started || !d->cfg.drain)
 		return 0;
 	struct lr_page_req q = first_pending(d);
+	if (!d->drain_epoch_ns)
+		d->drain_epoch_ns = lr_now_ns();
 	if (send_frame(d, r->bulk.rec.fd, LR_BULK_START, &q, sizeof(q), err)) {
 		lost(d, err->msg);
 		return 0;
@@ -278,6 +351,8 @@ int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err)
 int lr_remote_drain_step(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
+	if (r->connected && r->bulk_paused)
+		return resume_bulk(d, err) ? -1 : 1; /* called only once the drain rate allows more */
 	if (!r->connected || !r->bulk_ended || r->inflight_bytes >= LR_SWEEP_INFLIGHT)
 		return 0;
 	for (size_t i = 0; i < d->ntasks; i++) {
@@ -336,7 +411,7 @@ int lr_remote_tick(struct lr_lazyd *d, struct lr_error *err)
 		       (double)(now - r->lost_at_ns) / 1e9, (unsigned long long)r->session);
 		return d->finished ? lr_remote_bulk_start(d, err) : 0;
 	}
-	if (strstr(err->msg, "another checkpoint") || strstr(err->msg, "secret") || strstr(err->msg, "refused"))
+	if (strstr(err->msg, "another checkpoint") || strstr(err->msg, "secret") || strstr(err->msg, "server refused"))
 		return -1;
 	if ((now - r->lost_at_ns) / 1000000ULL >= r->timeout_ms)
 		return lr_error_set(err, 0, "page server %s unreachable for %llu s (last: %s): the restored tree is "
@@ -360,12 +435,11 @@ int lr_remote_done(struct lr_lazyd *d, struct lr_error *err)
 		struct pollfd p = {r->urgent.rec.fd, POLLIN, 0};
 		if (poll(&p, 1, 100) < 0 && errno != EINTR)
 			return lr_error_set(err, errno, "poll");
-		int rc = chan_read(&r->urgent, err);
+		int rc = chan_next(&r->urgent, err);
 		if (rc < 0)
 			return -1;
 		if (rc == 0)
 			continue;
-		r->urgent.got = 0;
 		if (r->urgent.hdr.type == LR_DONE)
 			return 0;
 		if (r->urgent.hdr.type == LR_ERROR)

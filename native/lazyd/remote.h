@@ -25,12 +25,16 @@
 
 struct lr_lazyd;
 
-struct lr_chan {               /* one connection's receive side */
+struct lr_chan {               /* one connection's receive side: bytes [start, end) of buf not yet parsed */
 	struct lr_fdrec rec;
-	struct lr_frame hdr;
-	uint64_t got;              /* bytes of header + payload received */
-	char *buf;                 /* payload, up to LR_FRAME_MAX */
+	struct lr_frame hdr;       /* the frame chan_next returned */
+	const char *payload;       /* its payload, inside buf: valid until the next chan_next */
+	char *buf;                 /* LR_CHAN_BUF bytes: several frames per recv */
+	size_t start, end;
 };
+
+/* Room for the largest frame plus what one recv may bring beyond it. */
+#define LR_CHAN_BUF ((size_t)LR_FRAME_MAX + sizeof(struct lr_frame) + (1u << 20))
 
 struct lr_remote {
 	struct lr_addr addr;
@@ -40,6 +44,7 @@ struct lr_remote {
 	struct lr_chan urgent, bulk;
 	bool connected;
 	bool bulk_started, bulk_ended;
+	bool bulk_paused;          /* --drain-rate: the bulk channel is out of the event loop for now */
 	uint8_t *inflight;         /* per checksum index: asked for on the urgent channel */
 	uint64_t inflight_bytes;
 	uint64_t next_req;
@@ -64,6 +69,9 @@ int lr_remote_drain_step(struct lr_lazyd *d, struct lr_error *err);
 int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err);
 /* Reconnect when due; fails once the source has been gone longer than the timeout. */
 int lr_remote_tick(struct lr_lazyd *d, struct lr_error *err);
+/* Whole frames wait in a channel's buffer (a wakeup stopped at LR_CHAN_BATCH): lr_remote_pump them. */
+bool lr_remote_buffered(const struct lr_lazyd *d);
+int lr_remote_pump(struct lr_lazyd *d, struct lr_error *err);
 /* Milliseconds until lr_remote_tick has something to do (-1: nothing). */
 int lr_remote_wait_ms(const struct lr_lazyd *d);
 /* Every page placed: tell the server (DONE) and wait for its answer. */

@@ -136,7 +136,8 @@ int ps_queue_frame(struct ps_conn *c, uint16_t type, uint16_t flags, uint64_t re
 	if (!buf)
 		return -1;
 	lr_frame_make((struct lr_frame *)buf, type, flags, len, req_id);
-	memcpy(buf + sizeof(struct lr_frame), payload, len);
+	if (len)
+		memcpy(buf + sizeof(struct lr_frame), payload, len);
 	if (push(c, (struct ps_out){buf, -1, 0, sizeof(struct lr_frame) + len})) {
 		free(buf);
 		return -1;

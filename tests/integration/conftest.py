@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from lazyrestore import criu, sample
-from lazyrestore.errors import LazyRestoreError
+# The tests' own test hosts (lrt-host-a/b), apart from any a user or `make bench` has up.
+os.environ.setdefault("LAZYRESTORE_TESTHOSTS_PREFIX", "lrt")
 
-from .helpers import run_cli
-from .reaper import Reaper
+from lazyrestore import criu, sample  # noqa: E402
+from lazyrestore.errors import LazyRestoreError  # noqa: E402
+
+from .helpers import run_cli  # noqa: E402
+from .reaper import Reaper  # noqa: E402
 
 
 def _unavailable_reason() -> str | None:

@@ -8,13 +8,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lazyrestore import sample
+from lazyrestore import sample, testhosts
 
 from .reaper import Reaper
 
@@ -31,10 +31,11 @@ class CliResult:
         return found[-1]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> CliResult:
-    """Run `lazyrestore ARGS --json` in a subprocess, as a runtime would."""
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, host: str | None = None) -> CliResult:
+    """Run `lazyrestore ARGS --json` in a subprocess, as a runtime would (in test host `host`: a or b)."""
     proc = subprocess.run([sys.executable, "-m", "lazyrestore.cli", *args, "--json"], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+                          preexec_fn=_in_host(host))
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
     return CliResult(proc.returncode, events, proc.stderr)
 
@@ -67,30 +68,35 @@ def restore(images: Path, reaper: Reaper, workload: sample.Workload) -> sample.W
     return sample.Workload(pid, workload.log, workload.roles)
 
 
-class LazyRun:
-    """`lazyrestore restore --lazy --json` running in the background, as a runtime would drive it."""
+def _in_host(host: str | None) -> Callable[[], None] | None:
+    return None if host is None else testhosts.enter(testhosts.host_name(host))
 
-    def __init__(self, images: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lazyrestore.cli", "restore", "--images", str(images), "--lazy", "--json", *extra],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
-            env={**os.environ, "LAZYRESTORE_SANITIZED": "1", **(env or {})})
+
+class Background:
+    """`lazyrestore ARGS --json` in the background (in test host `host`), its events read up to one of `until`."""
+
+    def __init__(self, args: list[str], until: tuple[str, ...], host: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "lazyrestore.cli", *args, "--json"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     stdin=subprocess.DEVNULL, preexec_fn=_in_host(host),
+                                     env={**os.environ, "LAZYRESTORE_SANITIZED": "1", **(env or {})})
         self.events: list[dict[str, Any]] = []
+        self.read_until(*until)
+
+    def read_until(self, *names: str) -> dict[str, Any] | None:
+        """Events up to the first named one (or "error", or the end); that event, else None."""
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.events.append(json.loads(line))
-            if self.events[-1]["event"] in ("resumed", "error"):
-                break
+            if self.events[-1]["event"] in (*names, "error"):
+                return self.events[-1] if self.events[-1]["event"] in names else None
+        return None
 
-    @property
-    def pid(self) -> int:
-        resumed = [e for e in self.events if e["event"] == "resumed"]
-        assert resumed, f"the tree did not resume: {self.events}; stderr: {self.stderr_now()}"
-        return resumed[0]["pid"]
-
-    @property
-    def workdir(self) -> Path:
-        return Path([e for e in self.events if e["event"] == "listening"][0]["workdir"])
+    def first(self, name: str) -> dict[str, Any]:
+        found = [e for e in self.events if e["event"] == name]
+        assert found, f"no {name!r} event: {self.events}; stderr: {self.stderr_now()}"
+        return found[0]
 
     def stderr_now(self) -> str:
         return "" if self.proc.poll() is None else (self.proc.stderr.read() if self.proc.stderr else "")
@@ -99,3 +105,23 @@ class LazyRun:
         out, err = self.proc.communicate(timeout=timeout)
         self.events += [json.loads(line) for line in out.splitlines() if line.strip()]
         return CliResult(self.proc.returncode, self.events, err)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
+
+
+class LazyRun(Background):
+    """`lazyrestore restore --lazy --json` running in the background, as a runtime would drive it."""
+
+    def __init__(self, images: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(["restore", "--images", str(images), "--lazy", *extra], ("resumed",), env=env)
+
+    @property
+    def pid(self) -> int:
+        return self.first("resumed")["pid"]
+
+    @property
+    def workdir(self) -> Path:
+        return Path(self.first("listening")["workdir"])

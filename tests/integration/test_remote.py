@@ -1,0 +1,279 @@
+"""Remote lazy migration between two test hosts: the page server in host A's network namespace,
+lr-lazyd and the restored tree in host B's; pages cross a veth pair over TCP.
+
+lr-pageserver and lr-lazyd are the ASan/UBSan builds (Background sets LAZYRESTORE_SANITIZED).
+Every migrated tree's memory is compared by checksum with the original.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from lazyrestore import procs, sample, testhosts
+
+from .helpers import Background, checkpoint, run_cli
+
+SLOW_DRAIN = ("--drain-rate", "48M")  # keeps the drain running while the test acts
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[testhosts.TestHosts]:
+    h = testhosts.up()
+    yield h
+    testhosts.down()
+
+
+def start_on_a(workdir: Path, reaper, mib: int = 256, **kw: int) -> sample.Workload:
+    with testhosts.inside(testhosts.HOST_A):
+        w = sample.start(workdir, mib, **kw)
+    reaper.add(w.pid)
+    return w
+
+
+class Source:
+    """`lazyrestore serve` (or `migrate`) on host A, up to its "listening" event."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.run = Background(args, ("listening",), host="a")
+        self.listening = self.run.first("listening")
+        self.address = f"{testhosts.ADDR_A}:{self.listening['port']}"
+
+    def kill_server(self) -> None:
+        """SIGKILL lr-pageserver: its sessions drop without a word."""
+        pid = self.listening["server_pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while procs.is_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def stop(self) -> dict:
+        """SIGTERM `serve` (it stops lr-pageserver); its summary."""
+        if self.run.proc.poll() is None:
+            self.run.proc.send_signal(signal.SIGTERM)
+        self.result = self.run.finish(timeout=30)
+        return self.result.last("summary") if self.result.code == 0 else {}
+
+
+def serve_a(images: Path, port: int = 0, *extra: str) -> Source:
+    return Source(["serve", "--images", str(images), "--listen", f"{testhosts.ADDR_A}:{port}", *extra])
+
+
+def restore_on_b(source: str, images: Path, workdir: Path, *extra: str, until: tuple[str, ...] = ("resumed",)
+                 ) -> Background:
+    return Background(["restore", "--from", source, "--secret-file", str(images / "lazyrestore" / "secret"),
+                       "--workdir", str(workdir), *extra], until, host="b")
+
+
+def finished(run: Background) -> dict:
+    res = run.finish()
+    assert res.code == 0, res.stderr
+    summary = res.last("summary")
+    assert summary["lazy"] is True and summary["resident_s"] is not None
+    return summary
+
+
+def checksums(w: sample.Workload) -> dict[str, str]:
+    return {role: r.checksum for role, r in w.request_report().items()}
+
+
+def test_migrate_one_process_from_a_to_b(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper)
+    before = checksums(w)
+    src = Source(["migrate", "--pid", str(w.pid), "--images", str(workdir / "images"),
+                  "--listen", f"{testhosts.ADDR_A}:0"])
+    assert src.listening["command"].startswith(f"lazyrestore restore --from {src.address} ")
+    run = restore_on_b(src.address, workdir / "images", workdir / "dst")
+    restored = sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
+    summary = finished(run)
+    assert summary["source"] == src.address
+    assert summary["drain_bytes"] + summary["fault_bytes"] >= (256 << 20) * 15 // 16
+    assert checksums(restored) == before
+    assert restored.request_verify() == {"main": "ok"}
+    with open(f"/proc/{restored.pid}/ns/net", "rb"), open(f"/run/netns/{testhosts.HOST_B}", "rb"):
+        assert os.stat(f"/proc/{restored.pid}/ns/net").st_ino == os.stat(f"/run/netns/{testhosts.HOST_B}").st_ino
+    res = src.run.finish(timeout=60)  # --once: migrate stops after the delivery
+    assert res.code == 0, res.stderr
+    assert res.last("summary")["delivered"] == 1
+
+
+@contextmanager
+def slow_migration(w: sample.Workload, workdir: Path, reaper) -> Iterator[tuple[Background, sample.Workload]]:
+    """Checkpoint w on A, serve it there, restore it on B with a slow drain: (the restore, the restored tree)."""
+    checkpoint_on_a(w, workdir / "images")
+    src = serve_a(workdir / "images")
+    try:
+        run = restore_on_b(src.address, workdir / "images", workdir / "dst", *SLOW_DRAIN)
+        yield run, sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
+    finally:
+        src.stop()
+
+
+def test_threads_touch_memory_during_a_remote_drain(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper, threads=2, scanners=4)
+    before = checksums(w)
+    with slow_migration(w, workdir, reaper) as (run, restored):
+        during = checksums(restored)
+        summary = finished(run)
+    assert summary["faults"] > 0, "the scanners must have faulted on missing pages"
+    assert during == before
+    assert restored.request_verify() == {"main": "ok"}
+    assert not w.bad_lines()
+
+
+def checkpoint_on_a(w: sample.Workload, images: Path) -> None:
+    res = run_cli("checkpoint", "--pid", str(w.pid), "--images", str(images), host="a")
+    assert res.code == 0, res.stderr
+
+
+def test_fork_and_dontneed_during_a_remote_drain(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper, children=1, scanners=2)
+    before = checksums(w)
+    with slow_migration(w, workdir, reaper) as (run, restored):
+        assert restored.op("fork") == "op fork done"
+        for op in ("dontneed", "mremap", "munmap"):
+            line = restored.op(op)
+            assert line.startswith(f"op {op} done") and "BAD" not in line, line
+        summary = finished(run)
+    assert summary["faults"] > 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any("role=fork" in ln and " ok " in ln for ln in w.lines()):
+        time.sleep(0.05)
+    assert [ln for ln in w.lines() if ln.startswith("verify role=fork") and " ok " in ln], w.lines()[-5:]
+    assert restored.request_verify() == {"main": "ok", "child0": "ok"}
+    assert checksums(restored)["child0"] == before["child0"]
+    assert not w.bad_lines()
+
+
+def test_two_concurrent_restores_of_one_checkpoint(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper)
+    before = checksums(w)
+    checkpoint_on_a(w, workdir / "images")
+    log_size = w.log.stat().st_size
+    src = serve_a(workdir / "images")
+    try:
+        runs = [restore_on_b(src.address, workdir / "images", workdir / f"dst{i}", *SLOW_DRAIN) for i in range(2)]
+        restored = [sample.Workload(reaper.add(r.first("resumed")["pid"]), w.log, w.roles) for r in runs]
+        summaries = [finished(r) for r in runs]
+    finally:
+        src.stop()
+    assert restored[0].pid != restored[1].pid
+    assert all(s["resident_s"] > 0 for s in summaries)
+    for r in restored:  # both trees write their reports at the same offset of the one log: one at a time
+        os.truncate(w.log, log_size)
+        assert checksums(r) == before
+        os.kill(r.pid, signal.SIGKILL)
+    served = src.result.last("summary")
+    assert served["delivered"] == 2 and served["sessions"] == 2
+
+
+def test_page_server_restarted_within_the_timeout(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper, scanners=2)
+    before = checksums(w)
+    checkpoint_on_a(w, workdir / "images")
+    src = serve_a(workdir / "images")
+    port = src.listening["port"]
+    run = restore_on_b(src.address, workdir / "images", workdir / "dst", *SLOW_DRAIN, "--source-timeout", "30")
+    restored = sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
+    src.kill_server()
+    src.stop()
+    time.sleep(1.5)  # the tree's scanners fault and wait; lr-lazyd retries with backoff
+    assert procs.is_running(restored.pid), (workdir / "dst" / "run" / "lazyd.log").read_text()[-3000:]
+    again = serve_a(workdir / "images", port)
+    try:
+        summary = finished(run)
+    finally:
+        again.stop()
+    assert checksums(restored) == before
+    assert restored.request_verify() == {"main": "ok"}
+    assert not w.bad_lines()
+    log = (workdir / "dst" / "run" / "lazyd.log").read_text()
+    assert "lost the page server" in log and "reconnected to the page server" in log, log[-2000:]
+    assert summary["resident_s"] > 1.0
+
+
+def test_page_server_gone_past_the_timeout(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper, scanners=2)
+    before = checksums(w)
+    checkpoint_on_a(w, workdir / "images")
+    log_size = w.log.stat().st_size  # CRIU restores the tree's log at this size
+    src = serve_a(workdir / "images")
+    port = src.listening["port"]
+    run = restore_on_b(src.address, workdir / "images", workdir / "dst", *SLOW_DRAIN, "--source-timeout", "2")
+    pid = reaper.add(run.first("resumed")["pid"])
+    src.kill_server()
+    src.stop()
+    res = run.finish(timeout=120)
+    assert res.code != 0
+    err = res.last("error")
+    assert "unreachable for 2 s" in err["message"] and "checkpoint is intact" in err["message"], err
+    deadline = time.monotonic() + 10
+    while procs.is_running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not procs.is_running(pid), "the half-restored tree must be killed"
+    # The checkpoint on A is untouched: a fresh restore from it succeeds.
+    os.truncate(w.log, log_size)
+    again = serve_a(workdir / "images", port)
+    try:
+        run2 = restore_on_b(again.address, workdir / "images", workdir / "dst2")
+        restored = sample.Workload(reaper.add(run2.first("resumed")["pid"]), w.log, w.roles)
+        finished(run2)
+    finally:
+        again.stop()
+    assert checksums(restored) == before
+
+
+def test_wrong_secret_is_refused_and_the_server_serves_on(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper, mib=32)
+    before = checksums(w)
+    checkpoint_on_a(w, workdir / "images")
+    wrong = workdir / "wrong-secret"
+    wrong.write_bytes(os.urandom(32))
+    wrong.chmod(0o600)
+    src = serve_a(workdir / "images")
+    try:
+        res = run_cli("restore", "--from", src.address, "--secret-file", str(wrong), "--workdir",
+                      str(workdir / "bad"), host="b")
+        assert res.code != 0
+        assert "wrong proof of the checkpoint secret" in res.last("error")["message"], res.last("error")
+        good = restore_on_b(src.address, workdir / "images", workdir / "dst")
+        restored = sample.Workload(reaper.add(good.first("resumed")["pid"]), w.log, w.roles)
+        finished(good)
+    finally:
+        src.stop()
+    assert checksums(restored) == before
+    served = src.result.last("summary")
+    assert served["rejected"] >= 1 and served["delivered"] == 1
+
+
+def test_restore_from_refuses_bad_arguments(hosts, workdir: Path) -> None:
+    loose = workdir / "loose-secret"
+    loose.write_bytes(os.urandom(32))
+    loose.chmod(0o644)
+    cases = [
+        (["--from", "10.231.0.1", "--secret-file", str(loose), "--workdir", str(workdir / "d")], "HOST:PORT"),
+        (["--from", "10.231.0.1:0", "--secret-file", str(loose), "--workdir", str(workdir / "d")], "port 0"),
+        (["--from", "10.231.0.1:7411", "--secret-file", str(loose), "--workdir", str(workdir / "d")], "mode 644"),
+        (["--from", "10.231.0.1:7411", "--workdir", str(workdir / "d")], "--secret-file"),
+        (["--from", "10.231.0.1:7411", "--images", str(workdir)], "either --images"),
+    ]
+    for args, expected in cases:
+        res = run_cli("restore", *args, host="b")
+        assert res.code == 2, (args, res.stderr)
+        assert expected in res.last("error")["message"], (args, res.last("error"))
+
+
+def test_nothing_listening_is_a_clear_error(hosts, workdir: Path) -> None:
+    secret = workdir / "secret"
+    secret.write_bytes(os.urandom(32))
+    secret.chmod(0o600)
+    res = run_cli("restore", "--from", f"{testhosts.ADDR_A}:9", "--secret-file", str(secret), "--workdir",
+                  str(workdir / "d"), "--source-timeout", "2", host="b")
+    assert res.code != 0
+    assert f"{testhosts.ADDR_A}:9" in res.last("error")["message"], res.last("error")
