@@ -1,21 +1,56 @@
-"""`lazyrestore demo`: one checkpoint of the sample workload, restored eagerly and then lazily.
+"""`lazyrestore demo` (`make demo`): a live migration between two test hosts, lazily, then eagerly.
 
-Every process's memory checksum is compared with the one taken before the
-checkpoint, and the two restores' times to resume are set side by side.
+1. Two test hosts, A and B (network namespaces joined by a veth pair), are set up.
+2. The sample workload (1 GiB by default, 2 threads, a heartbeat with its memory
+   checksum every second) starts on host A.
+3. Lazy migration A -> B: `lazyrestore migrate` on A checkpoints it and serves it
+   with lr-pageserver; `restore --from` on B resumes it at once while lr-lazyd
+   streams the memory over the veth (a progress bar shows the drain).
+4. Eager migration B -> A of the same workload, for comparison: checkpoint on B,
+   a copy of the images to A's directory, a full restore on A.
+After each migration every process's memory checksum is compared with the one
+taken before the first. Everything the demo created (trees, page server, images,
+test hosts) is removed at the end, also after an error or Ctrl-C.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from . import checkpoint, criu, lazy, procs, restore, sample
-from .daemons import LazydOptions
-from .errors import VerificationFailed
+from . import checkpoint, criu, procs, remote, restore, sample, secret, testhosts
+from .daemons import LazydOptions, RemoteSource
+from .errors import DaemonFailed, VerificationFailed
 from .output import Reporter
+
+
+class TimedReporter(Reporter):
+    """A Reporter that also notes when each event happened (monotonic seconds)."""
+
+    def __init__(self, inner: Reporter) -> None:
+        super().__init__(inner.json_mode, inner.out, inner.err)
+        self.seen: dict[str, float] = {}
+
+    def event(self, name: str, **fields: Any) -> None:
+        self.seen[name] = time.monotonic()
+        super().event(name, **fields)
+
+
+@dataclass
+class Demo:
+    base: Path
+    rep: Reporter
+    trees: list[int] = field(default_factory=list)
+    servers: list[subprocess.Popen[str]] = field(default_factory=list)
 
 
 def run(mib: int, workdir: Path | None, rep: Reporter) -> int:
@@ -23,64 +58,151 @@ def run(mib: int, workdir: Path | None, rep: Reporter) -> int:
     criu.find_criu()
     base = workdir or Path(tempfile.mkdtemp(prefix="lazyrestore-demo-", dir="/dev/shm"))
     base.mkdir(parents=True, exist_ok=True)
-    live: list[int] = []
+    demo = Demo(base, rep)
+    old = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _demo(mib, base, live, rep)
+        return _demo(demo, mib)
     finally:
-        for pid in live:
-            sample.Workload(pid, base / "app.log", ()).kill()
-        if workdir is None:
-            shutil.rmtree(base, ignore_errors=True)
+        signal.signal(signal.SIGTERM, old)
+        _clean_up(demo, remove_base=workdir is None)
 
 
-def _demo(mib: int, base: Path, live: list[int], rep: Reporter) -> int:
-    rep.progress(f"starting the sample workload ({mib} MiB, 2 threads) in {base}")
-    w = sample.start(base, mib, threads=2)
-    live.append(w.pid)
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _demo(demo: Demo, mib: int) -> int:
+    rep = demo.rep
+    h = testhosts.up()
+    rep.progress(f"test hosts: {h.a} ({h.addr_a}) <-> {h.b} ({h.addr_b}), a veth pair")
+    rep.progress(f"starting the sample workload on host A: {mib} MiB, 2 threads, a checksum heartbeat every second")
+    with testhosts.inside(h.a):
+        w = sample.start(demo.base, mib, threads=2, heartbeat=1)
+    demo.trees.append(w.pid)
     before = w.request_report()
-    _show(rep, "before checkpoint", before)
-    log_size = w.log.stat().st_size
-    cp = checkpoint.checkpoint(w.pid, base / "images", False, False, rep)
-    rep.result(checkpoint.summary_text(cp), "checkpoint", **cp.__dict__)
-
-    t0 = time.monotonic()
-    eager = restore.restore(base / "images", rep)
-    eager_resume = time.monotonic() - t0
-    live.append(eager.pid)
-    rep.result(restore.summary_text(eager), "eager_restore", **eager.__dict__)
-    same_eager = _compare(rep, "after eager restore", before, sample.Workload(eager.pid, w.log, w.roles))
-    sample.Workload(eager.pid, w.log, w.roles).kill()
-    _wait_gone(eager.pid)
-    os.truncate(w.log, log_size)  # CRIU restores open files at their checkpoint-time size
-
-    ls = lazy.restore_lazy(base / "images", None, False, LazydOptions(), rep)
-    live.append(ls.pid)
-    rep.result(lazy.summary_text(ls), "lazy_restore", **ls.__dict__)
-    same_lazy = _compare(rep, "after lazy restore", before, sample.Workload(ls.pid, w.log, w.roles))
-    rep.result(f"time to resume: eager {eager_resume:.3f} s (all {mib} MiB placed first), "
-               f"lazy {ls.resume_s:.3f} s ({eager_resume / max(ls.resume_s, 1e-6):.0f}x sooner; "
-               f"every page resident {ls.resident_s:.3f} s later); checksums "
-               f"{'match' if same_eager and same_lazy else 'DIFFER'}",
-               "summary", match=same_eager and same_lazy, eager_resume_s=round(eager_resume, 6),
-               lazy_resume_s=round(ls.resume_s, 6), lazy_resident_s=ls.resident_s)
-    if not (same_eager and same_lazy):
-        raise VerificationFailed("memory checksums differ after restore")
+    _show(rep, "before migrating", before, w)
+    lazy_pid, lazy = _migrate_lazily(demo, w)
+    same_lazy = _compare(rep, "on B after the lazy migration", before, sample.Workload(lazy_pid, w.log, w.roles))
+    eager_pid, eager = _migrate_eagerly(demo, sample.Workload(lazy_pid, w.log, w.roles))
+    same_eager = _compare(rep, "on A after the eager migration", before, sample.Workload(eager_pid, w.log, w.roles))
+    match = same_lazy and same_eager
+    rep.result(f"time to resume, from the start of the checkpoint:\n"
+               f"  lazy  A -> B  {lazy['resume_s']:.3f} s  (every page on B {lazy['resident_s']:.3f} s later, "
+               f"{lazy['gbps']:.2f} GB/s)\n"
+               f"  eager B -> A  {eager['resume_s']:.3f} s  (checkpoint {eager['checkpoint_s']:.3f} s, copy "
+               f"{eager['copy_s']:.3f} s, restore {eager['restore_s']:.3f} s)\n"
+               f"  the lazy migration resumed {eager['resume_s'] / max(lazy['resume_s'], 1e-6):.1f}x sooner; "
+               f"memory checksums {'match' if match else 'DIFFER'}",
+               "summary", match=match, lazy=lazy, eager=eager)
+    if not match:
+        raise VerificationFailed("memory checksums differ after a migration")
     return 0
+
+
+def _migrate_lazily(demo: Demo, w: sample.Workload) -> tuple[int, dict[str, float]]:
+    rep = demo.rep
+    images = demo.base / "a-images"
+    rep.progress("lazy migration A -> B: `lazyrestore migrate` on A (checkpoint, then lr-pageserver), "
+                 "`lazyrestore restore --from` on B")
+    port, t0 = _start_migrate(demo, w.pid, images)
+    timed = TimedReporter(rep)
+    with testhosts.inside(testhosts.HOST_B):
+        ls = remote.restore_remote(RemoteSource(f"{testhosts.ADDR_A}:{port}", secret.secret_path(images)),
+                                   demo.base / "b-restore", False, LazydOptions(), timed)
+    demo.trees.append(ls.pid)
+    resume_s = timed.seen["resumed"] - t0
+    _wait_delivered(demo)
+    gbps = (ls.drain_bytes + ls.fault_bytes) / max(ls.resident_s or 0.0, 1e-6) / 1e9
+    rep.progress(f"resumed on B {resume_s:.3f} s after the checkpoint started; every page there "
+                 f"{ls.resident_s:.3f} s later; {ls.faults} faults (p99 {ls.lat_p99_us:.0f} us)")
+    return ls.pid, {"resume_s": resume_s, "resident_s": ls.resident_s or 0.0, "gbps": gbps}
+
+
+def _start_migrate(demo: Demo, pid: int, images: Path) -> tuple[int, float]:
+    """`lazyrestore migrate` on host A in the background; the page server's port, and when the checkpoint
+    started (its "started" event: the interpreter's start-up is not counted, as in the eager case)."""
+    cmd = [sys.executable, "-m", "lazyrestore.cli", "migrate", "--pid", str(pid), "--images", str(images),
+           "--listen", f"{testhosts.ADDR_A}:0", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            text=True, preexec_fn=testhosts.enter(testhosts.HOST_A))
+    demo.servers.append(proc)
+    assert proc.stdout is not None
+    started = time.monotonic()
+    for line in proc.stdout:
+        ev = json.loads(line)
+        if ev.get("event") == "started":
+            started = time.monotonic()
+        if ev.get("event") == "listening":
+            demo.trees.remove(pid)  # checkpointed: the source tree is gone
+            return int(ev["port"]), started
+        if ev.get("event") == "error":
+            raise DaemonFailed(f"lazyrestore migrate on host A failed: {ev.get('message')}")
+    raise DaemonFailed(f"lazyrestore migrate on host A exited ({proc.wait()}) before serving")
+
+
+def _wait_delivered(demo: Demo) -> None:
+    proc = demo.servers[-1]
+    out, _ = proc.communicate(timeout=60)
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    if proc.returncode != 0 or not any(e.get("event") == "server_delivered" for e in events):
+        raise DaemonFailed(f"the page server on A did not report the delivery (exit {proc.returncode})")
+
+
+def _migrate_eagerly(demo: Demo, w: sample.Workload) -> tuple[int, dict[str, float]]:
+    rep = demo.rep
+    rep.progress("eager migration B -> A: checkpoint on B, copy of the images to A, restore on A")
+    t0 = time.monotonic()
+    with testhosts.inside(testhosts.HOST_B):
+        checkpoint.checkpoint(w.pid, demo.base / "b-images", False, False, rep)
+    demo.trees.remove(w.pid)
+    t1 = time.monotonic()
+    shutil.copytree(demo.base / "b-images", demo.base / "a-copy")  # the kernel copies (copy_file_range)
+    t2 = time.monotonic()
+    with testhosts.inside(testhosts.HOST_A):
+        s = restore.restore(demo.base / "a-copy", rep)
+    demo.trees.append(s.pid)
+    t3 = time.monotonic()
+    rep.progress(f"resumed on A {t3 - t0:.3f} s after the checkpoint started, every page already in place")
+    return s.pid, {"resume_s": t3 - t0, "checkpoint_s": t1 - t0, "copy_s": t2 - t1, "restore_s": t3 - t2}
 
 
 def _compare(rep: Reporter, when: str, before: dict[str, sample.Report], restored: sample.Workload) -> bool:
     after = restored.request_report()
-    _show(rep, when, after)
+    _show(rep, when, after, restored)
     return all(before[r].checksum == after[r].checksum for r in before)
+
+
+def _show(rep: Reporter, when: str, reports: dict[str, sample.Report], w: sample.Workload) -> None:
+    for role, r in sorted(reports.items()):
+        rep.result(f"  {when:<32} {role:<5} checksum {r.checksum} ({r.mib} MiB)", "checksum",
+                   when=when, role=role, checksum=r.checksum, mib=r.mib)
+    beat = w.last_heartbeat()
+    if beat:
+        rep.progress(f"the workload's last heartbeat: {beat}")
+
+
+def _clean_up(demo: Demo, remove_base: bool) -> None:
+    for proc in demo.servers:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # `migrate` stops its lr-pageserver
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+    for pid in demo.trees:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in demo.trees:
+        _wait_gone(pid)
+    testhosts.down()
+    if remove_base:
+        shutil.rmtree(demo.base, ignore_errors=True)
 
 
 def _wait_gone(pid: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while procs.is_running(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-
-
-def _show(rep: Reporter, when: str, reports: dict[str, sample.Report]) -> None:
-    for role, r in sorted(reports.items()):
-        rep.result(f"  {when:<20} {role:<5} checksum {r.checksum} ({r.mib} MiB)", "checksum",
-                   when=when, role=role, checksum=r.checksum, mib=r.mib)

@@ -62,6 +62,11 @@ class Workload:
             time.sleep(0.05)
         raise LazyRestoreError(f"workload {self.pid} did not report {self.roles} within {timeout:.0f} s; log {self.log}")
 
+    def last_heartbeat(self) -> str | None:
+        """The newest "heartbeat ..." line of the log (lr-workload --heartbeat), or None."""
+        beats = [ln for ln in self.lines() if ln.startswith("heartbeat ")]
+        return beats[-1] if beats else None
+
     def lines(self) -> list[str]:
         return self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
 
@@ -102,12 +107,12 @@ class Workload:
 
 
 def start(workdir: Path, mib: int, threads: int = 0, children: int = 0, child_mib: int = 16,
-          timeout: float = 120.0, scanners: int = 0) -> Workload:
+          timeout: float = 120.0, scanners: int = 0, heartbeat: int = 0) -> Workload:
     """Start the workload and wait until every process has filled its memory and reported once."""
     binary = native_binary("lr-workload")
     log = workdir / "app.log"
     args = [str(binary), "--mib", str(mib), "--threads", str(threads), "--children", str(children),
-            "--child-mib", str(child_mib), "--scanners", str(scanners)]
+            "--child-mib", str(child_mib), "--scanners", str(scanners), "--heartbeat", str(heartbeat)]
     script = f"exec {shlex.join(args)} > {shlex.quote(str(log))} 2>&1"
     with open(workdir / "unshare.log", "wb") as ulog:
         unshare = subprocess.Popen(["unshare", "-p", "-f", "setsid", "sh", "-c", script],

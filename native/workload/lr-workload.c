@@ -31,7 +31,9 @@
  * --children N (forked after the fill; each adds --child-mib N of its own),
  * --seed N, --scanners N (threads that keep comparing the main region with the
  * model, printing "scan thread=T pass=P ok" at most once a second and
- * "scan thread=T BAD page=INDEX addr=0xADDR" on mismatches). Hidden:
+ * "scan thread=T BAD page=INDEX addr=0xADDR" on mismatches), --heartbeat S (the
+ * main process prints "heartbeat HH:MM:SS role=main checksum=HEX16 mib=M" every
+ * S seconds). Hidden:
  * --selftest-corrupt flips a byte of page 5 after the fill, behind the model's
  * back. Exits 0 on SIGUSR2 (SIGTERM is ignored by a pid-namespace init).
  */
@@ -74,7 +76,7 @@ struct model {
 };
 
 struct options {
-	unsigned long mib, child_mib, threads, children, scanners;
+	unsigned long mib, child_mib, threads, children, scanners, heartbeat_s;
 	uint64_t seed;
 	int corrupt;
 };
@@ -86,6 +88,7 @@ struct proc {
 	int nmodels, is_main;
 	unsigned long mib, seq;
 	unsigned forks, done;
+	unsigned long heartbeat_s; /* main: print a heartbeat this often (0: never) */
 };
 
 struct scanner {
@@ -573,13 +576,33 @@ static void *ticker(void *arg)
 	return NULL;
 }
 
-static void report(struct proc *p)
+static uint64_t proc_checksum(struct proc *p)
 {
 	uint64_t h = 0xCBF29CE484222325ULL;
 	for (int i = 0; i < p->nmodels; i++)
 		h = model_checksum(p->models[i], h);
-	say("report role=%s pid=%d seq=%lu checksum=%016" PRIx64 " mib=%lu\n", p->role, getpid(), ++p->seq, h,
-	    p->mib);
+	return h;
+}
+
+static void report(struct proc *p)
+{
+	say("report role=%s pid=%d seq=%lu checksum=%016" PRIx64 " mib=%lu\n", p->role, getpid(), ++p->seq,
+	    proc_checksum(p), p->mib);
+}
+
+/* --heartbeat: the checksum over all memory now and then, with the wall-clock time. */
+static void heartbeat(struct proc *p, uint64_t *next)
+{
+	uint64_t now = now_ms();
+	if (!p->heartbeat_s || now < *next)
+		return;
+	*next = now + p->heartbeat_s * 1000;
+	time_t t = time(NULL);
+	struct tm tm;
+	char when[16] = "?";
+	if (localtime_r(&t, &tm))
+		strftime(when, sizeof(when), "%H:%M:%S", &tm);
+	say("heartbeat %s role=%s checksum=%016" PRIx64 " mib=%lu\n", when, p->role, proc_checksum(p), p->mib);
 }
 
 /* Collect exited children (fork op children may sit as zombies until here). */
@@ -603,8 +626,10 @@ static int take(int sig)
 
 static void serve(struct proc *p)
 {
+	uint64_t next_beat = 0;
 	report(p);
 	while (!stop_requested) {
+		heartbeat(p, &next_beat);
 		if (report_requested) {
 			report_requested = 0;
 			report(p);
@@ -637,8 +662,10 @@ static int set_option(struct options *o, const char *name, unsigned long v)
 	else if (!strcmp(name, "--children")) o->children = v;
 	else if (!strcmp(name, "--seed")) o->seed = v;
 	else if (!strcmp(name, "--scanners")) o->scanners = v;
+	else if (!strcmp(name, "--heartbeat")) o->heartbeat_s = v;
 	else {
-		fprintf(stderr, "lr-workload: unknown option %s (expected --mib, --child-mib, --threads, --children, --seed, --scanners)\n", name);
+		fprintf(stderr, "lr-workload: unknown option %s (expected --mib, --child-mib, --threads, --children, --seed, "
+			"--scanners, --heartbeat)\n", name);
 		return -1;
 	}
 	return 0;
@@ -735,7 +762,8 @@ int main(int argc, char **argv)
 		main_model->seg[0].addr[5 * PAGE + 123] ^= 0x5A;
 	if (fork_children(&o, main_model) || start_threads(o.threads) || start_scanners(main_model, o.scanners))
 		return 1;
-	struct proc p = {.role = "main", .models = {main_model}, .nmodels = 1, .is_main = 1, .mib = o.mib};
+	struct proc p = {.role = "main", .models = {main_model}, .nmodels = 1, .is_main = 1, .mib = o.mib,
+			 .heartbeat_s = o.heartbeat_s};
 	serve(&p);
 	while (wait(NULL) > 0 || errno == EINTR)
 		;
