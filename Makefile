@@ -68,9 +68,15 @@ $(NATIVE)/san/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 # Eager restore, CRIU's local lazy mode and lr-lazyd side by side; writes BENCHMARKS.md.
 # About 20 minutes, 6 of them waiting on CRIU's 4 GiB scanning case; `make bench BENCH_ARGS=--quick` for a smoke run.
 BENCH_ARGS ?= --repeat 3 --drain-timeout 120
+# Then remote migration (lazyrestore migrate/restore --from, CRIU's remote lazy mode, eager checkpoint + copy +
+# restore) at 1 and 4 GiB on loopback and between the test hosts; rewrites only BENCHMARKS.md's remote section and
+# bench/remote_results.json. About 30 minutes (CRIU's remote drain runs into its 120 s limit at 4 GiB);
+# REMOTE_BENCH_ARGS=--quick for a smoke run (256 MiB, 1 repeat, loopback).
+REMOTE_BENCH_ARGS ?= --repeat 3
 .PHONY: bench
 bench: build
 	$(VENV)/bin/python bench/run_bench.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/run_remote_bench.py $(REMOTE_BENCH_ARGS)
 
 # --- C unit tests (ASan + UBSan), run by tests/unit/test_native.py ------------
 TEST_SANFLAGS := $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC)

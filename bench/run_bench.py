@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any
 
 import bench_report
+from bench_markers import keep_remote
 from bench_methods import METHODS, BaselineTimedOut, MethodFailed, Target, lazyrestore_cmd
 from bench_procs import DRAIN_TIMEOUT_S, TIMEOUT_S, become_subreaper, kill_and_wait, kill_descendants, run_json
 
@@ -258,7 +259,9 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]],
                   checkpoints: list[dict[str, Any]], fills: list[dict[str, Any]]) -> None:
     med = bench_report.medians(records)
-    args.out.write_text(bench_report.render(meta, records, checkpoints, med, fills))
+    previous = args.out.read_text() if args.out.exists() else ""
+    # The remote-migration section (run_remote_bench.py) survives this rewrite.
+    args.out.write_text(keep_remote(previous, bench_report.render(meta, records, checkpoints, med, fills)))
     medians_json = [{"kind": k, "size_mib": s, "method": m, **v} for (k, s, m), v in sorted(med.items())]
     args.json_out.write_text(json.dumps({"meta": meta, "checkpoints": checkpoints, "runs": records, "fill_rates": fills,
                                          "medians": medians_json}, indent=2) + "\n")

@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""`make bench`, part 2: migrating a running workload to another host, lazily and eagerly, side by side.
+
+For each size, repeat, network (loopback; the two test hosts A -> B) and method
+(lazyrestore migrate + restore --from; CRIU's own remote lazy mode; eager
+checkpoint + copy + restore), in an order that rotates between repeats: start a
+fresh sample workload with 2 scanner threads, take its checksum, migrate it,
+check the restored memory against the checksum, kill the tree. Writes the
+"Remote migration" section of BENCHMARKS.md (between its markers; the rest of
+the file is left alone) and bench/remote_results.json. Exits 1 if any migration
+failed or any checksum differed, 130 on Ctrl-C (or SIGTERM), after killing every
+process it started, removing its dirs in /dev/shm and the test hosts, and putting
+fs.pipe-max-size back. CRIU's daemon running out of --drain-timeout is a bound, not a failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import remote_report
+from bench_markers import put_remote
+from bench_methods import MethodFailed
+from bench_procs import become_subreaper, kill_and_wait, kill_descendants
+from remote_methods import LABELS, METHODS, RemoteTimedOut, Source, start_source
+from remote_procs import CRIU_PIPE_MAX, HOSTS, LOOPBACK, NETWORKS, PIPE_MAX_SIZE, Network, hosts_up, loopback, shielded
+
+from pyroute2 import netns
+
+from lazyrestore import criu, sample, testhosts
+from lazyrestore.errors import LazyRestoreError
+from lazyrestore.restore import SETTLE_S
+from run_bench import csv_ints
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+SHM = Path("/dev/shm")
+SCRATCH_PREFIX = "lazyrestore-remote-bench-"
+DEFAULT_SIZES = (1024, 4096)
+DRAIN_TIMEOUT_S = 120
+REPORT_TIMEOUT_S = 300.0
+ERRORS = (LazyRestoreError, subprocess.SubprocessError, TimeoutError, OSError, KeyError, ValueError, TypeError)
+
+
+def log(text: str) -> None:
+    print(f"remote-bench: {text}", flush=True)
+
+
+# --- options ---------------------------------------------------------------------
+
+def csv_choice(choices: tuple[str, ...]) -> Any:
+    def parse(text: str) -> list[str]:
+        got = [x.strip() for x in text.split(",") if x.strip()]
+        if not got or any(x not in choices for x in got):
+            raise argparse.ArgumentTypeError(f"expected a list from {','.join(choices)}, got {text!r}")
+        return got
+    return parse
+
+
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=csv_ints, default=list(DEFAULT_SIZES), help="workload sizes in MiB (1024,4096)")
+    p.add_argument("--networks", type=csv_choice(NETWORKS), default=list(NETWORKS),
+                   help="loopback (127.0.0.1) and/or hosts (test hosts A -> B) (both)")
+    p.add_argument("--methods", type=csv_choice(tuple(METHODS)), default=list(METHODS),
+                   help=f"methods ({','.join(METHODS)})")
+    p.add_argument("--repeat", type=positive, default=1, help="migrations per size, network and method (median)")
+    p.add_argument("--drain-timeout", type=positive, default=DRAIN_TIMEOUT_S,
+                   help="seconds from a lazy restore's start until every page must be resident (120); past it "
+                        "CRIU's daemon gets a bound, lazyrestore a failure")
+    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report (its remote section only)")
+    p.add_argument("--json-out", type=Path, default=BENCH_DIR / "remote_results.json", help="raw results")
+    p.add_argument("--quick", action="store_true", help="smoke run: 256 MiB, 1 repeat, loopback only")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeat, args.networks = [256], 1, [LOOPBACK]
+    return args
+
+
+# --- one migration ----------------------------------------------------------------
+
+def check_memory(src: Source, pid: int) -> tuple[str, dict[str, str]]:
+    """"ok", or what differed: the restored tree's checksums against the source's, BAD lines in the log."""
+    after = sample.Workload(pid, src.log, src.roles).request_report(timeout=REPORT_TIMEOUT_S)
+    got = {role: rep.checksum for role, rep in after.items()}
+    wrong = [f"{r} {src.checksums[r]} -> {got.get(r)}" for r in src.roles if got.get(r) != src.checksums[r]]
+    with open(src.log, "rb") as f:
+        f.seek(src.log_size)
+        bad = [ln for ln in f.read().decode(errors="replace").splitlines() if "BAD" in ln]
+    problems = ([f"checksum mismatch: {', '.join(wrong)}"] if wrong else []) + \
+               ([f"{len(bad)} BAD line(s), first: {bad[0]}"] if bad else [])
+    return ("; ".join(problems) or "ok"), got
+
+
+def migrate_once(rec: dict[str, Any], size: int, net: Network, method: str, scratch: Path,
+                 drain_timeout: float) -> int | None:
+    """Fill rec with one migration's figures and outcome; the restored root's pid (None if there is none)."""
+    try:
+        src = start_source(size, net, scratch)
+    except ERRORS as exc:
+        rec["error"] = f"workload did not start: {type(exc).__name__}: {exc}"
+        return None
+    try:
+        figures = METHODS[method](src, drain_timeout)
+    except RemoteTimedOut as exc:
+        rec.update(exc.figures, timed_out=True, checksum="not checked (timed out)", note=str(exc))
+        return rec.pop("pid", exc.pid)
+    except MethodFailed as exc:
+        rec["error"] = str(exc)
+        return exc.pid
+    except ERRORS as exc:
+        rec["error"] = f"{type(exc).__name__}: {exc}"
+        return None
+    pid = figures.pop("pid")
+    rec.update(figures)
+    try:
+        rec["checksum"], rec["checksums_after"] = check_memory(src, pid)
+    except ERRORS as exc:
+        rec["error"] = f"memory check: {type(exc).__name__}: {exc}"
+    return pid
+
+
+def measure(size: int, net: Network, method: str, repeat: int, order: int, drain_timeout: float) -> dict[str, Any]:
+    rec: dict[str, Any] = {"size_mib": size, "network": net.name, "method": method, "repeat": repeat,
+                           "order": order, "error": None, "checksum": None}
+    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=SHM))
+    pid = None
+    try:
+        pid = migrate_once(rec, size, net, method, scratch, drain_timeout)
+    finally:
+        with shielded():
+            if pid is not None and not kill_and_wait(pid):
+                rec["error"] = rec["error"] or f"restored root {pid} did not go away after SIGKILL"
+            leftovers = kill_descendants()
+            shutil.rmtree(scratch, ignore_errors=True)
+    if leftovers:
+        rec["leftover_pids_killed"] = leftovers
+    return rec
+
+
+def describe(rec: dict[str, Any]) -> str:
+    head = f"[{rec['size_mib']} MiB {rec['network']}] #{rec['repeat']} {rec['method']:<11}"
+    f = remote_report.fmt
+    if rec["error"]:
+        return f"{head} FAILED: {rec['error']}"
+    if rec.get("timed_out"):
+        return (f"{head} resume {f(rec['resume_s'])} s, TIMED OUT (resident > {f(rec['total_s'])} s, "
+                f"drain < {f(rec['drain_gbps'])} GB/s); memory not checked")
+    lat = "" if rec.get("lat_p50_us") is None else \
+        f", faults {rec['faults']} p50/p99 {rec['lat_p50_us']:.1f}/{rec['lat_p99_us']:.1f} us"
+    drain = "" if rec.get("drain_gbps") is None else f", drain {f(rec['drain_gbps'], 2)} GB/s"
+    parts = ", ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in rec.get("breakdown", {}).items())
+    return (f"{head} resume {f(rec['resume_s'])} s, resident {f(rec['total_s'])} s{drain}{lat}; "
+            f"memory {rec['checksum']}\n    ({parts})")
+
+
+def schedule(nets: list[Network], methods: list[str], rep: int) -> list[tuple[Network, str]]:
+    """Every (network, method) once; methods rotate and networks alternate between repeats."""
+    shift = rep % len(methods)
+    order_m = methods[shift:] + methods[:shift]
+    order_n = nets if rep % 2 == 0 else nets[::-1]
+    return [(n, m) for n in order_n for m in order_m]
+
+
+# --- main ---------------------------------------------------------------------
+
+MAIN_PID = os.getpid()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """Ctrl-C and SIGTERM unwind the bench (its finally blocks clean up). pyroute2 forks helpers that
+    run Python code (netns creation) and stops them with SIGTERM: such a copy of this process just exits,
+    and never runs the bench's cleanup (which would remove the test hosts from under the bench)."""
+    if os.getpid() != MAIN_PID:
+        os._exit(128 + signum)
+    raise KeyboardInterrupt
+
+
+def check_machine() -> str:
+    if os.geteuid() != 0:
+        raise SystemExit("remote-bench: must run as root (CRIU, network namespaces and the sysctl need it)")
+    if not SHM.is_dir():
+        raise SystemExit("remote-bench: /dev/shm (tmpfs) is missing")
+    return criu.find_criu().path
+
+
+def setup_networks(names: list[str], meta: dict[str, Any]) -> list[Network]:
+    nets = [loopback()] if LOOPBACK in names else []
+    if HOSTS in names:
+        if set(netns.listnetns()) & {testhosts.HOST_A, testhosts.HOST_B}:
+            prefix = os.environ.get("LAZYRESTORE_TESTHOSTS_PREFIX", "")
+            raise LazyRestoreError(f"test hosts {testhosts.HOST_A}/{testhosts.HOST_B} already exist (another bench "
+                                   f"run?); remove them with `LAZYRESTORE_TESTHOSTS_PREFIX={prefix} lazyrestore "
+                                   "testhosts down`, or run with --networks loopback")
+        meta["hosts"] = {"netem": None, "note": "being set up"}  # from here on, cleanup() removes them
+        net, meta["hosts"] = hosts_up()
+        log(f"test hosts up: {meta['hosts']['note']}")
+        nets.append(net)
+    meta["networks"] = {n.name: n.label for n in nets}
+    return nets
+
+
+def run_all(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    nets = setup_networks(args.networks, meta)
+    for size in args.sizes:
+        for rep in range(args.repeat):
+            for order, (net, method) in enumerate(schedule(nets, args.methods, rep)):
+                log(f"[{size} MiB {net.name}] #{rep} {LABELS[method]} ...")
+                rec = measure(size, net, method, rep, order, args.drain_timeout)
+                records.append(rec)
+                log(describe(rec))
+
+
+def cleanup(hosts: bool) -> None:
+    """Kill every process the bench started, remove leftover scratch dirs and the test hosts."""
+    with shielded():
+        kill_descendants()
+        for d in SHM.glob(f"{SCRATCH_PREFIX}*"):
+            shutil.rmtree(d, ignore_errors=True)
+        if hosts:
+            testhosts.down()
+
+
+def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
+    med = remote_report.medians(records)
+    previous = args.out.read_text() if args.out.exists() else ""
+    args.out.write_text(put_remote(previous, remote_report.render(meta, records, med)))
+    medians_json = [{"size_mib": s, "network": n, "method": m, **v} for (s, n, m), v in sorted(med.items())]
+    args.json_out.write_text(json.dumps({"meta": meta, "runs": records, "medians": medians_json}, indent=2) + "\n")
+    lines, _ = remote_report.goals(med, meta["sizes"], meta["networks"])
+    for line in lines:
+        if line:
+            log(line)
+    log(f"wrote the remote section of {args.out} and {args.json_out}")
+
+
+def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[str, Any]:
+    command = shlex.join([os.path.relpath(sys.executable, REPO), os.path.relpath(__file__, REPO), *argv])
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": args.sizes,
+            "methods": args.methods, "repeat": args.repeat, "drain_timeout_s": args.drain_timeout,
+            "command": command, "machine": remote_report.machine(criu_path, REPO),
+            "pipe_max_size": int(PIPE_MAX_SIZE.read_text()), "criu_pipe_max": CRIU_PIPE_MAX,
+            "criu_log_level": criu.log_level(), "settle_s": SETTLE_S, "hosts": None,
+            "host_a": testhosts.HOST_A, "addr_a": testhosts.ADDR_A, "host_b": testhosts.HOST_B,
+            "addr_b": testhosts.ADDR_B}
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    criu_path = check_machine()
+    become_subreaper()
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    meta = new_meta(args, argv, criu_path)
+    records: list[dict[str, Any]] = []
+    log(f"sizes {args.sizes} MiB, networks {args.networks}, methods {args.methods}, {args.repeat} repeat(s)")
+    try:
+        run_all(args, meta, records)
+    except LazyRestoreError as exc:
+        log(f"cannot run: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted: every started process killed, scratch dirs and test hosts removed, "
+            "fs.pipe-max-size put back; nothing written")
+        return 130
+    finally:
+        cleanup(meta["hosts"] is not None)
+    write_outputs(args, meta, records)
+    failed = [r for r in records if remote_report.run_failed(r)]
+    if failed:
+        log(f"{len(failed)} failed migration(s) or checksum mismatch(es): see {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
