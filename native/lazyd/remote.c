@@ -18,7 +18,7 @@
 #define LR_BACKOFF_MIN_MS 100
 #define LR_BACKOFF_MAX_MS 2000
 #define LR_IO_TIMEOUT_MS 10000
-#define LR_CHAN_BATCH (2u << 20)        /* bytes of frames handled per wakeup before faults get a turn */
+#define LR_CHAN_BATCH (256u << 10)      /* bytes of frames handled per wakeup before faults get a turn */
 
 static int send_frame(struct lr_lazyd *d, int fd, uint16_t type, const void *p, uint32_t len, struct lr_error *err)
 {
