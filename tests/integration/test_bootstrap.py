@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -29,15 +30,20 @@ def test_second_bootstrap_is_fast_and_changes_nothing() -> None:
     assert criu.parse_version(subprocess.run([binary.path, "--version"], capture_output=True, text=True).stdout) >= (4, 1)
 
 
-def test_demo_round_trip() -> None:
+def test_demo_migrates_between_test_hosts_and_cleans_up() -> None:
+    env = {**os.environ, "LAZYRESTORE_TESTHOSTS_PREFIX": "lrdemo"}  # apart from the other tests' hosts
+    shm_before = set(os.listdir("/dev/shm"))
     out = subprocess.run([str(REPO_ROOT / ".venv" / "bin" / "lazyrestore"), "demo", "--mib", "128", "--json"],
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
-    import json
     events = [json.loads(line) for line in out.stdout.splitlines()]
     sums = {(e["when"], e["role"]): e["checksum"] for e in events if e["event"] == "checksum"}
-    assert sums[("before checkpoint", "main")] == sums[("after eager restore", "main")]
-    assert sums[("before checkpoint", "main")] == sums[("after lazy restore", "main")]
+    before = sums[("before migrating", "main")]
+    assert sums[("on B after the lazy migration", "main")] == before
+    assert sums[("on A after the eager migration", "main")] == before
     final = events[-1]
     assert final["event"] == "summary" and final["match"] is True
-    assert final["lazy_resume_s"] > 0 and final["lazy_resident_s"] > 0
+    assert final["lazy"]["resume_s"] > 0 and final["lazy"]["resident_s"] > 0 and final["eager"]["resume_s"] > 0
+    assert "resumed" in {e["event"] for e in events} and "fetched" in {e["event"] for e in events}
+    assert not any(n.startswith("lrdemo-") for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []))
+    assert not [n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("lazyrestore-demo-")]

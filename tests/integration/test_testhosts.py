@@ -123,7 +123,7 @@ def test_inside_restores_the_namespace(hosts_down: None) -> None:
     with pytest.raises(RuntimeError):
         with testhosts.inside(HOST_A):
             assert _netns_inode() != before
-            assert os.path.exists("/proc/sys/net/ipv4/conf/lr-veth-a")
+            assert os.path.exists(f"/proc/sys/net/ipv4/conf/{testhosts.VETH_A}")
             raise RuntimeError("boom")
     assert _netns_inode() == before
 
