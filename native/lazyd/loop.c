@@ -21,6 +21,16 @@ int lr_loop_del(int epfd, struct lr_fdrec *rec, struct lr_error *err)
 	return 0;
 }
 
+static int dispatch(void *ctx, const struct epoll_event *ev, struct lr_error *err)
+{
+	struct lr_fdrec *rec = ev->data.ptr;
+	if (ev->events & EPOLLIN)
+		return rec->on_read(ctx, rec, err);
+	if ((ev->events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) && rec->on_hup)
+		return rec->on_hup(ctx, rec, err);
+	return 0;
+}
+
 int lr_loop_run_once(int epfd, void *ctx, int timeout_ms, struct lr_error *err)
 {
 	struct epoll_event evs[LR_LOOP_BATCH];
@@ -28,15 +38,9 @@ int lr_loop_run_once(int epfd, void *ctx, int timeout_ms, struct lr_error *err)
 
 	if (n < 0)
 		return errno == EINTR ? 0 : lr_error_set(err, errno, "epoll_wait");
-	for (int i = 0; i < n; i++) {
-		struct lr_fdrec *rec = evs[i].data.ptr;
-		if (evs[i].events & EPOLLIN) {
-			if (rec->on_read(ctx, rec, err))
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < n; i++)
+			if (((struct lr_fdrec *)evs[i].data.ptr)->background == (pass == 1) && dispatch(ctx, &evs[i], err))
 				return -1;
-		} else if (evs[i].events & (EPOLLHUP | EPOLLERR | EPOLLRDHUP)) {
-			if (rec->on_hup && rec->on_hup(ctx, rec, err))
-				return -1;
-		}
-	}
 	return n;
 }

@@ -305,7 +305,7 @@ static int start_listening(struct lr_lazyd *d, struct lr_error *err)
 	d->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (d->epfd < 0)
 		return lr_error_set(err, errno, "epoll_create1");
-	d->listen_rec = (struct lr_fdrec){d->listen_fd, lr_conn_on_listen, NULL};
+	d->listen_rec = (struct lr_fdrec){.fd = d->listen_fd, .on_read = lr_conn_on_listen};
 	if (lr_loop_add(d->epfd, &d->listen_rec, err))
 		return -1;
 	if (d->cfg.guard && d->guard_fd < 0 && lr_guard_fork(&d->guard_fd, err))

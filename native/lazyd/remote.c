@@ -18,7 +18,7 @@
 #define LR_BACKOFF_MIN_MS 100
 #define LR_BACKOFF_MAX_MS 2000
 #define LR_IO_TIMEOUT_MS 10000
-#define LR_CHAN_BATCH (256u << 10)      /* bytes of frames handled per wakeup before faults get a turn */
+#define LR_CHAN_BATCH (64u << 10)       /* bytes of frames handled per wakeup before faults get a turn */
 
 static int send_frame(struct lr_lazyd *d, int fd, uint16_t type, const void *p, uint32_t len, struct lr_error *err)
 {
@@ -260,6 +260,7 @@ static int add_channels(struct lr_lazyd *d, struct lr_error *err)
 	struct lr_remote *r = d->remote;
 	r->urgent.rec.on_read = r->urgent.rec.on_hup = on_urgent;
 	r->bulk.rec.on_read = r->bulk.rec.on_hup = on_bulk;
+	r->bulk.rec.background = true;
 	if (lr_loop_add(d->epfd, &r->urgent.rec, err) || lr_loop_add(d->epfd, &r->bulk.rec, err))
 		return -1;
 	r->connected = true;

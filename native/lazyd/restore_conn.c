@@ -76,7 +76,7 @@ int lr_conn_on_listen(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
 	if (rc <= 0)
 		return rc;
 	d->connected = true;
-	d->conn_rec = (struct lr_fdrec){d->conn.fd, on_conn_read, on_conn_hup};
+	d->conn_rec = (struct lr_fdrec){.fd = d->conn.fd, .on_read = on_conn_read, .on_hup = on_conn_hup};
 	lr_log(d, 1, "CRIU restore connected; expecting %u task(s)", d->index.hdr->task_count);
 	return lr_loop_add(d->epfd, &d->conn_rec, err);
 }

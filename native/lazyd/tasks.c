@@ -45,7 +45,7 @@ int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const
 		free(t);
 		return t ? -1 : lr_error_set(err, ENOMEM, "task of pid %d", pid);
 	}
-	t->rec = (struct lr_fdrec){uffd, lr_serve_uffd, NULL};
+	t->rec = (struct lr_fdrec){.fd = uffd, .on_read = lr_serve_uffd};
 	t->pid = pid;
 	t->host_pid = host_pid;
 	t->novma_at_events = UINT64_MAX;
