@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from remote_methods import LABELS, METHODS, SCANNERS
-from bench_report import run_censored, run_failed, run_ok  # the local bench's rules
+from bench_report import fmt, fmt_ratio, ratio, run_censored, run_failed, run_ok  # the local bench's
 
 Record = dict[str, Any]
 Key = tuple[int, str, str]  # (size_mib, network, method)
@@ -94,18 +94,6 @@ def medians(records: list[Record]) -> Medians:
 def _median(values: list[float | None]) -> float | None:
     got = [v for v in values if v is not None]
     return statistics.median(got) if got else None
-
-
-def ratio(num: float | None, den: float | None) -> float | None:
-    return num / den if num is not None and den else None
-
-
-def fmt(x: float | None, digits: int = 3, bound: str = "") -> str:
-    return "n/a" if x is None else f"{bound}{x:.{digits}f}"
-
-
-def fmt_ratio(x: float | None, bound: str = "") -> str:
-    return "n/a" if x is None else f"{bound}{x:.2f}×"
 
 
 def drain_vs_criu(med: Medians, size: int, net: str) -> tuple[float | None, str]:

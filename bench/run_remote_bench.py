@@ -41,7 +41,7 @@ from pyroute2 import netns
 from lazyrestore import criu, sample, testhosts
 from lazyrestore.errors import LazyRestoreError
 from lazyrestore.restore import SETTLE_S
-from run_bench import csv_ints
+from run_bench import csv_ints, positive
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -66,12 +66,6 @@ def csv_choice(choices: tuple[str, ...]) -> Any:
             raise argparse.ArgumentTypeError(f"expected a list from {','.join(choices)}, got {text!r}")
         return got
     return parse
-
-
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
