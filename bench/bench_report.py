@@ -165,7 +165,7 @@ def checkpoint_table(checkpoints: list[Record]) -> str:
     return "\n".join(lines)
 
 
-def _outcome(r: Record) -> str:
+def outcome(r: Record) -> str:
     if r.get("error") is not None:
         return f"**FAILED: {r['error']}**"
     if run_censored(r):
@@ -181,7 +181,7 @@ def runs_table(records: list[Record]) -> str:
         over, under = ("> ", "< ") if run_censored(r) else ("", "")
         lines.append(f"| {r['kind']} | {r['size_mib']} MiB | {r['repeat']} | {r['order']} | {LABELS[r['method']]} "
                      f"| {fmt(f.get('resume_s'))} | {fmt(f.get('resident_s'), 3, over)} "
-                     f"| {fmt(f.get('drain_gbps'), 2, under)} | {_outcome(r)} |")
+                     f"| {fmt(f.get('drain_gbps'), 2, under)} | {outcome(r)} |")
     return "\n".join(lines)
 
 

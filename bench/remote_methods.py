@@ -18,7 +18,6 @@ CRIU's daemon still placing pages at the drain time limit raises RemoteTimedOut 
 from __future__ import annotations
 
 import os
-import select
 import shutil
 import subprocess
 import time
@@ -32,6 +31,7 @@ from bench_procs import TIMEOUT_S, is_alive, kill_and_wait, wait_exit_rusage, wa
 from remote_procs import JsonProc, Network, finish, pipe_max_size, wait_event
 
 from lazyrestore import criu, images, sample
+from lazyrestore.procs import ready_byte
 from lazyrestore.manifest import META_DIR
 from lazyrestore.restore import SETTLE_S
 from lazyrestore.secret import SECRET_NAME
@@ -225,12 +225,7 @@ def _start_with_status(args: list[str], stderr: Path, preexec: Callable[[], None
         proc = subprocess.Popen([*args, "--status-fd", str(status_w)], pass_fds=(status_w,), preexec_fn=preexec,
                                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, start_new_session=True)
     os.close(status_w)
-    try:
-        ready, _, _ = select.select([status_r], [], [], timeout)
-        got = os.read(status_r, 1) if ready else b""
-    finally:
-        os.close(status_r)
-    if got != b"\0":
+    if not ready_byte(status_r, timeout):
         kill_and_wait(proc.pid)
         raise MethodFailed(f"{what} did not get ready: {' | '.join(criu.log_excerpt(log, limit=4))}")
     return proc

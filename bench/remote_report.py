@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from remote_methods import LABELS, METHODS, SCANNERS
-from bench_report import fmt, fmt_ratio, ratio, run_censored, run_failed, run_ok  # the local bench's
+from bench_report import fmt, fmt_ratio, outcome, ratio, run_censored, run_failed, run_ok
 
 Record = dict[str, Any]
 Key = tuple[int, str, str]  # (size_mib, network, method)
@@ -149,14 +149,6 @@ def breakdown_table(med: Medians, sizes: list[int], nets: dict[str, str]) -> str
     return "\n".join(lines)
 
 
-def _outcome(r: Record) -> str:
-    if r.get("error") is not None:
-        return f"**FAILED: {r['error']}**"
-    if run_censored(r):
-        return f"timed out: {r['note']}; memory not checked"
-    return r["checksum"] if r["checksum"] == "ok" else f"**{r['checksum']}**"
-
-
 def runs_table(records: list[Record], nets: dict[str, str]) -> str:
     lines = ["| size | network | repeat | order | method | resume (s) | resident (s) | drain (GB/s) "
              "| fault p99 (µs) | outcome |", "|---:|---|---:|---:|---|---:|---:|---:|---:|---|"]
@@ -164,7 +156,7 @@ def runs_table(records: list[Record], nets: dict[str, str]) -> str:
         over, under = ("> ", "< ") if run_censored(r) else ("", "")
         lines.append(f"| {r['size_mib']} MiB | {nets.get(r['network'], r['network'])} | {r['repeat']} | {r['order']} "
                      f"| {LABELS[r['method']]} | {fmt(r.get('resume_s'))} | {fmt(r.get('total_s'), 3, over)} "
-                     f"| {fmt(r.get('drain_gbps'), 3, under)} | {fmt(r.get('lat_p99_us'), 1)} | {_outcome(r)} |")
+                     f"| {fmt(r.get('drain_gbps'), 3, under)} | {fmt(r.get('lat_p99_us'), 1)} | {outcome(r)} |")
     return "\n".join(lines)
 
 

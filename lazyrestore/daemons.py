@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DaemonFailed
+from .procs import ready_byte
 from .paths import native_binary
 
 LAZYD_LOG = "lazyd.log"
@@ -80,12 +80,7 @@ class Lazyd:
         self._wait_listening(status_r, 30.0 if source is None else 30.0 + 4 * source.timeout_s)
 
     def _wait_listening(self, status_r: int, timeout: float) -> None:
-        try:
-            ready, _, _ = select.select([status_r], [], [], timeout)
-            got = os.read(status_r, 1) if ready else b""
-        finally:
-            os.close(status_r)
-        if got != b"\0":
+        if not ready_byte(status_r, timeout):
             self.stop()
             what = "did not start listening" if self.source is None else \
                 f"could not fetch the checkpoint from {self.source.address}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 from pathlib import Path
 
 from .errors import NotPermitted, ProcessError
@@ -68,3 +69,13 @@ def check_checkpointable(pid: int, allow_host_pids: bool) -> None:
         f"CRIU restores pids as they were, so a restore on this host would collide with pids in use. "
         f"{START_HINT}; or pass --allow-host-pids to checkpoint it anyway (for restore on another host)"
     )
+
+
+def ready_byte(status_r: int, timeout: float) -> bool:
+    """Wait up to timeout seconds for a daemon's "ready" byte (a NUL, as CRIU's --status-fd writes) on
+    the read end of a pipe; closes it. False when the daemon exited or stayed silent."""
+    try:
+        ready, _, _ = select.select([status_r], [], [], timeout)
+        return (os.read(status_r, 1) if ready else b"") == b"\0"
+    finally:
+        os.close(status_r)

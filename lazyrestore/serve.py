@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import time
@@ -25,6 +24,7 @@ from .errors import DaemonFailed, ImagesDirError, LazyRestoreError
 from .manifest import META_DIR
 from .output import Reporter
 from .paths import native_binary
+from .procs import ready_byte
 from .remote import parse_address
 from .restore import RUNS_DIR
 from .verify import verify_for_lazy
@@ -52,12 +52,7 @@ class PageServer:
         self.port = self._wait_listening(status_r)
 
     def _wait_listening(self, status_r: int) -> int:
-        try:
-            ready, _, _ = select.select([status_r], [], [], START_TIMEOUT_S)
-            got = os.read(status_r, 1) if ready else b""
-        finally:
-            os.close(status_r)
-        if got != b"\0":
+        if not ready_byte(status_r, START_TIMEOUT_S):
             self.stop()
             raise DaemonFailed(f"lr-pageserver did not start: {self.log_tail()}; log {self.log}")
         for ev in self._lines:
