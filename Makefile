@@ -12,9 +12,9 @@ all: build
 bootstrap:
 	bash scripts/bootstrap.sh
 
-build: bootstrap native
+build: bootstrap native plugin
 
-native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index
+native: $(NATIVE)/lazyrestore_plugin.so $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index
 
 $(NATIVE)/lr-workload: native/workload/lr-workload.c
 	@mkdir -p $(@D)
@@ -36,6 +36,22 @@ demo: build
 
 clean:
 	rm -rf build
+
+# --- the CRIU plugin (criu-plugin/), built against the CRIU tree the bootstrap built -----------------------
+# CRIU loads every .so in $(PLUGIN_DIR) into each dump and restore; the plugin runs this checkout's lazyrestore.
+CRIU_TREE  ?= /var/cache/lazyrestore/criu-4.1.1
+PLUGIN_DIR ?= /usr/lib/criu
+PLUGIN_INC := -I$(CRIU_TREE)/compel/include/uapi -iquote $(CRIU_TREE)/include -iquote $(CRIU_TREE)/criu/include \
+	-iquote $(CRIU_TREE)/criu/arch/x86/include -iquote $(CRIU_TREE)
+.PHONY: plugin
+plugin: $(PLUGIN_DIR)/lazyrestore_plugin.so
+
+$(NATIVE)/lazyrestore_plugin.so: criu-plugin/lazyrestore_plugin.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -shared -fPIC $(PLUGIN_INC) -DLR_HOOK_COMMAND='"$(CURDIR)/$(VENV)/bin/lazyrestore"' -o $@ $<
+
+$(PLUGIN_DIR)/lazyrestore_plugin.so: $(NATIVE)/lazyrestore_plugin.so
+	install -D -m 0644 $< $@
 
 # --- lr-pageserver -----------------------------------------------------------
 PS_SRC := $(wildcard native/pageserver/*.c) native/common/error.c native/common/index.c native/common/auth.c \

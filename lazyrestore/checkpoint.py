@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +53,20 @@ def prepare_dir(images_dir: Path) -> None:
     images_dir.mkdir(mode=0o700)
 
 
+@contextmanager
+def plugin_off() -> Iterator[None]:
+    """CRIU runs started here skip lazyrestore's CRIU plugin: this code indexes the checkpoint itself."""
+    old = os.environ.get("LAZYRESTORE_PLUGIN")
+    os.environ["LAZYRESTORE_PLUGIN"] = "off"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["LAZYRESTORE_PLUGIN"]
+        else:
+            os.environ["LAZYRESTORE_PLUGIN"] = old
+
+
 def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: bool) -> None:
     """One CRIU dump through RPC; CriuFailed quotes the log on failure."""
     client = pycriu.criu()
@@ -62,7 +78,8 @@ def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: boo
         client.opts.log_file = DUMP_LOG
         client.opts.log_level = binary.log_level
         client.opts.leave_running = leave_running
-        client.dump()
+        with plugin_off():
+            client.dump()
     except pycriu.CRIUException as exc:
         raise criu.failure("dump", exc, images_dir / DUMP_LOG) from exc
     finally:

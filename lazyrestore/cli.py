@@ -10,7 +10,7 @@ from typing import Callable
 
 import os
 
-from . import checkpoint, inspection, lazy, remote, restore, serve, status
+from . import checkpoint, hook, inspection, lazy, remote, restore, serve, status
 from .daemons import LazydOptions, RemoteSource
 from .errors import DaemonFailed, LazyRestoreError, UsageError
 from .output import Reporter
@@ -57,6 +57,8 @@ def power_of_two_size(text: str) -> int:
 
 
 def cmd_restore(args: argparse.Namespace, rep: Reporter) -> int:
+    if args.prepare:
+        return prepare_restore(args, rep)
     if (args.images is None) == (args.source is None):
         raise UsageError("restore needs either --images DIR (a local checkpoint) or --from HOST:PORT (a page server)")
     if args.source is not None:
@@ -88,8 +90,41 @@ def restore_from(args: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
+def prepare_restore(args: argparse.Namespace, rep: Reporter) -> int:
+    """restore --prepare: fetch a served checkpoint's metadata into --images and describe its source there,
+    so that a runtime's `criu restore --lazy-pages` (e.g. `runc restore --lazy-pages`) restores it lazily."""
+    if args.source is None or args.secret_file is None or args.images is None:
+        raise UsageError("--prepare needs --from HOST:PORT, --secret-file FILE and --images DIR (the directory the "
+                         "runtime will restore from)")
+    s = remote.prepare(RemoteSource(args.source, args.secret_file, args.source_timeout), args.images, rep)
+    rep.result(remote.prepare_text(s), "summary", action="prepare", **s)
+    return 0
+
+
+def cmd_hook(args: argparse.Namespace, rep: Reporter) -> int:
+    """CRIU's plugin or action script: CRTOOLS_SCRIPT_ACTION says what CRIU is doing."""
+    env = dict(os.environ)
+    action = env.get("CRTOOLS_SCRIPT_ACTION", "")
+    if action not in hook.ACTIONS:
+        return 0  # CRIU runs action scripts at every action; only some concern us
+    res = hook.run(action, hook.images_dir_from_env(env), Path.cwd(), hook.pid_from_env(env))
+    rep.result(f"lazyrestore hook {res.action}: {res.outcome}: {res.detail}", "summary", **asdict(res))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace, rep: Reporter) -> int:
+    """Index a checkpoint CRIU wrote by itself (what the plugin does after every dump)."""
+    m = hook.index_existing(args.images)
+    rep.result(f"indexed checkpoint {m.checkpoint_id} in {args.images}: {m.lazy_pages} lazy pages, "
+               f"{m.eager_pages} eager; serve it with `lazyrestore serve --images {args.images} --listen HOST:PORT`",
+               "summary", action="index", images_dir=str(args.images), checkpoint_id=m.checkpoint_id,
+               lazy_pages=m.lazy_pages, eager_pages=m.eager_pages)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace, rep: Reporter) -> int:
-    s = serve.serve(args.images, args.listen, args.once, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+    s = serve.serve(args.images, args.listen, args.once, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")),
+                    args.kit)
     rep.result(serve.summary_text(s), "summary", action="serve", **asdict(s))
     return 0
 
@@ -188,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fault-around", type=power_of_two_size, default=64 << 10, help="bytes placed per fault (64K)")
     r.add_argument("--chunk", type=size_bytes, default=1 << 20, help="bytes per background drain step (1M)")
     r.add_argument("--drain-rate", type=size_bytes, default=0, help="cap on the background drain, bytes/s (none)")
+    r.add_argument("--prepare", action="store_true",
+                   help="with --from, --secret-file and --images DIR: fetch the checkpoint's metadata into DIR and "
+                        "describe its source there, for a runtime's `restore --lazy-pages` with the CRIU plugin")
     r.set_defaults(func=cmd_restore)
 
     st = sub.add_parser("status", help="progress of a lazy restore (e.g. one started with --detach)")
@@ -211,7 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--images", "-D", type=images_path, required=True, help="checkpoint directory (read only)")
     sv.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
     sv.add_argument("--once", action="store_true", help="stop after the first destination has every page")
+    sv.add_argument("--kit", type=images_path, default=None, metavar="DIR",
+                    help="write a destination kit into DIR (inventory.img, lazyrestore/source.json and the secret): "
+                         "copied to the destination, it is the images dir for `runc restore --lazy-pages`")
     sv.set_defaults(func=cmd_serve)
+
+    hk = sub.add_parser("hook", help="run by CRIU (plugin or action-script): index after a dump, start lr-lazyd "
+                                     "before a lazy restore (reads CRTOOLS_SCRIPT_ACTION, CRTOOLS_IMAGE_DIR)")
+    hk.set_defaults(func=cmd_hook)
+
+    ix = sub.add_parser("index", help="index a checkpoint CRIU wrote itself (lazy index, view, secret, manifest)")
+    ix.add_argument("--images", "-D", type=images_path, required=True, help="checkpoint directory")
+    ix.set_defaults(func=cmd_index)
 
     mg = sub.add_parser("migrate", help="checkpoint a tree and serve it until a destination has every page")
     mg.add_argument("--pid", type=positive_int, required=True, help="root of the tree (init of its own pid namespace)")
@@ -232,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         tp.add_argument("--json", action="store_true", help="print JSON events, one object per line")
     th.set_defaults(func=cmd_testhosts)
 
-    for sp in (c, r, i, d, st, sv, mg):
+    for sp in (c, r, i, d, st, sv, mg, hk, ix):
         sp.add_argument("--json", action="store_true", help="print JSON events, one object per line")
     return p
 

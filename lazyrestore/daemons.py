@@ -49,7 +49,8 @@ class Lazyd:
     """One lr-lazyd serving one restore from `images` with CRIU work dir `workdir`."""
 
     def __init__(self, images: Path, workdir: Path, options: LazydOptions, detach: bool,
-                 source: RemoteSource | None = None) -> None:
+                 source: RemoteSource | None = None, criu_page_server: str | None = None,
+                 leave_cgroup: bool = False) -> None:
         self.workdir = workdir
         self.detached = detach
         self.log = workdir / LAZYD_LOG
@@ -63,6 +64,8 @@ class Lazyd:
         if source is not None:
             args += ["--source", source.address, "--secret-file", str(source.secret_file),
                      "--source-timeout", str(source.timeout_s)]
+        if criu_page_server is not None:
+            args += ["--criu-page-server", criu_page_server]
         # Extra lr-lazyd options for tests and debugging only (e.g. --no-guard to show what the guardian prevents).
         args += os.environ.get("LAZYRESTORE_LAZYD_ARGS", "").split()
         fds = [status_w]
@@ -72,7 +75,8 @@ class Lazyd:
             args += ["--stats-fd", str(stats_w)]
             fds.append(stats_w)
         self.proc = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.log, "ab"), start_new_session=True)
+                                     stderr=open(self.log, "ab"), start_new_session=True,
+                                     preexec_fn=leave_cgroups if leave_cgroup else None)
         for fd in fds:
             os.close(fd)
         # A remote source is fetched (metadata and eager pages) before lr-lazyd listens.
@@ -118,13 +122,7 @@ class Lazyd:
 
     def first_error(self) -> str:
         """The first "error:" line of the log (the cause), else its last lines."""
-        try:
-            for line in self.log.read_text(errors="replace").splitlines():
-                if "error: " in line:
-                    return line.split("error: ", 1)[1]
-        except OSError:
-            pass
-        return self.last_log_lines()
+        return first_error(self.log)
 
     def last_log_lines(self, n: int = 3) -> str:
         try:
@@ -132,6 +130,47 @@ class Lazyd:
         except OSError:
             return "(no log)"
         return " | ".join(lines[-n:]) or "(empty log)"
+
+
+def leave_cgroups() -> None:
+    """In the child, before exec: move into the root cgroups. A runtime puts CRIU (and so its plugin's children)
+    into the container's cgroups; a detached lr-lazyd must not be frozen, limited or killed with the container
+    it serves (its guardian kills the tree if the daemon dies). Best effort: a cgroup that refuses stays."""
+    pid = str(os.getpid()).encode()
+    for procs in [Path("/sys/fs/cgroup/cgroup.procs"), *Path("/sys/fs/cgroup").glob("*/cgroup.procs")]:
+        try:
+            fd = os.open(procs, os.O_WRONLY)
+        except OSError:
+            continue
+        try:
+            os.write(fd, pid)
+        except OSError:
+            pass  # e.g. a controller that does not take processes at its root; the others still apply
+        finally:
+            os.close(fd)
+
+
+def fetch_only(images: Path, source: RemoteSource, log: Path, sanitized: bool = False) -> None:
+    """lr-lazyd --fetch-only: the checkpoint's metadata and eager pages into images; DaemonFailed on failure."""
+    binary = native_binary("san/lr-lazyd" if sanitized else "lr-lazyd")
+    args = [str(binary), "-D", str(images), "-o", str(log), "--fetch-only", "--source", source.address,
+            "--secret-file", str(source.secret_file), "--source-timeout", str(source.timeout_s)]
+    code = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          timeout=60 + 4 * source.timeout_s).returncode
+    if code != 0:
+        raise DaemonFailed(f"could not fetch the checkpoint from {source.address}: {first_error(log)}; log {log}")
+
+
+def first_error(log: Path) -> str:
+    """The first "error:" line of a log (the cause), else its last lines."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    for line in lines:
+        if "error: " in line:
+            return line.split("error: ", 1)[1]
+    return " | ".join(lines[-3:]) or "(empty log)"
 
 
 def read_status(workdir: Path) -> dict[str, Any] | None:

@@ -13,11 +13,12 @@ failed restore can simply be started again.
 from __future__ import annotations
 
 import ipaddress
+import os
 import time
 from pathlib import Path
 
-from . import criu, procs, secret
-from .daemons import Lazyd, LazydOptions, RemoteSource
+from . import criu, procs, secret, sourcefile
+from .daemons import Lazyd, LazydOptions, RemoteSource, fetch_only
 from .errors import LazyRestoreError, UsageError
 from .lazy import LazySummary, resume_and_follow
 from .output import Reporter
@@ -88,3 +89,29 @@ def restore_remote(source: RemoteSource, workdir: Path, detach: bool, options: L
     reporter.progress(f"fetched and verified checkpoint {m.checkpoint_id} in {fetch_s:.3f} s "
                       f"({m.processes} process(es)); resuming")
     return resume_and_follow(binary, images, m, run, daemon, fetch_s, reporter)
+
+
+def prepare(source: RemoteSource, images: Path, reporter: Reporter) -> dict[str, object]:
+    """restore --prepare: fetch the checkpoint's metadata and eager pages into images (new or empty), verify
+    them, and describe the source there (lazyrestore/source.json): a runtime's lazy restore from images then
+    gets its lr-lazyd from the CRIU plugin."""
+    procs.require_root()
+    check_destination(source.address)
+    secret.check_file(source.secret_file)
+    if images.exists() and (not images.is_dir() or any(images.iterdir())):
+        raise UsageError(f"--images {images}: give a new or empty directory for the fetched checkpoint")
+    images.mkdir(parents=True, exist_ok=True)
+    reporter.progress(f"fetching the checkpoint from {source.address} into {images}")
+    log = images.parent / f"{images.name}-prepare.log"
+    fetch_only(images, source, log, bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+    m = verify_for_lazy(images)
+    desc = sourcefile.write(images, "lazyrestore", source.address, str(source.secret_file), source.timeout_s)
+    reporter.event("prepared", images=str(images), checkpoint_id=m.checkpoint_id, source=str(desc))
+    return {"images_dir": str(images), "checkpoint_id": m.checkpoint_id, "source_file": str(desc),
+            "address": source.address, "lazy_pages": m.lazy_pages, "log": str(log)}
+
+
+def prepare_text(s: dict[str, object]) -> str:
+    return (f"prepared checkpoint {s['checkpoint_id']} in {s['images_dir']} ({s['lazy_pages']} lazy pages stay on "
+            f"{s['address']});\n  restore it with the CRIU plugin installed, e.g. `runc restore --lazy-pages "
+            f"--image-path {s['images_dir']} --work-path WORKDIR ID`")

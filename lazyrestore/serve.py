@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -19,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, secret
-from .errors import DaemonFailed, ImagesDirError, LazyRestoreError
+from . import checkpoint, secret, sourcefile
+from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, UsageError
 from .manifest import META_DIR
 from .output import Reporter
 from .paths import native_binary
@@ -115,8 +116,35 @@ def destination_command(host: str, port: int, images_dir: Path) -> str:
             f"--workdir /var/lib/lazyrestore/{images_dir.name}")
 
 
-def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitized: bool = False) -> ServeSummary:
+# Read before any plugin runs: CRIU's inventory.img (check_img_inventory), runc's descriptors.json (runc restore).
+KIT_FILES = ("inventory.img", "descriptors.json")
+
+
+def write_kit(kit: Path, images_dir: Path, host: str, port: int) -> Path:
+    """A destination kit: what a runtime's `restore --lazy-pages` needs in its images dir before the plugin
+    fetches the rest: KIT_FILES (read before any plugin runs), the source description and a
+    copy of the secret (mode 0600). Copy it to the destination over a trusted channel (it holds the secret)."""
+    if host in ("0.0.0.0", "::", ""):
+        raise UsageError(f"--kit needs the address destinations connect to: --listen {host}:PORT is a wildcard; "
+                         "give this host's address, e.g. --listen 10.231.0.1:7411")
+    if kit.exists() and (not kit.is_dir() or any(kit.iterdir())):
+        raise UsageError(f"--kit {kit}: give a new or empty directory")
+    (kit / META_DIR).mkdir(parents=True, exist_ok=True)
+    for name in KIT_FILES:
+        if (images_dir / name).is_file():
+            shutil.copyfile(images_dir / name, kit / name)
+    fd = os.open(kit / META_DIR / secret.SECRET_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret.secret_path(images_dir).read_bytes())
+    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return sourcefile.write(kit, "lazyrestore", addr, secret.SECRET_NAME)
+
+
+def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitized: bool = False,
+          kit: Path | None = None) -> ServeSummary:
     host, _ = parse_address(listen)
+    if kit is not None and host in ("0.0.0.0", "::", ""):
+        write_kit(kit, images_dir, host, 0)  # raises: says what --listen needs
     m = verify_for_lazy(images_dir)
     if not secret.secret_path(images_dir).is_file():
         raise ImagesDirError(f"{images_dir} has no {META_DIR}/{secret.SECRET_NAME}: it was not checkpointed by "
@@ -127,6 +155,15 @@ def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitiz
     server = PageServer(images_dir, listen, once, log, sanitized)
     s = ServeSummary(str(images_dir), m.checkpoint_id, host, server.port, log=str(log))
     cmd = destination_command(host, server.port, images_dir)
+    if kit is not None:
+        try:
+            desc = write_kit(kit, images_dir, host, server.port)
+        except (LazyRestoreError, OSError):
+            server.stop()
+            raise
+        reporter.event("kit", kit=str(kit), source_file=str(desc))
+        reporter.progress(f"destination kit in {kit}: copy it to the destination as the images dir of "
+                          f"`runc restore --lazy-pages --image-path DIR ...` (the CRIU plugin does the rest)")
     reporter.event("listening", address=host, port=server.port, server_pid=server.proc.pid, checkpoint_id=m.checkpoint_id,
                    lazy_pages=m.lazy_pages, command=cmd, log=str(log))
     reporter.progress(f"serving checkpoint {m.checkpoint_id} on {host}:{server.port} "

@@ -35,6 +35,8 @@ struct lr_config {
 	const char *source;       /* HOST:PORT of an lr-pageserver: remote mode (images_dir is filled from it) */
 	const char *secret_file;  /* the checkpoint's secret (remote mode) */
 	uint64_t source_timeout_ms; /* how long a lost page server may stay away */
+	bool fetch_only;          /* remote mode: fetch the checkpoint, then exit */
+	const char *criu_ps;      /* HOST:PORT of CRIU's page server (criu_ps.c); images_dir holds the dump */
 	int verbose;
 };
 

@@ -46,6 +46,9 @@ static void usage(FILE *f)
 		"      --no-map             read page bytes with pread instead of copying from a leased mapping\n"
 		"      --source HOST:PORT   remote mode: fetch the checkpoint from this lr-pageserver into -D, serve from it\n"
 		"      --secret-file FILE   the checkpoint's secret (remote mode; mode 0600)\n"
+		"      --fetch-only         remote mode: fetch and verify the checkpoint into -D, then exit 0\n"
+		"      --criu-page-server HOST:PORT  pages from CRIU's page server (`criu dump --lazy-pages`); -D holds\n"
+		"                           the dump's images, indexed without checksums (`lazyrestore index`)\n"
 		"      --source-timeout S   how long a lost page server may stay away before the tree is stopped (default 30)\n"
 		"      --verify-ahead SIZE  a second thread checks mapped page bytes up to SIZE ahead of the drain\n"
 		"                           (default 64M; 0: the event loop checks everything itself)\n"
@@ -86,7 +89,7 @@ static int parse_int(const char *s, int *out)
 
 enum { OPT_STATUS_FD = 256, OPT_STATS_FD, OPT_STATUS_FILE, OPT_STATS_INTERVAL, OPT_FAULT_AROUND, OPT_CHUNK,
        OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD, OPT_NO_MAP, OPT_VERIFY_AHEAD,
-       OPT_SOURCE, OPT_SECRET_FILE, OPT_SOURCE_TIMEOUT };
+       OPT_SOURCE, OPT_SECRET_FILE, OPT_SOURCE_TIMEOUT, OPT_FETCH_ONLY, OPT_CRIU_PS };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"work-dir", required_argument, NULL, 'W'},
@@ -99,7 +102,8 @@ static const struct option long_opts[] = {
 	{"no-guard", no_argument, NULL, OPT_NO_GUARD}, {"no-map", no_argument, NULL, OPT_NO_MAP},
 	{"verify-ahead", required_argument, NULL, OPT_VERIFY_AHEAD}, {"source", required_argument, NULL, OPT_SOURCE},
 	{"secret-file", required_argument, NULL, OPT_SECRET_FILE},
-	{"source-timeout", required_argument, NULL, OPT_SOURCE_TIMEOUT}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+	{"source-timeout", required_argument, NULL, OPT_SOURCE_TIMEOUT}, {"fetch-only", no_argument, NULL, OPT_FETCH_ONLY},
+	{"criu-page-server", required_argument, NULL, OPT_CRIU_PS}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
 static int bad_value(const char *opt, const char *val, const char *want)
 {
@@ -140,6 +144,8 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 		return parse_size(arg, &c->drain_rate) ? bad_value("--drain-rate", arg, "bytes per second, e.g. 200M") : 0;
 	case OPT_SOURCE: c->source = arg; return 0;
 	case OPT_SECRET_FILE: c->secret_file = arg; return 0;
+	case OPT_FETCH_ONLY: c->fetch_only = true; return 0;
+	case OPT_CRIU_PS: c->criu_ps = arg; return 0;
 	case OPT_SOURCE_TIMEOUT: {
 		int s;
 		if (parse_int(arg, &s) || s < 1 || s > 86400)
@@ -181,6 +187,16 @@ static int parse_args(int argc, char **argv, struct lr_config *c)
 		fprintf(stderr, "lr-lazyd: --source and --secret-file go together\n");
 		return -1;
 	}
+	if (c->fetch_only && !c->source) {
+		fprintf(stderr, "lr-lazyd: --fetch-only needs --source and --secret-file\n");
+		return -1;
+	}
+	if (c->criu_ps && c->source) {
+		fprintf(stderr, "lr-lazyd: --criu-page-server and --source are two kinds of page source: give one\n");
+		return -1;
+	}
+	if (c->fetch_only)
+		c->guard = false; /* nothing to guard: no restore */
 	return 0;
 }
 
@@ -437,6 +453,23 @@ static void teardown(struct lr_lazyd *d)
 		close(d->epfd);
 }
 
+/* --fetch-only: the checkpoint fetched and its index checked, then out (restore --prepare). */
+static int fetch_only(struct lr_lazyd *d)
+{
+	struct lr_error err = {0};
+	if (open_log(d, &err) || open_inputs(d, &err)) {
+		lr_log(d, 0, "error: %s", err.msg);
+		teardown(d);
+		return 1;
+	}
+	lr_log(d, 1, "fetched checkpoint into %s (--fetch-only): %lu lazy pages stay on the page server", d->cfg.images_dir,
+	       (unsigned long)d->index.hdr->lazy_pages);
+	if (d->cfg.status_fd >= 0 && write_all(d->cfg.status_fd, "", 1))
+		lr_log(d, 0, "warning: write to --status-fd %d: %s", d->cfg.status_fd, strerror(errno));
+	teardown(d);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	struct lr_lazyd d = {.guard_fd = -1, .listen_fd = -1, .epfd = -1, .conn_rec = {.fd = -1}};
@@ -454,6 +487,8 @@ int main(int argc, char **argv)
 	struct sigaction lease = {.sa_handler = lr_pages_lease_broken};
 	sigaction(SIGIO, &lease, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	if (d.cfg.fetch_only)
+		return fetch_only(&d);
 	if (open_log(&d, &err) || open_inputs(&d, &err) || enter_work_dir(&d, &err) || start_listening(&d, &err) || run(&d, &err)) {
 		lr_log(&d, 0, "error: %s", err.msg);
 		emit(&d, "error", false, err.msg);

@@ -1,0 +1,184 @@
+"""What lazyrestore does inside CRIU's own runs: the plugin's and `lazyrestore hook`'s work.
+
+CRIU (run by a runtime such as runc, or by hand) calls this at two points:
+
+post-dump    after a successful dump: write the lazy index, lazy view, secret and
+             manifest into the images dir, so the checkpoint can be served
+             (`lazyrestore serve`) like one made by `lazyrestore checkpoint`.
+             Skipped for a `--lazy-pages` dump (its pages stay in CRIU's page
+             server), when the checkpoint already has a manifest, and when
+             LAZYRESTORE_PLUGIN=off.
+pre-restore  at the start of a restore: when the images dir or work dir holds a
+             source description (sourcefile.py) and no lazy-pages daemon listens
+             on WORKDIR/lazy-pages.socket, start lr-lazyd (with its guardian,
+             detached) for that source and return once it listens.
+
+The CRIU plugin (criu-plugin/lazyrestore.c) runs `lazyrestore hook` at exactly
+those points, with CRTOOLS_SCRIPT_ACTION and CRTOOLS_IMAGE_DIR set the way
+CRIU's action scripts get them, and the work dir as current directory. As an
+action script (`action-script` in a CRIU config file) post-dump works the same;
+pre-restore comes too late there: CRIU connects to lazy-pages.socket before it
+runs any restore script, so a lazy restore needs the plugin (README).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import checkpoint, criu, manifest, sourcefile
+from .daemons import Lazyd, LazydOptions, RemoteSource
+from .errors import CorruptCheckpoint, ImagesDirError, LazyRestoreError, UsageError
+from .images import PE_LAZY, PE_PRESENT, read_pagemap, read_pstree, require_checkpoint_dir
+from .verify import verify_for_lazy
+
+SOCKET_NAME = "lazy-pages.socket"
+ACTIONS = ("post-dump", "pre-restore")
+
+
+@dataclass(frozen=True)
+class HookResult:
+    """What one hook call did: action, what happened ("indexed", "started", "skipped") and why."""
+
+    action: str
+    outcome: str
+    detail: str
+    images_dir: str
+    work_dir: str
+
+
+def images_dir_from_env(env: dict[str, str]) -> Path:
+    """CRTOOLS_IMAGE_DIR (CRIU gives /proc/PID/fd/N): the real directory it names."""
+    raw = env.get("CRTOOLS_IMAGE_DIR")
+    if not raw:
+        raise UsageError("CRTOOLS_IMAGE_DIR is not set: `lazyrestore hook` runs from CRIU (plugin or "
+                         "action-script), which sets it to the images directory")
+    path = Path(os.path.realpath(raw))
+    if not path.is_dir():
+        raise ImagesDirError(f"CRTOOLS_IMAGE_DIR={raw}: {path} is not a directory")
+    return path
+
+
+def run(action: str, images_dir: Path, work_dir: Path, pid: int | None) -> HookResult:
+    if action == "post-dump":
+        return post_dump(images_dir, work_dir, pid)
+    if action == "pre-restore":
+        return pre_restore(images_dir, work_dir)
+    return HookResult(action, "skipped", "nothing to do at this action", str(images_dir), str(work_dir))
+
+
+def _lazy_dump(images_dir: Path) -> bool:
+    """A `--lazy-pages` dump: some pagemap entry is lazy but not in the pages file."""
+    for proc in read_pstree(images_dir):
+        pm = read_pagemap(images_dir, proc.pid)
+        if pm is not None and any(e.flags & PE_LAZY and not e.flags & PE_PRESENT for e in pm.entries):
+            return True
+    return False
+
+
+def post_dump(images_dir: Path, work_dir: Path, pid: int | None) -> HookResult:
+    def skipped(why: str) -> HookResult:
+        return HookResult("post-dump", "skipped", why, str(images_dir), str(work_dir))
+    if os.environ.get("LAZYRESTORE_PLUGIN") == "off":
+        return skipped("LAZYRESTORE_PLUGIN=off")
+    if (images_dir / manifest.META_DIR / manifest.MANIFEST_NAME).exists():
+        return skipped("the checkpoint already has a manifest")
+    if _lazy_dump(images_dir):
+        return skipped("a --lazy-pages dump: its pages are served by CRIU's page server")
+    root = pid if pid is not None else read_pstree(images_dir)[0].pid
+    m = checkpoint.write_metadata(images_dir, criu.find_criu(), root)
+    return HookResult("post-dump", "indexed", f"checkpoint {m.checkpoint_id}: {m.lazy_pages} lazy pages, "
+                      f"{m.eager_pages} eager; serve it with `lazyrestore serve --images {images_dir}`",
+                      str(images_dir), str(work_dir))
+
+
+def index_existing(images_dir: Path) -> manifest.Manifest:
+    """`lazyrestore index`: what post-dump does, for a checkpoint CRIU wrote without the plugin."""
+    if not images_dir.is_dir():
+        raise ImagesDirError(f"images directory {images_dir} does not exist or is not a directory")
+    require_checkpoint_dir(images_dir)
+    if (images_dir / manifest.META_DIR / manifest.MANIFEST_NAME).exists():
+        raise ImagesDirError(f"{images_dir} is already indexed ({manifest.META_DIR}/{manifest.MANIFEST_NAME} exists)")
+    if _lazy_dump(images_dir):
+        raise ImagesDirError(f"{images_dir} is a --lazy-pages dump: its lazy pages are in CRIU's page server, not "
+                             "here; restore it with `lazyrestore lazy-pages --page-server --address A --port P`")
+    return checkpoint.write_metadata(images_dir, criu.find_criu(), read_pstree(images_dir)[0].pid)
+
+
+def listening(work_dir: Path) -> bool:
+    """Does some process listen on WORK_DIR/lazy-pages.socket? Without connecting: a daemon would take a
+    probe for CRIU's restore. Listening unix sockets named so, held by a process whose cwd is work_dir
+    (CRIU and lr-lazyd bind the relative name) or bound to the absolute path."""
+    want = str(work_dir / SOCKET_NAME)
+    inodes = set()
+    try:
+        with open("/proc/net/unix") as f:
+            next(f)
+            for line in f:
+                cols = line.split()
+                if len(cols) >= 8 and cols[5] == "01" and cols[7] in (SOCKET_NAME, want):
+                    inodes.add((cols[6], cols[7]))
+    except OSError:
+        return False
+    return any(_held_in(inode, work_dir, name == want) for inode, name in inodes)
+
+
+def _held_in(inode: str, work_dir: Path, absolute: bool) -> bool:
+    link = f"socket:[{inode}]"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if not any(os.readlink(f"/proc/{pid}/fd/{fd}") == link for fd in os.listdir(f"/proc/{pid}/fd")):
+                continue
+            return absolute or os.path.realpath(f"/proc/{pid}/cwd") == os.path.realpath(work_dir)
+        except OSError:
+            continue
+    return False
+
+
+def pre_restore(images_dir: Path, work_dir: Path) -> HookResult:
+    def result(outcome: str, detail: str) -> HookResult:
+        return HookResult("pre-restore", outcome, detail, str(images_dir), str(work_dir))
+    path = sourcefile.find(images_dir, work_dir)
+    if path is None:
+        return result("skipped", f"no {manifest.META_DIR}/{sourcefile.SOURCE_NAME} in the images or work dir")
+    if listening(work_dir):
+        return result("skipped", f"a lazy-pages daemon already listens on {work_dir / SOCKET_NAME}")
+    src = sourcefile.read(path)
+    daemon = start_lazyd(src, images_dir, work_dir)
+    return result("started", f"lr-lazyd (guardian pid {daemon.proc.pid}) serves this restore from {src.address} "
+                  f"({src.kind} page server); log {daemon.log}")
+
+
+def _presented(images_dir: Path) -> dict[str, str]:
+    """SHA-256 of the CRIU images already in the images dir (CRIU has read inventory.img before we run)."""
+    return {n: manifest.sha256_file(images_dir / n) for n in manifest.list_image_files(images_dir)
+            if not manifest.is_pages_file(n)}
+
+
+def start_lazyd(src: sourcefile.SourceFile, images_dir: Path, work_dir: Path) -> Lazyd:
+    """lr-lazyd for src, detached; for an lr-pageserver, the fetched checkpoint verified first."""
+    options = LazydOptions(sanitized=bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+    if src.kind == "criu":
+        return Lazyd(images_dir, work_dir, options, detach=True, criu_page_server=src.address, leave_cgroup=True)
+    assert src.secret_file is not None
+    before = _presented(images_dir)
+    daemon = Lazyd(images_dir, work_dir, options, detach=True,
+                   source=RemoteSource(src.address, src.secret_file, src.source_timeout), leave_cgroup=True)
+    try:
+        m = verify_for_lazy(images_dir)
+        listed = {f.name: f.sha256 for f in m.files}
+        for name, sha in before.items():
+            if name in listed and listed[name] != sha:
+                raise CorruptCheckpoint(str(images_dir / name), f"was here before the restore and differs from "
+                                        f"checkpoint {m.checkpoint_id} served by {src.address} (another checkpoint?)")
+    except (LazyRestoreError, KeyboardInterrupt):
+        daemon.stop()
+        raise
+    return daemon
+
+
+def pid_from_env(env: dict[str, str]) -> int | None:
+    raw = env.get("CRTOOLS_INIT_PID", "")
+    return int(raw) if re.fullmatch(r"[0-9]+", raw) else None
