@@ -14,7 +14,7 @@ bootstrap:
 
 build: bootstrap native plugin
 
-native: $(NATIVE)/lazyrestore_plugin.so $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index
+native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index
 
 $(NATIVE)/lr-workload: native/workload/lr-workload.c
 	@mkdir -p $(@D)

@@ -301,6 +301,11 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(rep, "Interrupted", "interrupted", 130)
 
 
+def hook_main() -> int:
+    """`lazyrestore-hook`: `lazyrestore hook` as one word, for CRIU config files (`action-script PATH`)."""
+    return main(["hook", *sys.argv[1:]])
+
+
 def report_error(rep: Reporter, kind: str, message: str, code: int) -> int:
     rep.event("error", code=code, error=kind, message=message)
     sys.stderr.write(f"lazyrestore: error: {message}\n")

@@ -6,8 +6,7 @@ post-dump    after a successful dump: write the lazy index, lazy view, secret an
              manifest into the images dir, so the checkpoint can be served
              (`lazyrestore serve`) like one made by `lazyrestore checkpoint`.
              Skipped for a `--lazy-pages` dump (its pages stay in CRIU's page
-             server), when the checkpoint already has a manifest, and when
-             LAZYRESTORE_PLUGIN=off.
+             server) and when the checkpoint already has a manifest.
 pre-restore  at the start of a restore: when the images dir or work dir holds a
              source description (sourcefile.py) and no lazy-pages daemon listens
              on WORKDIR/lazy-pages.socket, start lr-lazyd (with its guardian,
@@ -81,8 +80,6 @@ def _lazy_dump(images_dir: Path) -> bool:
 def post_dump(images_dir: Path, work_dir: Path, pid: int | None) -> HookResult:
     def skipped(why: str) -> HookResult:
         return HookResult("post-dump", "skipped", why, str(images_dir), str(work_dir))
-    if os.environ.get("LAZYRESTORE_PLUGIN") == "off":
-        return skipped("LAZYRESTORE_PLUGIN=off")
     if (images_dir / manifest.META_DIR / manifest.MANIFEST_NAME).exists():
         return skipped("the checkpoint already has a manifest")
     if _lazy_dump(images_dir):

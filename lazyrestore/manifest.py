@@ -27,6 +27,8 @@ INDEX_NAME = "index.bin"
 CHECKSUM = "xxh3_64"  # XXH3-64, seed 0, of each checksum block (see lazyindex.py)
 # Files that CRIU or lazyrestore write beside the images but that are not part of them.
 NOT_CHECKPOINT = (".log",)
+# CRIU's statistics, written at the very end of a dump (after action scripts) or restore; never read to restore.
+STATS_FILES = ("stats-dump", "stats-restore")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ def is_pages_file(name: str) -> bool:
 def list_image_files(images_dir: Path) -> list[str]:
     """Names of the checkpoint's files: regular files of the directory, logs left out."""
     return sorted(n for n in os.listdir(images_dir)
-                  if (images_dir / n).is_file() and not n.endswith(NOT_CHECKPOINT))
+                  if (images_dir / n).is_file() and not n.endswith(NOT_CHECKPOINT) and n not in STATS_FILES)
 
 
 def describe_files(images_dir: Path) -> tuple[tuple[FileEntry, ...], tuple[FileEntry, ...]]:

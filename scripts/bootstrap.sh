@@ -22,6 +22,7 @@ APT_PACKAGES=(
   libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler
   uuid-dev python3-protobuf libxxhash-dev
   iptables util-linux iproute2 procps
+  runc busybox-static
 )
 
 say() { printf 'bootstrap: %s\n' "$*"; }

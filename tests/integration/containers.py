@@ -1,0 +1,119 @@
+"""runc containers for the runtime tests: a minimal bundle from Debian packages and runc driven as a user would.
+
+The rootfs is busybox-static plus lr-workload; the container's only process is
+  sh -c 'exec /bin/lr-workload --mib N </dev/null >/app.log 2>&1'
+so CRIU finds no file outside the container (stdio from the host would be). Each
+container gets its own cgroupsPath: the source's freezer cgroup stays frozen while
+its pages are served. runc keeps its state under RUNC_ROOT, apart from any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lazyrestore import sample, testhosts
+from lazyrestore.paths import native_binary
+
+RUNC_ROOT = "/run/lazyrestore-test-runc"
+BUSYBOX = "/bin/busybox"
+# runc runs `criu swrk`: CRIU 4.1.1 first in PATH (Debian 12's 3.17 cannot run on this kernel).
+RUNC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def runc(*args: str, host: str | None = None, cwd: Path | None = None, env: dict[str, str] | None = None,
+         timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`runc --root RUNC_ROOT ARGS` (in test host a or b), stdio off the container."""
+    pre = None if host is None else testhosts.enter(testhosts.host_name(host))
+    return subprocess.run(["runc", "--root", RUNC_ROOT, *args], cwd=cwd, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=timeout, preexec_fn=pre,
+                          env={**os.environ, "PATH": RUNC_PATH, **(env or {})})
+
+
+@dataclass
+class Bundle:
+    path: Path
+    cgroup: str
+
+    @property
+    def log(self) -> Path:
+        return self.path / "rootfs" / "app.log"
+
+    def copy(self, dest: Path, cgroup: str) -> Bundle:
+        """A copy for the destination (rootfs as at the checkpoint: CRIU checks app.log's size), own cgroup."""
+        shutil.copytree(self.path, dest, symlinks=True)
+        b = Bundle(dest, cgroup)
+        b.set_config(lambda c: c["linux"].__setitem__("cgroupsPath", cgroup))
+        return b
+
+    def set_config(self, change) -> None:
+        cfg = json.loads((self.path / "config.json").read_text())
+        change(cfg)
+        (self.path / "config.json").write_text(json.dumps(cfg, indent=1))
+
+
+def make_bundle(path: Path, mib: int, cgroup: str) -> Bundle:
+    rootfs = path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, rootfs / "bin" / "busybox")
+    os.symlink("busybox", rootfs / "bin" / "sh")
+    shutil.copy(native_binary("lr-workload"), rootfs / "bin" / "lr-workload")
+    res = runc("spec", cwd=path)
+    assert res.returncode == 0, res.stderr
+    b = Bundle(path, cgroup)
+
+    def change(cfg: dict) -> None:
+        cfg["process"]["terminal"] = False
+        cfg["process"]["args"] = ["/bin/sh", "-c", f"exec /bin/lr-workload --mib {mib} --heartbeat 1 </dev/null >/app.log 2>&1"]
+        cfg["root"]["readonly"] = False
+        cfg["linux"]["cgroupsPath"] = cgroup
+    b.set_config(change)
+    return b
+
+
+def state(ctr: str) -> dict | None:
+    res = runc("state", ctr)
+    return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+def report(bundle: Bundle, ctr: str, timeout: float = 60) -> sample.Report:
+    """SIGUSR1 to the container's process; its fresh report line (memory checksum) from app.log."""
+    st = state(ctr)
+    assert st and st["status"] == "running", f"container {ctr} is not running: {st}"
+    w = sample.Workload(st["pid"], bundle.log, ("main",))
+    seen = len(w.reports())
+    os.kill(st["pid"], signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while len(w.reports()) <= seen:
+        assert time.monotonic() < deadline, f"no report from {ctr} in {timeout} s: {w.lines()[-5:]}"
+        time.sleep(0.05)
+    return w.reports()[-1]
+
+
+def wait_filled(bundle: Bundle, timeout: float = 60) -> None:
+    """lr-workload (--heartbeat 1) prints its first heartbeat once its memory is filled."""
+    deadline = time.monotonic() + timeout
+    while not any(ln.startswith("heartbeat ") for ln in sample.Workload(0, bundle.log, ()).lines()):
+        assert time.monotonic() < deadline, f"the workload in {bundle.path} did not fill its memory in {timeout} s"
+        time.sleep(0.1)
+
+
+def remove(ctr: str) -> None:
+    """Kill and delete a container, whatever state it is in (also a frozen source)."""
+    st = state(ctr)
+    if st is None:
+        return
+    if st["status"] == "paused":
+        runc("resume", ctr)
+    if st.get("pid"):
+        try:
+            os.kill(st["pid"], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    runc("delete", "--force", ctr)
