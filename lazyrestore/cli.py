@@ -114,11 +114,10 @@ def cmd_hook(args: argparse.Namespace, rep: Reporter) -> int:
 
 def cmd_index(args: argparse.Namespace, rep: Reporter) -> int:
     """Index a checkpoint CRIU wrote by itself (what the plugin does after every dump)."""
-    m = hook.index_existing(args.images)
-    rep.result(f"indexed checkpoint {m.checkpoint_id} in {args.images}: {m.lazy_pages} lazy pages, "
-               f"{m.eager_pages} eager; serve it with `lazyrestore serve --images {args.images} --listen HOST:PORT`",
-               "summary", action="index", images_dir=str(args.images), checkpoint_id=m.checkpoint_id,
-               lazy_pages=m.lazy_pages, eager_pages=m.eager_pages)
+    cid, lazy_pages, eager_pages = hook.index_existing(args.images)
+    rep.result(f"indexed checkpoint {cid} in {args.images}: {lazy_pages} lazy pages, {eager_pages} eager",
+               "summary", action="index", images_dir=str(args.images), checkpoint_id=cid, lazy_pages=lazy_pages,
+               eager_pages=eager_pages)
     return 0
 
 
@@ -177,7 +176,7 @@ def cmd_status(args: argparse.Namespace, rep: Reporter) -> int:
 
 def run_lazy_pages(lazyd_args: list[str]) -> int:
     try:
-        status.exec_lazyd(lazyd_args)
+        status.exec_lazyd(hook.criu_lazy_pages_args(lazyd_args))
     except LazyRestoreError as exc:
         return report_error(Reporter(json_mode=False), exc.kind, str(exc), exc.exit_code)
     return 1

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import checkpoint, criu, manifest, sourcefile
+from . import checkpoint, criu, lazyindex, manifest, sourcefile
 from .daemons import Lazyd, LazydOptions, RemoteSource
 from .errors import CorruptCheckpoint, ImagesDirError, LazyRestoreError, UsageError
-from .images import PE_LAZY, PE_PRESENT, read_pagemap, read_pstree, require_checkpoint_dir
+from .images import PE_LAZY, PE_PRESENT, read_pagemap, read_pstree, read_vmas, require_checkpoint_dir
 from .verify import verify_for_lazy
 
 SOCKET_NAME = "lazy-pages.socket"
@@ -91,17 +91,65 @@ def post_dump(images_dir: Path, work_dir: Path, pid: int | None) -> HookResult:
                       str(images_dir), str(work_dir))
 
 
-def index_existing(images_dir: Path) -> manifest.Manifest:
-    """`lazyrestore index`: what post-dump does, for a checkpoint CRIU wrote without the plugin."""
+def index_existing(images_dir: Path) -> tuple[str, int, int]:
+    """`lazyrestore index`: what post-dump does, for a checkpoint CRIU wrote without the plugin; for a
+    `--lazy-pages` dump, the index without checksums lr-lazyd --criu-page-server needs. (id, lazy, eager pages)"""
     if not images_dir.is_dir():
         raise ImagesDirError(f"images directory {images_dir} does not exist or is not a directory")
     require_checkpoint_dir(images_dir)
     if (images_dir / manifest.META_DIR / manifest.MANIFEST_NAME).exists():
         raise ImagesDirError(f"{images_dir} is already indexed ({manifest.META_DIR}/{manifest.MANIFEST_NAME} exists)")
     if _lazy_dump(images_dir):
-        raise ImagesDirError(f"{images_dir} is a --lazy-pages dump: its lazy pages are in CRIU's page server, not "
-                             "here; restore it with `lazyrestore lazy-pages --page-server --address A --port P`")
-    return checkpoint.write_metadata(images_dir, criu.find_criu(), read_pstree(images_dir)[0].pid)
+        index = index_lazy_dump(images_dir)
+        return index.checkpoint_id.hex(), index.lazy_pages, index.eager_pages
+    m = checkpoint.write_metadata(images_dir, criu.find_criu(), read_pstree(images_dir)[0].pid)
+    return m.checkpoint_id, m.lazy_pages, m.eager_pages
+
+
+def index_lazy_dump(images_dir: Path) -> lazyindex.LazyIndex:
+    """IMAGES/lazyrestore/index.bin for a `criu dump --lazy-pages`: its ranges, every record RANGE_UNVERIFIED
+    (CRIU's page server sends no checksums; the lazy bytes are not here to compute any)."""
+    page_size, block = os.sysconf("SC_PAGE_SIZE"), lazyindex.DEFAULT_BLOCK_SIZE
+    tree = read_pstree(images_dir)
+    entries: list[lazyindex.IndexEntry] = []
+    for proc in tree:
+        pm = read_pagemap(images_dir, proc.pid)
+        if pm is not None:
+            entries += lazyindex.plan_ranges(pm, read_vmas(images_dir, proc.pid), page_size,
+                                             str(images_dir / f"pagemap-{proc.pid}.img"), lazy_dump=True)
+    entries = [replace(e, checksums=(0,) * len(lazyindex.block_spans(e.start, e.nr_pages * page_size, block)))
+               for e in sorted(entries, key=lambda e: (e.pid, e.start))]
+    index = lazyindex.LazyIndex(page_size, block, len(tree), bytes.fromhex(manifest.new_checkpoint_id()),
+                                tuple(entries))
+    (images_dir / manifest.META_DIR).mkdir(exist_ok=True)
+    lazyindex.write(images_dir / manifest.META_DIR / manifest.INDEX_NAME, index)
+    return index
+
+
+def criu_lazy_pages_args(args: list[str]) -> list[str]:
+    """`lazyrestore lazy-pages` with CRIU's `--page-server --address A --port P` (a drop-in for `criu lazy-pages
+    --page-server`): lr-lazyd's --criu-page-server A:P, the dump indexed first if it is not. Other args as given."""
+    if "--page-server" not in args:
+        return args
+    out, address, port, images = [], "", "", "."
+    it = iter(args)
+    for a in it:
+        key, eq, val = a.partition("=")
+        if key in ("--address", "--port", "-D", "--images-dir") and not eq:
+            val = next(it, "")
+        if key == "--address":
+            address = val
+        elif key == "--port":
+            port = val
+        elif a != "--page-server":
+            out += [a] if eq or key not in ("-D", "--images-dir") else [a, val]
+            images = val if key in ("-D", "--images-dir") else images
+    if not address or not port.isdigit():
+        raise UsageError("lazy-pages --page-server needs --address ADDR and --port PORT (CRIU's page server)")
+    images_dir = Path(images)
+    if not (images_dir / manifest.META_DIR / manifest.INDEX_NAME).exists():
+        index_lazy_dump(images_dir)
+    return out + ["--criu-page-server", f"{address}:{port}"]
 
 
 def listening(work_dir: Path) -> bool:
@@ -158,6 +206,8 @@ def start_lazyd(src: sourcefile.SourceFile, images_dir: Path, work_dir: Path) ->
     """lr-lazyd for src, detached; for an lr-pageserver, the fetched checkpoint verified first."""
     options = LazydOptions(sanitized=bool(os.environ.get("LAZYRESTORE_SANITIZED")))
     if src.kind == "criu":
+        if not (images_dir / manifest.META_DIR / manifest.INDEX_NAME).exists():
+            index_lazy_dump(images_dir)
         return Lazyd(images_dir, work_dir, options, detach=True, criu_page_server=src.address, leave_cgroup=True)
     assert src.secret_file is not None
     before = _presented(images_dir)

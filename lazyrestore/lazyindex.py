@@ -35,7 +35,9 @@ from .images import Pagemap, Vma, PE_PARENT
 MAGIC = b"LRINDEX\0"
 VERSION = 1
 RANGE_LAZY = 1 << 0
-KNOWN_RANGE_FLAGS = RANGE_LAZY
+# No checksums (all 0): a `criu dump --lazy-pages` whose bytes CRIU's page server sends (lr_index.h).
+RANGE_UNVERIFIED = 1 << 1
+KNOWN_RANGE_FLAGS = RANGE_LAZY | RANGE_UNVERIFIED
 DEFAULT_BLOCK_SIZE = 64 * 1024
 HEADER = struct.Struct("<8sIIIIII QQQQ16s")
 RECORD = struct.Struct("<IIQQIIQQ")
@@ -129,13 +131,16 @@ def block_count(start: int, length: int, block_size: int) -> int:
     return last - first + 1
 
 
-def plan_ranges(pagemap: Pagemap, vmas: list[Vma], page_size: int, where: str) -> list[IndexEntry]:
-    """Records for one process's pagemap, split at VMA boundaries (checksums left empty)."""
+def plan_ranges(pagemap: Pagemap, vmas: list[Vma], page_size: int, where: str,
+                lazy_dump: bool = False) -> list[IndexEntry]:
+    """Records for one process's pagemap, split at VMA boundaries (checksums left empty). lazy_dump: a
+    `criu dump --lazy-pages`, whose lazy pages are in CRIU's page server (every record RANGE_UNVERIFIED)."""
     starts = [v.start for v in vmas]
     out: list[IndexEntry] = []
     offset = 0
     for pe in pagemap.entries:
-        if pe.flags & PE_PARENT or not pe.present:
+        remote = lazy_dump and pe.lazy and not pe.present
+        if pe.flags & PE_PARENT or not (pe.present or remote):
             raise CorruptCheckpoint(where, f"pages at {pe.vaddr:#x} are not in pages-{pagemap.pages_id}.img "
                                     f"(flags {pe.flags:#x}: incremental or page-server dumps are not supported)")
         addr, end = pe.vaddr, pe.vaddr + pe.nr_pages * page_size
@@ -145,8 +150,9 @@ def plan_ranges(pagemap: Pagemap, vmas: list[Vma], page_size: int, where: str) -
                 raise CorruptCheckpoint(where, f"page {addr:#x} of pid {pagemap.pid} lies in no VMA of mm-{pagemap.pid}.img")
             stop = min(end, vmas[i].end)
             n = (stop - addr) // page_size
-            out.append(IndexEntry(pagemap.pid, RANGE_LAZY if pe.lazy else 0, addr, n, pagemap.pages_id, offset))
-            offset += n * page_size
+            flags = (RANGE_LAZY if pe.lazy else 0) | (RANGE_UNVERIFIED if lazy_dump else 0)
+            out.append(IndexEntry(pagemap.pid, flags, addr, n, pagemap.pages_id, 0 if remote else offset))
+            offset += 0 if remote else n * page_size
             addr = stop
     return out
 

@@ -63,7 +63,7 @@ static int check_record(const struct lr_index *idx, size_t i, uint64_t *next_sum
 	const struct lr_index_record *r = &idx->recs[i];
 	uint64_t nblocks;
 
-	if ((r->flags & ~LR_RANGE_LAZY) || r->reserved)
+	if ((r->flags & ~(LR_RANGE_LAZY | LR_RANGE_UNVERIFIED)) || r->reserved)
 		return lr_error_set(err, 0, "%s: record %zu: unknown flags %#x or reserved field set", path, i, r->flags);
 	if (!r->nr_pages || r->start % h->page_size || r->offset % h->page_size ||
 	    r->nr_pages > (UINT64_MAX - r->start) / h->page_size || r->offset > UINT64_MAX - r->nr_pages * h->page_size)
@@ -81,13 +81,15 @@ static int check_record(const struct lr_index *idx, size_t i, uint64_t *next_sum
 	return 0;
 }
 
-static int check_records(const struct lr_index *idx, const char *path, struct lr_error *err)
+static int check_records(struct lr_index *idx, const char *path, struct lr_error *err)
 {
 	uint64_t next_sum = 0, lazy = 0, eager = 0;
 
 	for (size_t i = 0; i < idx->hdr->record_count; i++) {
 		if (check_record(idx, i, &next_sum, path, err))
 			return -1;
+		if (idx->recs[i].flags & LR_RANGE_UNVERIFIED)
+			idx->unverified++;
 		if (idx->recs[i].flags & LR_RANGE_LAZY)
 			lazy += idx->recs[i].nr_pages;
 		else

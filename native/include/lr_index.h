@@ -38,6 +38,9 @@
 #define LR_INDEX_VERSION 1
 #define LR_INDEX_NAME "lazyrestore/index.bin"
 #define LR_RANGE_LAZY (1u << 0) /* placed by lr-lazyd; else restored eagerly by CRIU */
+/* No checksums (they are 0): the bytes come from CRIU's page server (`criu dump --lazy-pages`), which has
+ * none to give. Only lr-lazyd --criu-page-server accepts such records; every other reader refuses them. */
+#define LR_RANGE_UNVERIFIED (1u << 1)
 
 struct lr_index_header {
 	char magic[8];             /* LR_INDEX_MAGIC */

@@ -1,4 +1,5 @@
 /* drain.c: placing the pages nobody asked for yet, one chunk at a time, between faults. */
+#include "criu_ps.h"
 #include "lazyd.h"
 #include "uffd.h"
 
@@ -84,6 +85,8 @@ int lr_drain_step(struct lr_lazyd *d, struct lr_error *err)
 
 	if (d->remote)
 		return lr_remote_drain_step(d, err);
+	if (d->cps)
+		return lr_cps_drain_step(d, err);
 	if (!t)
 		return 0;
 	if (!d->drain_epoch_ns) {

@@ -64,6 +64,7 @@ struct lr_lazyd {
 	struct lr_pages pages;
 	struct lr_ahead ahead;     /* verifies mapped page bytes ahead of the drain */
 	struct lr_remote *remote;  /* the page server, in remote mode; NULL for local images */
+	struct lr_cps *cps;        /* CRIU's page server (--criu-page-server); NULL otherwise */
 	struct lr_stats stats;
 	int epfd;
 	int guard_fd;
@@ -95,6 +96,9 @@ int lr_place_from(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo,
 		  uint64_t *placed, struct lr_error *err);
 int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, uint64_t *placed,
 	     struct lr_error *err);
+/* Bytes of record rec at checkpoint addresses [a, b) arrived from a page source: into every task that needs them. */
+int lr_place_all(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, const char *data, uint64_t *placed,
+		 struct lr_error *err);
 
 /* serve.c */
 int lr_serve_uffd(void *ctx, struct lr_fdrec *rec, struct lr_error *err);

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "guard.h"
+#include "criu_ps.h"
 #include "lazyd.h"
 
 #define LR_EXIT_USAGE 2
@@ -279,8 +280,15 @@ static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 		return -1;
 	if (snprintf(path, sizeof(path), "%s/%s", d->cfg.images_dir, LR_INDEX_NAME) >= (int)sizeof(path))
 		return lr_error_set(err, ENAMETOOLONG, "images dir %s", d->cfg.images_dir);
-	if (lr_index_open(&d->index, path, d->page_size, err) ||
-	    lr_pages_open(&d->pages, d->cfg.images_dir, d->cfg.map, err))
+	if (lr_index_open(&d->index, path, d->page_size, err))
+		return -1;
+	if (d->index.unverified && !d->cfg.criu_ps)
+		return lr_error_set(err, 0, "%s has no checksums: it describes a --lazy-pages dump whose pages are in "
+				    "CRIU's page server; give --criu-page-server HOST:PORT", path);
+	if (d->cfg.criu_ps && d->index.unverified != d->index.hdr->record_count)
+		return lr_error_set(err, 0, "%s is not an index of a --lazy-pages dump (`lazyrestore index "
+				    "--criu-page-server`): its pages are not in CRIU's page server", path);
+	if (!d->cfg.criu_ps && lr_pages_open(&d->pages, d->cfg.images_dir, d->cfg.map, err))
 		return -1;
 	d->buf_size = (d->cfg.chunk > d->cfg.fault_around ? d->cfg.chunk : d->cfg.fault_around) +
 		      2 * (size_t)d->index.hdr->block_size;
@@ -328,10 +336,12 @@ static int start_listening(struct lr_lazyd *d, struct lr_error *err)
 		return -1;
 	if (d->remote && lr_remote_start(d, err))
 		return -1;
-	/* Open the pages files only now, in the daemon: the read leases must be ours, not the guardian's. */
-	if (lr_pages_prepare(&d->pages, &d->index, err))
+	if (d->cfg.criu_ps && lr_cps_start(d, err))
 		return -1;
-	if (d->cfg.map && d->cfg.ahead && !d->remote && lr_ahead_start(&d->ahead, &d->index, &d->pages, d->cfg.ahead, err))
+	/* Open the pages files only now, in the daemon: the read leases must be ours, not the guardian's. */
+	if (!d->cfg.criu_ps && lr_pages_prepare(&d->pages, &d->index, err))
+		return -1;
+	if (d->cfg.map && d->cfg.ahead && !d->remote && !d->cps && lr_ahead_start(&d->ahead, &d->index, &d->pages, d->cfg.ahead, err))
 		return -1;
 	if (d->cfg.status_fd >= 0) {
 		if (write_all(d->cfg.status_fd, "", 1))
@@ -427,6 +437,8 @@ static void finish(struct lr_lazyd *d)
 		       "checkpoint as undelivered", err.msg);
 	else if (d->remote)
 		lr_log(d, 1, "the page server acknowledged DONE: the checkpoint is delivered");
+	if (d->cps && lr_cps_done(d, &err))
+		lr_log(d, 0, "warning: every page is placed, but closing CRIU's page server failed: %s", err.msg);
 }
 
 static void teardown(struct lr_lazyd *d)
@@ -443,6 +455,7 @@ static void teardown(struct lr_lazyd *d)
 	free(d->buf);
 	lr_ahead_stop(&d->ahead); /* before the mappings it reads go away */
 	lr_remote_close(d);
+	lr_cps_close(d);
 	lr_pages_close(&d->pages);
 	lr_index_close(&d->index);
 	if (d->conn_rec.fd >= 0)

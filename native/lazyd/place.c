@@ -1,5 +1,6 @@
 /* place.c: putting verified page bytes into a task, shared by faults, the drain and the remote source. */
 #include "lazyd.h"
+#include "criu_ps.h"
 #include "remote.h"
 #include "uffd.h"
 
@@ -32,6 +33,42 @@ int lr_place_from(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo,
 	return LR_UFFD_OK;
 }
 
+/* The spans of task t holding bytes of record rec between checkpoint addresses [a, b): place them from data. */
+static int place_task(struct lr_lazyd *d, struct lr_task *t, uint32_t rec, uint64_t a, uint64_t b, const char *data,
+			uint64_t *placed, struct lr_error *err)
+{
+	const uint64_t ps = d->page_size;
+	size_t k = t->spans.remapped ? 0 : lr_spans_lower(&t->spans, a);
+	for (; k < t->spans.n && !t->gone; k++) {
+		const struct lr_span *sp = &t->spans.v[k];
+		uint64_t end = sp->src + sp->npages * ps;
+		if (!t->spans.remapped && sp->addr >= b)
+			break;
+		if (sp->rec != rec || end <= a || sp->src >= b)
+			continue;
+		uint64_t lo = (sp->src < a ? a - sp->src : 0) / ps, hi = ((end < b ? end : b) - sp->src) / ps, n = 0;
+		int rc = lr_place_from(d, t, k, lo, hi, data + (sp->src + lo * ps - a), &n, err);
+		*placed += n;
+		if (rc < 0)
+			return -1;
+		if (rc == LR_UFFD_GONE)
+			lr_task_gone(d, t);
+		/* RETRY / NOVMA: those pages stay pending; the sweep after the bulk stream asks for them again */
+	}
+	return 0;
+}
+
+int lr_place_all(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, const char *data, uint64_t *placed,
+		 struct lr_error *err)
+{
+	*placed = 0;
+	for (size_t i = 0; i < d->ntasks; i++)
+		if (!d->tasks[i]->gone && d->tasks[i]->spans.left &&
+		    place_task(d, d->tasks[i], rec, a, b, data, placed, err))
+			return -1;
+	return 0;
+}
+
 /*
  * Place the pending pages of span si within its pages [lo, hi). Local images:
  * the bytes are read and verified once, then each run of pending pages is
@@ -50,9 +87,9 @@ int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint
 	*placed = 0;
 	if (!lr_spans_run_in(&t->spans, si, lo, hi, &run))
 		return LR_UFFD_OK;
-	if (d->remote) {
-		uint64_t a = sp.src + run.page * ps;
-		if (lr_remote_want(d, sp.rec, a, sp.src + hi * ps, true, err))
+	if (d->remote || d->cps) {
+		uint64_t a = sp.src + run.page * ps, b = sp.src + hi * ps;
+		if (d->remote ? lr_remote_want(d, sp.rec, a, b, true, err) : lr_cps_want(d, sp.rec, a, b, true, err))
 			return -1;
 		return LR_UFFD_WAIT;
 	}

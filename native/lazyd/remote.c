@@ -96,31 +96,6 @@ static int peer_error(const struct lr_chan *c, struct lr_error *err)
 			    c->payload + sizeof(e));
 }
 
-/* The spans of task t holding bytes of record rec between checkpoint addresses [a, b): place them from data. */
-static int deliver_task(struct lr_lazyd *d, struct lr_task *t, uint32_t rec, uint64_t a, uint64_t b, const char *data,
-			uint64_t *placed, struct lr_error *err)
-{
-	const uint64_t ps = d->page_size;
-	size_t k = t->spans.remapped ? 0 : lr_spans_lower(&t->spans, a);
-	for (; k < t->spans.n && !t->gone; k++) {
-		const struct lr_span *sp = &t->spans.v[k];
-		uint64_t end = sp->src + sp->npages * ps;
-		if (!t->spans.remapped && sp->addr >= b)
-			break;
-		if (sp->rec != rec || end <= a || sp->src >= b)
-			continue;
-		uint64_t lo = (sp->src < a ? a - sp->src : 0) / ps, hi = ((end < b ? end : b) - sp->src) / ps, n = 0;
-		int rc = lr_place_from(d, t, k, lo, hi, data + (sp->src + lo * ps - a), &n, err);
-		*placed += n;
-		if (rc < 0)
-			return -1;
-		if (rc == LR_UFFD_GONE)
-			lr_task_gone(d, t);
-		/* RETRY / NOVMA: those pages stay pending; the sweep after the bulk stream asks for them again */
-	}
-	return 0;
-}
-
 static void clear_inflight(struct lr_remote *r, const struct lr_index *idx, const struct lr_pages_hdr *h)
 {
 	const struct lr_index_record *rec = &idx->recs[h->record];
@@ -149,10 +124,8 @@ static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 	}
 	clear_inflight(r, &d->index, &h);
 	*(bulk ? &r->bulk_bytes : &r->urgent_bytes) += h.data_len;
-	for (size_t i = 0; i < d->ntasks; i++)
-		if (!d->tasks[i]->gone && d->tasks[i]->spans.left &&
-		    deliver_task(d, d->tasks[i], (uint32_t)h.record, a, a + h.data_len, data, &placed, err))
-			return -1;
+	if (lr_place_all(d, (uint32_t)h.record, a, a + h.data_len, data, &placed, err))
+		return -1;
 	*(bulk ? &d->stats.drain_bytes : &d->stats.fault_bytes) += placed;
 	return 0;
 }

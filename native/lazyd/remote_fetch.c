@@ -250,6 +250,7 @@ int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err)
 		return -1;
 	int rc = memcmp(idx.hdr->checkpoint_id, r->checkpoint_id, 16)
 			 ? lr_error_set(err, 0, "the index the page server sent belongs to another checkpoint")
+		 : idx.unverified ? lr_error_set(err, 0, "the index the page server sent has no checksums")
 			 : fetch_eager(fd, dirfd, &idx, ms, buf, err);
 	lr_index_close(&idx);
 	if (rc)

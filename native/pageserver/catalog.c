@@ -149,6 +149,9 @@ int ps_catalog_open(struct ps_server *s, struct lr_error *err)
 		return lr_error_set(err, ENAMETOOLONG, "images directory %s", s->cfg.images_dir);
 	if (lr_index_open(&s->index, path, (uint32_t)sysconf(_SC_PAGESIZE), err))
 		return -1;
+	if (s->index.unverified)
+		return lr_error_set(err, 0, "%s has no checksums (made for a --lazy-pages dump served by CRIU's page "
+				    "server): nothing to serve from here", path);
 	return list_files(s, err) || open_pages(s, err) ? -1 : 0;
 }
 
