@@ -104,16 +104,41 @@ def wait_filled(bundle: Bundle, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+CGROUP_PARENT = "lazyrestore-test"
+
+
+def cgroup_of(ctr: str) -> str:
+    """The cgroupsPath the tests give container ctr."""
+    return f"{CGROUP_PARENT}/{ctr}"
+
+
 def remove(ctr: str) -> None:
-    """Kill and delete a container, whatever state it is in (also a frozen source)."""
+    """Kill and delete a container, whatever state it is in, and whatever is left in its cgroups (a failed
+    `runc checkpoint --lazy-pages` has been seen to forget a container whose process kept running)."""
     st = state(ctr)
-    if st is None:
-        return
-    if st["status"] == "paused":
-        runc("resume", ctr)
-    if st.get("pid"):
+    if st is not None:
+        if st.get("pid"):
+            _kill(st["pid"])
+        runc("delete", "--force", ctr)
+    for procs in Path("/sys/fs/cgroup").glob(f"**/{cgroup_of(ctr)}/cgroup.procs"):
+        for pid in procs.read_text().split():
+            _kill(int(pid))
+        _rmdir(procs.parent)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _rmdir(path: Path) -> None:
+    for _ in range(50):  # the killed tasks leave the cgroup a moment later
         try:
-            os.kill(st["pid"], signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    runc("delete", "--force", ctr)
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.05)

@@ -8,17 +8,20 @@ checksum (lr-workload's report) after the restore must equal the one before the 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from lazyrestore import sample, testhosts
+from lazyrestore import procs, sample, testhosts
 
-from .containers import Bundle, make_bundle, remove, report, runc, wait_filled
+from .containers import RUNC_PATH, RUNC_ROOT, Bundle, cgroup_of, make_bundle, remove, report, runc, wait_filled
 from .helpers import Background
 
 MIB = 256
@@ -42,12 +45,19 @@ def containers() -> Iterator[list[str]]:
 
 def run_source(workdir: Path, containers: list[str], name: str = "lrt-src") -> tuple[Bundle, sample.Report]:
     """A container with MIB MiB of memory running in host A; its checksum once filled."""
-    bundle = make_bundle(workdir / "src", MIB, f"lazyrestore-test/{name}")
+    bundle = make_bundle(workdir / "src", MIB, cgroup_of(name))
     containers.append(name)
     res = runc("run", "-d", name, host="a", cwd=bundle.path)
     assert res.returncode == 0, res.stderr
     wait_filled(bundle)
     return bundle, report(bundle, name)
+
+
+def stop(server: Background) -> None:
+    """SIGTERM `serve`: it stops its lr-pageserver too (SIGKILL would leave that running)."""
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        server.finish(timeout=30)
 
 
 def checkpoint_source(workdir: Path, name: str, *extra: str) -> tuple[Path, Path]:
@@ -69,7 +79,7 @@ def test_runc_restores_lazily_through_the_plugin(hosts, workdir: Path, container
     # The plugin indexed the checkpoint after runc's dump: it can be served as it is.
     manifest = json.loads((images / "lazyrestore" / "manifest.json").read_text())
     assert manifest["lazy_pages"] >= MIB * 256 * 15 // 16 - 64
-    dest = src.copy(workdir / "dst", "lazyrestore-test/lrt-dst")
+    dest = src.copy(workdir / "dst", cgroup_of("lrt-dst"))
     server = Background(["serve", "--images", str(images), "--listen", f"{testhosts.ADDR_A}:0", "--once",
                          "--kit", str(workdir / "kit")], ("listening",), host="a")
     try:
@@ -88,7 +98,7 @@ def test_runc_restores_lazily_through_the_plugin(hosts, workdir: Path, container
         assert served.code == 0, served.stderr
         assert served.last("summary")["delivered"] == 1
     finally:
-        server.kill()
+        stop(server)
     lazyd_log = (workdir / "work-dst" / "lazyd.log").read_text()
     assert "every page placed" in lazyd_log and "the page server acknowledged DONE" in lazyd_log
     assert report(dest, "lrt-dst").checksum == before.checksum  # still right with every page placed
@@ -97,7 +107,7 @@ def test_runc_restores_lazily_through_the_plugin(hosts, workdir: Path, container
 def test_an_eager_restore_of_a_served_checkpoint_is_refused(hosts, workdir: Path, containers: list[str]) -> None:
     src, _ = run_source(workdir, containers)
     images, _ = checkpoint_source(workdir, "lrt-src")
-    dest = src.copy(workdir / "dst", "lazyrestore-test/lrt-dst")
+    dest = src.copy(workdir / "dst", cgroup_of("lrt-dst"))
     server = Background(["serve", "--images", str(images), "--listen", f"{testhosts.ADDR_A}:0",
                          "--kit", str(workdir / "kit")], ("listening",), host="a")
     try:
@@ -109,13 +119,13 @@ def test_an_eager_restore_of_a_served_checkpoint_is_refused(hosts, workdir: Path
         assert "restores only with --lazy-pages" in log and "refusing an eager restore" in log
         assert runc("state", "lrt-dst").returncode != 0  # nothing runs
     finally:
-        server.kill()
+        stop(server)
 
 
 def test_an_unreachable_page_server_fails_the_restore_cleanly(hosts, workdir: Path, containers: list[str]) -> None:
     src, _ = run_source(workdir, containers)
     images, _ = checkpoint_source(workdir, "lrt-src")
-    dest = src.copy(workdir / "dst", "lazyrestore-test/lrt-dst")
+    dest = src.copy(workdir / "dst", cgroup_of("lrt-dst"))
     dst_images = workdir / "dst-images"
     (dst_images / "lazyrestore").mkdir(parents=True)
     for name in ("inventory.img", "descriptors.json"):
@@ -149,3 +159,77 @@ def test_the_hook_as_a_criu_action_script_indexes_a_dump(workdir: Path, reaper) 
                              capture_output=True, text=True)
     assert inspect.returncode == 0, inspect.stderr
     assert before["main"].checksum  # the dump stopped a workload that had reported
+
+
+@contextmanager
+def pipe_max_size(size: int) -> Iterator[None]:
+    """CRIU's page server needs a 3.3 MB pipe (without CAP_SYS_RESOURCE it cannot exceed this sysctl)."""
+    path = Path("/proc/sys/fs/pipe-max-size")
+    old = path.read_text().strip()
+    path.write_text(str(size))
+    try:
+        yield
+    finally:
+        path.write_text(old)
+
+
+def lazy_checkpoint(workdir: Path, name: str, port: int) -> tuple[subprocess.Popen[str], Path]:
+    """runc's documented lazy migration source: `runc checkpoint --lazy-pages --page-server` in host A, up to
+    the status byte (its page server listens; runc returns only once a client closed it)."""
+    images = workdir / "images"
+    r, w = os.pipe()
+    ck = subprocess.Popen(["runc", "--root", RUNC_ROOT, "checkpoint", "--lazy-pages", "--page-server",
+                           f"{testhosts.ADDR_A}:{port}", "--status-fd", str(w), "--image-path", str(images),
+                           "--work-path", str(workdir / "work-src"), name], pass_fds=(w,), text=True,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "PATH": RUNC_PATH}, preexec_fn=testhosts.enter(testhosts.HOST_A))
+    os.close(w)
+    ok = procs.ready_byte(r, 60)
+    assert ok, f"runc checkpoint --lazy-pages gave no status byte: {ck.poll()} {ck.stderr.read() if ck.poll() else ''}"
+    return ck, images
+
+
+@pytest.mark.parametrize("via", ["plugin", "lazy-pages"])
+def test_runc_lazy_page_server_checkpoint_served_to_lr_lazyd(hosts, workdir: Path, containers: list[str],
+                                                            via: str) -> None:
+    src, before = run_source(workdir, containers)
+    port = 27411
+    with pipe_max_size(4 << 20):
+        ck, images = lazy_checkpoint(workdir, "lrt-src", port)
+        try:
+            dest = src.copy(workdir / "dst", cgroup_of("lrt-dst"))
+            dst_images = workdir / "dst-images"
+            shutil.copytree(images, dst_images)  # the dump's images: the lazy pages stay in CRIU's page server
+            assert sum(f.stat().st_size for f in dst_images.iterdir()) < (MIB << 20) // 8
+            work = workdir / "work-dst"
+            daemon = None
+            if via == "plugin":
+                (dst_images / "lazyrestore").mkdir()
+                (dst_images / "lazyrestore" / "source.json").write_text(json.dumps(
+                    {"lazyrestore_source": 1, "kind": "criu", "address": f"{testhosts.ADDR_A}:{port}"}))
+            else:  # the drop-in for `criu lazy-pages --page-server --address A --port P`
+                work.mkdir()
+                r, w = os.pipe()
+                daemon = subprocess.Popen(
+                    [sys.executable, "-m", "lazyrestore.cli", "lazy-pages", "--page-server", "--address",
+                     testhosts.ADDR_A, "--port", str(port), "-D", str(dst_images), "-W", str(work), "-o", "lazyd.log",
+                     "--status-fd", str(w)], pass_fds=(w,), stdin=subprocess.DEVNULL,
+                    preexec_fn=testhosts.enter(testhosts.HOST_B))
+                os.close(w)
+                assert procs.ready_byte(r, 60), (work / "lazyd.log").read_text()
+            containers.append("lrt-dst")
+            res = restore_dest(dest, dst_images, work, "lrt-dst", "--lazy-pages")
+            assert res.returncode == 0, f"{res.stderr}\n{(work / 'restore.log').read_text()[-3000:]}"
+            assert report(dest, "lrt-dst").checksum == before.checksum
+            out, err = ck.communicate(timeout=120)  # the dump ends once lr-lazyd has closed the page server
+            assert ck.returncode == 0, err
+            if daemon is not None:
+                assert daemon.wait(timeout=60) == 0
+        finally:
+            if ck.poll() is None:
+                ck.kill()
+                ck.communicate()
+    log = (work / "lazyd.log").read_text()
+    assert f"connected to CRIU's page server {testhosts.ADDR_A}:{port}" in log
+    assert "every page placed" in log and "closed with status 0" in log
+    assert report(dest, "lrt-dst").checksum == before.checksum
