@@ -36,6 +36,9 @@ from lazyrestore import criu, sample
 from lazyrestore.paths import native_binary
 from lazyrestore.errors import LazyRestoreError
 
+# The CRIU baselines run CRIU as CRIU: lazyrestore's CRIU plugin would index every dump they time.
+os.environ["LAZYRESTORE_PLUGIN"] = "off"
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 KINDS = {"idle": 0, "scanning": 2}  # kind -> scanner threads

@@ -43,6 +43,9 @@ from lazyrestore.errors import LazyRestoreError
 from lazyrestore.restore import SETTLE_S
 from run_bench import csv_ints, positive
 
+# The CRIU baselines run CRIU as CRIU: lazyrestore's CRIU plugin would index every dump they time.
+os.environ["LAZYRESTORE_PLUGIN"] = "off"
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SHM = Path("/dev/shm")

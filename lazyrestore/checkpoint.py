@@ -135,7 +135,7 @@ def checkpoint(pid: int, images_dir: Path, leave_running: bool, allow_host_pids:
     binary = criu.find_criu()
     procs.check_checkpointable(pid, allow_host_pids)
     prepare_dir(images_dir)
-    reporter.event("started", action="checkpoint", pid=pid, images_dir=str(images_dir), criu=binary.path)
+    reporter.event("dumping", pid=pid, images_dir=str(images_dir), criu=binary.path)
     reporter.progress(f"dumping process tree {pid} into {images_dir} with criu {binary.version}")
     t0 = time.monotonic()
     dump(binary, pid, images_dir, leave_running)

@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rep = Reporter(json_mode=getattr(args, "json", False))
     func: Callable[[argparse.Namespace, Reporter], int] = args.func
+    rep.event("started", command=args.command, pid=os.getpid())
     try:
         return func(args, rep)
     except LazyRestoreError as exc:
