@@ -517,7 +517,7 @@ def test_adjacent_records_are_accepted() -> None:
 
 
 @pytest.mark.parametrize("offset,fmt,value,problem", [
-    (record_at(0) + 4, "<I", 2, "unknown flags"),
+    (record_at(0) + 4, "<I", 4, "unknown flags"),
     (record_at(0) + 4, "<I", RANGE_LAZY | 0x100, "unknown flags"),
     (record_at(1) + 28, "<I", 7, "reserved field set"),
     (record_at(0) + 8, "<Q", 0x1001, "unaligned"),                       # start

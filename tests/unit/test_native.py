@@ -349,7 +349,7 @@ def record_cases() -> list[tuple[str, bytes, str | None]]:
         ("same start, different pids swapped", with_entries([entry(9, 0x1000, 1), entry(8, 0x1000, 1)]), order),
         # Flags and reserved.
         *[(f"flags {f:#x}", with_entries(replaced(1, replace(base[1], flags=f))), "reject:unknown flags")
-          for f in (2, 3, 0x80000000, U32)],
+          for f in (4, 5, 0x80000000, U32)],
         *[(f"reserved {v:#x}", patch(data, record_at(i) + R_RESERVED, "<I", v), "reject:reserved field set")
           for i, v in ((0, 1), (5, U32))],
         # Empty, unaligned, beyond the address space.
