@@ -43,15 +43,15 @@ CRIU_TREE  ?= /var/cache/lazyrestore/criu-4.1.1
 PLUGIN_DIR ?= /usr/lib/criu
 PLUGIN_INC := -I$(CRIU_TREE)/compel/include/uapi -iquote $(CRIU_TREE)/include -iquote $(CRIU_TREE)/criu/include \
 	-iquote $(CRIU_TREE)/criu/arch/x86/include -iquote $(CRIU_TREE)
+# Installed whenever it differs from this checkout's build: the plugin runs the lazyrestore of the checkout that
+# installed it last.
 .PHONY: plugin
-plugin: $(PLUGIN_DIR)/lazyrestore_plugin.so
+plugin: $(NATIVE)/lazyrestore_plugin.so
+	@cmp -s $< $(PLUGIN_DIR)/lazyrestore_plugin.so || install -D -m 0644 $< $(PLUGIN_DIR)/lazyrestore_plugin.so
 
 $(NATIVE)/lazyrestore_plugin.so: criu-plugin/lazyrestore_plugin.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -shared -fPIC $(PLUGIN_INC) -DLR_HOOK_COMMAND='"$(CURDIR)/$(VENV)/bin/lazyrestore"' -o $@ $<
-
-$(PLUGIN_DIR)/lazyrestore_plugin.so: $(NATIVE)/lazyrestore_plugin.so
-	install -D -m 0644 $< $@
 
 # --- lr-pageserver -----------------------------------------------------------
 PS_SRC := $(wildcard native/pageserver/*.c) native/common/error.c native/common/index.c native/common/auth.c \
