@@ -83,6 +83,13 @@ int lr_remote_handshake(struct lr_remote *r, uint32_t channel, const uint8_t *ex
 			struct lr_error *err);
 
 /*
+ * The FILES entry at *at of a list of len bytes: whole, of a known kind, with a name safe to create in the
+ * images dir (copied NUL-terminated into name); *at moves past it. Pure: no I/O.
+ */
+int lr_file_entry_next(const char *list, uint32_t len, uint32_t *at, struct lr_file_entry *e,
+		       char name[LR_NAME_MAX + 1], struct lr_error *err);
+
+/*
  * A PAGES payload checked against the index: record and blocks in range, length
  * right, every checksum the index's, every block's bytes hashing to it (errnum
  * EBADMSG for bytes that do not). Sets *a to the first checkpoint address and

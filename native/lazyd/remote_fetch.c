@@ -16,6 +16,10 @@
 #include "lr_proto_io.h"
 #include "remote.h"
 
+#define LR_FETCH_TRY_MS 2000        /* one connection attempt before the fetch */
+#define LR_FETCH_BACKOFF_MIN_MS 100
+#define LR_FETCH_BACKOFF_MAX_MS 1000
+
 static unsigned long long deadline(int ms)
 {
 	return lr_net_now_ns() + (unsigned long long)ms * 1000000ULL;
@@ -128,6 +132,21 @@ static int sparse_file(int dirfd, const char *dir, const char *name, uint64_t si
 	return 0;
 }
 
+int lr_file_entry_next(const char *list, uint32_t len, uint32_t *at, struct lr_file_entry *e,
+		       char name[LR_NAME_MAX + 1], struct lr_error *err)
+{
+	if (len - *at < sizeof(*e))
+		return lr_error_set(err, 0, "page server sent a truncated file list");
+	memcpy(e, list + *at, sizeof(*e));
+	if (!e->name_len || e->name_len > len - *at - sizeof(*e) || !safe_name(list + *at + sizeof(*e), e->name_len) ||
+	    (e->kind != LR_FILE_META && e->kind != LR_FILE_PAGES))
+		return lr_error_set(err, 0, "page server listed a file outside a checkpoint (entry at byte %u)", *at);
+	memcpy(name, list + *at + sizeof(*e), e->name_len);
+	name[e->name_len] = 0;
+	*at += (uint32_t)sizeof(*e) + e->name_len;
+	return 0;
+}
+
 /* LIST, then every file: metadata whole, pages files as sparse files of their size. */
 static int fetch_listed(int fd, int dirfd, const char *dir, int timeout_ms, char *buf, struct lr_error *err)
 {
@@ -142,15 +161,8 @@ static int fetch_listed(int fd, int dirfd, const char *dir, int timeout_ms, char
 	for (uint32_t at = 0; at < f.length;) {
 		struct lr_file_entry e;
 		char name[LR_NAME_MAX + 1];
-		if (f.length - at < sizeof(e))
-			return lr_error_set(err, 0, "page server sent a truncated file list");
-		memcpy(&e, list + at, sizeof(e));
-		if (!e.name_len || e.name_len > f.length - at - sizeof(e) || !safe_name(list + at + sizeof(e), e.name_len) ||
-		    (e.kind != LR_FILE_META && e.kind != LR_FILE_PAGES))
-			return lr_error_set(err, 0, "page server listed a file outside a checkpoint (entry at byte %u)", at);
-		memcpy(name, list + at + sizeof(e), e.name_len);
-		name[e.name_len] = 0;
-		at += (uint32_t)sizeof(e) + e.name_len;
+		if (lr_file_entry_next(list, f.length, &at, &e, name, err))
+			return -1;
 		if (e.kind == LR_FILE_META ? fetch_file(fd, dirfd, dir, name, e.size, timeout_ms, buf, err)
 					   : sparse_file(dirfd, dir, name, e.size, err))
 			return -1;
@@ -225,6 +237,44 @@ static int fetch_eager(int fd, int dirfd, const struct lr_index *idx, int timeou
 	return 0;
 }
 
+/* The connection failed on the way, not by the server's word: worth trying again while the timeout lasts. */
+static bool transient(const struct lr_error *err)
+{
+	switch (err->errnum) {
+	case ECONNREFUSED: case ECONNRESET: case ECONNABORTED: case EHOSTUNREACH: case ENETUNREACH: case ENETDOWN:
+	case ETIMEDOUT: case EPIPE:
+		return true;
+	default:
+		return strstr(err->msg, "closed the connection") != NULL;
+	}
+}
+
+/* The first (urgent) channel: a page server that is not up yet, or restarting, gets until the source timeout. */
+static int first_handshake(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	unsigned long long start = lr_net_now_ns(), spent_ms = 0;
+	unsigned backoff_ms = LR_FETCH_BACKOFF_MIN_MS;
+
+	for (;;) {
+		int left = (int)(r->timeout_ms - spent_ms);
+		int fd = lr_remote_handshake(r, LR_CHANNEL_URGENT, NULL, left < LR_FETCH_TRY_MS ? left : LR_FETCH_TRY_MS,
+					     err);
+		if (fd >= 0 || !transient(err))
+			return fd;
+		spent_ms = (lr_net_now_ns() - start) / 1000000ULL;
+		if (spent_ms + backoff_ms >= r->timeout_ms)
+			return lr_error_set(err, err->errnum, "page server %s unreachable for %llu s (last: %s)",
+					    r->addr.text, (unsigned long long)(r->timeout_ms / 1000), err->msg);
+		if (backoff_ms == LR_FETCH_BACKOFF_MIN_MS)
+			lr_log(d, 0, "page server %s not reachable yet (%s); trying for up to %llu s", r->addr.text,
+			       err->msg, (unsigned long long)(r->timeout_ms / 1000));
+		usleep(backoff_ms * 1000);
+		spent_ms += backoff_ms;
+		backoff_ms = backoff_ms * 2 > LR_FETCH_BACKOFF_MAX_MS ? LR_FETCH_BACKOFF_MAX_MS : backoff_ms * 2;
+	}
+}
+
 int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
@@ -242,7 +292,7 @@ int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err)
 	LR_CLEANUP_FREE char *buf = malloc(LR_FRAME_MAX);
 	if (dirfd < 0 || !buf)
 		return lr_error_set(err, dirfd < 0 ? errno : ENOMEM, "images directory %s", dir);
-	LR_CLEANUP_CLOSE int fd = lr_remote_handshake(r, LR_CHANNEL_URGENT, NULL, ms, err);
+	LR_CLEANUP_CLOSE int fd = first_handshake(d, err);
 	if (fd < 0 || fetch_listed(fd, dirfd, dir, ms, buf, err))
 		return -1;
 	snprintf(path, sizeof(path), "%s/%s", dir, LR_INDEX_NAME);

@@ -17,7 +17,7 @@ import pytest
 # The tests' own test hosts (lrt-host-a/b), apart from any a user or `make bench` has up.
 os.environ.setdefault("LAZYRESTORE_TESTHOSTS_PREFIX", "lrt")
 
-from lazyrestore import criu, sample  # noqa: E402
+from lazyrestore import criu, sample, testhosts  # noqa: E402
 from lazyrestore.errors import LazyRestoreError  # noqa: E402
 
 from .helpers import run_cli  # noqa: E402
@@ -71,3 +71,11 @@ def start_workload(workdir: Path, reaper: Reaper):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def hosts() -> Iterator[testhosts.TestHosts]:
+    """Test hosts A and B for the module's tests, removed afterwards."""
+    h = testhosts.up()
+    yield h
+    testhosts.down()

@@ -18,69 +18,8 @@ import pytest
 
 from lazyrestore import procs, sample, testhosts
 
-from .helpers import Background, checkpoint, run_cli
-
-SLOW_DRAIN = ("--drain-rate", "48M")  # keeps the drain running while the test acts
-
-
-@pytest.fixture(scope="module")
-def hosts() -> Iterator[testhosts.TestHosts]:
-    h = testhosts.up()
-    yield h
-    testhosts.down()
-
-
-def start_on_a(workdir: Path, reaper, mib: int = 256, **kw: int) -> sample.Workload:
-    with testhosts.inside(testhosts.HOST_A):
-        w = sample.start(workdir, mib, **kw)
-    reaper.add(w.pid)
-    return w
-
-
-class Source:
-    """`lazyrestore serve` (or `migrate`) on host A, up to its "listening" event."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.run = Background(args, ("listening",), host="a")
-        self.listening = self.run.first("listening")
-        self.address = f"{testhosts.ADDR_A}:{self.listening['port']}"
-
-    def kill_server(self) -> None:
-        """SIGKILL lr-pageserver: its sessions drop without a word."""
-        pid = self.listening["server_pid"]
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while procs.is_running(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def stop(self) -> dict:
-        """SIGTERM `serve` (it stops lr-pageserver); its summary."""
-        if self.run.proc.poll() is None:
-            self.run.proc.send_signal(signal.SIGTERM)
-        self.result = self.run.finish(timeout=30)
-        return self.result.last("summary") if self.result.code == 0 else {}
-
-
-def serve_a(images: Path, port: int = 0, *extra: str) -> Source:
-    return Source(["serve", "--images", str(images), "--listen", f"{testhosts.ADDR_A}:{port}", *extra])
-
-
-def restore_on_b(source: str, images: Path, workdir: Path, *extra: str, until: tuple[str, ...] = ("resumed",)
-                 ) -> Background:
-    return Background(["restore", "--from", source, "--secret-file", str(images / "lazyrestore" / "secret"),
-                       "--workdir", str(workdir), *extra], until, host="b")
-
-
-def finished(run: Background) -> dict:
-    res = run.finish()
-    assert res.code == 0, res.stderr
-    summary = res.last("summary")
-    assert summary["lazy"] is True and summary["resident_s"] is not None
-    return summary
-
-
-def checksums(w: sample.Workload) -> dict[str, str]:
-    return {role: r.checksum for role, r in w.request_report().items()}
+from .helpers import Background, run_cli
+from .migration import SLOW_DRAIN, Source, checkpoint_on_a, checksums, finished, restore_on_b, serve_a, start_on_a
 
 
 def test_migrate_one_process_from_a_to_b(hosts, workdir: Path, reaper) -> None:
@@ -125,11 +64,6 @@ def test_threads_touch_memory_during_a_remote_drain(hosts, workdir: Path, reaper
     assert during == before
     assert restored.request_verify() == {"main": "ok"}
     assert not w.bad_lines()
-
-
-def checkpoint_on_a(w: sample.Workload, images: Path) -> None:
-    res = run_cli("checkpoint", "--pid", str(w.pid), "--images", str(images), host="a")
-    assert res.code == 0, res.stderr
 
 
 def test_fork_and_dontneed_during_a_remote_drain(hosts, workdir: Path, reaper) -> None:

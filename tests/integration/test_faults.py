@@ -1,0 +1,327 @@
+"""Fault injection during remote lazy migration between the test hosts: the page server killed at several
+points, network partitions, lossy / duplicating / corrupting links, bit flips in transit and on disk, lr-lazyd,
+its guardian and `lazyrestore restore` killed. Whatever happens, the restored tree either ends with every byte
+equal to the original (compared by checksum) or is killed with a named error, and the checkpoint on the source
+restores again.
+
+Each scenario records its figures (faults injected, mismatches, time to detect and to recover) for
+RELIABILITY.md through faults.record when `make reliability` runs the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lazyrestore import procs, sample, testhosts
+
+from . import faults
+from .helpers import Background, run_cli
+from .migration import (SLOW_DRAIN, Source, checkpoint_on_a, checksums, finished, restore_on_b, serve_a,
+                        start_on_a)
+
+MIB = 128
+
+
+def wait_for(predicate, timeout: float = 60.0, step: float = 0.02) -> float:
+    """Seconds until predicate() holds; AssertionError after timeout."""
+    t0 = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - t0 < timeout, f"not within {timeout} s: {getattr(predicate, 'what', lambda: predicate)()}"
+        time.sleep(step)
+    return time.monotonic() - t0
+
+
+def wait_dead(pid: int, timeout: float = 20.0) -> float:
+    return wait_for(lambda: not procs.is_running(pid), timeout)
+
+
+class Migration:
+    """A workload on A, checkpointed and served there; restores of it on B."""
+
+    def __init__(self, workdir: Path, reaper, mib: int = MIB, scanners: int = 0) -> None:
+        self.workdir, self.reaper = workdir, reaper
+        self.w = start_on_a(workdir, reaper, mib, scanners=scanners)
+        self.before = checksums(self.w)
+        checkpoint_on_a(self.w, workdir / "images")
+        self.log_size = self.w.log.stat().st_size  # CRIU restores the tree's log at this size
+        self.src = serve_a(workdir / "images")
+        self.port = self.src.listening["port"]
+        self.runs = 0
+
+    def restore(self, *extra: str, source: str | None = None, until: tuple[str, ...] = ("resumed",)) -> Background:
+        self.runs += 1
+        return restore_on_b(source or self.src.address, self.workdir / "images", self.dst, *extra, until=until)
+
+    @property
+    def dst(self) -> Path:
+        return self.workdir / f"dst{self.runs}"
+
+    def restored(self, run: Background) -> sample.Workload:
+        return sample.Workload(self.reaper.add(run.first("resumed")["pid"]), self.w.log, self.w.roles)
+
+    def restart_server(self) -> None:
+        self.src = serve_a(self.workdir / "images", self.port)
+
+    def kill_server(self) -> None:
+        self.src.kill_server()
+        self.src.stop()
+
+    def mismatches(self, restored: sample.Workload) -> int:
+        return faults.mismatches(checksums(restored), self.before)
+
+    def restores_again(self) -> int:
+        """A fresh restore from the same checkpoint: its mismatching roles (0 when every byte is right)."""
+        os.truncate(self.w.log, self.log_size)
+        run = self.restore()
+        restored = self.restored(run)
+        finished(run)
+        bad = self.mismatches(restored)
+        os.kill(restored.pid, signal.SIGKILL)
+        return bad
+
+    def close(self) -> None:
+        self.src.stop()
+
+
+@pytest.fixture
+def migration(hosts, workdir: Path, reaper):
+    m = Migration(workdir, reaper)
+    yield m
+    m.close()
+
+
+def lazyd_log(run_dir: Path) -> str:
+    return faults.log_text(run_dir)
+
+
+def log_says(run_dir: Path, text: str):
+    def says() -> bool:
+        return text in lazyd_log(run_dir)
+    says.what = lambda: f"{text!r} in lazyd.log: {lazyd_log(run_dir)[-2000:]}"  # type: ignore[attr-defined]
+    return says
+
+
+# --- the page server killed -------------------------------------------------------------------------------
+
+POINTS = ("before-restore", "after-resume", "mid-drain")
+
+
+def start_with_server_killed(m: Migration, point: str, timeout_s: int) -> tuple[Background, float]:
+    """Start a slow restore on B with the page server SIGKILLed at `point`: (the restore, when it was killed)."""
+    if point == "before-restore":
+        m.kill_server()
+        killed = time.monotonic()
+        return m.restore(*SLOW_DRAIN, "--source-timeout", str(timeout_s), until=("resumed", "fetched")), killed
+    run = m.restore(*SLOW_DRAIN, "--source-timeout", str(timeout_s))
+    if point == "mid-drain":
+        time.sleep(1.0)  # 48 MiB/s: about a third of the pages are placed
+    m.kill_server()
+    return run, time.monotonic()
+
+
+class Checksums(threading.Thread):
+    """The restored tree's memory checksums, asked for now (its pages may have to wait for the source)."""
+
+    def __init__(self, restored: sample.Workload) -> None:
+        super().__init__(daemon=True)
+        self.restored, self.result = restored, None
+        self.start()
+
+    def run(self) -> None:
+        self.result = checksums(self.restored)
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_page_server_killed_and_restarted_within_the_timeout(migration: Migration, point: str) -> None:
+    m = migration
+    restarter = threading.Timer(2.0, m.restart_server) if point == "before-restore" else None
+    if restarter:
+        restarter.start()
+    run, killed = start_with_server_killed(m, point, 30)
+    if restarter:
+        restarter.join()
+        run.read_until("resumed")
+    restored = m.restored(run)
+    detect = recover = 0.0
+    if point == "before-restore":
+        recover = time.monotonic() - killed - 2.0
+    else:
+        detect = wait_for(log_says(m.dst, "lost the page server"), 30)
+        reader = Checksums(restored)  # faults on missing pages now wait for the page server
+        time.sleep(1.0)
+        assert procs.is_running(restored.pid) and reader.is_alive(), lazyd_log(m.dst)[-3000:]
+        m.restart_server()
+        recover = wait_for(log_says(m.dst, "reconnected to the page server"), 30)
+        reader.join(60)
+        assert reader.result == m.before
+    finished(run)
+    bad = m.mismatches(restored)
+    faults.record(f"page server killed {point}, restarted within the timeout", injected=1, mismatches=bad,
+                  detect_s=detect, recover_s=recover, outcome="completed")
+    assert bad == 0
+    assert restored.request_verify() == {"main": "ok"}
+    assert not m.w.bad_lines()
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_page_server_gone_past_the_timeout(migration: Migration, point: str) -> None:
+    m = migration
+    run, killed = start_with_server_killed(m, point, 2)
+    pid = m.reaper.add(run.first("resumed")["pid"]) if point != "before-restore" else None
+    res = run.finish(timeout=120)
+    detect = time.monotonic() - killed
+    assert res.code != 0
+    err = res.last("error")["message"]
+    assert testhosts.ADDR_A in err, err
+    if pid:
+        assert "unreachable for 2 s" in err and "checkpoint is intact" in err, err
+        wait_dead(pid)
+    else:
+        assert not any(e["event"] == "resumed" for e in res.events), "nothing may run without its source"
+    m.restart_server()
+    bad = m.restores_again()
+    faults.record(f"page server killed {point}, gone past the timeout", injected=1, mismatches=bad,
+                  detect_s=detect, recover_s=None, outcome="tree killed, named error; restored again")
+    assert bad == 0
+
+
+# --- network partition ------------------------------------------------------------------------------------
+
+def test_partition_shorter_than_the_timeout(migration: Migration) -> None:
+    m = migration
+    run = m.restore(*SLOW_DRAIN, "--source-timeout", "30")
+    restored = m.restored(run)
+    with faults.link_down("b"):
+        time.sleep(4.0)
+        assert procs.is_running(restored.pid)
+    up = time.monotonic()
+    summary = finished(run)
+    recover = time.monotonic() - up
+    bad = m.mismatches(restored)
+    faults.record("partition (veth down) 4 s, timeout 30 s", injected=1, mismatches=bad, detect_s=None,
+                  recover_s=recover, outcome="completed")
+    assert bad == 0 and summary["resident_s"] > 4.0
+    assert restored.request_verify() == {"main": "ok"}
+
+
+def test_partition_longer_than_the_timeout(migration: Migration) -> None:
+    m = migration
+    run = m.restore(*SLOW_DRAIN, "--source-timeout", "3")
+    pid = m.reaper.add(run.first("resumed")["pid"])
+    with faults.link_down("b"):
+        down = time.monotonic()
+        res = run.finish(timeout=120)
+        detect = time.monotonic() - down
+        wait_dead(pid)
+    assert res.code != 0
+    err = res.last("error")["message"]
+    assert "unreachable for 3 s" in err and "checkpoint is intact" in err, err
+    bad = m.restores_again()
+    faults.record("partition (veth down) past the 3 s timeout", injected=1, mismatches=bad, detect_s=detect,
+                  recover_s=None, outcome="tree killed, named error; restored again")
+    assert bad == 0
+
+
+# --- a lossy, duplicating, corrupting link ----------------------------------------------------------------
+
+LINKS = {
+    "loss 2%": {"loss": 0.02},
+    "duplication 2%": {"duplicate": 0.02},
+    "corruption 0.01%": {"corrupt": 0.0001},
+    "loss 1%, duplication 1%, corruption 0.005%": {"loss": 0.01, "duplicate": 0.01, "corrupt": 0.00005},
+}
+
+
+@pytest.mark.parametrize("link", LINKS)
+def test_bad_link_during_the_drain(migration: Migration, link: str) -> None:
+    reason = faults.nft_available()
+    if reason:
+        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+    m = migration
+    both = (faults.packet_faults("a", m.port, **LINKS[link]), faults.packet_faults("b", m.port, **LINKS[link]))
+    with both[0], both[1]:
+        t0 = time.monotonic()
+        run = m.restore()
+        restored = m.restored(run)
+        finished(run)
+        seconds = time.monotonic() - t0
+    bad = m.mismatches(restored)
+    log = lazyd_log(m.dst)
+    caught = log.count("asking for it again") + log.count("lost the page server")
+    faults.record(f"link: {link} (both directions)", injected=None, mismatches=bad, detect_s=None,
+                  recover_s=seconds, outcome=f"completed; {caught} damaged frames caught", caught=caught)
+    assert bad == 0, log[-3000:]
+    assert restored.request_verify() == {"main": "ok"}
+
+
+# --- bit flips in transit and on disk ---------------------------------------------------------------------
+
+def test_bit_flips_in_transit_are_refetched(migration: Migration) -> None:
+    m = migration
+    proxy = faults.FlipProxy(m.port, flip_every=7, flip_limit=20).start()
+    try:
+        run = m.restore(source=proxy.address)
+        restored = m.restored(run)
+        finished(run)
+    finally:
+        proxy.stop()
+    bad = m.mismatches(restored)
+    log = lazyd_log(m.dst)
+    caught = log.count("asking for it again")
+    faults.record("bit flips in transit (proxy, 20 PAGES frames)", injected=proxy.flipped, mismatches=bad,
+                  detect_s=None, recover_s=None, outcome=f"completed; {caught} caught and refetched", caught=caught)
+    assert proxy.flipped == 20
+    assert caught == proxy.flipped, log[-3000:]
+    assert bad == 0
+
+
+def test_bit_flips_in_every_frame_abort_with_a_named_error(migration: Migration) -> None:
+    m = migration
+    proxy = faults.FlipProxy(m.port, flip_every=1).start()
+    try:
+        run = m.restore(source=proxy.address, until=("resumed", "fetched"))
+        pid = m.reaper.add(run.first("resumed")["pid"]) if any(e["event"] == "resumed" for e in run.events) \
+            else None
+        res = run.finish(timeout=120)
+    finally:
+        proxy.stop()
+    assert res.code != 0
+    err = res.last("error")["message"]
+    assert "checksum" in err, err
+    if pid:
+        wait_dead(pid)
+    bad = m.restores_again()
+    faults.record("bit flips in every PAGES frame (proxy)", injected=proxy.flipped, mismatches=bad, detect_s=None,
+                  recover_s=None, outcome="aborted, named error; restored again")
+    assert bad == 0
+
+
+def test_bit_flip_in_a_pages_file_on_the_source(migration: Migration) -> None:
+    m = migration
+    pages = max((m.workdir / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)
+    data = bytearray(pages.read_bytes())
+    at = len(data) * 3 // 4
+    data[at] ^= 0x10
+    pages.write_bytes(bytes(data))
+    t0 = time.monotonic()
+    run = m.restore(until=("resumed", "fetched"))
+    pid = m.reaper.add(run.first("resumed")["pid"]) if any(e["event"] == "resumed" for e in run.events) else None
+    res = run.finish(timeout=120)
+    detect = time.monotonic() - t0
+    assert res.code != 0
+    err = res.last("error")["message"]
+    assert "checksum" in err, err
+    if pid:
+        wait_dead(pid)
+    data[at] ^= 0x10
+    pages.write_bytes(bytes(data))
+    bad = m.restores_again()
+    faults.record("bit flip in pages-N.img on the source", injected=1, mismatches=bad, detect_s=detect,
+                  recover_s=None, outcome="aborted, named error; restored again once repaired")
+    assert bad == 0
