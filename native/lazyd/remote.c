@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -19,11 +20,32 @@
 #define LR_BACKOFF_MAX_MS 2000
 #define LR_IO_TIMEOUT_MS 10000
 #define LR_CHAN_BATCH (64u << 10)       /* bytes of frames handled per wakeup before faults get a turn */
+#define LR_STALL_MS 5000               /* waiting for data this long with none arriving: the connection is dead */
+
+/* Something asked for has not arrived yet: pages on the urgent channel, or a bulk stream being read. */
+static bool waiting(const struct lr_remote *r)
+{
+	return r->inflight_bytes || (r->bulk_started && !r->bulk_ended && !r->bulk_paused);
+}
+
+/* About to ask for data: a quiet period starts now unless one is already running. */
+static void expect(struct lr_remote *r)
+{
+	if (!waiting(r))
+		r->wait_ns = lr_now_ns();
+}
+
+/* Silence that means the connection is dead: LR_STALL_MS, or the source timeout when shorter. */
+static uint64_t stall_ms(const struct lr_remote *r)
+{
+	return r->timeout_ms < LR_STALL_MS ? r->timeout_ms : LR_STALL_MS;
+}
 
 static int send_frame(struct lr_lazyd *d, int fd, uint16_t type, const void *p, uint32_t len, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
-	return lr_send_frame(fd, type, 0, ++r->next_req, p, len, lr_net_now_ns() + LR_IO_TIMEOUT_MS * 1000000ULL, err);
+	/* A full send buffer means the peer has stopped acknowledging: wait no longer than a stall. */
+	return lr_send_frame(fd, type, 0, ++r->next_req, p, len, lr_net_now_ns() + stall_ms(r) * 1000000ULL, err);
 }
 
 /* The connection is gone: forget what was asked for, reconnect from lr_remote_tick. */
@@ -80,6 +102,7 @@ static int chan_next(struct lr_chan *c, struct lr_error *err)
 		if (n < 0)
 			return errno == EAGAIN || errno == EINTR ? 0 : lr_error_set(err, errno, "receive from the page server");
 		c->end += (size_t)n;
+		c->rx_ns = lr_now_ns();
 	}
 }
 
@@ -162,6 +185,7 @@ static int pause_bulk(struct lr_lazyd *d, struct lr_error *err)
 static int resume_bulk(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
+	expect(r);
 	r->bulk_paused = false;
 	if (lr_loop_add(d->epfd, &r->bulk.rec, err))
 		return -1;
@@ -238,6 +262,7 @@ static int add_channels(struct lr_lazyd *d, struct lr_error *err)
 		return -1;
 	r->connected = true;
 	r->lost_at_ns = 0;
+	r->urgent.rx_ns = r->bulk.rx_ns = r->wait_ns = lr_now_ns();
 	return 0;
 }
 
@@ -269,6 +294,7 @@ int lr_remote_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, boo
 			continue;
 		}
 		struct lr_page_req q = {rec, k, 0};
+		expect(r);
 		while (k < k1 && q.nblocks < per && !r->inflight[x->first_checksum + k]) {
 			r->inflight[x->first_checksum + k++] = 1;
 			q.nblocks++;
@@ -314,6 +340,7 @@ int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err)
 	struct lr_page_req q = first_pending(d);
 	if (!d->drain_epoch_ns)
 		d->drain_epoch_ns = lr_now_ns();
+	expect(r);
 	if (send_frame(d, r->bulk.rec.fd, LR_BULK_START, &q, sizeof(q), err)) {
 		lost(d, err->msg);
 		return 0;
@@ -373,21 +400,44 @@ static int reconnect(struct lr_lazyd *d, struct lr_error *err)
 	return add_channels(d, err);
 }
 
+/*
+ * Connected, waiting for data, and nothing has arrived for LR_STALL_MS (at most the source timeout): a
+ * partition or a peer that stopped answering; TCP alone would wait many minutes. Drop it and reconnect.
+ */
+static void check_stall(struct lr_lazyd *d, uint64_t now)
+{
+	struct lr_remote *r = d->remote;
+	uint64_t quiet = r->wait_ns;
+	if (r->urgent.rx_ns > quiet)
+		quiet = r->urgent.rx_ns;
+	if (r->bulk.rx_ns > quiet)
+		quiet = r->bulk.rx_ns;
+	if (!waiting(r) || (now - quiet) / 1000000ULL < stall_ms(r))
+		return;
+	char why[96];
+	snprintf(why, sizeof(why), "nothing received for %.1f s while waiting for pages", (double)(now - quiet) / 1e9);
+	r->stalls++;
+	lost(d, why);
+}
+
 int lr_remote_tick(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	uint64_t now = lr_now_ns();
+	if (r && r->connected)
+		check_stall(d, now);
 	if (!r || r->connected || now < r->retry_at_ns)
 		return 0;
+	uint64_t lost_for_ns = now - r->lost_at_ns;
 	if (!reconnect(d, err)) {
 		r->reconnects++;
 		lr_log(d, 0, "reconnected to the page server %s after %.3f s (session %llu)", r->addr.text,
-		       (double)(now - r->lost_at_ns) / 1e9, (unsigned long long)r->session);
+		       (double)lost_for_ns / 1e9, (unsigned long long)r->session);
 		return d->finished ? lr_remote_bulk_start(d, err) : 0;
 	}
 	if (strstr(err->msg, "another checkpoint") || strstr(err->msg, "secret") || strstr(err->msg, "server refused"))
 		return -1;
-	if ((now - r->lost_at_ns) / 1000000ULL >= r->timeout_ms)
+	if (lost_for_ns / 1000000ULL >= r->timeout_ms)
 		return lr_error_set(err, 0, "page server %s unreachable for %llu s (last: %s): the restored tree is "
 				    "stopped; the checkpoint on the source is intact", r->addr.text,
 				    (unsigned long long)(r->timeout_ms / 1000), err->msg);

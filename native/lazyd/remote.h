@@ -31,6 +31,7 @@ struct lr_chan {               /* one connection's receive side: bytes [start, e
 	const char *payload;       /* its payload, inside buf: valid until the next chan_next */
 	char *buf;                 /* LR_CHAN_BUF bytes: several frames per recv */
 	size_t start, end;
+	uint64_t rx_ns;            /* when bytes last arrived */
 };
 
 /* Room for the largest frame plus what one recv may bring beyond it. */
@@ -54,6 +55,8 @@ struct lr_remote {
 	uint64_t timeout_ms;       /* --source-timeout */
 	uint64_t reconnects, bad_blocks, requests, bulk_bytes, urgent_bytes;
 	uint64_t hint_at_ns;       /* last HINT sent */
+	uint64_t wait_ns;          /* when lr-lazyd last began waiting for data with nothing outstanding */
+	uint64_t stalls;           /* connections given up for silence */
 };
 
 /* Connect, authenticate and fetch the checkpoint into cfg.images_dir (before the index is opened). */

@@ -19,6 +19,7 @@
 #define LR_FETCH_TRY_MS 2000        /* one connection attempt before the fetch */
 #define LR_FETCH_BACKOFF_MIN_MS 100
 #define LR_FETCH_BACKOFF_MAX_MS 1000
+#define LR_FETCH_BAD_MAX 8          /* times one eager range may fail its checksum in transit */
 
 static unsigned long long deadline(int ms)
 {
@@ -205,6 +206,26 @@ int lr_pages_frame_check(const struct lr_index *idx, const char *payload, uint32
 }
 
 /* The eager ranges of every pages file, fetched and verified (CRIU reads them itself at restore). */
+/* One GET_PAGES of the eager fetch; bytes that fail their checksum in transit are asked for again. */
+static int fetch_range(int fd, const struct lr_index *idx, struct lr_page_req q, int timeout_ms, char *buf,
+		       struct lr_pages_hdr *h, const char **data, uint64_t *a, struct lr_error *err)
+{
+	for (int attempt = 1;; attempt++) {
+		struct lr_frame f;
+		if (lr_send_frame(fd, LR_GET_PAGES, 0, 1, &q, sizeof(q), deadline(timeout_ms), err) ||
+		    lr_recv_frame(fd, LR_PAGES, &f, buf, LR_FRAME_MAX, deadline(timeout_ms), err))
+			return -1;
+		if (!lr_pages_frame_check(idx, buf, f.length, h, a, data, err))
+			break;
+		if (err->errnum != EBADMSG || attempt == LR_FETCH_BAD_MAX)
+			return -1;
+		fprintf(stderr, "lr-lazyd: %s; asking for it again\n", err->msg);
+	}
+	if (h->record != q.record || h->first_block != q.first_block || h->nblocks != q.nblocks)
+		return lr_error_set(err, 0, "page server answered another range than asked for");
+	return 0;
+}
+
 static int fetch_eager(int fd, int dirfd, const struct lr_index *idx, int timeout_ms, char *buf, struct lr_error *err)
 {
 	uint32_t per = LR_PAGES_MAX_DATA / idx->hdr->block_size;
@@ -221,15 +242,10 @@ static int fetch_eager(int fd, int dirfd, const struct lr_index *idx, int timeou
 		for (uint64_t k = 0; k < nb; k += per) {
 			struct lr_page_req q = {i, (uint32_t)k, (uint32_t)(nb - k < per ? nb - k : per)};
 			struct lr_pages_hdr h;
-			struct lr_frame f;
 			const char *data;
 			uint64_t a;
-			if (lr_send_frame(fd, LR_GET_PAGES, 0, 1, &q, sizeof(q), deadline(timeout_ms), err) ||
-			    lr_recv_frame(fd, LR_PAGES, &f, buf, LR_FRAME_MAX, deadline(timeout_ms), err) ||
-			    lr_pages_frame_check(idx, buf, f.length, &h, &a, &data, err))
+			if (fetch_range(fd, idx, q, timeout_ms, buf, &h, &data, &a, err))
 				return -1;
-			if (h.record != i || h.first_block != q.first_block || h.nblocks != q.nblocks)
-				return lr_error_set(err, 0, "page server answered another range than asked for");
 			if (pwrite(out, data, h.data_len, (off_t)(r->offset + (a - r->start))) != (ssize_t)h.data_len)
 				return lr_error_set(err, errno ? errno : EIO, "write %s", name);
 		}
