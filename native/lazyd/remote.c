@@ -119,6 +119,32 @@ static int peer_error(const struct lr_chan *c, struct lr_error *err)
 			    c->payload + sizeof(e));
 }
 
+/*
+ * A frame that cannot be right arrived from a server that proved it holds the secret: bytes damaged on the
+ * way (TCP's checksum misses some), or a confused peer. Drop the connection and reconnect, at most
+ * LR_MAX_BAD_BLOCKS times in all (checksum failures included); then it is an error.
+ */
+static int damaged(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	if (++r->bad_blocks > LR_MAX_BAD_BLOCKS)
+		return lr_error_set(err, err->errnum, "%s (after %" PRIu64 " damaged frames or blocks from the page server)",
+				    err->msg, r->bad_blocks - 1);
+	char why[sizeof(err->msg) + 32];
+	snprintf(why, sizeof(why), "damaged frame: %s", err->msg);
+	lost(d, why);
+	return 0;
+}
+
+/* The server refused a request that may have been damaged on the way (not the secret, version or session). */
+static bool retryable_refusal(const struct lr_chan *c)
+{
+	struct lr_error_frame e = {0, 0};
+	if (c->hdr.length >= sizeof(e))
+		memcpy(&e, c->payload, sizeof(e));
+	return e.code == LR_ERR_PROTOCOL || e.code == LR_ERR_TOO_BIG || e.code == LR_ERR_RANGE;
+}
+
 static void clear_inflight(struct lr_remote *r, const struct lr_index *idx, const struct lr_pages_hdr *h)
 {
 	const struct lr_index_record *rec = &idx->recs[h->record];
@@ -139,7 +165,9 @@ static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 	uint64_t a, placed = 0;
 
 	if (lr_pages_frame_check(&d->index, c->payload, c->hdr.length, &h, &a, &data, err)) {
-		if (err->errnum != EBADMSG || ++r->bad_blocks > LR_MAX_BAD_BLOCKS)
+		if (err->errnum != EBADMSG)
+			return damaged(d, err);
+		if (++r->bad_blocks > LR_MAX_BAD_BLOCKS)
 			return -1;
 		lr_log(d, 0, "%s; asking for it again", err->msg);
 		clear_inflight(r, &d->index, &h);
@@ -165,10 +193,11 @@ static int on_frame(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 		       r->bulk_bytes, r->urgent_bytes);
 		return bulk ? 0 : lr_error_set(err, 0, "the page server sent BULK_END on the urgent channel");
 	case LR_ERROR:
-		return peer_error(c, err);
+		return peer_error(c, err) && retryable_refusal(c) ? damaged(d, err) : -1;
 	default:
-		return lr_error_set(err, 0, "unexpected %s frame from the page server on the %s channel",
-				    lr_frame_name(c->hdr.type), bulk ? "bulk" : "urgent");
+		lr_error_set(err, 0, "unexpected %s frame from the page server on the %s channel",
+			     lr_frame_name(c->hdr.type), bulk ? "bulk" : "urgent");
+		return damaged(d, err);
 	}
 }
 
@@ -200,8 +229,9 @@ static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_e
 		if (bulk && lr_drain_wait_ms(d))
 			return pause_bulk(d, err); /* --drain-rate: TCP holds the server back meanwhile */
 		int rc = chan_next(c, err);
-		if (rc < 0 && c->end - c->start >= sizeof(c->hdr) && c->hdr.magic != LR_PROTO_MAGIC)
-			return -1; /* not a lazyrestore server: no point reconnecting */
+		struct lr_error why;
+		if (rc < 0 && c->end - c->start >= sizeof(c->hdr) && lr_frame_check(&c->hdr, LR_FRAME_MAX, &why))
+			return damaged(d, err); /* a malformed header: the handshake proved the peer, so damage */
 		if (rc < 0) {
 			lost(d, err->msg);
 			return 0;

@@ -82,6 +82,7 @@ class FlipProxy:
     target_port: int
     flip_every: int = 0          # damage every n-th PAGES frame (0: none)
     flip_limit: int = 1 << 30    # at most this many in all
+    header: bool = False         # flip a byte of the frame's magic instead of its page data
     port: int = 0
     frames: int = 0
     flipped: int = 0
@@ -182,9 +183,12 @@ class FlipProxy:
         with self._lock:
             n = self.frames
             self.frames += 1
-            if not self.flip_every or n % self.flip_every or self.flipped >= self.flip_limit:
+            if not self.flip_every or (n + 1) % self.flip_every or self.flipped >= self.flip_limit:
                 return
             self.flipped += 1
+        if self.header:
+            frame[1] ^= 0x01
+            return
         _, _, nblocks, data_len = PAGES_HDR.unpack_from(frame, FRAME.size)
         data_at = FRAME.size + PAGES_HDR.size + 8 * nblocks
         if data_len:
