@@ -70,6 +70,8 @@ struct lr_lazyd {
 	int guard_fd;
 	int listen_fd;
 	struct lr_fdrec listen_rec;
+	struct lr_fdrec guard_rec; /* the guardian's socket: readable only when the guardian is gone */
+	pid_t guard_pid;
 	struct lr_fdrec conn_rec;
 	struct lr_criu_conn conn;
 	struct lr_task **tasks;
@@ -89,6 +91,8 @@ int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const
 void lr_task_gone(struct lr_lazyd *d, struct lr_task *t);
 int lr_task_defer(struct lr_task *t, uint64_t addr, uint64_t t0, struct lr_error *err);
 uint64_t lr_left_bytes(const struct lr_lazyd *d);
+/* SIGKILL every task of the tree whose host pid is known; wait (up to 10 s) until they are gone. */
+void lr_tasks_kill(struct lr_lazyd *d);
 void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* place.c */

@@ -257,6 +257,20 @@ static void emit(struct lr_lazyd *d, const char *event, bool with_hist, const ch
 	d->stats.last_emit_ns = lr_now_ns();
 }
 
+/*
+ * The guardian never writes: its socket turns readable only when it has died. Without it, a crash of this
+ * daemon would leave the tree reading zero pages, so the tree is stopped now, while its pages are still safe.
+ */
+static int on_guard_gone(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
+{
+	struct lr_lazyd *d = ctx;
+	(void)rec;
+	lr_tasks_kill(d);
+	return lr_error_set(err, 0, "the guardian (pid %d) died before every page was placed: without it a crash of "
+			    "lr-lazyd would leave the tree reading zero pages, so the restored tree was killed; the "
+			    "checkpoint is intact", (int)d->guard_pid);
+}
+
 /* Remote mode: the guardian first (it must not inherit the page server's sockets), then the fetch. */
 static int fetch_remote(struct lr_lazyd *d, struct lr_error *err)
 {
@@ -333,6 +347,10 @@ static int start_listening(struct lr_lazyd *d, struct lr_error *err)
 	if (lr_loop_add(d->epfd, &d->listen_rec, err))
 		return -1;
 	if (d->cfg.guard && d->guard_fd < 0 && lr_guard_fork(&d->guard_fd, err))
+		return -1;
+	d->guard_rec = (struct lr_fdrec){.fd = d->guard_fd, .on_read = on_guard_gone, .on_hup = on_guard_gone};
+	d->guard_pid = getppid(); /* lr_guard_fork made the guardian this daemon's parent */
+	if (d->cfg.guard && lr_loop_add(d->epfd, &d->guard_rec, err))
 		return -1;
 	if (d->remote && lr_remote_start(d, err))
 		return -1;

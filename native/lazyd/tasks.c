@@ -1,9 +1,12 @@
 /* tasks.c: the restored tasks and their uffds. */
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "guard.h"
@@ -22,6 +25,20 @@ void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...)
 	vsnprintf(line + len, sizeof(line) - (size_t)len, fmt, ap);
 	va_end(ap);
 	fprintf(stderr, "%s\n", line);
+}
+
+void lr_tasks_kill(struct lr_lazyd *d)
+{
+	for (size_t i = 0; i < d->ntasks; i++) {
+		pid_t pid = d->tasks[i]->host_pid;
+		int pidfd = pid > 0 ? (int)syscall(SYS_pidfd_open, pid, 0) : -1;
+		if (pidfd < 0)
+			continue; /* unknown, or already gone */
+		struct pollfd p = {pidfd, POLLIN, 0};
+		if (syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) == 0 && poll(&p, 1, 10000) <= 0)
+			lr_log(d, 0, "pid %d did not die within 10 s of SIGKILL", pid);
+		close(pidfd);
+	}
 }
 
 static int grow_tasks(struct lr_lazyd *d, struct lr_error *err)

@@ -352,3 +352,85 @@ def test_bit_flip_in_a_pages_file_on_the_source(migration: Migration) -> None:
     faults.record("bit flip in pages-N.img on the source", injected=1, mismatches=bad, detect_s=detect,
                   recover_s=None, outcome="aborted, named error; restored again once repaired")
     assert bad == 0
+
+
+# --- lr-lazyd, its guardian, `lazyrestore restore` killed -------------------------------------------------
+
+def children(pid: int, name: str = "lr-lazyd") -> list[int]:
+    """Pids whose parent is pid and whose command is name."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if int(rest[1]) == pid and comm == name[:15]:
+            found.append(int(entry.name))
+    return found
+
+
+def guardian_and_daemon(run: Background) -> tuple[int, int]:
+    (guardian,) = children(run.proc.pid)
+    (daemon,) = children(guardian)
+    return guardian, daemon
+
+
+def killed_mid_drain(m: Migration, victim: str, sig: int = signal.SIGKILL) -> tuple[Background, int, float]:
+    """A slow restore on B with `victim` (daemon, guardian, restore) sent sig a second in: (run, tree pid, when)."""
+    run = m.restore(*SLOW_DRAIN)
+    pid = m.reaper.add(run.first("resumed")["pid"])
+    time.sleep(1.0)
+    guardian, daemon = guardian_and_daemon(run)
+    os.kill({"daemon": daemon, "guardian": guardian, "restore": run.proc.pid}[victim], sig)
+    return run, pid, time.monotonic()
+
+
+@pytest.mark.parametrize("victim,expected", [
+    ("daemon", "before every page was placed"),
+    ("guardian", "the guardian"),
+])
+def test_lazyd_or_its_guardian_killed_mid_drain_kills_the_tree(migration: Migration, victim: str,
+                                                              expected: str) -> None:
+    m = migration
+    run, pid, killed = killed_mid_drain(m, victim)
+    detect = wait_dead(pid)
+    res = run.finish(timeout=60)
+    assert res.code != 0
+    err = res.last("error")["message"]
+    assert expected in err and "checkpoint is intact" in err, err
+    bad = m.restores_again()
+    faults.record(f"lr-lazyd's {victim} SIGKILLed mid-drain", injected=1, mismatches=bad, detect_s=detect,
+                  recover_s=None, outcome="tree killed, named error; restored again")
+    assert bad == 0
+
+
+def test_restore_interrupted_with_ctrl_c_kills_the_tree(migration: Migration) -> None:
+    m = migration
+    run, pid, killed = killed_mid_drain(m, "restore", signal.SIGINT)
+    detect = wait_dead(pid)
+    res = run.finish(timeout=60)
+    assert res.code != 0
+    err = res.last("error")["message"]
+    assert "interrupted" in err and "checkpoint is intact" in err, err
+    bad = m.restores_again()
+    faults.record("`lazyrestore restore` interrupted (SIGINT) mid-drain", injected=1, mismatches=bad,
+                  detect_s=detect, recover_s=None, outcome="tree killed, named error; restored again")
+    assert bad == 0
+
+
+def test_restore_killed_leaves_lazyd_to_finish(migration: Migration) -> None:
+    """SIGKILL of `lazyrestore restore` (nothing can catch it): lr-lazyd and its guardian run in their own
+    session, finish placing every page, and the tree runs on with every byte right."""
+    m = migration
+    run, pid, killed = killed_mid_drain(m, "restore")
+    run.kill()
+    status = m.dst / "run" / "status.json"
+    recover = wait_for(lambda: '"done"' in (status.read_text() if status.exists() else ""), 60)
+    restored = sample.Workload(pid, m.w.log, m.w.roles)
+    bad = m.mismatches(restored)
+    faults.record("`lazyrestore restore` SIGKILLed mid-drain", injected=1, mismatches=bad, detect_s=None,
+                  recover_s=recover, outcome="lr-lazyd finished the drain; tree runs")
+    assert bad == 0 and restored.request_verify() == {"main": "ok"}
