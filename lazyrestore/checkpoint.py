@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Iterator
@@ -47,10 +48,20 @@ def prepare_dir(images_dir: Path) -> None:
             raise ImagesDirError(f"{images_dir} exists and is not a directory")
         if any(images_dir.iterdir()):
             raise ImagesDirError(f"images directory {images_dir} is not empty; give an empty or new directory")
+        if not os.access(images_dir, os.W_OK):
+            raise ImagesDirError(f"images directory {images_dir} is not writable "
+                                 f"({os.strerror(errno.EROFS) if _read_only(images_dir) else 'permission denied'})")
         return
     if not images_dir.parent.is_dir():
         raise ImagesDirError(f"cannot create images directory {images_dir}: {images_dir.parent} does not exist")
-    images_dir.mkdir(mode=0o700)
+    try:
+        images_dir.mkdir(mode=0o700)
+    except OSError as exc:
+        raise ImagesDirError(f"cannot create images directory {images_dir}: {exc.strerror}") from exc
+
+
+def _read_only(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
 @contextmanager
