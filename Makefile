@@ -16,9 +16,9 @@ build: bootstrap native plugin
 
 native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index
 
-$(NATIVE)/lr-workload: native/workload/lr-workload.c
+$(NATIVE)/lr-workload: native/workload/lr-workload.c native/workload/writers.c native/workload/writers.h
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -static -pthread -o $@ $<
+	$(CC) $(CFLAGS) -static -pthread -o $@ native/workload/lr-workload.c native/workload/writers.c
 
 $(NATIVE)/lr-fill-rate: native/tools/lr-fill-rate.c
 	@mkdir -p $(@D)

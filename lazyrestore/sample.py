@@ -23,6 +23,7 @@ from .paths import native_binary
 
 REPORT = re.compile(r"^report role=(\S+) pid=(\d+) seq=(\d+) checksum=([0-9a-f]{16}) mib=(\d+)$")
 VERIFY = re.compile(r"^verify role=(\S+) pid=\d+ (ok|BAD)\b.*$")
+WRITES = re.compile(r"^writes role=main (ok|BAD)\b.*$")
 # Real-time signals lr-workload acts on (see native/workload/lr-workload.c).
 OPS = {"verify": 1, "fork": 2, "dontneed": 3, "munmap": 4, "mremap": 5, "kwrite": 6}
 
@@ -45,6 +46,7 @@ class Workload:
     pid: int
     log: Path
     roles: tuple[str, ...]
+    writers: int = 0  # --writers: verify also checks the region they keep rewriting ("writes": ok/BAD)
 
     def reports(self) -> list[Report]:
         lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
@@ -80,8 +82,11 @@ class Workload:
         os.killpg(self.pid, signal.SIGRTMIN + OPS["verify"])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            found = {m[1]: m[2] for m in map(VERIFY.match, self.lines()[seen:]) if m}
-            if all(role in found for role in self.roles):
+            fresh = self.lines()[seen:]
+            found = {m[1]: m[2] for m in map(VERIFY.match, fresh) if m}
+            if self.writers:
+                found.update({"writes": m[1] for m in map(WRITES.match, fresh) if m})
+            if all(role in found for role in self.roles + (("writes",) if self.writers else ())):
                 return found
             time.sleep(0.05)
         raise LazyRestoreError(f"workload {self.pid} did not verify {self.roles} within {timeout:.0f} s; log {self.log}")
@@ -107,12 +112,15 @@ class Workload:
 
 
 def start(workdir: Path, mib: int, threads: int = 0, children: int = 0, child_mib: int = 16,
-          timeout: float = 120.0, scanners: int = 0, heartbeat: int = 0) -> Workload:
+          timeout: float = 120.0, scanners: int = 0, heartbeat: int = 0, writers: int = 0,
+          write_mib: int = 64) -> Workload:
     """Start the workload and wait until every process has filled its memory and reported once."""
     binary = native_binary("lr-workload")
     log = workdir / "app.log"
     args = [str(binary), "--mib", str(mib), "--threads", str(threads), "--children", str(children),
             "--child-mib", str(child_mib), "--scanners", str(scanners), "--heartbeat", str(heartbeat)]
+    if writers:
+        args += ["--writers", str(writers), "--write-mib", str(write_mib)]
     script = f"exec {shlex.join(args)} > {shlex.quote(str(log))} 2>&1"
     with open(workdir / "unshare.log", "wb") as ulog:
         unshare = subprocess.Popen(["unshare", "-p", "-f", "setsid", "sh", "-c", script],
@@ -120,7 +128,7 @@ def start(workdir: Path, mib: int, threads: int = 0, children: int = 0, child_mi
     roles = ("main",) + tuple(f"child{i}" for i in range(children))
     deadline = time.monotonic() + timeout
     pid = _wait_ns_init(unshare, deadline)
-    w = Workload(pid, log, roles)
+    w = Workload(pid, log, roles, writers)
     while {r.role for r in w.reports()} != set(roles):
         if time.monotonic() > deadline or not procs.is_running(pid):
             w.kill()

@@ -33,7 +33,8 @@
  * model, printing "scan thread=T pass=P ok" at most once a second and
  * "scan thread=T BAD page=INDEX addr=0xADDR" on mismatches), --heartbeat S (the
  * main process prints "heartbeat HH:MM:SS role=main checksum=HEX16 mib=M" every
- * S seconds). Hidden:
+ * S seconds), --writers N and --write-mib M (default 64: N threads that keep rewriting M MiB of
+ * self-describing pages; on SIGRTMIN+1 main also prints "writes role=main ok|BAD ...", see writers.h). Hidden:
  * --selftest-corrupt flips a byte of page 5 after the fill, behind the model's
  * back. Exits 0 on SIGUSR2 (SIGTERM is ignored by a pid-namespace init).
  */
@@ -51,6 +52,8 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "writers.h"
 
 #define PAGE 4096UL
 #define HOLE_EVERY 16
@@ -76,7 +79,7 @@ struct model {
 };
 
 struct options {
-	unsigned long mib, child_mib, threads, children, scanners, heartbeat_s;
+	unsigned long mib, child_mib, threads, children, scanners, heartbeat_s, writers, write_mib;
 	uint64_t seed;
 	int corrupt;
 };
@@ -89,6 +92,7 @@ struct proc {
 	unsigned long mib, seq;
 	unsigned forks, done;
 	unsigned long heartbeat_s; /* main: print a heartbeat this often (0: never) */
+	struct writers *writers;   /* main with --writers: the region they keep rewriting */
 };
 
 struct scanner {
@@ -634,8 +638,11 @@ static void serve(struct proc *p)
 			report_requested = 0;
 			report(p);
 		}
-		if (take(SIG_VERIFY))
+		if (take(SIG_VERIFY)) {
 			verify(p->role, p->models, p->nmodels);
+			if (p->writers)
+				writers_verify(p->writers, p->role);
+		}
 		for (int k = 0; k < NOPS; k++)
 			if (take(SIG_FIRST_OP + k) && p->is_main)
 				run_op(p, k);
@@ -663,9 +670,11 @@ static int set_option(struct options *o, const char *name, unsigned long v)
 	else if (!strcmp(name, "--seed")) o->seed = v;
 	else if (!strcmp(name, "--scanners")) o->scanners = v;
 	else if (!strcmp(name, "--heartbeat")) o->heartbeat_s = v;
+	else if (!strcmp(name, "--writers")) o->writers = v;
+	else if (!strcmp(name, "--write-mib")) o->write_mib = v;
 	else {
 		fprintf(stderr, "lr-workload: unknown option %s (expected --mib, --child-mib, --threads, --children, --seed, "
-			"--scanners, --heartbeat)\n", name);
+			"--scanners, --heartbeat, --writers, --write-mib)\n", name);
 		return -1;
 	}
 	return 0;
@@ -673,7 +682,7 @@ static int set_option(struct options *o, const char *name, unsigned long v)
 
 static int parse_options(int argc, char **argv, struct options *o)
 {
-	*o = (struct options){.mib = 256, .child_mib = 16, .seed = 1};
+	*o = (struct options){.mib = 256, .child_mib = 16, .seed = 1, .write_mib = 64};
 	for (int i = 1; i < argc; i++) {
 		unsigned long v;
 		if (!strcmp(argv[i], "--selftest-corrupt")) {
@@ -764,6 +773,8 @@ int main(int argc, char **argv)
 		return 1;
 	struct proc p = {.role = "main", .models = {main_model}, .nmodels = 1, .is_main = 1, .mib = o.mib,
 			 .heartbeat_s = o.heartbeat_s};
+	if (o.writers && !(p.writers = writers_start(o.writers, o.write_mib, o.seed ^ 0x5752495445ULL)))
+		return 1;
 	serve(&p);
 	while (wait(NULL) > 0 || errno == EINTR)
 		;
