@@ -265,3 +265,18 @@ def test_selftest_corrupt_is_caught(workload: Callable[..., Workload]) -> None:
     assert len(bad) <= time.monotonic() - started + 2, "a persistent mismatch is repeated at most once a second"
     assert not any(SCAN_OK.match(line) and line.startswith("scan thread=1 ") for line in w.lines())
     assert w.stop() == 0
+
+
+WRITES = re.compile(r"^writes role=main (ok|BAD page=\d+) pages=(\d+) generations=(\d+)$")
+
+
+def test_writers_keep_rewriting_pages_that_verify(workload: Callable[..., Workload]) -> None:
+    w = workload("--mib", "8", "--writers", "2", "--write-mib", "4")
+    first = WRITES.match(w.send(SIG_VERIFY, r"^writes role=main .*$")[0])
+    time.sleep(0.5)
+    second = WRITES.match(w.send(SIG_VERIFY, r"^writes role=main .*$")[0])
+    assert first and second and first[1] == second[1] == "ok", (first, second)
+    assert int(first[2]) == 4 * PAGES_PER_MIB
+    assert int(second[3]) > int(first[3]) > int(first[2]), "the writers must keep rewriting their pages"
+    verify_ok(w, 8 * PAGES_PER_MIB)
+    assert w.stop() == 0

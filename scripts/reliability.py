@@ -1,0 +1,192 @@
+"""`make reliability`: run the fault-injection, load and hostile-input suites, and write RELIABILITY.md.
+
+The fault-injection and load tests run --runs times each; every scenario records its figures (faults
+injected, mismatches, time to detect and to recover) through tests/integration/faults.record. The
+hostile-input tests run once; their outcomes come from pytest's JUnit XML. The long fuzzing run
+(`make fuzz FUZZ_SECONDS=1200`, copied to bench/fuzz_results.json) and the soak (`make soak`,
+bench/soak_results.json) are done outside and read from their files. The raw figures go to
+bench/reliability_results.json, so `--render-only` can rewrite RELIABILITY.md without running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "reliability_results.json"
+FUZZ = REPO / "bench" / "fuzz_results.json"
+SOAK = REPO / "bench" / "soak_results.json"
+FAULT_TESTS = ["tests/integration/test_faults.py", "tests/integration/test_checkpoint_faults.py",
+               "tests/integration/test_load.py"]
+HOSTILE_TESTS = {
+    "network": ["tests/integration/test_hostile_network.py", "tests/integration/test_pageserver.py"],
+    "images": ["tests/integration/test_hostile_images.py", "tests/integration/test_corruption.py"],
+    "CLI": ["tests/unit/test_cli_invalid.py"],
+    "fuzz smoke": ["tests/unit/test_fuzz_smoke.py"],
+}
+
+
+def pytest(paths: list[str], junit: Path, log: Path | None) -> int:
+    env = {**os.environ, "CI": os.environ.get("CI", "true")}
+    if log:
+        env["LAZYRESTORE_RELIABILITY_LOG"] = str(log)
+    existing = [p for p in paths if (REPO / p).exists()]
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *existing]
+    print("reliability:", " ".join(cmd[2:]), flush=True)
+    return subprocess.run(cmd, cwd=REPO, env=env).returncode
+
+
+def junit_cases(junit: Path) -> list[dict[str, Any]]:
+    cases = []
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        outcome = "passed"
+        for tag in ("failure", "error", "skipped"):
+            if case.find(tag) is not None:
+                outcome = tag
+        cases.append({"file": case.get("classname", ""), "name": case.get("name", ""),
+                      "seconds": float(case.get("time", 0)), "outcome": outcome})
+    return cases
+
+
+def run_faults(runs: int, scratch: Path) -> dict[str, Any]:
+    log = scratch / "records.jsonl"
+    cases: list[dict[str, Any]] = []
+    for n in range(runs):
+        junit = scratch / f"faults-{n}.xml"
+        pytest(FAULT_TESTS, junit, log)
+        cases += junit_cases(junit)
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return {"runs": runs, "records": records, "cases": cases}
+
+
+def run_hostile(scratch: Path) -> dict[str, list[dict[str, Any]]]:
+    found = {}
+    for group, paths in HOSTILE_TESTS.items():
+        junit = scratch / f"hostile-{group.replace(' ', '-')}.xml"
+        pytest(paths, junit, None)
+        found[group] = junit_cases(junit)
+    return found
+
+
+def spread(values: list[float]) -> str:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "–"
+    return f"{statistics.median(vals):.2f} / {max(vals):.2f}"
+
+
+def fault_rows(faults: dict[str, Any]) -> list[str]:
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in faults["records"]:
+        by.setdefault(r["scenario"], []).append(r)
+    failed = sum(1 for c in faults["cases"] if c["outcome"] in ("failure", "error"))
+    rows = ["| Scenario | Runs | Faults injected | Mismatches | Detect s (median / max) | Recover s (median / max) "
+            "| Outcome |", "|---|---:|---:|---:|---:|---:|---|"]
+    for name, recs in by.items():
+        injected = sum(r["injected"] or 0 for r in recs) if any(r["injected"] for r in recs) else "random"
+        rows.append(f"| {name} | {len(recs)} | {injected} | {sum(r['mismatches'] for r in recs)} | "
+                    f"{spread([r['detect_s'] for r in recs])} | {spread([r['recover_s'] for r in recs])} | "
+                    f"{recs[-1]['outcome']} |")
+    rows.append(f"\n{len(faults['cases'])} test runs, {failed} failed.")
+    return rows
+
+
+def hostile_rows(hostile: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rows = ["| Input | Cases | Passed | Failed | Skipped | Examples |", "|---|---:|---:|---:|---:|---|"]
+    for group, cases in hostile.items():
+        count = {k: sum(1 for c in cases if c["outcome"] == k) for k in ("passed", "failure", "error", "skipped")}
+        names = sorted({c["name"].split("[")[0].removeprefix("test_").replace("_", " ") for c in cases})
+        rows.append(f"| {group} | {len(cases)} | {count['passed']} | {count['failure'] + count['error']} | "
+                    f"{count['skipped']} | {'; '.join(names[:6])}{' …' if len(names) > 6 else ''} |")
+    return rows
+
+
+def fuzz_rows() -> list[str]:
+    if not FUZZ.exists():
+        return ["No long fuzzing run recorded yet (`make fuzz FUZZ_SECONDS=1200`, then copy "
+                "build/fuzz/results.json to bench/fuzz_results.json)."]
+    data = json.loads(FUZZ.read_text())
+    targets = data.get("targets", data)
+    rows = ["| Harness | Seconds | Executions | exec/s | Corpus | Coverage | Crashes |", "|---|---:|---:|---:|---:|---:|---:|"]
+    total_s = total_x = 0
+    for name, t in targets.items():
+        total_s += t.get("seconds", 0)
+        total_x += t.get("executions", 0)
+        rows.append(f"| {name} | {t.get('seconds', 0)} | {t.get('executions', 0):,} | {t.get('exec_per_s', 0):,} | "
+                    f"{t.get('corpus_size', '–')} | {t.get('coverage', t.get('features', '–'))} | {t.get('crashes', 0)} |")
+    rows.append(f"\nTotal: {total_s / 3600:.2f} hours, {total_x:,} executions"
+                f"{', run on ' + data['date'] if isinstance(data, dict) and 'date' in data else ''}.")
+    return rows
+
+
+def soak_rows() -> list[str]:
+    if not SOAK.exists():
+        return ["No soak recorded yet (`make soak`)."]
+    s = json.loads(SOAK.read_text())
+    return ["| Minutes | Cycles | Workload | Mismatches | Leaked processes | Leaked fds | Leaked mounts | "
+            "Downtime p50 / max s |", "|---:|---:|---|---:|---:|---:|---:|---:|",
+            f"| {s['minutes']} | {s['cycles']} | {s['mib']} MiB fixed + {s['write_mib']} MiB rewritten by "
+            f"{s['writers']} threads | {s['mismatches']} | {s['leaked_processes']} | {s['leaked_fds']} | "
+            f"{s['leaked_mounts']} | {s['downtime_p50_s']:.2f} / {s['downtime_max_s']:.2f} |",
+            f"\nRun on {s['date']}."]
+
+
+def render(results: dict[str, Any]) -> str:
+    parts = ["# Reliability", "",
+             f"Generated by `make reliability` on {results['date']} ({results['machine']}). Every scenario runs "
+             "real processes, real CRIU and real sockets between two network namespaces (tests/integration/). "
+             "Mismatches count memory checksums or page verifications of a restored tree that differ from the "
+             "original: they must be 0. Detect: from the fault to the restore failing (or the tree dying); "
+             "recover: from the fault's end to every page being resident (for load: the whole run).", "",
+             "## Fault injection and load", "", *fault_rows(results["faults"]), "",
+             "Packet loss, duplication and corruption come from nftables (`numgen random`; corruption rewrites "
+             "one byte of a TCP segment and fixes TCP's checksum, so only lazyrestore's own checksums can catch "
+             "it). This kernel has no netem (CONFIG_NET_SCH_NETEM), so packet reordering is not injected.", "",
+             "## Hostile input", "", *hostile_rows(results["hostile"]), "",
+             "## Fuzzing (libFuzzer, ASan + UBSan)", "", *fuzz_rows(), "",
+             "## Soak", "", *soak_rows(), ""]
+    return "\n".join(parts)
+
+
+def machine() -> str:
+    cpus = os.cpu_count()
+    return f"kernel {os.uname().release}, {cpus} CPUs"
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3, help="runs of each fault-injection scenario (default 3)")
+    ap.add_argument("--render-only", action="store_true", help="rewrite RELIABILITY.md from the saved results")
+    ap.add_argument("--out", type=Path, default=REPO / "RELIABILITY.md")
+    args = ap.parse_args(argv)
+    if args.runs < 1:
+        ap.error(f"--runs {args.runs}: expected a positive number of runs")
+    if args.render_only:
+        if not RESULTS.exists():
+            ap.error(f"--render-only: no saved results at {RESULTS}; run without it first")
+        results = json.loads(RESULTS.read_text())
+    else:
+        with tempfile.TemporaryDirectory(prefix="lazyrestore-reliability-") as tmp:
+            results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
+                       "faults": run_faults(args.runs, Path(tmp)), "hostile": run_hostile(Path(tmp))}
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    args.out.write_text(render(results))
+    failed = [c for c in results["faults"]["cases"] + [c for cs in results["hostile"].values() for c in cs]
+              if c["outcome"] in ("failure", "error")]
+    mismatches = sum(r["mismatches"] for r in results["faults"]["records"])
+    print(f"reliability: wrote {args.out}; {len(failed)} failed test runs, {mismatches} mismatches")
+    return 1 if failed or mismatches else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
