@@ -21,8 +21,8 @@ import pytest
 from lazyrestore import procs, sample, testhosts
 
 from . import faults
-from .helpers import Background, run_cli
-from .migration import (SLOW_DRAIN, Source, checkpoint_on_a, checksums, finished, restore_on_b, serve_a,
+from .helpers import Background
+from .migration import (SLOW_DRAIN, checkpoint_on_a, checksums, finished, restore_on_b, serve_a,
                         start_on_a)
 
 MIB = 128
