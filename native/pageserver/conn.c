@@ -17,6 +17,7 @@
 #include "server.h"
 
 #define PS_QUEUE_MAX 512 /* queued pieces before a connection's requests are not read any more */
+#define PS_ACCEPT_PAUSE_MS 1000 /* listener off after accept ran out of descriptors */
 
 static void peer_text(const struct sockaddr_storage *ss, char *out, size_t size)
 {
@@ -52,6 +53,33 @@ static int add_conn(struct ps_server *s, struct ps_conn *c, struct lr_error *err
 	return 0;
 }
 
+/*
+ * Out of descriptors or memory: the pending connection stays in the backlog, and a level-triggered
+ * listener would wake every epoll_wait for it. Stop polling it for PS_ACCEPT_PAUSE_MS, or until a
+ * connection closes (ps_accept_resume).
+ */
+static int pause_accept(struct ps_server *s, int errnum, struct lr_error *err)
+{
+	struct epoll_event ev = {.events = 0, .data.ptr = NULL};
+	if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, s->listen_fd, &ev))
+		return lr_error_set(err, errno, "epoll: pause the listener");
+	s->accept_paused_until = lr_net_now_ns() + PS_ACCEPT_PAUSE_MS * 1000000ULL;
+	ps_log(s, 0, "cannot accept a connection: %s (%zu open): not accepting for %d ms or until one closes",
+	       strerror(errnum), s->nconns, PS_ACCEPT_PAUSE_MS);
+	return 0;
+}
+
+int ps_accept_resume(struct ps_server *s)
+{
+	struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+	if (!s->accept_paused_until)
+		return 0;
+	if (epoll_ctl(s->epfd, EPOLL_CTL_MOD, s->listen_fd, &ev))
+		return -1;
+	s->accept_paused_until = 0;
+	return 0;
+}
+
 int ps_conn_accept(struct ps_server *s, struct lr_error *err)
 {
 	struct sockaddr_storage ss;
@@ -59,6 +87,8 @@ int ps_conn_accept(struct ps_server *s, struct lr_error *err)
 	int one = 1;
 	int fd = accept4(s->listen_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
+	if (fd < 0 && (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM))
+		return pause_accept(s, errno, err);
 	if (fd < 0)
 		return errno == EAGAIN || errno == EINTR || errno == ECONNABORTED ? 0 : lr_error_set(err, errno, "accept");
 	if (s->stopping || s->nconns >= s->cfg.max_conns) {
@@ -87,9 +117,11 @@ int ps_conn_accept(struct ps_server *s, struct lr_error *err)
 
 int ps_conn_update_events(struct ps_server *s, struct ps_conn *c)
 {
-	uint32_t want = EPOLLRDHUP;
+	uint32_t want = 0;
+	/* backpressure: a client that does not read its replies is not read either. EPOLLRDHUP goes with
+	 * EPOLLIN: it is level-triggered, and a hang-up nobody reads would wake every epoll_wait. */
 	if (c->n - c->head < PS_QUEUE_MAX && !c->closing)
-		want |= EPOLLIN; /* backpressure: a client that does not read its replies is not read either */
+		want |= EPOLLIN | EPOLLRDHUP;
 	if (c->n > c->head || (c->session && c == c->session->bulk && c->session->bulk_started && !c->session->bulk_ended))
 		want |= EPOLLOUT;
 	if (want == c->events || c->dead)
@@ -103,8 +135,13 @@ int ps_conn_update_events(struct ps_server *s, struct ps_conn *c)
 
 static int push(struct ps_conn *c, struct ps_out o)
 {
-	if (c->head && c->head == c->n)
-		c->head = c->n = 0;
+	/* Move the unsent pieces to the front once half the slots are sent ones: a client that reads
+	 * slowly keeps the queue from ever emptying, and the array would grow with every piece sent. */
+	if (c->head && (c->head == c->n || (c->n == c->cap && c->head >= c->cap / 2))) {
+		memmove(c->out, c->out + c->head, (c->n - c->head) * sizeof(*c->out));
+		c->n -= c->head;
+		c->head = 0;
+	}
 	if (c->n == c->cap) {
 		size_t n = c->cap ? c->cap * 2 : 16;
 		struct ps_out *v = realloc(c->out, n * sizeof(*v));
@@ -228,11 +265,9 @@ void ps_conn_fail(struct ps_server *s, struct ps_conn *c, uint32_t code, const c
 	size_t len = lr_error_frame_build(payload, sizeof(payload), code, msg);
 	ps_queue_frame(c, LR_ERROR, 0, c->hdr.req_id, payload, (uint32_t)len);
 	c->closing = true;
-	flush(c);
-	if (ps_queue_empty(c))
+	c->deadline_ns = lr_net_now_ns() + (uint64_t)s->cfg.handshake_ms * 1000000ULL; /* to read what is queued */
+	if (flush(c) || ps_queue_empty(c) || ps_conn_update_events(s, c))
 		ps_conn_close(s, c);
-	else
-		ps_conn_update_events(s, c);
 }
 
 /* Read into the header, then the payload; 1 when a whole frame is in, 0 for more later, -1 closed. */
@@ -271,6 +306,11 @@ int ps_conn_on_read(struct ps_server *s, struct ps_conn *c)
 {
 	for (int frames = 0; frames < 16 && !c->dead && !c->closing; frames++) {
 		int rc = read_frame(s, c);
+		if (rc == -1 && c->got) {
+			ps_conn_fail(s, c, LR_ERR_PROTOCOL, "truncated frame: the connection ended after %u of %zu bytes",
+				     c->got, c->got < sizeof(c->hdr) ? sizeof(c->hdr) : sizeof(c->hdr) + c->hdr.length);
+			return 0;
+		}
 		if (rc == -1) {
 			ps_log(s, c->state == PS_READY ? 2 : 1, "conn %u (%s): closed by the peer%s", c->id, c->peer,
 			       c->state == PS_READY ? "" : " before authenticating");
@@ -313,10 +353,11 @@ void ps_conn_close(struct ps_server *s, struct ps_conn *c)
 	}
 }
 
-/* Free the connections closed during the last batch (epoll may still have handed out pointers to them). */
-void ps_conn_reap(struct ps_server *s)
+/* Free the connections closed during the last batch (epoll may still have handed out pointers to them).
+ * Returns how many. */
+size_t ps_conn_reap(struct ps_server *s)
 {
-	size_t w = 0;
+	size_t w = 0, freed = s->nconns;
 	for (size_t i = 0; i < s->nconns; i++) {
 		struct ps_conn *c = s->conns[i];
 		if (c->dead) {
@@ -327,4 +368,5 @@ void ps_conn_reap(struct ps_server *s)
 		}
 	}
 	s->nconns = w;
+	return freed - w;
 }

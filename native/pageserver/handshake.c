@@ -11,17 +11,21 @@ static int on_hello(struct ps_server *s, struct ps_conn *c)
 	struct lr_challenge ch = {LR_PROTO_VERSION, 0, {0}, {0}};
 	struct lr_error err;
 
+	/* The version comes first in every HELLO: another version's HELLO may have another size. */
+	if (c->hdr.type == LR_HELLO && c->hdr.length >= sizeof(h.version)) {
+		memcpy(&h.version, c->buf, sizeof(h.version));
+		if (h.version != LR_PROTO_VERSION) {
+			ps_conn_fail(s, c, LR_ERR_VERSION, "protocol version %u is not supported (this server speaks %u)",
+				     h.version, LR_PROTO_VERSION);
+			return 0;
+		}
+	}
 	if (c->hdr.type != LR_HELLO || c->hdr.length != sizeof(h)) {
 		ps_conn_fail(s, c, LR_ERR_PROTOCOL, "expected HELLO (%zu bytes), got %s (%u bytes)", sizeof(h),
 			     lr_frame_name(c->hdr.type), c->hdr.length);
 		return 0;
 	}
 	memcpy(&h, c->buf, sizeof(h));
-	if (h.version != LR_PROTO_VERSION) {
-		ps_conn_fail(s, c, LR_ERR_VERSION, "protocol version %u is not supported (this server speaks %u)",
-			     h.version, LR_PROTO_VERSION);
-		return 0;
-	}
 	if (h.channel != LR_CHANNEL_URGENT && h.channel != LR_CHANNEL_BULK) {
 		ps_conn_fail(s, c, LR_ERR_PROTOCOL, "unknown channel %u (expected 1 urgent or 2 bulk)", h.channel);
 		return 0;

@@ -208,20 +208,28 @@ static void announce(struct ps_server *s)
 	}
 }
 
-/* Connections that did not authenticate in time are dropped; returns ms until the next such deadline. */
-static int expire_handshakes(struct ps_server *s)
+/*
+ * Connections that did not authenticate in time are refused; refused ones that did not take their ERROR
+ * in time are dropped. Returns ms until the next such deadline (or the listener's pause ends).
+ */
+static int expire_deadlines(struct ps_server *s)
 {
-	uint64_t now = lr_net_now_ns(), next = UINT64_MAX;
+	uint64_t now = lr_net_now_ns(), next = s->accept_paused_until ? s->accept_paused_until : UINT64_MAX;
 	for (size_t i = 0; i < s->nconns; i++) {
 		struct ps_conn *c = s->conns[i];
-		if (c->dead || c->state == PS_READY || c->closing)
+		if (c->dead || (c->state == PS_READY && !c->closing))
 			continue;
-		if (now >= c->deadline_ns)
+		if (now >= c->deadline_ns && c->closing) {
+			ps_log(s, 0, "conn %u (%s): dropped: it did not read its ERROR within %u ms", c->id, c->peer,
+			       s->cfg.handshake_ms);
+			ps_conn_close(s, c);
+		} else if (now >= c->deadline_ns) {
 			ps_conn_fail(s, c, LR_ERR_TIMEOUT, "did not authenticate within %u ms", s->cfg.handshake_ms);
-		else if (c->deadline_ns < next)
+		} else if (c->deadline_ns < next) {
 			next = c->deadline_ns;
+		}
 	}
-	return next == UINT64_MAX ? 1000 : (int)((next - now) / 1000000ULL) + 1;
+	return next == UINT64_MAX ? 1000 : next <= now ? 0 : (int)((next - now) / 1000000ULL) + 1;
 }
 
 static bool is_bulk(const struct ps_conn *c)
@@ -266,12 +274,13 @@ static int serve(struct ps_server *s, struct lr_error *err)
 {
 	struct epoll_event evs[PS_BATCH];
 	while (!stop_signal && !finished(s)) {
-		int n = epoll_wait(s->epfd, evs, PS_BATCH, expire_handshakes(s));
+		int n = epoll_wait(s->epfd, evs, PS_BATCH, expire_deadlines(s));
 		if (n < 0 && errno != EINTR)
 			return lr_error_set(err, errno, "epoll_wait");
 		if (n > 0 && dispatch(s, evs, n, err))
 			return -1;
-		ps_conn_reap(s);
+		if ((ps_conn_reap(s) || lr_net_now_ns() >= s->accept_paused_until) && ps_accept_resume(s))
+			return lr_error_set(err, errno, "epoll: resume accepting");
 	}
 	ps_log(s, 0, stop_signal ? "stopped by signal %d; %u session(s) delivered" : "delivered (--once); exiting%.0d",
 	       stop_signal ? (int)stop_signal : 0, s->delivered);

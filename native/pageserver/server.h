@@ -58,7 +58,7 @@ struct ps_conn {
 	uint64_t session_id;        /* HELLO's (bulk) */
 	struct ps_session *session;
 	uint8_t client_nonce[LR_NONCE_SIZE], server_nonce[LR_NONCE_SIZE];
-	uint64_t deadline_ns;       /* handshake must be done by then */
+	uint64_t deadline_ns;       /* handshake must be done by then; once refused (closing), the ERROR read */
 	struct lr_frame hdr;        /* input: header, then payload into buf */
 	uint32_t got;
 	char buf[LR_REQUEST_MAX];
@@ -97,6 +97,7 @@ struct ps_server {
 	struct ps_conn **conns;
 	size_t nconns, capconns;
 	unsigned next_conn_id;
+	uint64_t accept_paused_until; /* accept ran out of descriptors: listener off until then (0: on) */
 	struct ps_session **sessions;
 	size_t nsessions, capsessions;
 	unsigned delivered;
@@ -126,7 +127,8 @@ bool ps_queue_empty(const struct ps_conn *c);
 void ps_conn_fail(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 void ps_conn_close(struct ps_server *s, struct ps_conn *c);
-void ps_conn_reap(struct ps_server *s);
+size_t ps_conn_reap(struct ps_server *s);
+int ps_accept_resume(struct ps_server *s); /* listener back on after pause; -1 with errno */
 int ps_conn_update_events(struct ps_server *s, struct ps_conn *c);
 
 /* handshake.c */

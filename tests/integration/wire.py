@@ -31,6 +31,8 @@ F_MORE = 1
 FILE_META, FILE_PAGES = 1, 2
 URGENT, BULK = 1, 2
 ERR_PROTOCOL, ERR_VERSION, ERR_AUTH, ERR_TOO_BIG, ERR_RANGE, ERR_NO_FILE = 1, 2, 3, 4, 5, 6
+ERR_IO, ERR_TIMEOUT, ERR_SESSION = 7, 8, 9
+PAGES_MAX_DATA = 2 << 20
 
 
 class PeerError(Exception):
@@ -50,6 +52,30 @@ class Frame:
     payload: bytes
 
 
+def frame(type_: int, payload: bytes = b"", req_id: int = 0, flags: int = 0) -> bytes:
+    """One frame's bytes: header, then payload."""
+    return FRAME.pack(MAGIC, type_, flags, len(payload), 0, req_id) + payload
+
+
+@dataclass(frozen=True)
+class Pages:
+    """A PAGES payload: the blocks it answers, their checksums (from the server's index) and the bytes."""
+
+    record: int
+    first_block: int
+    nblocks: int
+    checksums: tuple[int, ...]
+    data: bytes
+
+
+def parse_pages(payload: bytes) -> Pages:
+    rec, first, n, data_len = PAGES_HDR.unpack_from(payload)
+    sums = struct.unpack_from(f"<{n}Q", payload, PAGES_HDR.size)
+    data = payload[PAGES_HDR.size + 8 * n:]
+    assert len(data) == data_len, f"PAGES announces {data_len} bytes, carries {len(data)}"
+    return Pages(rec, first, n, sums, data)
+
+
 def mac(secret: bytes, label: bytes, channel: int, session: int, cid: bytes, first: bytes, second: bytes) -> bytes:
     msg = label + struct.pack("<IQ", channel, session) + cid + first + second
     return hmac.new(secret, msg, hashlib.sha256).digest()
@@ -58,17 +84,21 @@ def mac(secret: bytes, label: bytes, channel: int, session: int, cid: bytes, fir
 class Client:
     """One channel to lr-pageserver."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 20.0) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 20.0, record: bool = False) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.next_id = 1
         self.session = 0
         self.checkpoint_id = b""
+        self.sent: list[bytes] | None = [] if record else None  # record=True: every frame sent, in order
 
     def close(self) -> None:
         self.sock.close()
 
     def send(self, type_: int, payload: bytes = b"", req_id: int = 0, flags: int = 0) -> None:
-        self.sock.sendall(FRAME.pack(MAGIC, type_, flags, len(payload), 0, req_id) + payload)
+        data = frame(type_, payload, req_id, flags)
+        if self.sent is not None:
+            self.sent.append(data)
+        self.sock.sendall(data)
 
     def _read(self, n: int) -> bytes:
         data = b""
@@ -148,9 +178,6 @@ class Client:
         self.request(GET_PAGES_T, PAGE_REQ.pack(record, first_block, nblocks))
         f = self.recv()
         assert f.type == PAGES_T, f
-        rec, first, n, data_len = PAGES_HDR.unpack_from(f.payload)
-        assert (rec, first, n) == (record, first_block, nblocks)
-        sums = struct.unpack_from(f"<{n}Q", f.payload, PAGES_HDR.size)
-        data = f.payload[PAGES_HDR.size + 8 * n:]
-        assert len(data) == data_len
-        return sums, data
+        p = parse_pages(f.payload)
+        assert (p.record, p.first_block, p.nblocks) == (record, first_block, nblocks)
+        return p.checksums, p.data

@@ -1,0 +1,511 @@
+"""lr-pageserver against a hostile network: replayed handshakes, other protocol versions, truncated frames,
+pipelined overlapping requests, out-of-range requests, slow-loris and non-reading clients, connection floods.
+
+The checkpoint is synthetic (no CRIU run): a lazy record of 66 checksum blocks, unaligned at both ends, so
+block ranges can overlap and a request can ask for more than LR_PAGES_MAX_DATA. The server is lr-pageserver,
+or its ASan/UBSan build when LAZYRESTORE_SANITIZED is set (test_pageserver.Server, which always runs the
+sanitized build, is reused with the build chosen here). Every refusal must carry a named ERROR (or, when the
+peer cannot read one, a log line), and after every attack an honest client is still served. The memory and
+descriptor figures are printed (pytest -s shows them).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import selectors
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from lazyrestore import lazyindex, secret
+from lazyrestore.lazyindex import RANGE_LAZY, IndexEntry, LazyIndex
+from lazyrestore.paths import native_binary
+
+from . import test_pageserver, wire
+from .test_pageserver import Server, assert_still_serving, honest, secret_of
+
+SANITIZED = bool(os.environ.get("LAZYRESTORE_SANITIZED"))
+PS, BS = 4096, 64 * 1024
+MIB = 1 << 20
+# Records of the synthetic checkpoint: (pid, lazy, start, pages). BIG has 66 blocks: 13 pages, 64 full, 3 pages.
+LAYOUT = ((1, True, 0x10003000, 1040), (1, False, 0x20000000, 3), (1, True, 0x30000000, 1), (2, True, 0x10000000, 16))
+BIG, EAGER, ONE_PAGE, ALIGNED = range(4)
+BIG_BLOCKS = 66
+GENEROUS = 30.0  # seconds: waits that only end early, never a measure of speed
+
+
+def build_checkpoint(images: Path) -> Path:
+    """A checkpoint lr-pageserver serves: pages-1.img, lazyrestore/{index.bin,manifest.json,secret}, tiny.img."""
+    entries, offset = [], 0
+    for pid, lazy, start, n in LAYOUT:
+        entries.append(IndexEntry(pid, RANGE_LAZY if lazy else 0, start, n, 1, offset))
+        offset += n * PS
+    (images / "lazyrestore").mkdir(parents=True)
+    (images / "pages-1.img").write_bytes(os.urandom(offset))
+    entries = lazyindex.checksum_entries(entries, images / "pages-1.img", PS, BS)
+    lazyindex.write(images / "lazyrestore" / "index.bin", LazyIndex(PS, BS, 2, os.urandom(16), tuple(entries)))
+    (images / "lazyrestore" / "manifest.json").write_text("{}\n")
+    (images / "tiny.img").write_bytes(b"ok")
+    secret.create(images)
+    return images
+
+
+@pytest.fixture(scope="module")
+def images() -> Iterator[Path]:
+    assert os.sysconf("SC_PAGE_SIZE") == PS
+    base = Path(tempfile.mkdtemp(prefix="lazyrestore-hostile-", dir="/dev/shm"))
+    try:
+        yield build_checkpoint(base / "images")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def build_under_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    if SANITIZED:  # ASan keeps up to 256 MiB of freed memory by default: it would read as growth of RSS
+        monkeypatch.setenv("ASAN_OPTIONS", ":".join(filter(None, (os.environ.get("ASAN_OPTIONS"),
+                                                                  "quarantine_size_mb=16"))))
+    else:
+        monkeypatch.setattr(test_pageserver, "native_binary", lambda name: native_binary(name.removeprefix("san/")))
+
+
+def until(done: Callable[[], bool]) -> bool:
+    """Poll done() for up to GENEROUS seconds."""
+    deadline = time.monotonic() + GENEROUS
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+class Watched(Server):
+    """A Server whose events are drained as they come (a full pipe would block it), with its RSS and fds."""
+
+    def __init__(self, images: Path, *extra: str) -> None:
+        super().__init__(images, *extra)
+        self.drain = threading.Thread(target=self._drain, daemon=True)
+        self.drain.start()
+
+    def _drain(self) -> None:
+        for _ in self.events:  # to EOF, when the server exits
+            pass
+
+    def rss(self) -> int:
+        """Resident bytes (VmRSS)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError(f"no VmRSS for lr-pageserver {self.proc.pid}")
+
+    def fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def cpu(self) -> float:
+        """User + system seconds."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wait_fds(self, want: int) -> int:
+        """Wait (generously) until at most `want` descriptors are open; returns the count."""
+        until(lambda: self.fds() <= want or self.proc.poll() is not None)
+        return self.fds()
+
+    def wait_log(self, text: str) -> str:
+        until(lambda: text in self.log_text())
+        return self.log_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=20)
+        self.drain.join(timeout=20)
+        return super().stop()
+
+
+@contextmanager
+def serving(images: Path, *extra: str) -> Iterator[Watched]:
+    s = Watched(images, *extra)
+    try:
+        yield s
+    finally:
+        code = s.stop()
+    log = s.log_text()
+    assert code == 0, log
+    assert "ERROR: AddressSanitizer" not in log and "runtime error" not in log, log
+
+
+@pytest.fixture
+def server(images: Path) -> Iterator[Watched]:
+    with serving(images) as s:
+        yield s
+
+
+@contextmanager
+def clients(n: int, port: int, paced: Watched | None = None) -> Iterator[list[wire.Client]]:
+    """n connections, closed on exit. paced: opened 32 at a time, each batch accepted by that server before the
+    next (a burst overflows the listen backlog of 64, and the kernel completes the rest seconds later)."""
+    with ExitStack() as stack:
+        out: list[wire.Client] = []
+        base = paced.fds() if paced else 0
+        for _ in range(n):
+            out.append(wire.Client(port, timeout=GENEROUS))
+            stack.callback(out[-1].close)
+            if paced and (len(out) % 32 == 0 or len(out) == n):
+                assert until(lambda: paced.fds() >= base + len(out)), "the server did not accept every connection"
+        yield out
+
+
+def served_after_flood(s: Watched, images: Path) -> None:
+    """An honest client is served once the flood has drained: connections the kernel still completes late
+    (their SYN-ACK retried after the backlog overflowed) may fill --max-conns for a while, and a client the
+    server refuses for that is closed without a frame (the log says why)."""
+    def served() -> bool:
+        try:
+            assert_still_serving(s, images)
+            return True
+        except (ConnectionError, wire.PeerError):
+            return False
+    assert until(served), s.log_text()[-2000:]
+
+
+def refused(c: wire.Client, code: int) -> str:
+    """The ERROR c gets next (it must be `code`), after which the server closes; returns its message."""
+    with pytest.raises(wire.PeerError) as info:
+        while True:
+            c.recv()
+    assert info.value.code == code, info.value
+    assert info.value.message
+    assert c.closed()
+    return info.value.message
+
+
+def pages_req(record: int, first: int, n: int, req_id: int, type_: int = wire.GET_PAGES_T) -> bytes:
+    return wire.frame(type_, wire.PAGE_REQ.pack(record, first, n), req_id)
+
+
+def hello(version: int = wire.VERSION) -> bytes:
+    return wire.frame(wire.HELLO_T, wire.HELLO.pack(version, wire.URGENT, 0, os.urandom(32)))
+
+
+class Checker:
+    """What PAGES for any block range must carry: the index's checksums and the pages file's bytes."""
+
+    def __init__(self, images: Path) -> None:
+        self.index = lazyindex.read(images / "lazyrestore" / "index.bin")
+        self.pages = (images / "pages-1.img").read_bytes()
+
+    def check(self, p: wire.Pages, want: tuple[int, int, int]) -> None:
+        assert (p.record, p.first_block, p.nblocks) == want
+        e = self.index.entries[p.record]
+        assert p.checksums == e.checksums[p.first_block:p.first_block + p.nblocks]
+        pos = 0
+        for (addr, length), want_sum in zip(lazyindex.block_spans(e.start, e.nr_pages * PS, BS)[p.first_block:],
+                                            p.checksums):
+            block = p.data[pos:pos + length]
+            assert xxhash.xxh3_64_intdigest(block) == want_sum
+            assert block == self.pages[e.offset + addr - e.start:][:length]
+            pos += length
+        assert pos == len(p.data)
+
+
+# --- attacks: each leaves the server as it found it, and checks an honest client is served after it ---------
+
+
+def replayed_handshake(s: Watched, images: Path, channel: int = wire.URGENT) -> None:
+    """An honest client's HELLO + AUTH, replayed verbatim on a new connection: the server's fresh nonce voids it."""
+    original = wire.Client(s.port, record=True)
+    original.handshake(secret_of(images))
+    recorded = original.sent
+    if channel == wire.BULK:
+        bulk = wire.Client(s.port, record=True)
+        bulk.handshake(secret_of(images), wire.BULK, original.session)
+        bulk.close()  # its session waits for a bulk channel again
+        recorded = bulk.sent
+    replay = wire.Client(s.port)
+    replay.sock.sendall(b"".join(recorded))
+    assert replay.recv().type == wire.CHALLENGE_T
+    assert "wrong proof" in refused(replay, wire.ERR_AUTH)
+    assert "lazyrestore/manifest.json" in original.list_files()
+    original.close()
+    assert_still_serving(s, images)
+
+
+def other_version(s: Watched, images: Path, version: int = 2, tail: bytes = b"") -> None:
+    c = wire.Client(s.port)
+    c.send(wire.HELLO_T, wire.HELLO.pack(version, wire.URGENT, 0, os.urandom(32)) + tail)
+    message = refused(c, wire.ERR_VERSION)
+    assert f"version {version}" in message and f"speaks {wire.VERSION}" in message, message
+    assert_still_serving(s, images)
+
+
+def truncated_frame(s: Watched, images: Path, authenticated: bool = True, cut: str = "payload",
+                    half_close: bool = True) -> None:
+    """A frame cut in its header or payload, then the end of the stream (shutdown, or a whole close)."""
+    c = honest(s, images) if authenticated else wire.Client(s.port)
+    whole = pages_req(BIG, 0, 1, 9) if authenticated else hello()
+    sent = 10 if cut == "header" else wire.FRAME.size + 5
+    of = f"{sent} of {wire.FRAME.size if cut == 'header' else len(whole)} bytes"
+    c.sock.sendall(whole[:sent])
+    peer = "127.0.0.1:%d" % c.sock.getsockname()[1]
+    if half_close:
+        c.sock.shutdown(socket.SHUT_WR)
+        message = refused(c, wire.ERR_PROTOCOL)
+        assert "truncated" in message and of in message, message
+    else:
+        c.close()
+        log = s.wait_log(f"({peer}): protocol error: truncated")
+        assert of in log.split(f"({peer}): protocol error: truncated")[1].splitlines()[0], log
+    c.close()
+    assert_still_serving(s, images)
+
+
+def pipelined_pages(s: Watched, images: Path, count: int = 120) -> None:
+    """Overlapping and duplicate GET_PAGES, sent in one write before reading: each answered, with the right data."""
+    rng = random.Random(count)
+    wants = [(BIG, 1, 32), (BIG, 0, 32), (BIG, 34, 32), (BIG, 65, 1), (BIG, 0, 1), (BIG, 0, 1), (EAGER, 0, 1),
+             (ONE_PAGE, 0, 1), (ONE_PAGE, 0, 1), (ALIGNED, 0, 1), (BIG, 10, 8), (BIG, 10, 8), (BIG, 12, 4)]
+    while len(wants) < count:
+        first = rng.randrange(BIG_BLOCKS)
+        wants.append((BIG, first, rng.randint(1, min(8, BIG_BLOCKS - first))))
+    c = honest(s, images)
+    c.sock.sendall(b"".join(pages_req(*w, req_id=i + 1) for i, w in enumerate(wants)))
+    checker, answered = Checker(images), set()
+    for _ in wants:
+        f = c.recv()
+        assert f.type == wire.PAGES_T and 1 <= f.req_id <= len(wants) and f.req_id not in answered, f.req_id
+        checker.check(wire.parse_pages(f.payload), wants[f.req_id - 1])
+        answered.add(f.req_id)
+    c.close()
+
+
+OUT_OF_RANGE = [  # (record, first_block, nblocks)
+    (BIG, 5, 0), (BIG, 0, 1 << 31), (BIG, 1, (1 << 32) - 1), (BIG, BIG_BLOCKS, 1), (BIG, BIG_BLOCKS - 1, 2),
+    (BIG, (1 << 32) - 1, 1), ((1 << 64) - 1, 0, 1), (len(LAYOUT), 0, 1), (BIG, 1, 33), (BIG, 0, 34)]
+
+
+def out_of_range(s: Watched, images: Path, record: int = (1 << 64) - 1, first: int = 0, n: int = 1) -> None:
+    c = honest(s, images)
+    c.sock.sendall(pages_req(record, first, n, 5))
+    message = refused(c, wire.ERR_RANGE)
+    assert f"record {record} blocks {first}+{n}" in message and str(wire.PAGES_MAX_DATA) in message, message
+    assert_still_serving(s, images)
+
+
+def slow_loris(s: Watched, images: Path, n: int = 200, handshake_ms: int = 0) -> float:
+    """n connections that send one byte of a HELLO a second: each dropped with ERROR timeout (after handshake_ms,
+    when given). While they are all connected (the handshake time must leave room for that: 3 s or more), an
+    honest client is served; returns the seconds it took."""
+    base = s.fds()
+    with clients(n, s.port, paced=s) as loris:
+        whole, sent = hello(), 0
+        timeouts: dict[int, str] = {}
+        sel = selectors.DefaultSelector()
+        for i, c in enumerate(loris):
+            sel.register(c.sock, selectors.EVENT_READ, i)
+        deadline, served_in, next_drip = time.monotonic() + GENEROUS, None, 0.0
+        while len(timeouts) < n and time.monotonic() < deadline:
+            if time.monotonic() >= next_drip:  # one more byte to every connection still open
+                for i, c in enumerate(loris):
+                    if i not in timeouts:
+                        try:
+                            c.sock.send(whole[sent:sent + 1])
+                        except OSError:
+                            pass  # closed by the server: its ERROR is read below
+                sent, next_drip = sent + 1, time.monotonic() + 1.0
+                if served_in is None:  # every attacker is mid-HELLO now
+                    assert s.fds() >= base + n
+                    t0 = time.monotonic()
+                    assert_still_serving(s, images)
+                    served_in = time.monotonic() - t0
+            for key, _ in sel.select(timeout=0.2):
+                sel.unregister(key.fileobj)
+                timeouts[key.data] = refused(loris[key.data], wire.ERR_TIMEOUT)
+        sel.close()
+        assert sent < len(whole), "the HELLOs were finished: the attack was not slow enough"
+        assert len(timeouts) == n, f"{n - len(timeouts)} slow connections were not dropped in {GENEROUS} s"
+        if handshake_ms:
+            assert all(m == f"did not authenticate within {handshake_ms} ms" for m in timeouts.values())
+    assert s.wait_fds(base) == base
+    assert served_in is not None
+    return served_in
+
+
+def never_reads(s: Watched, images: Path) -> int:
+    """An authenticated client that pipelines requests (2 MiB of pages each, lists, files) and reads nothing:
+    the server stops reading it, its memory stays bounded, others are served. Returns the RSS growth."""
+    start = s.rss()
+    c = honest(s, images)
+    name = b"lazyrestore/index.bin"
+    burst = b"".join(pages_req(BIG, 1, 32, i) + wire.frame(wire.LIST_T, b"", i) + pages_req(BIG, 0, 1, i, wire.HINT_T)
+                     + wire.frame(wire.GET_FILE_T, wire.FILE_REQ.pack(len(name), 0) + name, i) for i in range(64))
+    c.sock.settimeout(2.0)
+    rounds = 0
+    with pytest.raises(socket.timeout):  # the server stopped reading: its queue is full
+        while rounds < 20000:
+            c.sock.sendall(burst)
+            rounds += 1
+    grown = s.rss() - start
+    assert grown < 64 * MIB, f"RSS grew by {grown >> 20} MiB for a client that does not read"
+    assert_still_serving(s, images)
+    c.close()
+    return grown
+
+
+def half_closed_after_error(s: Watched, images: Path) -> None:
+    """Requests, then a malformed frame, then shutdown(SHUT_WR), reading nothing: the ERROR cannot be sent
+    behind the replies. The server must neither spin on the hung-up socket nor keep it past the handshake time."""
+    base = s.fds()
+    c = honest(s, images)
+    c.sock.sendall(b"".join(pages_req(BIG, 1, 32, i) for i in range(1, 33)) + b"\0" * wire.FRAME.size)
+    c.sock.shutdown(socket.SHUT_WR)
+    peer = "127.0.0.1:%d" % c.sock.getsockname()[1]
+    assert f"({peer}): protocol error: bad frame magic" in s.wait_log(f"({peer}): protocol error")
+    cpu0, t0 = s.cpu(), time.monotonic()
+    time.sleep(1.0)
+    busy = (s.cpu() - cpu0) / (time.monotonic() - t0)
+    assert busy < 0.5, f"lr-pageserver used {busy:.0%} of a CPU with one idle half-closed connection"
+    assert s.wait_fds(base) == base, "the refused connection that reads nothing was kept"
+    assert f"({peer}): dropped: it did not read its ERROR" in s.log_text()
+    c.close()
+    assert_still_serving(s, images)
+
+
+def connection_flood(s: Watched, images: Path, n: int = 500) -> None:
+    """n connections at once that close without a byte (half of them with a reset)."""
+    base = s.fds()
+    with clients(n, s.port) as flood:
+        for c in flood[::2]:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    served_after_flood(s, images)
+    assert s.wait_fds(base) == base
+
+
+# --- the tests ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channel", [wire.URGENT, wire.BULK])
+def test_replayed_handshake_is_refused(server: Watched, images: Path, channel: int) -> None:
+    replayed_handshake(server, images, channel)
+
+
+@pytest.mark.parametrize("version,tail", [(0, b""), (2, b""), (2, bytes(16)), ((1 << 32) - 1, b"")])
+def test_other_protocol_version_is_refused_by_name(server: Watched, images: Path, version: int, tail: bytes) -> None:
+    other_version(server, images, version, tail)
+
+
+@pytest.mark.parametrize("half_close", [True, False], ids=["shutdown", "close"])
+@pytest.mark.parametrize("cut", ["header", "payload"])
+@pytest.mark.parametrize("authenticated", [False, True], ids=["before-auth", "after-auth"])
+def test_truncated_frame_is_refused(server: Watched, images: Path, authenticated: bool, cut: str,
+                                    half_close: bool) -> None:
+    base = server.fds()
+    truncated_frame(server, images, authenticated, cut, half_close)
+    assert server.wait_fds(base) == base
+
+
+def test_overlapping_and_duplicate_requests_get_the_right_pages(server: Watched, images: Path) -> None:
+    pipelined_pages(server, images)
+    assert_still_serving(server, images)
+
+
+@pytest.mark.parametrize("record,first,n", OUT_OF_RANGE)
+def test_out_of_range_requests_are_refused(server: Watched, images: Path, record: int, first: int, n: int) -> None:
+    out_of_range(server, images, record, first, n)
+
+
+def test_hint_out_of_range_is_refused(server: Watched, images: Path) -> None:
+    c = honest(server, images)
+    c.sock.sendall(pages_req(BIG, BIG_BLOCKS, 1, 3, wire.HINT_T))
+    assert f"record {BIG} block {BIG_BLOCKS}: outside the index" in refused(c, wire.ERR_RANGE)
+    assert_still_serving(server, images)
+
+
+def test_slow_loris_is_dropped_while_others_are_served(images: Path) -> None:
+    with serving(images, "--handshake-ms", "4000") as s:
+        served_in = slow_loris(s, images, 200, 4000)
+    print(f"\nslow loris: 200 connections, an honest client served in {served_in:.3f} s during the attack")
+
+
+def test_client_that_never_reads_is_bounded(server: Watched, images: Path) -> None:
+    grown = never_reads(server, images)
+    print(f"\nnever-reading client: RSS grew by {grown / MIB:.1f} MiB")
+
+
+def test_half_closed_client_after_an_error_is_dropped(images: Path) -> None:
+    with serving(images, "--handshake-ms", "1500") as s:
+        half_closed_after_error(s, images)
+
+
+def test_connection_flood(server: Watched, images: Path) -> None:
+    connection_flood(server, images)
+
+
+def test_silent_connection_flood_is_dropped(images: Path) -> None:
+    """500 connections that send nothing: the first --max-conns are kept until the handshake time (the kernel's
+    backlog hands the server at least that many at once), the others refused with a log line."""
+    with serving(images, "--handshake-ms", "1500", "--max-conns", "16") as s:
+        base = s.fds()
+        with clients(500, s.port):
+            assert "refused a connection: too many connections" in s.wait_log("too many connections")
+            assert s.wait_fds(base) == base
+            assert s.proc.poll() is None
+        served_after_flood(s, images)
+        assert s.wait_fds(base) == base
+
+
+def test_out_of_descriptors_is_survived(images: Path) -> None:
+    """More connections than the process may open descriptors: accept fails with EMFILE, the server lives."""
+    with serving(images, "--max-conns", "4096") as s:
+        base = s.fds()
+        resource.prlimit(s.proc.pid, resource.RLIMIT_NOFILE, (base + 40, base + 40))
+        with clients(100, s.port):
+            assert "Too many open files" in s.wait_log("Too many open files")
+            assert s.proc.poll() is None, s.log_text()
+        assert s.wait_fds(base) == base
+        assert_still_serving(s, images)
+
+
+ATTACKS: list[tuple[str, Callable[[Watched, Path], object]]] = [
+    ("replay", replayed_handshake),
+    ("replay bulk", lambda s, i: replayed_handshake(s, i, wire.BULK)),
+    ("version", other_version),
+    ("version, longer HELLO", lambda s, i: other_version(s, i, 7, bytes(40))),
+    *((f"truncated {a} {cut} {h}", lambda s, i, a=a, cut=cut, h=h: truncated_frame(s, i, a, cut, h))
+      for a in (False, True) for cut in ("header", "payload") for h in (True, False)),
+    ("pipelined", pipelined_pages),
+    *((f"range {r}", lambda s, i, r=r: out_of_range(s, i, *r)) for r in OUT_OF_RANGE),
+    ("slow loris", lambda s, i: slow_loris(s, i, 100, 3000)),
+    ("never reads", never_reads),
+    ("half-closed after error", half_closed_after_error),
+    ("flood", connection_flood),
+]
+
+
+def test_memory_and_descriptors_return_after_every_attack(images: Path) -> None:
+    with serving(images, "--handshake-ms", "3000") as s:
+        fds0 = s.fds()
+        assert_still_serving(s, images)
+        assert s.wait_fds(fds0) == fds0
+        rss0 = s.rss()
+        for name, attack in ATTACKS:
+            attack(s, images)
+            assert s.wait_fds(fds0) == fds0, f"descriptors left open after {name}"
+        assert_still_serving(s, images)
+        rss1, fds1 = s.rss(), s.wait_fds(fds0)
+    bound = (48 if SANITIZED else 16) * MIB
+    print(f"\nafter {len(ATTACKS)} attacks: RSS {rss0 / MIB:.1f} -> {rss1 / MIB:.1f} MiB "
+          f"(bound +{bound >> 20} MiB), fds {fds0} -> {fds1}")
+    assert rss1 - rss0 < bound
+    assert fds1 == fds0
