@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 import os
 
-from . import checkpoint, hook, inspection, lazy, remote, restore, serve, status
+from . import checkpoint, hook, inspection, lazy, remote, restore, secret, serve, status
 from .daemons import LazydOptions, RemoteSource
-from .errors import DaemonFailed, LazyRestoreError, UsageError
+from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, ProcessError, UsageError
 from .output import Reporter
+
+# The kernel's largest pid_max (PID_MAX_LIMIT, include/linux/threads.h): every pid is below it.
+PID_MAX_LIMIT = 4 << 20
+# lr-lazyd's own bounds (native/lazyd/main.c), checked here before anything runs.
+MIN_CHUNK, MAX_CHUNK = 4 << 10, 256 << 20
+MAX_DRAIN_RATE = 1 << 40
+MAX_SOURCE_TIMEOUT_S = 86400
+
+T = TypeVar("T")
 
 
 def positive_int(text: str) -> int:
@@ -26,34 +36,147 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_int_up_to(text: str, maximum: int, unit: str, why: str = "") -> int:
+    value = positive_int(text)
+    if value > maximum:
+        raise argparse.ArgumentTypeError(f"expected {unit} from 1 to {maximum}{why}, got {value}")
+    return value
+
+
+def pid_number(text: str) -> int:
+    return positive_int_up_to(text, PID_MAX_LIMIT - 1, "a pid")
+
+
+def timeout_seconds(text: str) -> int:
+    return positive_int_up_to(text, MAX_SOURCE_TIMEOUT_S, "seconds")
+
+
+def demo_mib(text: str) -> int:
+    memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") >> 20
+    return positive_int_up_to(text, memory_mib, "MiB", " (this machine's memory)")
+
+
 def images_path(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a directory path, got an empty string")
     return Path(text).absolute()
 
 
-def cmd_checkpoint(args: argparse.Namespace, rep: Reporter) -> int:
-    s = checkpoint.checkpoint(args.pid, args.images, args.leave_running, args.allow_host_pids, rep)
-    rep.result(checkpoint.summary_text(s), "summary", action="checkpoint", **asdict(s))
-    return 0
+def file_path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file path, got an empty string")
+    return Path(text).absolute()
 
 
-def size_bytes(text: str) -> int:
-    """A size such as 65536, 64K, 1M or 2G."""
+def parse_size(text: str) -> int | None:
+    """A size such as 65536, 64K, 1M or 2G in bytes; None if text is not one."""
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     mult = units.get(t[-1:], 1)
     digits = t[:-1] if t[-1:] in units else t
-    if not digits.isdigit():
-        raise argparse.ArgumentTypeError(f"expected a size such as 65536, 64K or 1M, got {text!r}")
-    return int(digits) * mult
+    return int(digits) * mult if digits.isascii() and digits.isdigit() else None
+
+
+def size_where(text: str, ok: Callable[[int], bool], expected: str) -> int:
+    """The size text gives, if ok(size); else an argparse error saying what was expected."""
+    value = parse_size(text)
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+    return value
 
 
 def power_of_two_size(text: str) -> int:
-    value = size_bytes(text)
-    if value < 4096 or value & (value - 1) or value > 64 << 20:
-        raise argparse.ArgumentTypeError(f"expected a power of two from 4K to 64M, got {text!r}")
+    return size_where(text, lambda v: 4096 <= v <= 64 << 20 and not v & (v - 1), "a power of two from 4K to 64M")
+
+
+def chunk_size(text: str) -> int:
+    return size_where(text, lambda v: MIN_CHUNK <= v <= MAX_CHUNK, "a size from 4K to 256M")
+
+
+def drain_rate(text: str) -> int:
+    return size_where(text, lambda v: v <= MAX_DRAIN_RATE, "bytes per second from 0 (no cap) to 1024G, e.g. 200M")
+
+
+def host_letter(text: str) -> str:
+    if text.lower() not in ("a", "b"):
+        raise argparse.ArgumentTypeError(f"expected a test host, a or b, got {text!r}")
+    return text
+
+
+def bounded_number(text: str, maximum: float, unit: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= maximum:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected {unit} from 0 to {maximum:g} (0: none), got {text!r}")
     return value
+
+
+def delay_ms(text: str) -> float:
+    from .testhosts import MAX_DELAY_MS  # pyroute2 loads only for testhosts
+    return bounded_number(text, MAX_DELAY_MS, "milliseconds")
+
+
+def rate_mbit(text: str) -> float:
+    from .testhosts import MAX_RATE_MBIT
+    return bounded_number(text, MAX_RATE_MBIT, "Mbit/s")
+
+
+def require_process(pid: int) -> None:
+    if not Path(f"/proc/{pid}").is_dir():
+        raise ProcessError(f"--pid {pid}: no process with pid {pid} (expected the host pid of a running process)")
+
+
+def require_dir(option: str, path: Path, expected: str) -> None:
+    """path is an existing directory, else ImagesDirError naming the option."""
+    if not path.is_dir():
+        why = "is not a directory" if path.exists() else "does not exist"
+        raise ImagesDirError(f"{option} {path}: {why}; expected {expected}")
+
+
+def require_makeable_dir(option: str, path: Path, error: type[LazyRestoreError] = UsageError,
+                         expected: str = "a directory, new or existing") -> None:
+    """path is a directory, or `mkdir -p` can make it one (its nearest existing ancestor is a directory)."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == path else f" ({existing} is not a directory)"
+        raise error(f"{option} {path}: is not a directory{where}; expected {expected}")
+
+
+def require_empty_dir(option: str, path: Path, error: type[LazyRestoreError]) -> None:
+    """path is an empty directory, or one `mkdir -p` can make."""
+    expected = "a new or empty directory"
+    require_makeable_dir(option, path, error, expected)
+    if path.is_dir() and any(path.iterdir()):
+        raise error(f"{option} {path}: is not empty; expected {expected}")
+
+
+def require_new_images(path: Path) -> None:
+    """checkpoint/migrate --images: new or empty, in an existing directory."""
+    require_empty_dir("--images", path, ImagesDirError)
+    if not path.parent.is_dir():
+        raise ImagesDirError(f"--images {path}: cannot be created, {path.parent} does not exist; "
+                             "expected a new or empty directory")
+
+
+def require_valid(option: str, check: Callable[[T], object], value: T, expected: str = "") -> None:
+    """check(value); its UsageError raised again naming the option (and what it expects)."""
+    try:
+        check(value)
+    except UsageError as exc:
+        raise UsageError(f"{option}: {exc}" + (f" (expected {expected})" if expected else "")) from None
+
+
+SECRET_EXPECTED = f"a copy of the checkpoint's lazyrestore/secret: {secret.SECRET_SIZE} bytes, mode 0600"
+
+
+def cmd_checkpoint(args: argparse.Namespace, rep: Reporter) -> int:
+    require_process(args.pid)
+    require_new_images(args.images)
+    s = checkpoint.checkpoint(args.pid, args.images, args.leave_running, args.allow_host_pids, rep)
+    rep.result(checkpoint.summary_text(s), "summary", action="checkpoint", **asdict(s))
+    return 0
 
 
 def cmd_restore(args: argparse.Namespace, rep: Reporter) -> int:
@@ -65,6 +188,9 @@ def cmd_restore(args: argparse.Namespace, rep: Reporter) -> int:
         return restore_from(args, rep)
     if args.detach and not args.lazy:
         raise UsageError("--detach goes with --lazy (an eager restore is complete when it returns)")
+    require_dir("--images", args.images, "a checkpoint directory")
+    if args.workdir is not None:
+        require_makeable_dir("--workdir", args.workdir)
     if not args.lazy:
         s = restore.restore(args.images, rep)
         rep.result(restore.summary_text(s), "summary", action="restore", **asdict(s))
@@ -84,6 +210,9 @@ def restore_from(args: argparse.Namespace, rep: Reporter) -> int:
     if args.secret_file is None or args.workdir is None:
         raise UsageError("--from HOST:PORT needs --secret-file FILE (the checkpoint's secret, mode 0600) and "
                          "--workdir DIR (where the checkpoint's metadata is fetched)")
+    require_valid("--from", remote.check_destination, args.source)
+    require_valid("--secret-file", secret.check_file, args.secret_file, SECRET_EXPECTED)
+    require_makeable_dir("--workdir", args.workdir)
     source = RemoteSource(args.source, args.secret_file, args.source_timeout)
     ls = remote.restore_remote(source, args.workdir, args.detach, lazyd_options(args), rep)
     rep.result(lazy.summary_text(ls), "summary", action="restore", lazy=True, source=args.source, **asdict(ls))
@@ -96,6 +225,9 @@ def prepare_restore(args: argparse.Namespace, rep: Reporter) -> int:
     if args.source is None or args.secret_file is None or args.images is None:
         raise UsageError("--prepare needs --from HOST:PORT, --secret-file FILE and --images DIR (the directory the "
                          "runtime will restore from)")
+    require_valid("--from", remote.check_destination, args.source)
+    require_valid("--secret-file", secret.check_file, args.secret_file, SECRET_EXPECTED)
+    require_empty_dir("--images", args.images, UsageError)
     s = remote.prepare(RemoteSource(args.source, args.secret_file, args.source_timeout), args.images, rep)
     rep.result(remote.prepare_text(s), "summary", action="prepare", **s)
     return 0
@@ -114,6 +246,7 @@ def cmd_hook(args: argparse.Namespace, rep: Reporter) -> int:
 
 def cmd_index(args: argparse.Namespace, rep: Reporter) -> int:
     """Index a checkpoint CRIU wrote by itself (what the plugin does after every dump)."""
+    require_dir("--images", args.images, "a directory of CRIU images")
     cid, lazy_pages, eager_pages = hook.index_existing(args.images)
     rep.result(f"indexed checkpoint {cid} in {args.images}: {lazy_pages} lazy pages, {eager_pages} eager",
                "summary", action="index", images_dir=str(args.images), checkpoint_id=cid, lazy_pages=lazy_pages,
@@ -122,6 +255,10 @@ def cmd_index(args: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, rep: Reporter) -> int:
+    require_dir("--images", args.images, "a checkpoint directory")
+    require_valid("--listen", remote.parse_address, args.listen)
+    if args.kit is not None:
+        require_empty_dir("--kit", args.kit, UsageError)
     s = serve.serve(args.images, args.listen, args.once, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")),
                     args.kit)
     rep.result(serve.summary_text(s), "summary", action="serve", **asdict(s))
@@ -160,6 +297,9 @@ def exec_in_host(host: str, cmd: list[str]) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, rep: Reporter) -> int:
+    require_process(args.pid)
+    require_new_images(args.images)
+    require_valid("--listen", remote.parse_address, args.listen)
     cp, s = serve.migrate(args.pid, args.images, args.listen, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")))
     if not s.delivered:
         raise DaemonFailed(f"the page server stopped before a destination had every page; the checkpoint in "
@@ -169,6 +309,10 @@ def cmd_migrate(args: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_status(args: argparse.Namespace, rep: Reporter) -> int:
+    if args.images is not None:
+        require_dir("--images", args.images, "a checkpoint directory")
+    if args.workdir is not None:
+        require_dir("--workdir", args.workdir, "a lazy restore's work dir")
     found = status.status(args.images, args.workdir)
     rep.result(status.status_text(found), "status", **found)
     return 0
@@ -183,6 +327,7 @@ def run_lazy_pages(lazyd_args: list[str]) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace, rep: Reporter) -> int:
+    require_dir("--images", args.images, "a checkpoint directory")
     report = inspection.inspect(args.images)
     rep.result(inspection.report_text(report), "report", **report)
     return 0 if report["consistent"] else 7
@@ -190,6 +335,8 @@ def cmd_inspect(args: argparse.Namespace, rep: Reporter) -> int:
 
 def cmd_demo(args: argparse.Namespace, rep: Reporter) -> int:
     from . import demo
+    if args.workdir is not None:
+        require_makeable_dir("--workdir", args.workdir)
     return demo.run(args.mib, args.workdir, rep)
 
 
@@ -198,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("checkpoint", help="dump a process tree and index its pages")
-    c.add_argument("--pid", type=positive_int, required=True, help="root of the tree (init of its own pid namespace)")
+    c.add_argument("--pid", type=pid_number, required=True, help="root of the tree (init of its own pid namespace)")
     c.add_argument("--images", "-D", type=images_path, required=True, help="new or empty directory (tmpfs recommended)")
     c.add_argument("--leave-running", action="store_true", help="keep the tree running after the dump")
     c.add_argument("--allow-host-pids", action="store_true",
@@ -210,9 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--images", "-D", type=images_path, default=None, help="checkpoint directory")
     r.add_argument("--from", dest="source", metavar="HOST:PORT", default=None,
                    help="restore lazily from this page server (`lazyrestore serve` / `migrate`)")
-    r.add_argument("--secret-file", type=images_path, default=None,
+    r.add_argument("--secret-file", type=file_path, default=None,
                    help="with --from: a copy of the checkpoint's lazyrestore/secret (mode 0600)")
-    r.add_argument("--source-timeout", type=positive_int, default=30,
+    r.add_argument("--source-timeout", type=timeout_seconds, default=30,
                    help="with --from: seconds a lost page server may stay away before the tree is stopped (30)")
     r.add_argument("--lazy", action="store_true", help="resume at once; lr-lazyd places memory on demand and in the background")
     r.add_argument("--detach", action="store_true", help="with --lazy: return once the tree runs; see `status`")
@@ -220,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CRIU work dir for logs and lazy-pages.socket (default DIR/lazyrestore/runs/restore-...); "
                         "with --from: a new dir for the fetched checkpoint (images/) and the restore (run/)")
     r.add_argument("--fault-around", type=power_of_two_size, default=64 << 10, help="bytes placed per fault (64K)")
-    r.add_argument("--chunk", type=size_bytes, default=1 << 20, help="bytes per background drain step (1M)")
-    r.add_argument("--drain-rate", type=size_bytes, default=0, help="cap on the background drain, bytes/s (none)")
+    r.add_argument("--chunk", type=chunk_size, default=1 << 20, help="bytes per background drain step (1M)")
+    r.add_argument("--drain-rate", type=drain_rate, default=0, help="cap on the background drain, bytes/s (none)")
     r.add_argument("--prepare", action="store_true",
                    help="with --from, --secret-file and --images DIR: fetch the checkpoint's metadata into DIR and "
                         "describe its source there, for a runtime's `restore --lazy-pages` with the CRIU plugin")
@@ -240,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_inspect)
 
     d = sub.add_parser("demo", help="checkpoint and restore a built-in sample workload, comparing checksums")
-    d.add_argument("--mib", type=positive_int, default=1024, help="workload memory in MiB (default 1024)")
+    d.add_argument("--mib", type=demo_mib, default=1024, help="workload memory in MiB (default 1024)")
     d.add_argument("--workdir", type=images_path, default=None, help="where to keep images (default: a new dir in /dev/shm)")
     d.set_defaults(func=cmd_demo)
 
@@ -262,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     ix.set_defaults(func=cmd_index)
 
     mg = sub.add_parser("migrate", help="checkpoint a tree and serve it until a destination has every page")
-    mg.add_argument("--pid", type=positive_int, required=True, help="root of the tree (init of its own pid namespace)")
+    mg.add_argument("--pid", type=pid_number, required=True, help="root of the tree (init of its own pid namespace)")
     mg.add_argument("--images", "-D", type=images_path, required=True, help="new or empty directory (tmpfs recommended)")
     mg.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
     mg.set_defaults(func=cmd_migrate)
@@ -270,11 +417,11 @@ def build_parser() -> argparse.ArgumentParser:
     th = sub.add_parser("testhosts", help="two network-namespace test hosts (a: 10.231.0.1, b: 10.231.0.2)")
     ths = th.add_subparsers(dest="action", required=True, metavar="ACTION")
     up = ths.add_parser("up", help="create the test hosts (again)")
-    up.add_argument("--delay", type=float, default=0.0, metavar="MS", help="one-way delay on each veth end (netem)")
-    up.add_argument("--rate", type=float, default=0.0, metavar="MBIT", help="rate limit on each veth end (netem)")
+    up.add_argument("--delay", type=delay_ms, default=0.0, metavar="MS", help="one-way delay on each veth end (netem)")
+    up.add_argument("--rate", type=rate_mbit, default=0.0, metavar="MBIT", help="rate limit on each veth end (netem)")
     down = ths.add_parser("down", help="remove the test hosts")
     ex = ths.add_parser("exec", help="run a command in a test host: exec a|b -- COMMAND [ARGS]")
-    ex.add_argument("host", help="a or b")
+    ex.add_argument("host", type=host_letter, help="a or b")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS]")
     for tp in (up, down):
         tp.add_argument("--json", action="store_true", help="print JSON events, one object per line")

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import checkpoint, criu, lazyindex, manifest, sourcefile
+from . import checkpoint, criu, lazyindex, manifest, remote, sourcefile
 from .daemons import Lazyd, LazydOptions, RemoteSource
 from .errors import CorruptCheckpoint, ImagesDirError, LazyRestoreError, UsageError
 from .images import PE_LAZY, PE_PRESENT, read_pagemap, read_pstree, read_vmas, require_checkpoint_dir
@@ -145,7 +145,12 @@ def criu_lazy_pages_args(args: list[str]) -> list[str]:
             out += [a] if eq or key not in ("-D", "--images-dir") else [a, val]
             images = val if key in ("-D", "--images-dir") else images
     if not address or not port.isdigit():
-        raise UsageError("lazy-pages --page-server needs --address ADDR and --port PORT (CRIU's page server)")
+        raise UsageError("lazy-pages --page-server needs --address ADDR and --port PORT (CRIU's page server; "
+                         "PORT from 1 to 65535)")
+    try:  # before the dump is indexed: nothing is written for a bad address
+        remote.check_destination(f"[{address}]:{port}" if ":" in address else f"{address}:{port}")
+    except UsageError as exc:
+        raise UsageError(f"lazy-pages --address {address!r} --port {port!r}: {exc}") from None
     images_dir = Path(images)
     if not (images_dir / manifest.META_DIR / manifest.INDEX_NAME).exists():
         index_lazy_dump(images_dir)

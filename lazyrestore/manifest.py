@@ -184,18 +184,37 @@ def from_json(raw: Any, where: str) -> Manifest:
         raise CorruptCheckpoint(where, f"checkpoint_id {cid!r} is not 32 hex digits")
     if raw.get("checksum") != CHECKSUM:
         raise CorruptCheckpoint(where, f"checksum algorithm {raw.get('checksum')!r}, this lazyrestore uses {CHECKSUM!r}")
+    for key in ("created", "criu_version"):
+        if not isinstance(raw.get(key), str):
+            raise CorruptCheckpoint(where, f"field {key} is {raw.get(key)!r}, expected a string")
     if not all(isinstance(raw.get(k, []), (list, tuple)) for k in ("files", "pages_files", "lazy_view")) \
             or "files" not in raw or "pages_files" not in raw:
         raise CorruptCheckpoint(where, "files and pages_files must be lists (lazy_view too, when present)")
     return Manifest(
-        checkpoint_id=cid, created=str(raw.get("created")), criu_version=str(raw.get("criu_version")),
+        checkpoint_id=cid, created=raw["created"], criu_version=raw["criu_version"],
         **{k: raw[k] for k in _INT_FIELDS},
-        files=tuple(_file_entry(f, where) for f in raw["files"]),
-        pages_files=tuple(_file_entry(f, where) for f in raw["pages_files"]),
+        files=tuple(_hashed_entry(f, where) for f in raw["files"]),
+        pages_files=tuple(_pages_entry(f, where) for f in raw["pages_files"]),
         index=_file_entry(raw.get("index"), where),
         checksum=str(raw.get("checksum")),
         lazy_view=tuple(_view_entry(f, where) for f in raw.get("lazy_view", [])),
     )
+
+
+def _hashed_entry(raw: Any, where: str) -> FileEntry:
+    """An entry of files: a metadata image, whose SHA-256 the manifest must carry."""
+    f = _file_entry(raw, where)
+    if f.sha256 is None:
+        raise CorruptCheckpoint(where, f"sha256 of {f.name} is missing: only pages-N.img files go without one")
+    return f
+
+
+def _pages_entry(raw: Any, where: str) -> FileEntry:
+    """An entry of pages_files: a pages-N.img (its bytes are covered by the index's block checksums)."""
+    f = _file_entry(raw, where)
+    if not is_pages_file(f.name):
+        raise CorruptCheckpoint(where, f"pages_files lists {f.name!r}: expected pages-N.img files only")
+    return f
 
 
 def _view_entry(raw: Any, where: str) -> FileEntry:

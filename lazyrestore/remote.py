@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import time
 from pathlib import Path
 
@@ -32,12 +33,29 @@ RUN_SUBDIR = "run"
 def parse_address(text: str) -> tuple[str, int]:
     """HOST:PORT (an IPv4 address or name; [IPv6]:PORT) -> (host, port); UsageError naming what is wrong."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise UsageError(f"address {text!r}: expected HOST:PORT, e.g. 10.231.0.1:7411 (port 0 to 65535)")
     host = host.removeprefix("[").removesuffix("]")
     if any(c.isspace() for c in host):
         raise UsageError(f"address {text!r}: the host part has white space")
+    if not _host_syntax_ok(host):
+        raise UsageError(f"address {text!r}: {host!r} is not an IPv4 address, [IPv6] address or host name")
     return host, int(port)
+
+
+# A host name: RFC 1123 labels ("_" too, as /etc/hosts allows), at most 253 characters in all.
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _host_syntax_ok(host: str) -> bool:
+    """An IP address, or a host name that is not all digits and dots (999.1.1.1 is no address and no name)."""
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+        return True
+    except ValueError:
+        pass
+    return len(host) <= 253 and _HOST_NAME.fullmatch(host) is not None and not set(host) <= set("0123456789.")
 
 
 def check_destination(address: str) -> None:

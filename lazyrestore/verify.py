@@ -9,9 +9,13 @@ import xxhash
 
 from . import lazyindex, manifest
 from .errors import CorruptCheckpoint, ImagesDirError
-from .images import read_pagemap, read_pstree, read_vmas, require_checkpoint_dir
+from .images import load_image, read_pagemap, read_pstree, read_vmas, require_checkpoint_dir
 from .lazyindex import LazyIndex, block_spans
 from .manifest import Manifest
+
+# CRTOOLS_IMAGES_V1_1 (criu/include/magic.h): the image format every CRIU since 1.x writes. CRIU
+# refuses another (check_img_inventory), but only once its restore has begun: checked here first.
+CRIU_IMAGES_VERSION = 2
 
 
 def plan_index(images_dir: Path, page_size: int) -> list[lazyindex.IndexEntry]:
@@ -42,6 +46,16 @@ def check_files(images_dir: Path, m: Manifest) -> None:
             raise CorruptCheckpoint(str(path), f"has {size} bytes, the manifest says {f.size} (truncated or replaced)")
         if f.sha256 is not None and manifest.sha256_file(path) != f.sha256:
             raise CorruptCheckpoint(str(path), "SHA-256 differs from the manifest (modified or corrupt)")
+
+
+def check_inventory(images_dir: Path, m: Manifest) -> None:
+    """inventory.img is in the image format the CRIU lazyrestore runs (>= 4.1) restores."""
+    path = images_dir / "inventory.img"
+    entries = load_image(path)
+    version = entries[0].get("img_version") if entries else None
+    if version != CRIU_IMAGES_VERSION:
+        raise CorruptCheckpoint(str(path), f"CRIU image format version {version} (checkpoint made by CRIU "
+                                f"{m.criu_version}); CRIU >= 4.1 restores format {CRIU_IMAGES_VERSION} only")
 
 
 def check_index_header(where: str, m: Manifest, h: lazyindex.IndexHeader | LazyIndex) -> None:
@@ -124,4 +138,5 @@ def _verified_files(images_dir: Path) -> Manifest:
         require_checkpoint_dir(images_dir)
     m = manifest.read(images_dir)
     check_files(images_dir, m)
+    check_inventory(images_dir, m)
     return m
