@@ -94,7 +94,15 @@ def _resume(binary: criu.CriuBinary, criu_images: Path, run: Path, daemon: Lazyd
     t = time.monotonic()
     try:
         pid = run_restore(binary, criu_images, run / RESTORE_LOG, lazy=True)
-    except (CriuFailed, KeyboardInterrupt):
+    except CriuFailed as exc:
+        # CRIU fails when lr-lazyd stopped under it (e.g. a page failing its checksum): that is the cause.
+        code = daemon.wait_exit(2.0)
+        daemon.stop()
+        if code not in (None, 0):
+            raise DaemonFailed(f"lr-lazyd stopped during CRIU's restore: {daemon.first_error()}; nothing runs; "
+                               f"the checkpoint is intact; log {daemon.log} (CRIU: {exc})") from exc
+        raise
+    except KeyboardInterrupt:
         daemon.stop()
         raise
     resume_s = time.monotonic() - t
