@@ -18,6 +18,9 @@
 
 #define PS_QUEUE_MAX 512 /* queued pieces before a connection's requests are not read any more */
 #define PS_ACCEPT_PAUSE_MS 1000 /* listener off after accept ran out of descriptors */
+#define PS_EVICT_LOG_NS 1000000000ULL /* at most one log line an interval for evictions (a flood evicts many) */
+
+static void queue_error(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *msg);
 
 static void peer_text(const struct sockaddr_storage *ss, char *out, size_t size)
 {
@@ -50,7 +53,84 @@ static int add_conn(struct ps_server *s, struct ps_conn *c, struct lr_error *err
 	if (epoll_ctl(s->epfd, EPOLL_CTL_ADD, c->fd, &ev))
 		return lr_error_set(err, errno, "epoll add connection");
 	s->conns[s->nconns++] = c;
+	s->nopen++;
 	return 0;
+}
+
+/* Read away what the peer sent that nobody will read: closing a socket with unread input resets the
+ * connection and drops output not sent yet, the ERROR just queued among it. */
+static void discard_input(int fd)
+{
+	char buf[4096];
+	for (int i = 0; i < 4; i++)
+		if (recv(fd, buf, sizeof(buf), MSG_DONTWAIT) <= 0)
+			return; /* EAGAIN: nothing left; end of stream or an error: the close that follows is all we need */
+}
+
+static void log_eviction(struct ps_server *s, const struct ps_conn *c)
+{
+	uint64_t now = lr_net_now_ns();
+	s->evicted++;
+	if (s->evict_logged_ns && now - s->evict_logged_ns < PS_EVICT_LOG_NS)
+		return;
+	s->evict_logged_ns = now;
+	ps_log(s, 0, "conn %u (%s): evicted: %u connections (--max-conns) and it had not authenticated; "
+	       "%llu evicted so far (this line at most once a second)",
+	       c->id, c->peer, s->cfg.max_conns, (unsigned long long)s->evicted);
+}
+
+/* Close c, which has not authenticated, to make room: ERROR timeout first, unless it is being refused already. */
+static void evict(struct ps_server *s, struct ps_conn *c)
+{
+	char msg[160];
+
+	log_eviction(s, c);
+	discard_input(c->fd);
+	if (!c->closing) {
+		snprintf(msg, sizeof(msg), "evicted: the server is full (%u connections, --max-conns) and this "
+			 "connection had not authenticated", s->cfg.max_conns);
+		queue_error(s, c, LR_ERR_TIMEOUT, msg);
+	}
+	ps_conn_close(s, c); /* even were its ERROR not all sent: the slot is wanted now */
+}
+
+/* Every open connection has authenticated: fd gets ERROR io (a new socket's buffer takes it whole), then closed. */
+static void refuse_busy(struct ps_server *s, int fd, const char *peer)
+{
+	struct {
+		struct lr_frame hdr;
+		char payload[sizeof(struct lr_error_frame) + 96];
+	} f;
+	char msg[96];
+
+	snprintf(msg, sizeof(msg), "server busy: %zu connections (--max-conns)", s->nopen);
+	size_t len = lr_error_frame_build(f.payload, sizeof(f.payload), LR_ERR_IO, msg);
+	lr_frame_make(&f.hdr, LR_ERROR, 0, (uint32_t)len, 0);
+	discard_input(fd);
+	ssize_t n = send(fd, &f, sizeof(f.hdr) + len, MSG_NOSIGNAL | MSG_DONTWAIT);
+	ps_log(s, 1, "refused a connection from %s: server busy: %zu connections, all authenticated (--max-conns)%s%s",
+	       peer, s->nopen, n < 0 ? "; its ERROR was not sent: " : "", n < 0 ? strerror(errno) : "");
+	close(fd);
+}
+
+/* At --max-conns, evict the oldest connection that has not authenticated (slow handshakes must not keep
+ * honest clients out), or refuse fd when every one has. Returns false when fd was refused (and closed). */
+static bool make_room(struct ps_server *s, int fd, const struct sockaddr_storage *ss)
+{
+	char peer[64];
+
+	if (s->nopen < s->cfg.max_conns)
+		return true;
+	for (size_t i = 0; i < s->nconns; i++) { /* conns is in the order accepted: the oldest first */
+		struct ps_conn *c = s->conns[i];
+		if (!c->dead && (c->state != PS_READY || c->closing)) {
+			evict(s, c);
+			return true;
+		}
+	}
+	peer_text(ss, peer, sizeof(peer));
+	refuse_busy(s, fd, peer);
+	return false;
 }
 
 /*
@@ -91,11 +171,13 @@ int ps_conn_accept(struct ps_server *s, struct lr_error *err)
 		return pause_accept(s, errno, err);
 	if (fd < 0)
 		return errno == EAGAIN || errno == EINTR || errno == ECONNABORTED ? 0 : lr_error_set(err, errno, "accept");
-	if (s->stopping || s->nconns >= s->cfg.max_conns) {
-		ps_log(s, 1, "refused a connection: %s", s->stopping ? "delivered, stopping (--once)" : "too many connections");
+	if (s->stopping) {
+		ps_log(s, 1, "refused a connection: delivered, stopping (--once)");
 		close(fd);
 		return 0;
 	}
+	if (!make_room(s, fd, &ss))
+		return 0;
 	struct ps_conn *c = calloc(1, sizeof(*c));
 	if (!c) {
 		close(fd);
@@ -251,9 +333,21 @@ int ps_conn_on_write(struct ps_server *s, struct ps_conn *c)
 	return ps_conn_update_events(s, c);
 }
 
+/* Queue ERROR code msg and close c once it is sent (or its deadline passes). */
+static void queue_error(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *msg)
+{
+	char payload[sizeof(struct lr_error_frame) + 400];
+	size_t len = lr_error_frame_build(payload, sizeof(payload), code, msg);
+	ps_queue_frame(c, LR_ERROR, 0, c->hdr.req_id, payload, (uint32_t)len);
+	c->closing = true;
+	c->deadline_ns = lr_net_now_ns() + (uint64_t)s->cfg.handshake_ms * 1000000ULL; /* to read what is queued */
+	if (flush(c) || ps_queue_empty(c) || ps_conn_update_events(s, c))
+		ps_conn_close(s, c);
+}
+
 void ps_conn_fail(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *fmt, ...)
 {
-	char msg[400], payload[sizeof(struct lr_error_frame) + 400];
+	char msg[400];
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -262,12 +356,7 @@ void ps_conn_fail(struct ps_server *s, struct ps_conn *c, uint32_t code, const c
 	ps_log(s, 0, "conn %u (%s): %s error: %s", c->id, c->peer, lr_error_code_name(code), msg);
 	ps_event(s, "{\"event\":\"rejected\",\"conn\":%u,\"peer\":\"%s\",\"code\":\"%s\"}", c->id, c->peer,
 		 lr_error_code_name(code));
-	size_t len = lr_error_frame_build(payload, sizeof(payload), code, msg);
-	ps_queue_frame(c, LR_ERROR, 0, c->hdr.req_id, payload, (uint32_t)len);
-	c->closing = true;
-	c->deadline_ns = lr_net_now_ns() + (uint64_t)s->cfg.handshake_ms * 1000000ULL; /* to read what is queued */
-	if (flush(c) || ps_queue_empty(c) || ps_conn_update_events(s, c))
-		ps_conn_close(s, c);
+	queue_error(s, c, code, msg);
 }
 
 /* Read into the header, then the payload; 1 when a whole frame is in, 0 for more later, -1 closed. */
@@ -338,6 +427,7 @@ void ps_conn_close(struct ps_server *s, struct ps_conn *c)
 	epoll_ctl(s->epfd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	c->dead = true;
+	s->nopen--;
 	for (size_t i = c->head; i < c->n; i++)
 		free(c->out[i].bytes);
 	c->head = c->n = 0;

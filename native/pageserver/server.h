@@ -96,6 +96,9 @@ struct ps_server {
 	int port;
 	struct ps_conn **conns;
 	size_t nconns, capconns;
+	size_t nopen;               /* connections not closed: what --max-conns limits (conns keeps closed ones until reaped) */
+	uint64_t evicted;           /* unauthenticated connections closed to make room for new ones (--max-conns) */
+	uint64_t evict_logged_ns;   /* when an eviction was last logged: at most one line a second */
 	unsigned next_conn_id;
 	uint64_t accept_paused_until; /* accept ran out of descriptors: listener off until then (0: on) */
 	struct ps_session **sessions;

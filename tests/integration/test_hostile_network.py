@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import resource
+import select
 import selectors
 import shutil
 import socket
@@ -169,8 +170,9 @@ def clients(n: int, port: int, paced: Watched | None = None) -> Iterator[list[wi
 
 def served_after_flood(s: Watched, images: Path) -> None:
     """An honest client is served once the flood has drained: connections the kernel still completes late
-    (their SYN-ACK retried after the backlog overflowed) may fill --max-conns for a while, and a client the
-    server refuses for that is closed without a frame (the log says why)."""
+    (their SYN-ACK retried after the backlog overflowed) may keep arriving for a while, and each evicts the
+    oldest connection that has not authenticated at --max-conns, an honest one mid-handshake too (its ERROR
+    says so); it tries again."""
     def served() -> bool:
         try:
             assert_still_serving(s, images)
@@ -189,6 +191,12 @@ def refused(c: wire.Client, code: int) -> str:
     assert info.value.message
     assert c.closed()
     return info.value.message
+
+
+def readable(conns: list[wire.Client]) -> set[int]:
+    """The indices of the connections that have something to read now (a frame, or the end of the stream)."""
+    ready, _, _ = select.select([c.sock for c in conns], [], [], 0)
+    return {i for i, c in enumerate(conns) if c.sock in ready}
 
 
 def pages_req(record: int, first: int, n: int, req_id: int, type_: int = wire.GET_PAGES_T) -> bytes:
@@ -453,16 +461,66 @@ def test_connection_flood(server: Watched, images: Path) -> None:
 
 
 def test_silent_connection_flood_is_dropped(images: Path) -> None:
-    """500 connections that send nothing: the first --max-conns are kept until the handshake time (the kernel's
-    backlog hands the server at least that many at once), the others refused with a log line."""
+    """500 connections that send nothing: at --max-conns each new one evicts the oldest (a log line a second at
+    most), and the last --max-conns are dropped after the handshake time."""
     with serving(images, "--handshake-ms", "1500", "--max-conns", "16") as s:
         base = s.fds()
         with clients(500, s.port):
-            assert "refused a connection: too many connections" in s.wait_log("too many connections")
+            assert "evicted: 16 connections (--max-conns)" in s.wait_log("evicted so far")
             assert s.wait_fds(base) == base
             assert s.proc.poll() is None
         served_after_flood(s, images)
         assert s.wait_fds(base) == base
+
+
+EVICTED = "evicted: the server is full ({} connections, --max-conns) and this connection had not authenticated"
+
+
+def test_slow_loris_past_max_conns_is_evicted_for_an_honest_client(images: Path) -> None:
+    """40 connections that send a byte of HELLO now and then, at --max-conns 16 with a minute to authenticate:
+    each new connection evicts the oldest that has not authenticated, with a named ERROR, so an honest client is
+    served while the attack holds every slot, long before the handshake time ends."""
+    n, limit = 40, 16
+    with serving(images, "--max-conns", str(limit), "--handshake-ms", "60000") as s:
+        base, whole = s.fds(), hello()
+        with clients(n, s.port) as loris:
+            for c in loris:
+                c.sock.sendall(whole[:1])
+            assert until(lambda: len(readable(loris)) >= n - limit), s.log_text()[-2000:]
+            assert readable(loris) == set(range(n - limit)), "the oldest were not the ones evicted"
+            for c in loris[n - limit:]:
+                c.sock.sendall(whole[1:2])
+            assert s.fds() == base + limit
+            t0 = time.monotonic()
+            assert_still_serving(s, images)
+            served_in = time.monotonic() - t0
+            assert served_in < 10.0, f"an honest client took {served_in:.1f} s (the handshake time is 60 s)"
+            assert readable(loris) == set(range(n - limit + 1)), "the honest client evicted not just the oldest"
+            for i in (0, 1, n - limit - 1, n - limit):
+                assert refused(loris[i], wire.ERR_TIMEOUT) == EVICTED.format(limit)
+            assert s.wait_fds(base + limit - 1) == base + limit - 1
+        assert s.wait_fds(base) == base
+        assert "evicted: 16 connections (--max-conns) and it had not authenticated" in s.log_text()
+    print(f"\nslow loris past --max-conns {limit}: {n} connections, {n - limit + 1} evicted, "
+          f"an honest client served in {served_in:.3f} s")
+
+
+def test_a_server_full_of_authenticated_clients_refuses_with_busy(images: Path) -> None:
+    with serving(images, "--max-conns", "2") as s:
+        base = s.fds()
+        holders = [honest(s, images) for _ in range(2)]
+        late = wire.Client(s.port, timeout=GENEROUS)
+        with pytest.raises(wire.PeerError) as info:
+            late.handshake(secret_of(images))
+        assert (info.value.code, info.value.message) == (wire.ERR_IO, "server busy: 2 connections (--max-conns)")
+        assert late.closed()
+        late.close()
+        for h in holders:  # neither was evicted
+            assert "lazyrestore/manifest.json" in h.list_files()
+            h.close()
+        assert s.wait_fds(base) == base
+        assert_still_serving(s, images)
+        assert "server busy: 2 connections, all authenticated" in s.log_text()
 
 
 def test_out_of_descriptors_is_survived(images: Path) -> None:
