@@ -104,3 +104,48 @@ $(NATIVE)/tests/test_spans: native/tests/test_spans.c native/lazyd/spans.c nativ
 $(NATIVE)/tests/test_index: native/tests/test_index.c native/common/index.c native/common/error.c $(LAZYD_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_index.c native/common/index.c native/common/error.c -lxxhash
+
+# --- libFuzzer harnesses (native/fuzz/): clang, and libclang-rt-14-dev for the fuzzer runtime ----------------
+# `make fuzz` fuzzes each harness FUZZ_SECONDS (on a copy of native/fuzz/corpus/ in build/fuzz-corpus/) and
+# writes build/fuzz/results.json; `make fuzz-smoke` replays the committed corpus, then fuzzes each harness
+# FUZZ_SMOKE_SECONDS (tests/unit/test_fuzz_smoke.py). Crashing inputs land in build/fuzz/artifacts/.
+FUZZ_CC            ?= clang
+FUZZ_SECONDS       ?= 60
+FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_FLAGS  := -O1 -g -std=gnu11 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+	-fno-omit-frame-pointer -Inative/include -Inative/pageserver -Inative/lazyd -Inative/fuzz
+FUZZ_PS_SRC := native/fuzz/fixture.c $(filter-out native/pageserver/main.c,$(PS_SRC))
+FUZZ_HDR    := $(wildcard native/fuzz/*.h) $(PS_HDR) $(LAZYD_HDR)
+
+.PHONY: fuzz-build fuzz fuzz-smoke
+fuzz-build: $(NATIVE)/fuzz/fuzz_frame $(NATIVE)/fuzz/fuzz_handshake $(NATIVE)/fuzz/fuzz_index
+
+$(NATIVE)/fuzz/fuzz_frame: native/fuzz/fuzz_frame.c native/lazyd/remote_fetch.c $(FUZZ_PS_SRC) $(FUZZ_HDR)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) -lxxhash -lcrypto
+
+$(NATIVE)/fuzz/fuzz_handshake: native/fuzz/fuzz_handshake.c $(FUZZ_PS_SRC) $(FUZZ_HDR)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) -lxxhash -lcrypto
+
+$(NATIVE)/fuzz/fuzz_index: native/fuzz/fuzz_index.c native/common/index.c native/common/error.c $(FUZZ_HDR)
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) -lxxhash
+
+fuzz: fuzz-build
+	python3 scripts/fuzz.py run --seconds $(FUZZ_SECONDS) --summary build/fuzz/results.json
+
+fuzz-smoke: fuzz-build
+	python3 scripts/fuzz.py smoke --seconds $(FUZZ_SMOKE_SECONDS) --summary build/fuzz/smoke.json
+
+# --- reliability: fault injection, load and hostile input (RELIABILITY.md); the soak ------------------------
+# `make reliability` runs the fault-injection and load tests RELIABILITY_RUNS times and the hostile-input
+# tests once, and writes RELIABILITY.md with bench/fuzz_results.json and bench/soak_results.json.
+RELIABILITY_RUNS ?= 3
+SOAK_MINUTES     ?= 20
+.PHONY: reliability soak
+reliability: build fuzz-build
+	$(VENV)/bin/python scripts/reliability.py --runs $(RELIABILITY_RUNS)
+
+soak: build
+	$(VENV)/bin/python bench/soak.py --minutes $(SOAK_MINUTES)

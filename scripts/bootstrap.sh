@@ -23,6 +23,8 @@ APT_PACKAGES=(
   uuid-dev python3-protobuf libxxhash-dev
   iptables util-linux iproute2 procps
   runc busybox-static
+  clang libclang-rt-14-dev  # make fuzz: libFuzzer (libclang_rt.fuzzer) comes with libclang-rt-14-dev
+  nftables                  # tests/integration/faults.py: packet loss, duplication and corruption
 )
 
 say() { printf 'bootstrap: %s\n' "$*"; }

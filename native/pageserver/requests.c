@@ -69,7 +69,8 @@ static int block_range(const struct lr_index *idx, uint64_t rec, uint32_t first,
 	if (first >= count || nblocks > count - first)
 		return -1;
 	*a = base + first * bs < r->start ? r->start : base + first * bs;
-	*b = base + (first + nblocks) * bs > end ? end : base + (first + (uint64_t)nblocks) * bs;
+	uint64_t past = base + ((uint64_t)first + nblocks) * bs;
+	*b = past > end ? end : past;
 	return 0;
 }
 
