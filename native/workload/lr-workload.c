@@ -149,21 +149,12 @@ static void lock_read(struct model *m) { check_lock(pthread_rwlock_rdlock(&m->lo
 static void lock_write(struct model *m) { check_lock(pthread_rwlock_wrlock(&m->lock), "pthread_rwlock_wrlock"); }
 static void unlock(struct model *m) { check_lock(pthread_rwlock_unlock(&m->lock), "pthread_rwlock_unlock"); }
 
-static uint64_t xorshift(uint64_t *s)
-{
-	uint64_t x = *s;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return *s = x;
-}
-
 /* The data of a (non-hole) page, as the fill writes it. */
 static void page_generate(uint64_t seed, size_t page, uint64_t *w)
 {
 	uint64_t s = seed ^ (page * 0x9E3779B97F4A7C15ULL) ^ 0xD1B54A32D192ED03ULL;
 	for (size_t i = 0; i < PAGE / 8; i++)
-		w[i] = xorshift(&s);
+		w[i] = lr_xorshift(&s);
 }
 
 static void page_expected(const struct model *m, size_t page, uint64_t *w)

@@ -30,15 +30,6 @@ struct writers {
 	size_t npages;
 };
 
-static uint64_t next_word(uint64_t *s)
-{
-	uint64_t x = *s;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return *s = x;
-}
-
 static uint64_t stream_seed(uint64_t seed, uint64_t index, uint64_t gen)
 {
 	return (seed ^ (index * 0x9E3779B97F4A7C15ULL) ^ (gen * 0xC2B2AE3D27D4EB4FULL)) | 1;
@@ -50,7 +41,7 @@ static void page_write(uint64_t *p, uint64_t seed, uint64_t index, uint64_t gen)
 	p[0] = index;
 	p[1] = gen;
 	for (size_t i = 2; i < WORDS; i++)
-		p[i] = next_word(&s);
+		p[i] = lr_xorshift(&s);
 }
 
 /* Whether the page holds what page_write wrote for its index and its generation (>= 1). */
@@ -60,7 +51,7 @@ static int page_ok(const uint64_t *p, uint64_t seed, uint64_t index)
 	if (p[0] != index || p[1] == 0)
 		return 0;
 	for (size_t i = 2; i < WORDS; i++)
-		if (p[i] != next_word(&s))
+		if (p[i] != lr_xorshift(&s))
 			return 0;
 	return 1;
 }

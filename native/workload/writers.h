@@ -11,6 +11,16 @@
 
 struct writers;
 
+/* The workload's pseudo-random stream (xorshift64): page contents are derived from seeds with it. */
+static inline uint64_t lr_xorshift(uint64_t *s)
+{
+	uint64_t x = *s;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *s = x;
+}
+
 /* Map mib MiB, write every page once (generation 1) and start n threads that keep rewriting their share. */
 struct writers *writers_start(unsigned long n, unsigned long mib, uint64_t seed);
 /* Check every page (each writer paused while its share is checked); print one line:

@@ -124,29 +124,12 @@ class FlipProxy:
                 continue
             with testhosts.inside(testhosts.HOST_A):
                 server = socket.create_connection((testhosts.ADDR_A, self.target_port))
-            self._spawn(self._pipe, client, server)
-            self._spawn(self._damage, server, client)
+            self._spawn(self._relay, client, server, False)
+            self._spawn(self._relay, server, client, True)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        """Client to server: unchanged."""
-        src.settimeout(0.2)
-        while not self._stop.is_set():
-            try:
-                data = src.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError:
-                break
-            if not data:
-                break
-            try:
-                dst.sendall(data)
-            except OSError:
-                break
-        _close(src, dst)
-
-    def _damage(self, src: socket.socket, dst: socket.socket) -> None:
-        """Server to client, frame by frame: the chosen PAGES frames get one byte of their data flipped."""
+    def _relay(self, src: socket.socket, dst: socket.socket, damage: bool) -> None:
+        """src to dst until either ends; server to client (damage) frame by frame, the chosen PAGES frames
+        with one byte flipped."""
         src.settimeout(0.2)
         buf = bytearray()
         while not self._stop.is_set():
@@ -159,7 +142,9 @@ class FlipProxy:
             if not data:
                 break
             buf += data
-            out = self._whole_frames(buf)
+            out = self._whole_frames(buf) if damage else bytes(buf)
+            if not damage:
+                buf.clear()
             try:
                 dst.sendall(out)
             except OSError:

@@ -270,17 +270,35 @@ def test_bad_link_during_the_drain(migration: Migration, link: str) -> None:
 
 # --- bit flips in transit and on disk ---------------------------------------------------------------------
 
-def test_bit_flips_in_transit_are_refetched(migration: Migration) -> None:
-    m = migration
-    proxy = faults.FlipProxy(m.port, flip_every=7, flip_limit=20).start()
+def migrate_through(m: Migration, proxy: faults.FlipProxy) -> tuple[int, str]:
+    """A restore through the proxy that must complete: (mismatching roles, lazyd.log)."""
+    proxy.start()
     try:
         run = m.restore(source=proxy.address)
         restored = m.restored(run)
         finished(run)
     finally:
         proxy.stop()
-    bad = m.mismatches(restored)
-    log = lazyd_log(m.dst)
+    return m.mismatches(restored), lazyd_log(m.dst)
+
+
+def expect_aborted(m: Migration, run: Background, needle: str) -> float:
+    """The restore fails with needle in its error and its tree (if it resumed) dies: seconds it took."""
+    t0 = time.monotonic()
+    pid = m.reaper.add(run.first("resumed")["pid"]) if any(e["event"] == "resumed" for e in run.events) else None
+    res = run.finish(timeout=120)
+    assert res.code != 0
+    err = res.last("error")["message"]
+    assert needle in err, err
+    if pid:
+        wait_dead(pid)
+    return time.monotonic() - t0
+
+
+def test_bit_flips_in_transit_are_refetched(migration: Migration) -> None:
+    m = migration
+    proxy = faults.FlipProxy(m.port, flip_every=7, flip_limit=20)
+    bad, log = migrate_through(m, proxy)
     caught = log.count("asking for it again")
     faults.record("bit flips in transit (proxy, 20 PAGES frames)", injected=proxy.flipped, mismatches=bad,
                   detect_s=None, recover_s=None, outcome=f"completed; {caught} caught and refetched", caught=caught)
@@ -291,15 +309,8 @@ def test_bit_flips_in_transit_are_refetched(migration: Migration) -> None:
 
 def test_damaged_frame_headers_mean_a_reconnection(migration: Migration) -> None:
     m = migration
-    proxy = faults.FlipProxy(m.port, flip_every=11, flip_limit=3, header=True).start()
-    try:
-        run = m.restore(source=proxy.address)
-        restored = m.restored(run)
-        finished(run)
-    finally:
-        proxy.stop()
-    bad = m.mismatches(restored)
-    log = lazyd_log(m.dst)
+    proxy = faults.FlipProxy(m.port, flip_every=11, flip_limit=3, header=True)
+    bad, log = migrate_through(m, proxy)
     caught = log.count("damaged frame")
     faults.record("frame headers damaged in transit (proxy, 3 frames)", injected=proxy.flipped, mismatches=bad,
                   detect_s=None, recover_s=None, outcome=f"completed; {caught} caught, reconnected", caught=caught)
@@ -312,17 +323,9 @@ def test_bit_flips_in_every_frame_abort_with_a_named_error(migration: Migration)
     m = migration
     proxy = faults.FlipProxy(m.port, flip_every=1).start()
     try:
-        run = m.restore(source=proxy.address, until=("resumed", "fetched"))
-        pid = m.reaper.add(run.first("resumed")["pid"]) if any(e["event"] == "resumed" for e in run.events) \
-            else None
-        res = run.finish(timeout=120)
+        expect_aborted(m, m.restore(source=proxy.address, until=("resumed", "fetched")), "checksum")
     finally:
         proxy.stop()
-    assert res.code != 0
-    err = res.last("error")["message"]
-    assert "checksum" in err, err
-    if pid:
-        wait_dead(pid)
     bad = m.restores_again()
     faults.record("bit flips in every PAGES frame (proxy)", injected=proxy.flipped, mismatches=bad, detect_s=None,
                   recover_s=None, outcome="aborted, named error; restored again")
@@ -337,15 +340,8 @@ def test_bit_flip_in_a_pages_file_on_the_source(migration: Migration) -> None:
     data[at] ^= 0x10
     pages.write_bytes(bytes(data))
     t0 = time.monotonic()
-    run = m.restore(until=("resumed", "fetched"))
-    pid = m.reaper.add(run.first("resumed")["pid"]) if any(e["event"] == "resumed" for e in run.events) else None
-    res = run.finish(timeout=120)
+    expect_aborted(m, m.restore(until=("resumed", "fetched")), "checksum")
     detect = time.monotonic() - t0
-    assert res.code != 0
-    err = res.last("error")["message"]
-    assert "checksum" in err, err
-    if pid:
-        wait_dead(pid)
     data[at] ^= 0x10
     pages.write_bytes(bytes(data))
     bad = m.restores_again()

@@ -16,6 +16,7 @@ import pytest
 from lazyrestore import procs, sample
 
 from .helpers import LazyRun, checkpoint, run_cli
+from .migration import finished as assert_done
 
 SLOW_DRAIN = ("--drain-rate", "48M")  # keeps the drain running while the test acts
 
@@ -24,14 +25,6 @@ def lazy_restore(images: Path, reaper, w: sample.Workload, *extra: str) -> tuple
     run = LazyRun(images, *extra)
     restored = sample.Workload(reaper.add(run.pid), w.log, w.roles)
     return run, restored
-
-
-def assert_done(run: LazyRun) -> dict:
-    res = run.finish()
-    assert res.code == 0, res.stderr
-    summary = res.last("summary")
-    assert summary["lazy"] is True and summary["resident_s"] is not None
-    return summary
 
 
 def test_one_gib_resumes_and_every_byte_arrives(start_workload, workdir: Path, reaper) -> None:
