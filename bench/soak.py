@@ -61,9 +61,13 @@ def leftovers(scratch: Path) -> list[str]:
     return found
 
 
-def machine_state() -> dict[str, int]:
-    return {"mounts": len(Path("/proc/self/mounts").read_text().splitlines()),
-            "fds": len(os.listdir("/proc/self/fd")), "netns": len(os.listdir("/run/netns"))}
+def machine_state(scratch: Path) -> dict[str, int]:
+    """What the soak could leak: its own fds, and mounts of its files or its test hosts' namespaces (counted
+    apart from the rest of the machine, where other work may mount and unmount meanwhile)."""
+    own = [ln for ln in Path("/proc/self/mounts").read_text().splitlines()
+           if str(scratch) in ln or f"/run/netns/{testhosts.PREFIX}-" in ln]
+    return {"mounts": len(own), "fds": len(os.listdir("/proc/self/fd")),
+            "all_mounts": len(Path("/proc/self/mounts").read_text().splitlines())}
 
 
 def migrate_once(w: sample.Workload, n: int, scratch: Path) -> tuple[sample.Workload, dict[str, Any]]:
@@ -98,11 +102,12 @@ def check(w: sample.Workload, original: dict[str, str], scratch: Path) -> dict[s
 
 
 def soak(minutes: float, mib: int, writers: int, write_mib: int, scratch: Path) -> dict[str, Any]:
+    before = machine_state(scratch)
     testhosts.up()
     with testhosts.inside(testhosts.HOST_A):
         w = sample.start(scratch, mib, writers=writers, write_mib=write_mib)
     original = {role: r.checksum for role, r in w.request_report().items()}
-    start, before = time.monotonic(), machine_state()
+    start = time.monotonic()
     cycles: list[dict[str, Any]] = []
     try:
         while time.monotonic() - start < minutes * 60:
@@ -117,8 +122,8 @@ def soak(minutes: float, mib: int, writers: int, write_mib: int, scratch: Path) 
                 break
     finally:
         w.kill()
-        after = machine_state()
         testhosts.down()
+        after = machine_state(scratch)
     return summarize(cycles, before, after, time.monotonic() - start, mib, writers, write_mib)
 
 
