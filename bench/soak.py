@@ -70,9 +70,9 @@ def machine_state(scratch: Path) -> dict[str, int]:
             "all_mounts": len(Path("/proc/self/mounts").read_text().splitlines())}
 
 
-def migrate_once(w: sample.Workload, n: int, scratch: Path) -> tuple[sample.Workload, dict[str, Any]]:
-    """Migrate w from the host it is on to the other one; the restored workload and the figures."""
-    src, dst = ("a", "b") if n % 2 == 0 else ("b", "a")
+def migrate_once(w: sample.Workload, n: int, src: str, scratch: Path) -> tuple[sample.Workload, dict[str, Any]]:
+    """Migrate w from host src to the other one; the restored workload and the figures."""
+    dst = "b" if src == "a" else "a"
     addr = testhosts.ADDR_A if src == "a" else testhosts.ADDR_B
     images = scratch / f"c{n}" / "images"
     images.parent.mkdir(parents=True)
@@ -109,22 +109,33 @@ def soak(minutes: float, mib: int, writers: int, write_mib: int, scratch: Path) 
     original = {role: r.checksum for role, r in w.request_report().items()}
     start = time.monotonic()
     cycles: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    host = "a"
     try:
-        while time.monotonic() - start < minutes * 60:
-            n = len(cycles)
-            w, rec = migrate_once(w, n, scratch)
+        while time.monotonic() - start < minutes * 60 and len(failed) < 3:
+            n = len(cycles) + len(failed)
+            try:
+                w, rec = migrate_once(w, n, host, scratch)
+            except RuntimeError as exc:  # a failed migration leaves the tree running on its source
+                failed.append({"cycle": n, "from": host, "error": str(exc)[:2000]})
+                print(f"soak: cycle {n} failed: {str(exc)[:300]}", flush=True)
+                rec = {"cycle": n, "from": host}
+            else:
+                host = "b" if host == "a" else "a"
+                cycles.append(rec)
             rec.update(check(w, original, scratch))
-            cycles.append(rec)
             shutil.rmtree(scratch / f"c{n - 1}", ignore_errors=True)
-            print(f"soak: cycle {n} {rec['from']}->other: downtime {rec['downtime_s']} s, resident "
-                  f"{rec['resident_s']} s, mismatches {rec['mismatches']}, leftovers {rec['leftovers']}", flush=True)
+            print(f"soak: cycle {n} {rec['from']}->other: downtime {rec.get('downtime_s')} s, resident "
+                  f"{rec.get('resident_s')} s, mismatches {rec['mismatches']}, leftovers {rec['leftovers']}",
+                  flush=True)
             if rec["mismatches"] or rec["leftovers"]:
                 break
     finally:
         w.kill()
         testhosts.down()
         after = machine_state(scratch)
-    return summarize(cycles, before, after, time.monotonic() - start, mib, writers, write_mib)
+    return {**summarize(cycles, before, after, time.monotonic() - start, mib, writers, write_mib),
+            "failed_cycles": failed}
 
 
 def summarize(cycles: list[dict[str, Any]], before: dict[str, int], after: dict[str, int], seconds: float,
@@ -155,10 +166,12 @@ def main(argv: list[str]) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"soak: {result['cycles']} cycles in {result['minutes']} min, {result['mismatches']} mismatches, "
+    print(f"soak: {result['cycles']} cycles in {result['minutes']} min, {len(result['failed_cycles'])} failed, "
+          f"{result['mismatches']} mismatches, "
           f"{result['leaked_processes']} leaked processes, fds {result['leaked_fds']:+d}, "
           f"mounts {result['leaked_mounts']:+d}; {args.out}")
-    bad = result["mismatches"] or result["leaked_processes"] or result["leaked_fds"] or result["leaked_mounts"]
+    bad = result["mismatches"] or result["leaked_processes"] or result["leaked_fds"] or result["leaked_mounts"] \
+        or result["failed_cycles"]
     return 1 if bad or not result["cycles"] else 0
 
 

@@ -123,7 +123,9 @@ def start(workdir: Path, mib: int, threads: int = 0, children: int = 0, child_mi
         args += ["--writers", str(writers), "--write-mib", str(write_mib)]
     script = f"exec {shlex.join(args)} > {shlex.quote(str(log))} 2>&1"
     with open(workdir / "unshare.log", "wb") as ulog:
-        unshare = subprocess.Popen(["unshare", "-p", "-f", "setsid", "sh", "-c", script],
+        # Its own cwd: CRIU's parasite mounts a proc at ./proc.crtools of the dumped task, so two dumps of
+        # tasks sharing a cwd at the same moment fail with EEXIST.
+        unshare = subprocess.Popen(["unshare", "-p", "-f", "setsid", "sh", "-c", script], cwd=workdir,
                                    stdin=subprocess.DEVNULL, stdout=ulog, stderr=ulog, start_new_session=True)
     roles = ("main",) + tuple(f"child{i}" for i in range(children))
     deadline = time.monotonic() + timeout

@@ -133,9 +133,10 @@ def soak_rows() -> list[str]:
     if not SOAK.exists():
         return ["No soak recorded yet (`make soak`)."]
     s = json.loads(SOAK.read_text())
-    return ["| Minutes | Cycles | Workload | Mismatches | Leaked processes | Leaked fds | Leaked mounts | "
-            "Downtime p50 / max s |", "|---:|---:|---|---:|---:|---:|---:|---:|",
-            f"| {s['minutes']} | {s['cycles']} | {s['mib']} MiB fixed + {s['write_mib']} MiB rewritten by "
+    return ["| Minutes | Cycles | Failed cycles | Workload | Mismatches | Leaked processes | Leaked fds | "
+            "Leaked mounts | Downtime p50 / max s |", "|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+            f"| {s['minutes']} | {s['cycles']} | {len(s.get('failed_cycles', []))} | {s['mib']} MiB fixed + "
+            f"{s['write_mib']} MiB rewritten by "
             f"{s['writers']} threads | {s['mismatches']} | {s['leaked_processes']} | {s['leaked_fds']} | "
             f"{s['leaked_mounts']} | {s['downtime_p50_s']:.2f} / {s['downtime_max_s']:.2f} |",
             f"\nRun on {s['date']}."]
