@@ -70,6 +70,9 @@ def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: 
     return resume_and_follow(binary, images_dir, m, run, daemon, verify_s, reporter)
 
 
+INTERRUPTED = "interrupted before every page was placed: the restored tree was killed; the checkpoint is intact"
+
+
 def resume_and_follow(binary: criu.CriuBinary, images_dir: Path, m: Manifest, run: Path, daemon: Lazyd,
                       verify_s: float, reporter: Reporter) -> LazySummary:
     """With lr-lazyd listening in run: CRIU's lazy restore, then (unless detached) the drain to its end."""
@@ -80,12 +83,16 @@ def resume_and_follow(binary: criu.CriuBinary, images_dir: Path, m: Manifest, ru
         raise
     reporter.event("listening", workdir=str(run), daemon_log=str(daemon.log))
     pid, resume_s = _resume(binary, criu_images, run, daemon, reporter, m.lazy_pages * m.page_size)
-    reporter.event("resumed", pid=pid, resume_s=round(resume_s, 6))
-    reporter.progress(f"resumed: root pid {pid} after {resume_s * 1000:.1f} ms")
-    if daemon.detached:
-        last = read_status(run) or {}
-    else:
-        last = _follow(daemon, m.lazy_pages * m.page_size, reporter)
+    try:
+        reporter.event("resumed", pid=pid, resume_s=round(resume_s, 6))
+        reporter.progress(f"resumed: root pid {pid} after {resume_s * 1000:.1f} ms")
+        if daemon.detached:
+            last = read_status(run) or {}
+        else:
+            last = _follow(daemon, m.lazy_pages * m.page_size, reporter)
+    except KeyboardInterrupt:  # wherever it lands once the tree runs: stop the daemon, so the tree is killed
+        daemon.stop()
+        raise DaemonFailed(INTERRUPTED) from None
     return _summary(images_dir, m.checkpoint_id, pid, m.processes, run, verify_s, resume_s, last, daemon.detached)
 
 
@@ -136,8 +143,7 @@ def _follow(daemon: Lazyd, total: int, reporter: Reporter) -> dict[str, Any]:
         code = daemon.wait()
     except KeyboardInterrupt:
         daemon.stop()
-        raise DaemonFailed("interrupted before every page was placed: the restored tree was killed; "
-                           "the checkpoint is intact") from None
+        raise DaemonFailed(INTERRUPTED) from None
     finally:
         bar.close()
     if code != 0 or last.get("event") != "done":

@@ -209,8 +209,11 @@ static void handle_signals_to_forward(struct lr_guardian *g)
 	}
 }
 
-/* The guardian's whole life: never returns. */
-static void guard_run(struct lr_guardian *g)
+/*
+ * The guardian's whole life: never returns. SIGTERM and SIGINT are blocked but while ppoll waits, so one that
+ * arrives between the check and the wait still ends the wait (with poll, it would wait for good).
+ */
+static void guard_run(struct lr_guardian *g, const sigset_t *waiting_mask)
 {
 	siginfo_t si = {0};
 	int sk_open = 1;
@@ -218,7 +221,7 @@ static void guard_run(struct lr_guardian *g)
 	for (;;) {
 		struct pollfd p[2] = {{g->daemon_pidfd, POLLIN, 0}, {sk_open ? g->sk : -1, POLLIN, 0}};
 		handle_signals_to_forward(g);
-		if (poll(p, 2, -1) < 0 && errno != EINTR)
+		if (ppoll(p, 2, NULL, waiting_mask) < 0 && errno != EINTR)
 			break;
 		if (p[1].revents & (POLLIN | POLLHUP)) {
 			int rc = guard_receive(g);
@@ -278,9 +281,15 @@ int lr_guard_fork(int *guard_fd, struct lr_error *err)
 		exit(1);
 	}
 	struct sigaction sa = {.sa_handler = on_stop_signal};
-	sigaction(SIGTERM, &sa, NULL);
-	sigaction(SIGINT, &sa, NULL);
+	sigset_t stop, waiting_mask;
+	if (sigemptyset(&stop) || sigaddset(&stop, SIGTERM) || sigaddset(&stop, SIGINT) ||
+	    sigprocmask(SIG_BLOCK, &stop, &waiting_mask) || sigdelset(&waiting_mask, SIGTERM) ||
+	    sigdelset(&waiting_mask, SIGINT) || sigaction(SIGTERM, &sa, NULL) || sigaction(SIGINT, &sa, NULL)) {
+		kill(pid, SIGKILL);
+		fprintf(stderr, "lr-lazyd guardian: signal setup: %s\n", strerror(errno));
+		exit(1);
+	}
 	signal(SIGPIPE, SIG_IGN);
-	guard_run(g);
+	guard_run(g, &waiting_mask);
 	return -1;
 }

@@ -406,8 +406,12 @@ def test_lazyd_or_its_guardian_killed_mid_drain_kills_the_tree(migration: Migrat
 def test_restore_interrupted_with_ctrl_c_kills_the_tree(migration: Migration) -> None:
     m = migration
     run, pid, killed = killed_mid_drain(m, "restore", signal.SIGINT)
-    detect = wait_dead(pid)
     res = run.finish(timeout=60)
+    try:
+        detect = wait_dead(pid)
+    except AssertionError:
+        raise AssertionError(f"tree {pid} alive; restore exit {res.code}; events {res.events[-3:]}; stderr "
+                             f"{res.stderr[-2000:]}; lazyd.log {lazyd_log(m.dst)[-2000:]}") from None
     assert res.code != 0
     err = res.last("error")["message"]
     assert "interrupted" in err and "checkpoint is intact" in err, err
