@@ -12,12 +12,14 @@ int lr_error_set(struct lr_error *err, int errnum, const char *fmt, ...)
 
 	if (!err)
 		return -1;
-	err->errnum = errnum;
+	char msg[sizeof(err->msg)]; /* the arguments may quote err->msg itself (wrapping an earlier error) */
 	va_start(ap, fmt);
-	vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	len = strlen(err->msg);
-	if (errnum && len < sizeof(err->msg))
-		snprintf(err->msg + len, sizeof(err->msg) - len, ": %s", strerror(errnum));
+	len = strlen(msg);
+	if (errnum && len < sizeof(msg))
+		snprintf(msg + len, sizeof(msg) - len, ": %s", strerror(errnum));
+	memcpy(err->msg, msg, sizeof(msg));
+	err->errnum = errnum;
 	return -1;
 }

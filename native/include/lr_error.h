@@ -12,7 +12,8 @@ struct lr_error {
 	char msg[512];  /* names the file, field or peer, and what was expected */
 };
 
-/* Fill err (appending strerror(errnum) when errnum != 0) and return -1. */
+/* Fill err (appending strerror(errnum) when errnum != 0) and return -1. The arguments may include err->msg
+ * (an earlier error wrapped in a new one). */
 int lr_error_set(struct lr_error *err, int errnum, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 

@@ -128,7 +128,7 @@ static int damaged(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	if (++r->bad_blocks > LR_MAX_BAD_BLOCKS)
-		return lr_error_set(err, err->errnum, "%s (after %" PRIu64 " damaged frames or blocks from the page server)",
+		return lr_error_set(err, 0, "%s (after %" PRIu64 " damaged frames or blocks from the page server)",
 				    err->msg, r->bad_blocks - 1);
 	char why[sizeof(err->msg) + 32];
 	snprintf(why, sizeof(why), "damaged frame: %s", err->msg);

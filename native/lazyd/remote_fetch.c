@@ -280,8 +280,8 @@ static int first_handshake(struct lr_lazyd *d, struct lr_error *err)
 			return fd;
 		spent_ms = (lr_net_now_ns() - start) / 1000000ULL;
 		if (spent_ms + backoff_ms >= r->timeout_ms)
-			return lr_error_set(err, err->errnum, "page server %s unreachable for %llu s (last: %s)",
-					    r->addr.text, (unsigned long long)(r->timeout_ms / 1000), err->msg);
+			return lr_error_set(err, 0, "page server %s unreachable for %llu s (last: %s)", r->addr.text,
+					    (unsigned long long)(r->timeout_ms / 1000), err->msg);
 		if (backoff_ms == LR_FETCH_BACKOFF_MIN_MS)
 			lr_log(d, 0, "page server %s not reachable yet (%s); trying for up to %llu s", r->addr.text,
 			       err->msg, (unsigned long long)(r->timeout_ms / 1000));
