@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,8 +71,17 @@ def restore(images: Path, reaper: Reaper, workload: sample.Workload) -> sample.W
     return sample.Workload(pid, workload.log, workload.roles)
 
 
-def _in_host(host: str | None) -> Callable[[], None] | None:
-    return None if host is None else testhosts.enter(testhosts.host_name(host))
+def _in_host(host: str | None) -> Callable[[], None]:
+    """The child's preexec: into test host `host` (if any), with SIGINT at its default as in a terminal (a
+    background job of a non-interactive shell, e.g. `make reliability` under nohup, inherits it ignored)."""
+    enter = None if host is None else testhosts.enter(testhosts.host_name(host))
+
+    def preexec() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if enter:
+            enter()
+
+    return preexec
 
 
 class Background:
@@ -102,14 +114,27 @@ class Background:
         return "" if self.proc.poll() is None else (self.proc.stderr.read() if self.proc.stderr else "")
 
     def finish(self, timeout: float = 300) -> CliResult:
-        out, err = self.proc.communicate(timeout=timeout)
-        self.events += [json.loads(line) for line in out.splitlines() if line.strip()]
-        return CliResult(self.proc.returncode, self.events, err)
+        """Wait for the end; the events after those read so far. Not communicate(): it reads the pipes' fds
+        and would miss lines the line iterator of read_until had already buffered."""
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        texts: dict[str, str] = {}
+        readers = [threading.Thread(target=lambda k=k, f=f: texts.__setitem__(k, f.read()), daemon=True)
+                   for k, f in (("out", self.proc.stdout), ("err", self.proc.stderr))]
+        for r in readers:
+            r.start()
+        deadline = time.monotonic() + timeout
+        for r in readers:
+            r.join(max(0.0, deadline - time.monotonic()))
+        if any(r.is_alive() for r in readers):
+            raise subprocess.TimeoutExpired(self.proc.args, timeout)
+        self.proc.wait(max(1.0, deadline - time.monotonic()))
+        self.events += [json.loads(line) for line in texts["out"].splitlines() if line.strip()]
+        return CliResult(self.proc.returncode, self.events, texts["err"])
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate()
+        self.finish(timeout=60)
 
 
 class LazyRun(Background):
