@@ -38,7 +38,7 @@ def test_rows_aggregate_runs_of_one_scenario(rel) -> None:
                            "cases": [{"outcome": "passed"}] * 3})
     killed = next(r for r in rows if r.startswith("| server killed "))
     assert killed.split(" | ")[1:4] == ["2", "2", "0"], killed
-    assert "2.00 / 3.00" in killed  # median / max of the detect times
+    assert "2.000 / 3.000" in killed  # median / max of the detect times
     loss = next(r for r in rows if r.startswith("| link loss "))
     assert "| random |" in loss and "| – |" in loss
     assert rows[-1].strip() == "3 test runs, 0 failed."
