@@ -258,6 +258,8 @@ LR_LAZYD_CASES = [  # lazy-pages passes these to lr-lazyd, which checks them its
     pytest.param(["--fault-around", "3K"], "--fault-around", "power of two from 4K to 64M", id="fault-around-3K"),
     pytest.param(["--chunk", "0"], "--chunk", "from 4K to 256M", id="chunk-zero"),
     pytest.param(["--source-timeout", "0"], "--source-timeout", "from 1 to 86400", id="source-timeout-zero"),
+    # 2^44 G does not fit in 64 bits: the suffix must not wrap it to a small rate
+    pytest.param(["--drain-rate", "17592186044416G"], "--drain-rate", "bytes per second", id="drain-rate-wraps"),
 ]
 
 
