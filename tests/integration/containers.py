@@ -126,6 +126,15 @@ def remove(ctr: str) -> None:
         _rmdir(procs.parent)
 
 
+def remove_parent_cgroups() -> None:
+    """The tests' parent cgroup in every hierarchy, once empty (runc leaves it behind)."""
+    for parent in Path("/sys/fs/cgroup").glob(f"*/{CGROUP_PARENT}"):
+        try:
+            parent.rmdir()
+        except OSError:
+            pass  # not empty: another test's container is still there
+
+
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)

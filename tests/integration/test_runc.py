@@ -21,17 +21,11 @@ import pytest
 
 from lazyrestore import procs, sample, testhosts
 
-from .containers import RUNC_PATH, RUNC_ROOT, Bundle, cgroup_of, make_bundle, remove, report, runc, wait_filled
+from .containers import (RUNC_PATH, RUNC_ROOT, Bundle, cgroup_of, make_bundle, remove, remove_parent_cgroups, report,
+                         runc, wait_filled)
 from .helpers import Background
 
 MIB = 256
-
-
-@pytest.fixture(scope="module")
-def hosts() -> Iterator[testhosts.TestHosts]:
-    h = testhosts.up()
-    yield h
-    testhosts.down()
 
 
 @pytest.fixture
@@ -41,6 +35,7 @@ def containers() -> Iterator[list[str]]:
     yield names
     for n in names:
         remove(n)
+    remove_parent_cgroups()
 
 
 def run_source(workdir: Path, containers: list[str], name: str = "lrt-src") -> tuple[Bundle, sample.Report]:
