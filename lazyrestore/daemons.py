@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import workingset
 from .errors import DaemonFailed
 from .procs import ready_byte
 from .paths import native_binary
@@ -59,6 +60,7 @@ class Lazyd:
         status_r, status_w = os.pipe()
         args = [str(binary), "-D", str(images), "-W", str(workdir), "-o", LAZYD_LOG,
                 "--status-fd", str(status_w), "--status-file", str(self.status_file),
+                "--profile", str(workdir / workingset.FILE_NAME),
                 "--fault-around", str(options.fault_around), "--chunk", str(options.chunk),
                 "--drain-rate", str(options.drain_rate)]
         if source is not None:

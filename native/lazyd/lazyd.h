@@ -15,6 +15,7 @@
 #include "lr_index_reader.h"
 #include "lr_pages.h"
 #include "spans.h"
+#include "profile.h"
 #include "stats.h"
 
 struct lr_config {
@@ -37,6 +38,9 @@ struct lr_config {
 	uint64_t source_timeout_ms; /* how long a lost page server may stay away */
 	bool fetch_only;          /* remote mode: fetch the checkpoint, then exit */
 	const char *criu_ps;      /* HOST:PORT of CRIU's page server (criu_ps.c); images_dir holds the dump */
+	const char *profile_file; /* --profile: write the working set here once every page is placed */
+	uint32_t profile_faults;  /* record at most this many faults ... */
+	uint32_t profile_ms;      /* ... within this long of the start */
 	int verbose;
 };
 
@@ -66,6 +70,7 @@ struct lr_lazyd {
 	struct lr_remote *remote;  /* the page server, in remote mode; NULL for local images */
 	struct lr_cps *cps;        /* CRIU's page server (--criu-page-server); NULL otherwise */
 	struct lr_stats stats;
+	struct lr_profile profile; /* the faults of this restore, in order (profile.h) */
 	int epfd;
 	int guard_fd;
 	int listen_fd;

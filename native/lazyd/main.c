@@ -52,6 +52,10 @@ static void usage(FILE *f)
 		"      --criu-page-server HOST:PORT  pages from CRIU's page server (`criu dump --lazy-pages`); -D holds\n"
 		"                           the dump's images, indexed without checksums (`lazyrestore index`)\n"
 		"      --source-timeout S   how long a lost page server may stay away before the tree is stopped (default 30)\n"
+		"      --profile FILE       once every page is placed, write the faults of this restore (the working set,\n"
+		"                           in order, checkpoint addresses) to FILE\n"
+		"      --profile-faults N   record at most N faults (default 65536)\n"
+		"      --profile-seconds S  record faults of the first S seconds only (default 30)\n"
 		"      --verify-ahead SIZE  a second thread checks mapped page bytes up to SIZE ahead of the drain\n"
 		"                           (default 64M; 0: the event loop checks everything itself)\n"
 		"  -o, --log-file FILE      log here (relative to the work dir) instead of stderr\n"
@@ -93,7 +97,8 @@ static int parse_int(const char *s, int *out)
 
 enum { OPT_STATUS_FD = 256, OPT_STATS_FD, OPT_STATUS_FILE, OPT_STATS_INTERVAL, OPT_FAULT_AROUND, OPT_CHUNK,
        OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD, OPT_NO_MAP, OPT_VERIFY_AHEAD,
-       OPT_SOURCE, OPT_SECRET_FILE, OPT_SOURCE_TIMEOUT, OPT_FETCH_ONLY, OPT_CRIU_PS };
+       OPT_SOURCE, OPT_SECRET_FILE, OPT_SOURCE_TIMEOUT, OPT_FETCH_ONLY, OPT_CRIU_PS, OPT_PROFILE,
+       OPT_PROFILE_FAULTS, OPT_PROFILE_SECONDS };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"work-dir", required_argument, NULL, 'W'},
@@ -107,6 +112,8 @@ static const struct option long_opts[] = {
 	{"verify-ahead", required_argument, NULL, OPT_VERIFY_AHEAD}, {"source", required_argument, NULL, OPT_SOURCE},
 	{"secret-file", required_argument, NULL, OPT_SECRET_FILE},
 	{"source-timeout", required_argument, NULL, OPT_SOURCE_TIMEOUT}, {"fetch-only", no_argument, NULL, OPT_FETCH_ONLY},
+	{"profile", required_argument, NULL, OPT_PROFILE}, {"profile-faults", required_argument, NULL, OPT_PROFILE_FAULTS},
+	{"profile-seconds", required_argument, NULL, OPT_PROFILE_SECONDS},
 	{"criu-page-server", required_argument, NULL, OPT_CRIU_PS}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
 static int bad_value(const char *opt, const char *val, const char *want)
@@ -157,6 +164,21 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 		c->source_timeout_ms = (uint64_t)s * 1000;
 		return 0;
 	}
+	case OPT_PROFILE: c->profile_file = arg; return 0;
+	case OPT_PROFILE_FAULTS: {
+		int n;
+		if (parse_int(arg, &n) || n < 1 || n > 10000000)
+			return bad_value("--profile-faults", arg, "a number of faults from 1 to 10000000");
+		c->profile_faults = (uint32_t)n;
+		return 0;
+	}
+	case OPT_PROFILE_SECONDS: {
+		int s;
+		if (parse_int(arg, &s) || s < 1 || s > 3600)
+			return bad_value("--profile-seconds", arg, "seconds from 1 to 3600");
+		c->profile_ms = (uint32_t)s * 1000;
+		return 0;
+	}
 	case OPT_VERIFY_AHEAD:
 		if (parse_size(arg, &c->ahead) || c->ahead > (1ULL << 40))
 			return bad_value("--verify-ahead", arg, "a size up to 1T, e.g. 64M, or 0");
@@ -168,7 +190,7 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 
 static int parse_args(int argc, char **argv, struct lr_config *c)
 {
-	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20, .ahead = 64 << 20, .source_timeout_ms = 30000,
+	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20, .ahead = 64 << 20, .source_timeout_ms = 30000, .profile_faults = 65536, .profile_ms = 30000,
 				.stats_ms = 100, .drain = true, .guard = true, .map = true, .verbose = 1};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "D:W:o:v::h", long_opts, NULL)) != -1) {
@@ -441,6 +463,19 @@ static int run(struct lr_lazyd *d, struct lr_error *err)
 	}
 }
 
+/* --profile: the working set is a hint for later restores; failing to write it does not fail this one. */
+static void write_profile(struct lr_lazyd *d)
+{
+	struct lr_error err;
+	if (!d->cfg.profile_file)
+		return;
+	if (lr_profile_write(&d->profile, d->cfg.profile_file, d->page_size, d->index.hdr->checkpoint_id, &err))
+		lr_log(d, 0, "warning: the working set was not saved: %s", err.msg);
+	else
+		lr_log(d, 1, "working set: %zu of %llu faults recorded in %s", d->profile.n,
+		       (unsigned long long)d->profile.faults_seen, d->cfg.profile_file);
+}
+
 static void finish(struct lr_lazyd *d)
 {
 	struct lr_error err;
@@ -460,6 +495,7 @@ static void finish(struct lr_lazyd *d)
 		lr_log(d, 1, "the page server acknowledged DONE: the checkpoint is delivered");
 	if (d->cps && lr_cps_done(d, &err))
 		lr_log(d, 0, "warning: every page is placed, but closing CRIU's page server failed: %s", err.msg);
+	write_profile(d);
 }
 
 static void teardown(struct lr_lazyd *d)
@@ -473,6 +509,7 @@ static void teardown(struct lr_lazyd *d)
 		free(t);
 	}
 	free(d->tasks);
+	lr_profile_fini(&d->profile);
 	free(d->buf);
 	lr_ahead_stop(&d->ahead); /* before the mappings it reads go away */
 	lr_remote_close(d);
@@ -516,6 +553,8 @@ int main(int argc, char **argv)
 	}
 	d.stats.start_ns = lr_now_ns();
 	d.pages.dirfd = -1;
+	d.profile.max_faults = d.cfg.profile_faults;
+	d.profile.max_ms = d.cfg.profile_ms;
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	struct sigaction lease = {.sa_handler = lr_pages_lease_broken};

@@ -47,11 +47,17 @@ static bool novma_final(struct lr_task *t)
 	return final;
 }
 
-static int serve_fault(struct lr_lazyd *d, struct lr_task *t, uint64_t addr, uint64_t t0, struct lr_error *err)
+/* first: the fault was just read (not a deferred one served again): it joins the working set if pending. */
+static int serve_fault(struct lr_lazyd *d, struct lr_task *t, uint64_t addr, uint64_t t0, bool first,
+		       struct lr_error *err)
 {
 	addr &= ~((uint64_t)d->page_size - 1);
 	long si = lr_spans_find(&t->spans, addr);
 	bool pending = si >= 0 && lr_spans_pending(&t->spans, &t->spans.v[si], (addr - t->spans.v[si].addr) / d->page_size);
+	if (pending && first) {
+		const struct lr_span *sp = &t->spans.v[si];
+		lr_profile_add(&d->profile, t0 - d->stats.start_ns, sp->rec, sp->src + (addr - sp->addr));
+	}
 	int rc = pending ? serve_window(d, t, (size_t)si, addr, err) : serve_zero(d, t, addr, err);
 
 	switch (rc) {
@@ -84,7 +90,7 @@ static int serve_fault(struct lr_lazyd *d, struct lr_task *t, uint64_t addr, uin
 static int on_fault(struct lr_lazyd *d, struct lr_task *t, const struct uffd_msg *m, struct lr_error *err)
 {
 	lr_log(d, 3, "pid %d: fault at %#llx", t->pid, (unsigned long long)m->arg.pagefault.address);
-	return serve_fault(d, t, m->arg.pagefault.address, lr_now_ns(), err);
+	return serve_fault(d, t, m->arg.pagefault.address, lr_now_ns(), true, err);
 }
 
 static int on_fork(struct lr_lazyd *d, struct lr_task *t, const struct uffd_msg *m, struct lr_error *err)
@@ -176,7 +182,7 @@ int lr_serve_deferred(struct lr_lazyd *d, struct lr_error *err)
 		t->ndeferred = t->capdeferred = 0;
 		int rc = 0;
 		for (size_t k = 0; k < n && !t->gone && !rc; k++)
-			rc = serve_fault(d, t, faults[k].addr, faults[k].t0, err);
+			rc = serve_fault(d, t, faults[k].addr, faults[k].t0, false, err);
 		free(faults);
 		if (rc)
 			return -1;

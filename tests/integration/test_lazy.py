@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyrestore import procs, sample
+from lazyrestore import lazyindex, procs, sample, workingset
 
 from .helpers import LazyRun, checkpoint, run_cli
 from .migration import finished as assert_done
@@ -293,3 +293,42 @@ def test_daemon_exits_once_the_last_page_is_placed(start_workload, workdir: Path
     assert time.monotonic() - t0 < 30, "lr-lazyd waited for its progress tick after the last page"
     assert summary["resident_s"] < 30
     assert restored.request_report()["main"].checksum == before["main"].checksum
+
+
+def test_the_faults_of_a_restore_are_recorded_as_its_working_set(start_workload, workdir: Path, reaper) -> None:
+    """lr-lazyd writes the faulted pages, in order, as checkpoint addresses, once every page is placed."""
+    w = start_workload(mib=64)
+    checkpoint(w, workdir / "images")
+    run, restored = lazy_restore(workdir / "images", reaper, w, *SLOW_DRAIN)
+    restored.request_report()  # reads all 64 MiB: faults on the pages the drain has not placed yet
+    summary = assert_done(run)
+    index = lazyindex.read(workdir / "images" / "lazyrestore" / "index.bin")
+    profile = workingset.read(run.workdir / workingset.FILE_NAME, index)
+    assert profile.faults, summary
+    assert len(profile.faults) <= profile.faults_seen <= summary["faults"]
+    assert (profile.max_faults, profile.max_ms) == (65536, 30000)
+    times = [f.t_us for f in profile.faults]
+    assert times == sorted(times), "faults are recorded in the order they were read"
+    assert len({f.addr for f in profile.faults}) == len(profile.faults), "a page faults once, then it is placed"
+
+
+def test_a_damaged_or_foreign_working_set_is_refused(tmp_path: Path) -> None:
+    index = lazyindex.LazyIndex(4096, 65536, 1, b"\x01" * 16, (
+        lazyindex.IndexEntry(1, lazyindex.RANGE_LAZY, 0x10000, 4, 1, 0),))
+    good = workingset.HEADER.pack(workingset.MAGIC, 1, 4096, b"\x01" * 16, 1, 1, 10, 1000) + \
+        workingset.ENTRY.pack(5, 0, 0x11000)
+    path = tmp_path / "ws"
+    path.write_bytes(good)
+    assert workingset.read(path, index).faults == (workingset.Fault(5, 0, 0x11000),)
+    cases = {
+        "short": (good[:30], "shorter than its"),
+        "truncated": (good[:-1], "for 1 entries"),
+        "version": (good[:8] + b"\x02" + good[9:], "not a version 1"),
+        "foreign": (good[:16] + b"\x02" * 16 + good[32:], "another checkpoint"),
+        "outside": (good[:-8] + (0x20000).to_bytes(8, "little"), "not a lazy page"),
+        "unaligned": (good[:-8] + (0x11001).to_bytes(8, "little"), "not a lazy page"),
+    }
+    for name, (data, expected) in cases.items():
+        path.write_bytes(data)
+        with pytest.raises(workingset.BadProfile, match=expected):
+            workingset.read(path, index)
