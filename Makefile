@@ -55,7 +55,7 @@ $(NATIVE)/lazyrestore_plugin.so: criu-plugin/lazyrestore_plugin.c
 
 # --- lr-pageserver -----------------------------------------------------------
 PS_SRC := $(wildcard native/pageserver/*.c) native/common/error.c native/common/index.c native/common/auth.c \
-	native/common/net.c native/common/proto.c
+	native/common/net.c native/common/proto.c native/common/wset.c
 PS_HDR := $(wildcard native/pageserver/*.h native/include/*.h)
 
 $(NATIVE)/lr-pageserver: $(PS_SRC) $(PS_HDR)
@@ -68,7 +68,7 @@ $(NATIVE)/san/lr-pageserver: $(PS_SRC) $(PS_HDR)
 
 # --- lr-lazyd --------------------------------------------------------------
 LAZYD_SRC := $(wildcard native/lazyd/*.c) native/common/error.c native/common/index.c native/common/pages.c \
-	native/common/ahead.c native/common/auth.c native/common/net.c native/common/proto.c
+	native/common/ahead.c native/common/auth.c native/common/net.c native/common/proto.c native/common/wset.c
 LAZYD_HDR := $(wildcard native/lazyd/*.h native/include/*.h)
 NATIVE_INC := -Inative/include -Inative/lazyd
 

@@ -23,6 +23,7 @@ from .procs import ready_byte
 from .paths import native_binary
 
 LAZYD_LOG = "lazyd.log"
+STATS_LOG = "progress.jsonl"  # every JSON line lr-lazyd reports (about 10 a second): `lazyrestore report` reads it
 STATUS_FILE = "status.json"
 EXIT_TREE_KILLED = 3
 
@@ -60,7 +61,7 @@ class Lazyd:
         status_r, status_w = os.pipe()
         args = [str(binary), "-D", str(images), "-W", str(workdir), "-o", LAZYD_LOG,
                 "--status-fd", str(status_w), "--status-file", str(self.status_file),
-                "--profile", str(workdir / workingset.FILE_NAME),
+                "--stats-log", str(workdir / STATS_LOG), "--profile", str(workdir / workingset.FILE_NAME),
                 "--fault-around", str(options.fault_around), "--chunk", str(options.chunk),
                 "--drain-rate", str(options.drain_rate)]
         if source is not None:

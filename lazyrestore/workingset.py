@@ -1,9 +1,13 @@
-"""The working set lr-lazyd records during a lazy restore (native/lazyd/profile.h): the pages the tree faulted
-on, in order, with the time of each fault, as checkpoint addresses.
+"""A checkpoint's working set (native/include/lr_wset.h): the pages its lazy restores faulted on first, in
+order, with the time of each first fault, as checkpoint addresses.
 
-File: a 56-byte header (magic "LRWSET1", version, page size, checkpoint id, entry count, faults seen, the
-recording's bounds), then 16-byte entries {t_us, record, addr}. Every field is checked here: a profile is
-only ever a hint, and a stale or damaged one must be refused with a clear reason, never trusted.
+lr-lazyd records one per restore (`<run dir>/workingset`); the checkpoint keeps their merge in
+`lazyrestore/workingset`, which later restores place first (--prefetch).
+
+File: a 64-byte header (magic "LRWSET1", version 2, page size, checkpoint id, entry count, faults seen,
+the recording's bounds, restores merged), then 24-byte entries {t_us, record, addr, hits, last} ordered by
+t_us. Every field is checked here: a working set is only ever a hint, and a stale or damaged one must be
+refused with a clear reason, never trusted.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ from .errors import LazyRestoreError
 from .lazyindex import LazyIndex
 
 MAGIC = b"LRWSET1\0"
-VERSION = 1
-HEADER = struct.Struct("<8sII16sQQII")
-ENTRY = struct.Struct("<IIQ")
-FILE_NAME = "workingset"
+VERSION = 2
+HEADER = struct.Struct("<8sII16sQQIIII")
+ENTRY = struct.Struct("<IIQII")
+FILE_NAME = "workingset"         # in a restore's run dir: what that restore faulted on
+STORED = "lazyrestore/workingset"  # beside the checkpoint: the merge of its restores
 
 
 class BadProfile(LazyRestoreError):
@@ -31,6 +36,8 @@ class Fault:
     t_us: int    # microseconds since lr-lazyd started
     record: int  # index record holding the page
     addr: int    # the page's checkpoint address
+    hits: int = 1  # restores that faulted on it
+    last: int = 1  # the latest of them (1 .. restores)
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class Profile:
     max_faults: int
     max_ms: int
     faults: tuple[Fault, ...]
+    restores: int = 1
 
 
 def read(path: Path, index: LazyIndex | None = None) -> Profile:
@@ -58,7 +66,7 @@ def read(path: Path, index: LazyIndex | None = None) -> Profile:
 def decode(data: bytes, where: str) -> Profile:
     if len(data) < HEADER.size:
         raise BadProfile(f"working set {where}: {len(data)} bytes, shorter than its {HEADER.size}-byte header")
-    magic, version, page_size, cid, count, seen, max_faults, max_ms = HEADER.unpack_from(data)
+    magic, version, page_size, cid, count, seen, max_faults, max_ms, restores, _ = HEADER.unpack_from(data)
     if magic != MAGIC or version != VERSION:
         raise BadProfile(f"working set {where}: not a version {VERSION} working set (magic {magic!r}, "
                          f"version {version})")
@@ -66,7 +74,18 @@ def decode(data: bytes, where: str) -> Profile:
         raise BadProfile(f"working set {where}: {len(data)} bytes for {count} entries "
                          f"(expected {HEADER.size + count * ENTRY.size})")
     faults = tuple(Fault(*ENTRY.unpack_from(data, HEADER.size + i * ENTRY.size)) for i in range(count))
-    return Profile(page_size, cid, seen, max_faults, max_ms, faults)
+    for i, f in enumerate(faults):
+        if (i and f.t_us < faults[i - 1].t_us) or not f.hits or not 1 <= f.last <= restores:
+            raise BadProfile(f"working set {where}: entry {i} is damaged (out of order, or hits {f.hits} / last "
+                             f"{f.last} of {restores} restores)")
+    return Profile(page_size, cid, seen, max_faults, max_ms, faults, restores)
+
+
+def encode(profile: Profile) -> bytes:
+    """The file's bytes (tests and tools write working sets with it)."""
+    head = HEADER.pack(MAGIC, VERSION, profile.page_size, profile.checkpoint_id, len(profile.faults),
+                       profile.faults_seen, profile.max_faults, profile.max_ms, profile.restores, 0)
+    return head + b"".join(ENTRY.pack(f.t_us, f.record, f.addr, f.hits, f.last) for f in profile.faults)
 
 
 def check(profile: Profile, index: LazyIndex, where: str) -> None:

@@ -23,6 +23,8 @@ struct lr_config {
 	const char *work_dir;     /* where lazy-pages.socket lives (CRIU's work dir) */
 	const char *log_file;     /* -o: log here instead of stderr (relative to work_dir) */
 	const char *status_file;  /* latest stats JSON, rewritten atomically */
+	const char *stats_log;    /* every stats JSON line appended (a time series for `lazyrestore report`) */
+	int stats_log_fd;         /* open stats_log, or -1 */
 	int status_fd;            /* gets one '\0' once listening (runc waits for it) */
 	int stats_fd;             /* JSON lines: progress and done */
 	uint64_t fault_around;    /* bytes placed around a fault (power of two) */

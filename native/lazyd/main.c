@@ -39,6 +39,7 @@ static void usage(FILE *f)
 		"      --status-fd N        write one '\\0' byte to fd N once listening (as runc expects)\n"
 		"      --stats-fd N         JSON lines with progress and the final summary on fd N\n"
 		"      --status-file PATH   keep the latest progress JSON in PATH\n"
+		"      --stats-log PATH     append every progress, done and error JSON line to PATH\n"
 		"      --stats-interval MS  progress period (default 100)\n"
 		"      --fault-around SIZE  bytes placed around a fault, power of two (default 64K)\n"
 		"      --chunk SIZE         bytes per drain step (default 1M)\n"
@@ -98,13 +99,13 @@ static int parse_int(const char *s, int *out)
 enum { OPT_STATUS_FD = 256, OPT_STATS_FD, OPT_STATUS_FILE, OPT_STATS_INTERVAL, OPT_FAULT_AROUND, OPT_CHUNK,
        OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD, OPT_NO_MAP, OPT_VERIFY_AHEAD,
        OPT_SOURCE, OPT_SECRET_FILE, OPT_SOURCE_TIMEOUT, OPT_FETCH_ONLY, OPT_CRIU_PS, OPT_PROFILE,
-       OPT_PROFILE_FAULTS, OPT_PROFILE_SECONDS };
+       OPT_PROFILE_FAULTS, OPT_PROFILE_SECONDS, OPT_STATS_LOG };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"work-dir", required_argument, NULL, 'W'},
 	{"log-file", required_argument, NULL, 'o'}, {"verbose", optional_argument, NULL, 'v'},
 	{"status-fd", required_argument, NULL, OPT_STATUS_FD}, {"stats-fd", required_argument, NULL, OPT_STATS_FD},
-	{"status-file", required_argument, NULL, OPT_STATUS_FILE},
+	{"status-file", required_argument, NULL, OPT_STATUS_FILE}, {"stats-log", required_argument, NULL, OPT_STATS_LOG},
 	{"stats-interval", required_argument, NULL, OPT_STATS_INTERVAL},
 	{"fault-around", required_argument, NULL, OPT_FAULT_AROUND}, {"chunk", required_argument, NULL, OPT_CHUNK},
 	{"drain-rate", required_argument, NULL, OPT_DRAIN_RATE}, {"no-drain", no_argument, NULL, OPT_NO_DRAIN},
@@ -132,6 +133,7 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 	case OPT_STATUS_FD: return parse_int(arg, &c->status_fd) ? bad_value("--status-fd", arg, "a descriptor number") : 0;
 	case OPT_STATS_FD: return parse_int(arg, &c->stats_fd) ? bad_value("--stats-fd", arg, "a descriptor number") : 0;
 	case OPT_STATUS_FILE: c->status_file = arg; return 0;
+	case OPT_STATS_LOG: c->stats_log = arg; return 0;
 	case OPT_NO_DRAIN: c->drain = false; return 0;
 	case OPT_NO_GUARD: c->guard = false; return 0;
 	case OPT_NO_MAP: c->map = false; return 0;
@@ -190,7 +192,7 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 
 static int parse_args(int argc, char **argv, struct lr_config *c)
 {
-	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20, .ahead = 64 << 20, .source_timeout_ms = 30000, .profile_faults = 65536, .profile_ms = 30000,
+	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .stats_log_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20, .ahead = 64 << 20, .source_timeout_ms = 30000, .profile_faults = 65536, .profile_ms = 30000,
 				.stats_ms = 100, .drain = true, .guard = true, .map = true, .verbose = 1};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "D:W:o:v::h", long_opts, NULL)) != -1) {
@@ -275,6 +277,12 @@ static void emit(struct lr_lazyd *d, const char *event, bool with_hist, const ch
 		write_status_file(d->cfg.status_file, buf, (size_t)len);
 	lr_log(d, 2, "%s", buf);
 	buf[len++] = '\n';
+	if (d->cfg.stats_log_fd >= 0 && write_all(d->cfg.stats_log_fd, buf, (size_t)len)) {
+		lr_log(d, 0, "warning: writing --stats-log %s failed: %s; no more lines go there", d->cfg.stats_log,
+		       strerror(errno));
+		close(d->cfg.stats_log_fd);
+		d->cfg.stats_log_fd = -1;
+	}
 	if (d->cfg.stats_fd >= 0 && write_all(d->cfg.stats_fd, buf, (size_t)len)) {
 		close(d->cfg.stats_fd); /* the reader went away: keep serving, stop reporting */
 		d->cfg.stats_fd = -1;
@@ -321,6 +329,7 @@ static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 		return lr_error_set(err, ENAMETOOLONG, "images dir %s", d->cfg.images_dir);
 	if (lr_index_open(&d->index, path, d->page_size, err))
 		return -1;
+	lr_profile_start(&d->profile, &d->index);
 	if (d->index.unverified && !d->cfg.criu_ps)
 		return lr_error_set(err, 0, "%s has no checksums: it describes a --lazy-pages dump whose pages are in "
 				    "CRIU's page server; give --criu-page-server HOST:PORT", path);
@@ -341,6 +350,11 @@ static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 static int open_log(struct lr_lazyd *d, struct lr_error *err)
 {
 	char path[4096];
+	if (d->cfg.stats_log) {
+		d->cfg.stats_log_fd = open(d->cfg.stats_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+		if (d->cfg.stats_log_fd < 0)
+			return lr_error_set(err, errno, "--stats-log %s", d->cfg.stats_log);
+	}
 	if (!d->cfg.log_file)
 		return 0;
 	if (snprintf(path, sizeof(path), "%s/%s", d->cfg.log_file[0] == '/' ? "" : d->cfg.work_dir, d->cfg.log_file) >=
@@ -469,11 +483,11 @@ static void write_profile(struct lr_lazyd *d)
 	struct lr_error err;
 	if (!d->cfg.profile_file)
 		return;
-	if (lr_profile_write(&d->profile, d->cfg.profile_file, d->page_size, d->index.hdr->checkpoint_id, &err))
+	if (lr_wset_write(&d->profile.w, d->cfg.profile_file, &err))
 		lr_log(d, 0, "warning: the working set was not saved: %s", err.msg);
 	else
-		lr_log(d, 1, "working set: %zu of %llu faults recorded in %s", d->profile.n,
-		       (unsigned long long)d->profile.faults_seen, d->cfg.profile_file);
+		lr_log(d, 1, "working set: %zu of %llu faults recorded in %s", d->profile.w.n,
+		       (unsigned long long)d->profile.w.hdr.faults_seen, d->cfg.profile_file);
 }
 
 static void finish(struct lr_lazyd *d)
@@ -509,7 +523,7 @@ static void teardown(struct lr_lazyd *d)
 		free(t);
 	}
 	free(d->tasks);
-	lr_profile_fini(&d->profile);
+	lr_wset_fini(&d->profile.w);
 	free(d->buf);
 	lr_ahead_stop(&d->ahead); /* before the mappings it reads go away */
 	lr_remote_close(d);
@@ -522,6 +536,8 @@ static void teardown(struct lr_lazyd *d)
 		close(d->listen_fd);
 	if (d->epfd >= 0)
 		close(d->epfd);
+	if (d->cfg.stats_log_fd >= 0)
+		close(d->cfg.stats_log_fd);
 }
 
 /* --fetch-only: the checkpoint fetched and its index checked, then out (restore --prepare). */

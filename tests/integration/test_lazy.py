@@ -315,18 +315,19 @@ def test_the_faults_of_a_restore_are_recorded_as_its_working_set(start_workload,
 def test_a_damaged_or_foreign_working_set_is_refused(tmp_path: Path) -> None:
     index = lazyindex.LazyIndex(4096, 65536, 1, b"\x01" * 16, (
         lazyindex.IndexEntry(1, lazyindex.RANGE_LAZY, 0x10000, 4, 1, 0),))
-    good = workingset.HEADER.pack(workingset.MAGIC, 1, 4096, b"\x01" * 16, 1, 1, 10, 1000) + \
-        workingset.ENTRY.pack(5, 0, 0x11000)
+    good = workingset.HEADER.pack(workingset.MAGIC, 2, 4096, b"\x01" * 16, 1, 1, 10, 1000, 1, 0) + \
+        workingset.ENTRY.pack(5, 0, 0x11000, 1, 1)
     path = tmp_path / "ws"
     path.write_bytes(good)
     assert workingset.read(path, index).faults == (workingset.Fault(5, 0, 0x11000),)
     cases = {
         "short": (good[:30], "shorter than its"),
         "truncated": (good[:-1], "for 1 entries"),
-        "version": (good[:8] + b"\x02" + good[9:], "not a version 1"),
+        "version": (good[:8] + b"\x01" + good[9:], "not a version 2"),
         "foreign": (good[:16] + b"\x02" * 16 + good[32:], "another checkpoint"),
-        "outside": (good[:-8] + (0x20000).to_bytes(8, "little"), "not a lazy page"),
-        "unaligned": (good[:-8] + (0x11001).to_bytes(8, "little"), "not a lazy page"),
+        "outside": (good[:-16] + (0x20000).to_bytes(8, "little") + good[-8:], "not a lazy page"),
+        "unaligned": (good[:-16] + (0x11001).to_bytes(8, "little") + good[-8:], "not a lazy page"),
+        "no hits": (good[:-8] + bytes(8), "entry 0 is damaged"),
     }
     for name, (data, expected) in cases.items():
         path.write_bytes(data)
