@@ -89,6 +89,16 @@ def power_of_two_size(text: str) -> int:
     return size_where(text, lambda v: 4096 <= v <= 64 << 20 and not v & (v - 1), "a power of two from 4K to 64M")
 
 
+def prefetch_mode(text: str) -> str:
+    """auto, off, or a working-set file that exists (lr-lazyd checks what is in it)."""
+    if text in ("auto", "off"):
+        return text
+    path = Path(text).absolute() if text.strip() else None
+    if path is None or not path.is_file():
+        raise argparse.ArgumentTypeError(f"expected auto, off or an existing working-set file, got {text!r}")
+    return str(path)
+
+
 def chunk_size(text: str) -> int:
     return size_where(text, lambda v: MIN_CHUNK <= v <= MAX_CHUNK, "a size from 4K to 256M")
 
@@ -202,7 +212,7 @@ def cmd_restore(args: argparse.Namespace, rep: Reporter) -> int:
 
 def lazyd_options(args: argparse.Namespace) -> LazydOptions:
     return LazydOptions(fault_around=args.fault_around, chunk=args.chunk, drain_rate=args.drain_rate,
-                        sanitized=bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+                        prefetch=args.prefetch, sanitized=bool(os.environ.get("LAZYRESTORE_SANITIZED")))
 
 
 def restore_from(args: argparse.Namespace, rep: Reporter) -> int:
@@ -368,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --from: a new dir for the fetched checkpoint (images/) and the restore (run/)")
     r.add_argument("--fault-around", type=power_of_two_size, default=64 << 10, help="bytes placed per fault (64K)")
     r.add_argument("--chunk", type=chunk_size, default=1 << 20, help="bytes per background drain step (1M)")
+    r.add_argument("--prefetch", type=prefetch_mode, default="auto", metavar="auto|off|FILE",
+                   help="place the checkpoint's working set (what earlier lazy restores faulted on) before the tree "
+                        "asks: auto uses lazyrestore/workingset when there is one (default); a damaged or stale one "
+                        "is ignored with a warning")
     r.add_argument("--drain-rate", type=drain_rate, default=0, help="cap on the background drain, bytes/s (none)")
     r.add_argument("--prepare", action="store_true",
                    help="with --from, --secret-file and --images DIR: fetch the checkpoint's metadata into DIR and "

@@ -46,6 +46,7 @@ class LazySummary:
     resident_s: float | None
     faults: int
     fault_bytes: int
+    data_faults: int
     drain_bytes: int
     zero_pages: int
     lat_p50_us: float
@@ -53,6 +54,8 @@ class LazySummary:
     lat_max_us: float
     daemon_cpu_s: float
     detached: bool
+    prefetch_bytes: int = 0       # working-set bytes placed before the tree asked
+    prefetch_restores: int = 0    # restores the working set used was merged from (0: none used)
 
 
 def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: LazydOptions,
@@ -132,13 +135,17 @@ def _follow(daemon: Lazyd, total: int, reporter: Reporter) -> dict[str, Any]:
                disable=reporter.json_mode, file=reporter.err, leave=False)
     try:
         for ev in daemon.events():
+            if ev.get("event") == "warning":
+                reporter.event("warning", message=ev.get("message", ""))
+                reporter.progress(f"warning: {ev.get('message', '')}")
+                continue
             last = ev
             placed = max(0, ev.get("total_bytes", total) - ev.get("left_bytes", 0))
             bar.total = ev.get("total_bytes", total) or total
             bar.update(placed - bar.n)
             if ev.get("event") == "progress" and time.monotonic() - shown >= PROGRESS_EVERY_S:
                 shown = time.monotonic()
-                reporter.event("progress", **{k: ev[k] for k in ("left_bytes", "total_bytes", "faults",
+                reporter.event("progress", **{k: ev[k] for k in ("left_bytes", "total_bytes", "faults", "data_faults",
                                                                  "fault_bytes", "drain_bytes") if k in ev})
         code = daemon.wait()
     except KeyboardInterrupt:
@@ -159,10 +166,11 @@ def _summary(images_dir: Path, cid: str, pid: int, processes: int, run: Path, ve
     return LazySummary(
         images_dir=str(images_dir), checkpoint_id=cid, pid=pid, processes=processes, workdir=str(run),
         verify_s=verify_s, resume_s=resume_s, resident_s=None if detach else last.get("resident_s"),
-        faults=last.get("faults", 0), fault_bytes=last.get("fault_bytes", 0), drain_bytes=last.get("drain_bytes", 0),
+        faults=last.get("faults", 0), data_faults=last.get("data_faults", 0), fault_bytes=last.get("fault_bytes", 0), drain_bytes=last.get("drain_bytes", 0),
         zero_pages=last.get("zero_pages", 0), lat_p50_us=last.get("lat_p50_us", 0.0),
         lat_p99_us=last.get("lat_p99_us", 0.0), lat_max_us=last.get("lat_max_us", 0.0),
-        daemon_cpu_s=last.get("cpu_user_s", 0.0) + last.get("cpu_sys_s", 0.0), detached=detach)
+        daemon_cpu_s=last.get("cpu_user_s", 0.0) + last.get("cpu_sys_s", 0.0), detached=detach,
+        prefetch_bytes=last.get("prefetch_bytes", 0), prefetch_restores=last.get("prefetch_restores", 0))
 
 
 def summary_text(s: LazySummary) -> str:
@@ -171,6 +179,13 @@ def summary_text(s: LazySummary) -> str:
         return (f"{head}\n  resumed after {s.resume_s * 1000:.1f} ms; pages still arriving: "
                 f"`lazyrestore status --workdir {s.workdir}`")
     return (f"{head}\n  resumed after {s.resume_s * 1000:.1f} ms; every page resident {s.resident_s:.3f} s later\n"
-            f"  faults {s.faults} (p50 {s.lat_p50_us:.1f} us, p99 {s.lat_p99_us:.1f} us, max {s.lat_max_us:.1f} us); "
+            f"  faults {s.faults}, {s.data_faults} waiting for page data (p50 {s.lat_p50_us:.1f} us, p99 {s.lat_p99_us:.1f} us, max {s.lat_max_us:.1f} us); "
             f"placed by fault {human_bytes(s.fault_bytes)}, by drain {human_bytes(s.drain_bytes)}; "
-            f"zero pages {s.zero_pages}\n  lr-lazyd cpu {s.daemon_cpu_s:.3f} s; work dir {s.workdir}")
+            f"zero pages {s.zero_pages}\n{_prefetch_text(s)}  lr-lazyd cpu {s.daemon_cpu_s:.3f} s; work dir {s.workdir}")
+
+
+def _prefetch_text(s: LazySummary) -> str:
+    if not s.prefetch_restores:
+        return ""
+    return (f"  working set of {s.prefetch_restores} earlier restore(s): {human_bytes(s.prefetch_bytes)} placed "
+            f"before the tree asked\n")

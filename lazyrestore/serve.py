@@ -56,9 +56,11 @@ class PageServer:
         if not ready_byte(status_r, START_TIMEOUT_S):
             self.stop()
             raise DaemonFailed(f"lr-pageserver did not start: {self.log_tail()}; log {self.log}")
+        self.early: list[dict[str, Any]] = []  # e.g. a warning about the stored working set
         for ev in self._lines:
             if ev.get("event") == "listening":
                 return int(ev["port"])
+            self.early.append(ev)
         raise DaemonFailed(f"lr-pageserver reported no port: {self.log_tail()}; log {self.log}")
 
     def _read_lines(self) -> Iterator[dict[str, Any]]:
@@ -70,7 +72,8 @@ class PageServer:
                     continue
 
     def events(self) -> Iterator[dict[str, Any]]:
-        """Events after "listening", until lr-pageserver exits."""
+        """Events but "listening" (those before it first), until lr-pageserver exits."""
+        yield from self.early
         yield from self._lines
 
     def wait(self) -> int:
@@ -207,6 +210,11 @@ def _follow(server: PageServer, s: ServeSummary, reporter: Reporter) -> None:
             reporter.progress(f"session {ev.get('session')} lost before DONE: {ev.get('message')}")
         elif kind == "error":
             reporter.progress(f"lr-pageserver error: {ev.get('message')}")
+        elif kind == "warning":
+            reporter.progress(f"warning: {ev.get('message')}")
+        elif kind == "workingset":
+            reporter.progress(f"session {ev.get('session')}: working set stored ({ev.get('pages')} pages from "
+                              f"{ev.get('restores')} restore(s)); later restores place it first")
 
 
 def summary_text(s: ServeSummary) -> str:

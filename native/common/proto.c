@@ -32,7 +32,8 @@ const char *lr_frame_name(uint32_t type)
 		[LR_HELLO] = "HELLO", [LR_CHALLENGE] = "CHALLENGE", [LR_AUTH] = "AUTH", [LR_WELCOME] = "WELCOME",
 		[LR_LIST] = "LIST", [LR_FILES] = "FILES", [LR_GET_FILE] = "GET_FILE", [LR_FILE_DATA] = "FILE_DATA",
 		[LR_GET_PAGES] = "GET_PAGES", [LR_PAGES] = "PAGES", [LR_HINT] = "HINT", [LR_BULK_START] = "BULK_START",
-		[LR_BULK_END] = "BULK_END", [LR_DONE] = "DONE", [LR_ERROR] = "ERROR"};
+		[LR_BULK_END] = "BULK_END", [LR_DONE] = "DONE", [LR_ERROR] = "ERROR",
+		[LR_WORKINGSET] = "WORKINGSET"};
 	return type < LR_FRAME_TYPES && names[type] ? names[type] : "unknown";
 }
 

@@ -38,7 +38,13 @@
  *                              pages files are fetched as page ranges)
  *   GET_PAGES   -> PAGES       {struct lr_page_req}: whole checksum blocks of one index record
  *   HINT        (no reply)     {struct lr_page_req}: stream near here next
+ *   WORKINGSET  (no reply)     this restore's working set (lr_wset.h file bytes) in frames flagged
+ *                              LR_F_MORE but the last, sent just before DONE; the server checks it
+ *                              against its index and merges it into lazyrestore/workingset (a bad
+ *                              one is logged and dropped: it is a hint, the session goes on)
  *   DONE        -> DONE        every page is placed and verified: the checkpoint is delivered
+ * LIST names lazyrestore/workingset (kind META) when the server has one: the snapshot taken at LIST is
+ * what GET_FILE of that name sends on that session.
  * Bulk channel: BULK_START {struct lr_page_req: where to begin} -> PAGES..., BULK_END.
  *
  * PAGES carries struct lr_pages_hdr, then the nblocks XXH3-64 checksums of
@@ -84,11 +90,12 @@ enum lr_frame_type {
 	LR_BULK_END = 13,
 	LR_DONE = 14,
 	LR_ERROR = 15,
+	LR_WORKINGSET = 16,
 	LR_FRAME_TYPES /* one past the last */
 };
 
 enum lr_frame_flags {
-	LR_F_MORE = 1 << 0, /* FILE_DATA: more frames of this file follow */
+	LR_F_MORE = 1 << 0, /* FILE_DATA, WORKINGSET: more frames of this file follow */
 };
 
 enum lr_channel {

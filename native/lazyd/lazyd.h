@@ -15,6 +15,7 @@
 #include "lr_index_reader.h"
 #include "lr_pages.h"
 #include "spans.h"
+#include "prefetch.h"
 #include "profile.h"
 #include "stats.h"
 
@@ -43,6 +44,8 @@ struct lr_config {
 	const char *profile_file; /* --profile: write the working set here once every page is placed */
 	uint32_t profile_faults;  /* record at most this many faults ... */
 	uint32_t profile_ms;      /* ... within this long of the start */
+	const char *prefetch;     /* --prefetch: "auto" (the checkpoint's lazyrestore/workingset if any), "off", or a file */
+	bool store_wset;          /* merge this restore's working set into the checkpoint's (or send it to the server) */
 	int verbose;
 };
 
@@ -73,6 +76,7 @@ struct lr_lazyd {
 	struct lr_cps *cps;        /* CRIU's page server (--criu-page-server); NULL otherwise */
 	struct lr_stats stats;
 	struct lr_profile profile; /* the faults of this restore, in order (profile.h) */
+	struct lr_prefetch prefetch; /* the checkpoint's working set, placed first (prefetch.h) */
 	int epfd;
 	int guard_fd;
 	int listen_fd;
@@ -107,6 +111,8 @@ int lr_place_from(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo,
 		  uint64_t *placed, struct lr_error *err);
 int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, uint64_t *placed,
 	     struct lr_error *err);
+/* Some task still needs a page of record rec within checkpoint addresses [a, b). */
+bool lr_wanted(const struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b);
 /* Bytes of record rec at checkpoint addresses [a, b) arrived from a page source: into every task that needs them. */
 int lr_place_all(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, const char *data, uint64_t *placed,
 		 struct lr_error *err);

@@ -15,11 +15,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "guard.h"
 #include "criu_ps.h"
 #include "lazyd.h"
+#include "lr_cleanup.h"
 
 #define LR_EXIT_USAGE 2
 
@@ -57,6 +59,11 @@ static void usage(FILE *f)
 		"                           in order, checkpoint addresses) to FILE\n"
 		"      --profile-faults N   record at most N faults (default 65536)\n"
 		"      --profile-seconds S  record faults of the first S seconds only (default 30)\n"
+		"      --prefetch MODE      auto: place the checkpoint's working set (IMAGES_DIR/lazyrestore/workingset,\n"
+		"                           fetched ahead from --source) before the tree asks; off; or a working-set FILE\n"
+		"                           (default auto; a damaged or stale one is ignored with a warning)\n"
+		"      --no-store-working-set  do not merge this restore's working set into the checkpoint's (local\n"
+		"                           images) or send it to the page server (--source)\n"
 		"      --verify-ahead SIZE  a second thread checks mapped page bytes up to SIZE ahead of the drain\n"
 		"                           (default 64M; 0: the event loop checks everything itself)\n"
 		"  -o, --log-file FILE      log here (relative to the work dir) instead of stderr\n"
@@ -99,7 +106,8 @@ static int parse_int(const char *s, int *out)
 enum { OPT_STATUS_FD = 256, OPT_STATS_FD, OPT_STATUS_FILE, OPT_STATS_INTERVAL, OPT_FAULT_AROUND, OPT_CHUNK,
        OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD, OPT_NO_MAP, OPT_VERIFY_AHEAD,
        OPT_SOURCE, OPT_SECRET_FILE, OPT_SOURCE_TIMEOUT, OPT_FETCH_ONLY, OPT_CRIU_PS, OPT_PROFILE,
-       OPT_PROFILE_FAULTS, OPT_PROFILE_SECONDS, OPT_STATS_LOG };
+       OPT_PROFILE_FAULTS, OPT_PROFILE_SECONDS, OPT_STATS_LOG, OPT_PREFETCH,
+       OPT_NO_STORE_WSET };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"work-dir", required_argument, NULL, 'W'},
@@ -115,6 +123,7 @@ static const struct option long_opts[] = {
 	{"source-timeout", required_argument, NULL, OPT_SOURCE_TIMEOUT}, {"fetch-only", no_argument, NULL, OPT_FETCH_ONLY},
 	{"profile", required_argument, NULL, OPT_PROFILE}, {"profile-faults", required_argument, NULL, OPT_PROFILE_FAULTS},
 	{"profile-seconds", required_argument, NULL, OPT_PROFILE_SECONDS},
+	{"prefetch", required_argument, NULL, OPT_PREFETCH}, {"no-store-working-set", no_argument, NULL, OPT_NO_STORE_WSET},
 	{"criu-page-server", required_argument, NULL, OPT_CRIU_PS}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
 static int bad_value(const char *opt, const char *val, const char *want)
@@ -167,6 +176,12 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 		return 0;
 	}
 	case OPT_PROFILE: c->profile_file = arg; return 0;
+	case OPT_PREFETCH:
+		if (!*arg)
+			return bad_value("--prefetch", "''", "auto, off or a working-set file");
+		c->prefetch = arg;
+		return 0;
+	case OPT_NO_STORE_WSET: c->store_wset = false; return 0;
 	case OPT_PROFILE_FAULTS: {
 		int n;
 		if (parse_int(arg, &n) || n < 1 || n > 10000000)
@@ -193,6 +208,7 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 static int parse_args(int argc, char **argv, struct lr_config *c)
 {
 	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .stats_log_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20, .ahead = 64 << 20, .source_timeout_ms = 30000, .profile_faults = 65536, .profile_ms = 30000,
+				.prefetch = "auto", .store_wset = true,
 				.stats_ms = 100, .drain = true, .guard = true, .map = true, .verbose = 1};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "D:W:o:v::h", long_opts, NULL)) != -1) {
@@ -319,6 +335,51 @@ static int fetch_remote(struct lr_lazyd *d, struct lr_error *err)
 	return lr_remote_fetch(d, err);
 }
 
+/*
+ * The working set to place first. Local images: read from the pages files when placed. Remote: the server
+ * sent it with the checkpoint's files when it has one; its blocks are fetched ahead now, on the urgent
+ * channel (still blocking, before the event loop), into the local pages files.
+ */
+static int plan_prefetch(struct lr_lazyd *d, struct lr_error *err)
+{
+	char path[4096];
+	bool missing_ok;
+	struct lr_prefetch *p = &d->prefetch;
+	const char *ws = lr_prefetch_path(d->cfg.prefetch, d->cfg.images_dir, path, sizeof(path), &missing_ok);
+
+	if (!ws || d->cfg.criu_ps || d->cfg.fetch_only)
+		return 0;
+	if (lr_prefetch_plan(p, ws, missing_ok, &d->index, d->cfg.fault_around, d->cfg.chunk, d->remote != NULL, err))
+		return -1;
+	if (!d->remote || !p->n)
+		return 0;
+	LR_CLEANUP_CLOSE int dirfd = open(d->cfg.images_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	LR_CLEANUP_FREE char *buf = malloc(LR_FRAME_MAX);
+	if (dirfd < 0 || !buf)
+		return lr_error_set(err, dirfd < 0 ? errno : ENOMEM, "images directory %s", d->cfg.images_dir);
+	if (lr_prefetch_fetch(p, d->remote->urgent.rec.fd, dirfd, &d->index, (int)d->remote->timeout_ms, buf, err))
+		return -1;
+	lr_log(d, 1, "prefetch: fetched %llu bytes of the working set (%zu windows) in %.1f ms",
+	       (unsigned long long)p->fetched_bytes, p->n, (double)p->fetch_ns / 1e6);
+	return 0;
+}
+
+/* What the prefetch plan comes to, in the stats and the log; a working set not used is a warning. */
+static void report_plan(struct lr_lazyd *d)
+{
+	const struct lr_prefetch *p = &d->prefetch;
+	d->stats.prefetch_planned = p->planned_bytes;
+	d->stats.prefetch_fetch_ns = p->fetch_ns;
+	d->stats.prefetch_restores = p->n ? p->restores : 0;
+	if (p->warning[0]) {
+		lr_log(d, 0, "warning: %s", p->warning);
+		emit(d, "warning", false, p->warning);
+	} else if (p->n) {
+		lr_log(d, 1, "prefetch: the working set of %u restore(s): %zu windows, %llu bytes, placed first", p->restores,
+		       p->n, (unsigned long long)p->planned_bytes);
+	}
+}
+
 static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 {
 	char path[4096];
@@ -336,6 +397,8 @@ static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 	if (d->cfg.criu_ps && d->index.unverified != d->index.hdr->record_count)
 		return lr_error_set(err, 0, "%s is not an index of a --lazy-pages dump (`lazyrestore index "
 				    "--criu-page-server`): its pages are not in CRIU's page server", path);
+	if (plan_prefetch(d, err))
+		return -1;
 	if (!d->cfg.criu_ps && lr_pages_open(&d->pages, d->cfg.images_dir, d->cfg.map, err))
 		return -1;
 	d->buf_size = (d->cfg.chunk > d->cfg.fault_around ? d->cfg.chunk : d->cfg.fault_around) +
@@ -490,6 +553,30 @@ static void write_profile(struct lr_lazyd *d)
 		       (unsigned long long)d->profile.w.hdr.faults_seen, d->cfg.profile_file);
 }
 
+/* Local images: merge this restore's working set into the checkpoint's, one restore at a time (flock). */
+static void store_profile(struct lr_lazyd *d)
+{
+	struct lr_error err;
+	struct lr_wset w;
+	char dir[4096], path[4096];
+
+	if (!d->profile.w.n || snprintf(dir, sizeof(dir), "%s/lazyrestore", d->cfg.images_dir) >= (int)sizeof(dir) ||
+	    snprintf(path, sizeof(path), "%s/%s", d->cfg.images_dir, LR_WSET_NAME) >= (int)sizeof(path))
+		return;
+	LR_CLEANUP_CLOSE int lock = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (lock < 0 || flock(lock, LOCK_EX)) {
+		lr_log(d, 0, "warning: the working set was not stored: lock %s: %s", dir, strerror(errno));
+		return;
+	}
+	if (lr_wset_load(&w, path, &d->index, &err) && err.errnum != ENOENT)
+		lr_log(d, 0, "warning: %s: replaced by this restore's", err.msg);
+	if (lr_wset_merge(&w, &d->profile.w, &err) || lr_wset_write(&w, path, &err))
+		lr_log(d, 0, "warning: the working set was not stored: %s", err.msg);
+	else
+		lr_log(d, 1, "working set stored in %s: %zu pages from %u restore(s)", path, w.n, w.hdr.restores);
+	lr_wset_fini(&w);
+}
+
 static void finish(struct lr_lazyd *d)
 {
 	struct lr_error err;
@@ -502,7 +589,7 @@ static void finish(struct lr_lazyd *d)
 	       (double)(d->stats.done_ns - d->stats.finished_ns) / 1e9);
 	if (d->cfg.guard && lr_guard_send(d->guard_fd, LR_GUARD_DONE, 0, 0, -1, &err))
 		lr_log(d, 0, "telling the guardian: %s", err.msg);
-	if (d->remote && lr_remote_done(d, &err))
+	if (d->remote && lr_remote_done(d, d->cfg.store_wset ? &d->profile.w : NULL, &err))
 		lr_log(d, 0, "warning: every page is placed, but the page server was not told (%s): it keeps the "
 		       "checkpoint as undelivered", err.msg);
 	else if (d->remote)
@@ -510,6 +597,8 @@ static void finish(struct lr_lazyd *d)
 	if (d->cps && lr_cps_done(d, &err))
 		lr_log(d, 0, "warning: every page is placed, but closing CRIU's page server failed: %s", err.msg);
 	write_profile(d);
+	if (!d->remote && d->cfg.store_wset)
+		store_profile(d);
 }
 
 static void teardown(struct lr_lazyd *d)
@@ -524,6 +613,7 @@ static void teardown(struct lr_lazyd *d)
 	}
 	free(d->tasks);
 	lr_wset_fini(&d->profile.w);
+	lr_prefetch_fini(&d->prefetch);
 	free(d->buf);
 	lr_ahead_stop(&d->ahead); /* before the mappings it reads go away */
 	lr_remote_close(d);
@@ -578,7 +668,10 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (d.cfg.fetch_only)
 		return fetch_only(&d);
-	if (open_log(&d, &err) || open_inputs(&d, &err) || enter_work_dir(&d, &err) || start_listening(&d, &err) || run(&d, &err)) {
+	int rc = open_log(&d, &err) || open_inputs(&d, &err);
+	if (!rc)
+		report_plan(&d);
+	if (rc || enter_work_dir(&d, &err) || start_listening(&d, &err) || run(&d, &err)) {
 		lr_log(&d, 0, "error: %s", err.msg);
 		emit(&d, "error", false, err.msg);
 		teardown(&d);

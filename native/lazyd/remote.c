@@ -476,14 +476,34 @@ int lr_remote_tick(struct lr_lazyd *d, struct lr_error *err)
 	return 0;
 }
 
-int lr_remote_done(struct lr_lazyd *d, struct lr_error *err)
+/* This restore's working set, in WORKINGSET frames, for the server to store beside the checkpoint. */
+static int send_wset(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	char *bytes;
+	size_t len, off = 0;
+
+	if (lr_wset_encode(w, &bytes, &len, err))
+		return -1;
+	int rc = 0;
+	while (!rc && off < len) {
+		uint32_t n = len - off > LR_REQUEST_MAX ? LR_REQUEST_MAX : (uint32_t)(len - off);
+		rc = lr_send_frame(r->urgent.rec.fd, LR_WORKINGSET, off + n < len ? LR_F_MORE : 0, ++r->next_req,
+				   bytes + off, n, lr_now_ns() + stall_ms(r) * 1000000ULL, err);
+		off += n;
+	}
+	free(bytes);
+	return rc;
+}
+
+int lr_remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	uint64_t until = lr_now_ns() + LR_IO_TIMEOUT_MS * 1000000ULL;
 
 	if (!r->connected)
 		return lr_error_set(err, 0, "not connected to the page server");
-	if (send_frame(d, r->urgent.rec.fd, LR_DONE, NULL, 0, err))
+	if ((w && w->n && send_wset(d, w, err)) || send_frame(d, r->urgent.rec.fd, LR_DONE, NULL, 0, err))
 		return -1;
 	while (lr_now_ns() < until) { /* replies to earlier requests may still come first */
 		struct pollfd p = {r->urgent.rec.fd, POLLIN, 0};

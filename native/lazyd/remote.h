@@ -77,8 +77,10 @@ bool lr_remote_buffered(const struct lr_lazyd *d);
 int lr_remote_pump(struct lr_lazyd *d, struct lr_error *err);
 /* Milliseconds until lr_remote_tick has something to do (-1: nothing). */
 int lr_remote_wait_ms(const struct lr_lazyd *d);
-/* Every page placed: tell the server (DONE) and wait for its answer. */
-int lr_remote_done(struct lr_lazyd *d, struct lr_error *err);
+/* Every page placed: send the server this restore's working set w (unless NULL or empty: it stores it
+ * beside the checkpoint), tell it DONE and wait for its answer. */
+struct lr_wset;
+int lr_remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err);
 void lr_remote_close(struct lr_lazyd *d);
 
 /* remote_fetch.c: one authenticated channel (blocking socket); checks the checkpoint id when expect_cid is set. */

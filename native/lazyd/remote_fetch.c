@@ -76,13 +76,13 @@ static bool plain_name(const char *name, uint32_t len)
 	return true;
 }
 
-/* A name the server may list: lazyrestore's manifest and index, the lazy view (lazyrestore/view-*), or a
+/* A name the server may list: lazyrestore's manifest, index and working set, the lazy view (lazyrestore/view-*), or a
  * plain top-level name. Nothing with a path of its own, so nothing lands outside the images dir. */
 static bool safe_name(const char *name, uint32_t len)
 {
-	static const char *const fixed[] = {"lazyrestore/manifest.json", "lazyrestore/index.bin"};
+	static const char *const fixed[] = {"lazyrestore/manifest.json", "lazyrestore/index.bin", LR_WSET_NAME};
 	static const char view[] = "lazyrestore/view-";
-	for (size_t i = 0; i < 2; i++)
+	for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
 		if (strlen(fixed[i]) == len && !memcmp(fixed[i], name, len))
 			return true;
 	if (len > LR_NAME_MAX)

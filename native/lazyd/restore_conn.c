@@ -25,7 +25,9 @@ static int take_task(struct lr_lazyd *d, const struct lr_criu_task *ct, struct l
 	d->stats.total_bytes += t->spans.left * d->page_size;
 	lr_log(d, 1, "task pid %d (host pid %d) uffd %d: %lu lazy pages in %zu ranges", ct->pid, ct->host_pid,
 	       ct->uffd, (unsigned long)t->spans.left, t->spans.n);
-	return d->cfg.guard ? lr_guard_send(d->guard_fd, LR_GUARD_TASK, ct->pid, ct->host_pid, ct->uffd, err) : 0;
+	if (d->cfg.guard && lr_guard_send(d->guard_fd, LR_GUARD_TASK, ct->pid, ct->host_pid, ct->uffd, err))
+		return -1;
+	return lr_prefetch_place(d, err);
 }
 
 static int on_conn_read(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
@@ -44,7 +46,7 @@ static int on_conn_read(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
 			d->stats.finished_ns = lr_now_ns();
 			lr_log(d, 1, "restore finished: %zu task(s), %lu bytes to place", d->ntasks,
 			       (unsigned long)lr_left_bytes(d));
-			if (d->remote && lr_remote_bulk_start(d, err))
+			if (lr_prefetch_place(d, err) || (d->remote && lr_remote_bulk_start(d, err)))
 				return -1;
 		}
 		if (rc == 3) { /* CRIU closed the connection after finishing: all is in */

@@ -56,6 +56,7 @@ static int serve_fault(struct lr_lazyd *d, struct lr_task *t, uint64_t addr, uin
 	bool pending = si >= 0 && lr_spans_pending(&t->spans, &t->spans.v[si], (addr - t->spans.v[si].addr) / d->page_size);
 	if (pending && first) {
 		const struct lr_span *sp = &t->spans.v[si];
+		d->stats.data_faults++;
 		lr_profile_add(&d->profile, t0 - d->stats.start_ns, sp->rec, sp->src + (addr - sp->addr));
 	}
 	int rc = pending ? serve_window(d, t, (size_t)si, addr, err) : serve_zero(d, t, addr, err);

@@ -20,9 +20,15 @@ struct lr_stats {
 	uint64_t finished_ns;        /* "restore finished" received; 0 before */
 	uint64_t done_ns;            /* every page placed; 0 before */
 	uint64_t faults;             /* page fault messages served */
+	uint64_t data_faults;        /* of those, the first on a page still to be placed: bytes had to be read (remote:
+				      * asked of the page server) while a thread waited */
 	uint64_t fault_bytes;        /* bytes placed to serve faults (fault-around included) */
 	uint64_t zero_pages;         /* faults served with a zero page (holes, discarded pages) */
 	uint64_t drain_bytes;        /* bytes placed by the background drain */
+	uint64_t prefetch_bytes;     /* bytes of the working set placed before anyone asked (prefetch.h) */
+	uint64_t prefetch_planned;   /* bytes the working set covers */
+	uint64_t prefetch_fetch_ns;  /* remote: time fetching it ahead */
+	uint32_t prefetch_restores;  /* restores merged into the working set used; 0: none used */
 	uint64_t exists;             /* pages found already present */
 	uint64_t retries;            /* placements put off because the layout was changing */
 	uint64_t forks, remaps, removes, unmaps;

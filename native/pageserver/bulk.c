@@ -64,6 +64,7 @@ void ps_session_end(struct ps_server *s, struct ps_session *ss, const char *why)
 			s->sessions[i] = s->sessions[--s->nsessions];
 			break;
 		}
+	ps_wset_session_free(ss);
 	free(ss->sent);
 	free(ss);
 }

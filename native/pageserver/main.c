@@ -185,6 +185,7 @@ static int setup(struct ps_server *s, struct lr_error *err)
 	s->cfg.secret_file = NULL; /* secret_path goes out of scope */
 	if (ps_catalog_open(s, err) || lr_addr_parse(s->cfg.listen, &addr, err))
 		return -1;
+	ps_wset_open(s);
 	s->listen_fd = lr_net_listen(&addr, &s->port, err);
 	if (s->listen_fd < 0)
 		return -1;
@@ -297,6 +298,7 @@ static void teardown(struct ps_server *s)
 	while (s->nsessions)
 		ps_session_end(s, s->sessions[0], "server stopped");
 	free(s->sessions);
+	lr_wset_fini(&s->wset);
 	ps_catalog_close(s);
 	if (s->listen_fd >= 0)
 		close(s->listen_fd);

@@ -22,6 +22,10 @@ static int on_list(struct ps_server *s, struct ps_conn *c)
 		memcpy(p + sizeof(e), s->files[i].name, e.name_len);
 		p += sizeof(e) + e.name_len;
 	}
+	if (ps_wset_list(s, c->session, &payload, &len)) {
+		free(payload);
+		return -1;
+	}
 	int rc = ps_queue_frame(c, LR_FILES, 0, c->hdr.req_id, payload, (uint32_t)len);
 	free(payload);
 	return rc;
@@ -37,6 +41,9 @@ static int on_get_file(struct ps_server *s, struct ps_conn *c)
 	}
 	memcpy(&r, c->buf, sizeof(r));
 	const char *name = c->buf + sizeof(r);
+	int wset = r.name_len == c->hdr.length - sizeof(r) && !r.reserved ? ps_wset_get(s, c, name, r.name_len) : 0;
+	if (wset)
+		return wset < 0 ? -1 : 0;
 	const struct ps_file *f = r.name_len == c->hdr.length - sizeof(r) && !r.reserved
 					  ? ps_catalog_find(s, name, r.name_len) : NULL;
 	if (!f || f->kind != LR_FILE_META) {
@@ -181,6 +188,8 @@ int ps_request_frame(struct ps_server *s, struct ps_conn *c)
 		return on_get_pages(s, c);
 	if ((urgent && t == LR_HINT) || (!urgent && t == LR_BULK_START && !c->session->bulk_started))
 		return on_position(s, c);
+	if (urgent && t == LR_WORKINGSET)
+		return ps_wset_frame(s, c);
 	if (urgent && t == LR_DONE && !c->session->done)
 		return on_done(s, c);
 	ps_conn_fail(s, c, LR_ERR_PROTOCOL, "%s is not a request the %s channel takes now", lr_frame_name(t),

@@ -18,6 +18,7 @@
 #include "lr_index_reader.h"
 #include "lr_net.h"
 #include "lr_proto.h"
+#include "lr_wset.h"
 
 struct ps_config {
 	const char *images_dir;
@@ -79,6 +80,11 @@ struct ps_session {
 	uint64_t blocks_left;       /* lazy blocks not sent yet */
 	uint64_t bytes_urgent, bytes_bulk, requests, files;
 	uint64_t start_ns;
+	char *wset_snap;            /* the working set as LIST saw it: what GET_FILE of it sends */
+	size_t wset_snap_len;
+	char *wset_in;              /* WORKINGSET frames received so far */
+	size_t wset_in_len;
+	bool wset_in_done;          /* the last one arrived: no more this session */
 };
 
 struct ps_server {
@@ -104,6 +110,7 @@ struct ps_server {
 	struct ps_session **sessions;
 	size_t nsessions, capsessions;
 	unsigned delivered;
+	struct lr_wset wset;        /* the checkpoint's working set (lazyrestore/workingset), merged as sessions end */
 	bool stopping;              /* --once: delivered, finishing */
 	uint64_t start_ns;
 };
@@ -118,6 +125,15 @@ const char *ps_json_text(const char *in, char *out, size_t size);
 int ps_catalog_open(struct ps_server *s, struct lr_error *err);
 void ps_catalog_close(struct ps_server *s);
 const struct ps_file *ps_catalog_find(const struct ps_server *s, const char *name, size_t len);
+
+/* workingset.c: the checkpoint's working set, served to restores and merged from their WORKINGSET frames */
+void ps_wset_open(struct ps_server *s);
+/* LIST: snapshot it into the session; appends its entry to the list (grown with realloc) when there is one. */
+int ps_wset_list(struct ps_server *s, struct ps_session *ss, char **list, size_t *len);
+/* GET_FILE of LR_WSET_NAME: 1 when handled (queued or refused), 0 for another name, -1 out of memory. */
+int ps_wset_get(struct ps_server *s, struct ps_conn *c, const char *name, size_t len);
+int ps_wset_frame(struct ps_server *s, struct ps_conn *c);
+void ps_wset_session_free(struct ps_session *ss);
 
 /* conn.c */
 int ps_conn_accept(struct ps_server *s, struct lr_error *err);

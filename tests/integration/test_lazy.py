@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -333,3 +334,77 @@ def test_a_damaged_or_foreign_working_set_is_refused(tmp_path: Path) -> None:
         path.write_bytes(data)
         with pytest.raises(workingset.BadProfile, match=expected):
             workingset.read(path, index)
+
+
+def restore_and_read(images: Path, reaper, w: sample.Workload, before: dict, *extra: str) -> dict:
+    """A lazy restore that reads all memory at once (faults where the drain has not been), checked, then killed.
+    The workload's log is cut back to its size at the checkpoint first (CRIU checks it)."""
+    os.truncate(w.log, before["log_size"])
+    run, restored = lazy_restore(images, reaper, w, *SLOW_DRAIN, *extra)
+    after = restored.request_report()
+    summary = assert_done(run)
+    assert after["main"].checksum == before["main"].checksum, "a restored byte differs"
+    assert restored.request_verify() == {"main": "ok"}
+    reaper.kill_all()
+    return {**summary, "warnings": [e["message"] for e in run.events if e.get("event") == "warning"]}
+
+
+def checkpointed(w: sample.Workload, images: Path) -> tuple[sample.Workload, dict, lazyindex.LazyIndex]:
+    """w checkpointed into images: its report (and log size) then, and the checkpoint's lazy index."""
+    before = w.request_report()
+    checkpoint(w, images)
+    before["log_size"] = w.log.stat().st_size
+    return w, before, lazyindex.read(images / "lazyrestore" / "index.bin")
+
+
+def test_the_working_set_is_stored_beside_the_checkpoint_and_placed_first_next_time(
+        start_workload, workdir: Path, reaper) -> None:
+    images = workdir / "images"
+    w, before, index = checkpointed(start_workload(mib=64), images)
+    stored = images / workingset.STORED
+
+    first = restore_and_read(images, reaper, w, before)
+    assert first["prefetch_restores"] == 0 and first["prefetch_bytes"] == 0 and not first["warnings"]
+    one = workingset.read(stored, index)
+    assert one.restores == 1 and one.faults_seen == len(one.faults) > 0, "every fault within the bounds is kept"
+
+    second = restore_and_read(images, reaper, w, before)
+    assert second["prefetch_restores"] == 1, second
+    assert second["prefetch_bytes"] >= 40 << 20, "most of what the first restore faulted on is placed up front"
+    assert second["data_faults"] * 5 <= first["data_faults"], (first["data_faults"], second["data_faults"])
+    assert workingset.read(stored, index).restores == 2
+
+    off = restore_and_read(images, reaper, w, before, "--prefetch", "off")
+    assert off["prefetch_bytes"] == 0 and off["data_faults"] > second["data_faults"] * 5, \
+        (off["data_faults"], second["data_faults"])
+
+
+def test_a_damaged_stale_or_foreign_working_set_is_ignored_with_a_warning(start_workload, workdir: Path,
+                                                                          reaper) -> None:
+    """Whatever the stored working set holds, every byte restored is right; a bad one is named and replaced."""
+    images = workdir / "images"
+    w, before, index = checkpointed(start_workload(mib=32), images)
+    stored = images / workingset.STORED
+    restore_and_read(images, reaper, w, before)
+    good = workingset.read(stored, index)
+    lazy = next(e for e in index.entries if e.lazy)
+    cases = {
+        "flipped byte": (bytes([stored.read_bytes()[0] ^ 1]) + stored.read_bytes()[1:], "not a version 2"),
+        "truncated": (stored.read_bytes()[:-5], "bytes for"),
+        "another checkpoint": (workingset.encode(replace(good, checkpoint_id=bytes(16))), "another checkpoint"),
+        "outside the index": (workingset.encode(replace(good, faults=(workingset.Fault(1, len(index.entries), 0),))),
+                              "names record"),
+        "not a lazy page": (workingset.encode(replace(good, faults=(workingset.Fault(1, 0, lazy.start + 1),))),
+                            "not a lazy page"),
+    }
+    for name, (data, expected) in cases.items():
+        stored.write_bytes(data)
+        summary = restore_and_read(images, reaper, w, before)
+        assert summary["prefetch_bytes"] == 0 and summary["prefetch_restores"] == 0, name
+        assert len(summary["warnings"]) == 1 and expected in summary["warnings"][0], (name, summary["warnings"])
+        assert "restoring without prefetch" in summary["warnings"][0]
+        assert workingset.read(stored, index).restores == 1, f"{name}: replaced by the last restore's"
+    explicit = workdir / "ws-copy"
+    explicit.write_bytes(stored.read_bytes())
+    summary = restore_and_read(images, reaper, w, before, "--prefetch", str(explicit))
+    assert summary["prefetch_restores"] == 1 and summary["prefetch_bytes"] > 0 and not summary["warnings"]

@@ -93,6 +93,10 @@ CASES = [
     *bad("restore", "--chunk", numbers(
         "from 4K to 256M", ("zero", "0"), ("below-4K", "1K"), ("above-256M", "1G"), ("text", "x"),
         ("negative", "-1"), ("fraction", "1.5M"), ("absurd", "99999999999999999999G"), ("empty", "")), LAZY),
+    *bad("restore", "--prefetch", [("missing-file", "{missing}", "auto, off or an existing working-set file"),
+                                   ("a-dir", "{dir}", "auto, off or an existing working-set file"),
+                                   ("empty", "", "auto, off or an existing working-set file"),
+                                   ("other-word", "on", "auto, off or an existing working-set file")], LAZY),
     *bad("restore", "--drain-rate", numbers(
         "to 1024G", ("negative", "-1"), ("text", "fast"), ("fraction", "1.5M"), ("absurd", "99999999999999999999G"),
         ("unicode-digits", "\u0663M")), LAZY),
@@ -138,6 +142,17 @@ CASES = [
                                            ("nan", "nan"), ("too-fast", "34360"), ("absurd", "1e300"), ("empty", ""))),
     *[pytest.param(Case(("testhosts", "exec", value, "--", "true"), "host", "expected a test host, a or b"),
                    id=f"testhosts-exec-host-{name}") for name, value in [("c", "c"), ("empty", ""), ("ab", "ab")]],
+    # report: the run dir (positional), the checkpoint, the PNG
+    *[pytest.param(Case(("report", value), "RUN_DIR", expected), id=f"report-RUN_DIR-{name}")
+      for name, value, expected in [*existing_dir("expected a lazy restore's run dir"),
+                                    ("not-a-run-dir", "{dir}", "expected a lazy restore's run dir")]],
+    *bad("report", "--images", [*existing_dir("expected a checkpoint directory"),
+                                ("no-index", "{full}", "expected a checkpoint directory")]),
+    *bad("report", "--output", [("empty", "", "expected a file path"),
+                                *[(name, value, "expected a .png file in an existing directory") for name, value in [
+                                    ("not-png", "{dir}/report.jpg"), ("a-dir", "{dir}"),
+                                    ("dir-named-png", "{png_dir}"), ("parent-missing", "{missing}/report.png"),
+                                    ("under-a-file", "{file}/report.png")]]], "{dir}"),
     # lazy-pages --page-server: CRIU's --address and --port, checked before the dump is indexed
     *bad("lazy-pages", "--port", [
         ("zero", "0", "give the page server's port"), ("65536", "65536", "port 0 to 65535"),
@@ -170,7 +185,9 @@ def places(tmp_path: Path) -> dict[str, str]:
         (tmp_path / name).chmod(mode)
     names = ("file", "dir", "full", "missing", *secrets)
     found = {name: str(tmp_path / name) for name in names}
-    found |= {"deep": str(tmp_path / "no" / "such" / "dir"), "under_file": str(tmp_path / "file" / "sub")}
+    (tmp_path / "dir.png").mkdir()
+    found |= {"deep": str(tmp_path / "no" / "such" / "dir"), "under_file": str(tmp_path / "file" / "sub"),
+              "png_dir": str(tmp_path / "dir.png")}
     return found | {"free_pid": str(free_pid()), "self_pid": str(os.getpid())}
 
 
@@ -237,7 +254,7 @@ def test_every_value_taking_option_has_a_case() -> None:
         for action in parser._actions:
             if action.nargs == 0 or action.dest in ("help", "cmd"):
                 continue
-            name = max(action.option_strings, key=len) if action.option_strings else action.dest
+            name = max(action.option_strings, key=len) if action.option_strings else action.metavar or action.dest
             wanted.add((command, name))
     wanted |= {("lazy-pages", "--address"), ("lazy-pages", "--port")}
     assert wanted - covered == set()

@@ -1,0 +1,146 @@
+/* prefetch.c: the working set as windows, and placing them (see prefetch.h). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lazyd.h"
+#include "lr_wset.h"
+#include "prefetch.h"
+
+static int by_start(const void *x, const void *y)
+{
+	const struct lr_window *a = x, *b = y;
+	if (a->record != b->record)
+		return a->record < b->record ? -1 : 1;
+	if (a->a != b->a)
+		return a->a < b->a ? -1 : 1;
+	return a->order < b->order ? -1 : a->order > b->order;
+}
+
+static int by_order(const void *x, const void *y)
+{
+	const struct lr_window *a = x, *b = y;
+	return a->order < b->order ? -1 : a->order > b->order;
+}
+
+/* One window per working-set page, deduplicated (the earliest order kept). */
+static size_t windows(struct lr_window *v, const struct lr_wset *w, const struct lr_index *idx, uint64_t window)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < w->n; i++) {
+		const struct lr_index_record *r = &idx->recs[w->v[i].record];
+		uint64_t wa = w->v[i].addr / window * window, end = lr_record_end(idx, r);
+		v[i] = (struct lr_window){w->v[i].record, (uint32_t)i, wa < r->start ? r->start : wa,
+					  wa + window > end ? end : wa + window};
+	}
+	qsort(v, w->n, sizeof(*v), by_start);
+	for (size_t i = 0; i < w->n; i++)
+		if (!n || v[i].record != v[n - 1].record || v[i].a != v[n - 1].a)
+			v[n++] = v[i];
+	return n;
+}
+
+/* In fault order, a window right after the previous one (same record, adjacent) joins it, up to join bytes. */
+static size_t join_windows(struct lr_window *v, size_t n, uint64_t join)
+{
+	size_t out = 0;
+	qsort(v, n, sizeof(*v), by_order);
+	for (size_t i = 0; i < n; i++) {
+		struct lr_window *last = out ? &v[out - 1] : NULL;
+		if (last && last->record == v[i].record && last->b == v[i].a && v[i].b - last->a <= join)
+			last->b = v[i].b;
+		else
+			v[out++] = v[i];
+	}
+	return out;
+}
+
+const char *lr_prefetch_path(const char *mode, const char *images_dir, char *buf, size_t size, bool *missing_ok)
+{
+	*missing_ok = !strcmp(mode, "auto");
+	if (!strcmp(mode, "off"))
+		return NULL;
+	if (!*missing_ok)
+		return mode;
+	return snprintf(buf, size, "%s/%s", images_dir, LR_WSET_NAME) < (int)size ? buf : NULL;
+}
+
+int lr_prefetch_plan(struct lr_prefetch *p, const char *path, bool missing_ok, const struct lr_index *idx,
+		     uint64_t window, uint64_t join, bool remote, struct lr_error *err)
+{
+	struct lr_wset w;
+	struct lr_error why;
+
+	if (lr_wset_load(&w, path, idx, &why)) {
+		if (!(missing_ok && why.errnum == ENOENT))
+			snprintf(p->warning, sizeof(p->warning), "%s; restoring without prefetch", why.msg);
+		return 0;
+	}
+	p->v = malloc((w.n ? w.n : 1) * sizeof(*p->v));
+	p->local = remote ? calloc(idx->hdr->checksum_count ? idx->hdr->checksum_count : 1, 1) : NULL;
+	if (!p->v || (remote && !p->local)) {
+		lr_wset_fini(&w);
+		return lr_error_set(err, ENOMEM, "prefetch plan of %zu pages", w.n);
+	}
+	p->n = join_windows(p->v, windows(p->v, &w, idx, window), join);
+	p->restores = w.hdr.restores;
+	for (size_t i = 0; i < p->n; i++)
+		p->planned_bytes += p->v[i].b - p->v[i].a;
+	lr_wset_fini(&w);
+	return 0;
+}
+
+bool lr_prefetch_is_local(const struct lr_prefetch *p, const struct lr_index *idx, uint32_t rec, uint64_t a,
+			  uint64_t b)
+{
+	const struct lr_index_record *x = &idx->recs[rec];
+	uint64_t bs = idx->hdr->block_size, base = x->start / bs * bs;
+	if (!p->local || b <= a)
+		return false;
+	for (uint64_t k = (a - base) / bs; k <= (b - 1 - base) / bs; k++)
+		if (!p->local[x->first_checksum + k])
+			return false;
+	return true;
+}
+
+void lr_prefetch_fini(struct lr_prefetch *p)
+{
+	free(p->v);
+	free(p->local);
+	p->v = NULL;
+	p->local = NULL;
+	p->n = 0;
+}
+
+/* Place one window from the local pages files into every task that still needs it. */
+static int place_window(struct lr_lazyd *d, const struct lr_window *w, struct lr_error *err)
+{
+	const char *data;
+	uint64_t placed = 0;
+
+	if (!lr_wanted(d, w->record, w->a, w->b) ||
+	    (d->remote && !lr_prefetch_is_local(&d->prefetch, &d->index, w->record, w->a, w->b)))
+		return 0;
+	if (lr_pages_get(&d->pages, &d->index, &d->index.recs[w->record], w->a, w->b - w->a, d->buf, d->buf_size,
+			 &data, err) ||
+	    lr_place_all(d, w->record, w->a, w->b, data, &placed, err))
+		return -1;
+	d->stats.prefetch_bytes += placed;
+	return 0;
+}
+
+int lr_prefetch_place(struct lr_lazyd *d, struct lr_error *err)
+{
+	uint64_t t0 = lr_now_ns(), before = d->stats.prefetch_bytes;
+	if (!d->prefetch.n || d->cps)
+		return 0;
+	for (size_t i = 0; i < d->prefetch.n; i++)
+		if (place_window(d, &d->prefetch.v[i], err))
+			return -1;
+	if (d->stats.prefetch_bytes > before)
+		lr_log(d, 1, "prefetch: placed %llu bytes of the working set in %.1f ms%s",
+		       (unsigned long long)(d->stats.prefetch_bytes - before), (double)(lr_now_ns() - t0) / 1e6,
+		       d->finished ? " after restore finished" : " before the tree runs");
+	return 0;
+}
