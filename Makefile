@@ -105,6 +105,10 @@ $(NATIVE)/tests/test_index: native/tests/test_index.c native/common/index.c nati
 	@mkdir -p $(@D)
 	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_index.c native/common/index.c native/common/error.c -lxxhash
 
+$(NATIVE)/tests/test_wset: native/tests/test_wset.c native/common/wset.c native/common/error.c $(LAZYD_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_wset.c native/common/wset.c native/common/error.c
+
 # --- libFuzzer harnesses (native/fuzz/): clang, and libclang-rt-14-dev for the fuzzer runtime ----------------
 # `make fuzz` fuzzes each harness FUZZ_SECONDS (on a copy of native/fuzz/corpus/ in build/fuzz-corpus/) and
 # writes build/fuzz/results.json; `make fuzz-smoke` replays the committed corpus, then fuzzes each harness

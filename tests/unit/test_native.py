@@ -2,7 +2,8 @@
 
 * build/native/tests/test_spans: native/lazyd/spans.c (its own checks, plus a randomized model test);
 * build/native/tests/test_index: native/common/index.c's lr_index_open on one file, compared here with
-  the Python reader (lazyrestore.lazyindex.decode) on valid and corrupted indexes: the two must agree.
+  the Python reader (lazyrestore.lazyindex.decode) on valid and corrupted indexes: the two must agree;
+* build/native/tests/test_wset: native/common/wset.c (merging working sets across restores, parsing).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ TESTS_DIR = REPO_ROOT / "build" / "native" / "tests"
 SPANS_BIN = TESTS_DIR / "test_spans"
 INDEX_BIN = TESTS_DIR / "test_index"
 
+WSET_BIN = TESTS_DIR / "test_wset"
 needs_spans = pytest.mark.skipif(not SPANS_BIN.exists(), reason=f"{SPANS_BIN} is not built (run `make build` or `make native`)")
 needs_index = pytest.mark.skipif(not INDEX_BIN.exists(), reason=f"{INDEX_BIN} is not built (run `make build` or `make native`)")
 
@@ -61,6 +63,14 @@ def test_spans_unit_and_model(seed: str) -> None:
     assert re.fullmatch(r"\d+ passed, 0 failed", lines[-1]), report
     assert p.returncode == 0, report
     assert f"seed {int(seed, 0):#x}" in p.stdout, report  # the seed from argv was used
+
+
+@pytest.mark.skipif(not WSET_BIN.exists(), reason=f"{WSET_BIN} is not built (run `make build` or `make native`)")
+def test_working_set_merge_and_parse() -> None:
+    p = subprocess.run([str(WSET_BIN)], capture_output=True, text=True, timeout=60, env=SAN_ENV)
+    report = f"exit {p.returncode}\n--- stdout\n{p.stdout}--- stderr\n{p.stderr}"
+    assert re.fullmatch(r"(\d+) passed, 0 failed", p.stdout.strip().splitlines()[-1]), report
+    assert p.returncode == 0, report
 
 
 # ---------------------------------------------------------------- building indexes
