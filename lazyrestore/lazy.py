@@ -56,6 +56,7 @@ class LazySummary:
     detached: bool
     prefetch_bytes: int = 0       # working-set bytes placed before the tree asked
     prefetch_restores: int = 0    # restores the working set used was merged from (0: none used)
+    near_bytes: int = 0           # of drain_bytes, placed right after a fault's window (locality)
 
 
 def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: LazydOptions,
@@ -170,7 +171,8 @@ def _summary(images_dir: Path, cid: str, pid: int, processes: int, run: Path, ve
         zero_pages=last.get("zero_pages", 0), lat_p50_us=last.get("lat_p50_us", 0.0),
         lat_p99_us=last.get("lat_p99_us", 0.0), lat_max_us=last.get("lat_max_us", 0.0),
         daemon_cpu_s=last.get("cpu_user_s", 0.0) + last.get("cpu_sys_s", 0.0), detached=detach,
-        prefetch_bytes=last.get("prefetch_bytes", 0), prefetch_restores=last.get("prefetch_restores", 0))
+        prefetch_bytes=last.get("prefetch_bytes", 0), prefetch_restores=last.get("prefetch_restores", 0),
+        near_bytes=last.get("near_bytes", 0))
 
 
 def summary_text(s: LazySummary) -> str:

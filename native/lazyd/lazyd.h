@@ -65,6 +65,8 @@ struct lr_task {
 	uint64_t novma_at_events;  /* events_seen at the last ENOENT, for the second-strike rule */
 	struct lr_deferred *deferred; /* faults to serve again */
 	size_t ndeferred, capdeferred;
+	uint64_t near_addr;        /* locality: the drain goes on from the latest fault's window, here ... */
+	uint64_t near_end;         /* ... up to here, before its round robin resumes */
 };
 
 struct lr_lazyd {
@@ -88,6 +90,7 @@ struct lr_lazyd {
 	struct lr_task **tasks;
 	size_t ntasks, cap;
 	size_t drain_next;         /* round-robin position */
+	struct lr_task *near;      /* the task that faulted last (locality, drain.c) */
 	char *buf;                 /* verified page bytes on their way into a task */
 	size_t buf_size;
 	uint32_t page_size;
@@ -123,6 +126,8 @@ int lr_serve_deferred(struct lr_lazyd *d, struct lr_error *err);
 
 /* drain.c */
 int lr_drain_step(struct lr_lazyd *d, struct lr_error *err);
+/* A fault's window ended at address `end` of task t: the drain goes on from there first. */
+void lr_drain_near(struct lr_lazyd *d, struct lr_task *t, uint64_t end);
 int lr_drain_wait_ms(const struct lr_lazyd *d);
 
 /* restore_conn.c */

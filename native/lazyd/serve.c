@@ -35,6 +35,7 @@ static int serve_window(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64
 	uint64_t lo = wa > sp->src ? (wa - sp->src) / ps : 0;
 	uint64_t hi = (wb - sp->src) / ps < sp->npages ? (wb - sp->src) / ps : sp->npages;
 	int rc = lr_place(d, t, si, lo, hi, &placed, err);
+	lr_drain_near(d, t, sp->addr + hi * ps);
 	d->stats.fault_bytes += placed;
 	return rc;
 }

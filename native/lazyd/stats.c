@@ -86,14 +86,14 @@ int lr_stats_json(const struct lr_stats *s, const char *event, uint64_t left_byt
 	int len = snprintf(buf, size,
 		"{\"event\":\"%s\",\"daemon_pid\":%d,\"t\":%.6f,\"restore_finished\":%s,\"tasks\":%" PRIu64
 		",\"tasks_gone\":%" PRIu64 ",\"faults\":%" PRIu64 ",\"data_faults\":%" PRIu64 ",\"fault_bytes\":%" PRIu64 ",\"zero_pages\":%" PRIu64
-		",\"drain_bytes\":%" PRIu64 ",\"left_bytes\":%" PRIu64 ",\"total_bytes\":%" PRIu64 ",\"exists\":%" PRIu64
+		",\"drain_bytes\":%" PRIu64 ",\"near_bytes\":%" PRIu64 ",\"left_bytes\":%" PRIu64 ",\"total_bytes\":%" PRIu64 ",\"exists\":%" PRIu64
 		",\"retries\":%" PRIu64 ",\"forks\":%" PRIu64 ",\"remaps\":%" PRIu64 ",\"removes\":%" PRIu64
 		",\"unmaps\":%" PRIu64 ",\"lat_p50_us\":%.3f,\"lat_p99_us\":%.3f,\"lat_max_us\":%.3f"
 		",\"resident_s\":%.6f,\"cpu_user_s\":%.6f,\"cpu_sys_s\":%.6f,\"started_mono_s\":%.6f"
 		",\"finished_t\":%.6f,\"prefetch_bytes\":%" PRIu64 ",\"prefetch_planned_bytes\":%" PRIu64
 		",\"prefetch_fetch_s\":%.6f,\"prefetch_restores\":%u",
 		event, getpid(), seconds(s->start_ns, now), s->finished_ns ? "true" : "false", s->tasks, s->tasks_gone,
-		s->faults, s->data_faults, s->fault_bytes, s->zero_pages, s->drain_bytes, left_bytes, s->total_bytes, s->exists,
+		s->faults, s->data_faults, s->fault_bytes, s->zero_pages, s->drain_bytes, s->near_bytes, left_bytes, s->total_bytes, s->exists,
 		s->retries, s->forks, s->remaps, s->removes, s->unmaps, (double)lr_stats_quantile(s, 0.5) / 1000.0,
 		(double)lr_stats_quantile(s, 0.99) / 1000.0, (double)s->lat_max_ns / 1000.0,
 		seconds(s->finished_ns, s->done_ns), (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,

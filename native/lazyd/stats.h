@@ -25,6 +25,7 @@ struct lr_stats {
 	uint64_t fault_bytes;        /* bytes placed to serve faults (fault-around included) */
 	uint64_t zero_pages;         /* faults served with a zero page (holes, discarded pages) */
 	uint64_t drain_bytes;        /* bytes placed by the background drain */
+	uint64_t near_bytes;         /* of those, placed right after a fault's window (locality) */
 	uint64_t prefetch_bytes;     /* bytes of the working set placed before anyone asked (prefetch.h) */
 	uint64_t prefetch_planned;   /* bytes the working set covers */
 	uint64_t prefetch_fetch_ns;  /* remote: time fetching it ahead */

@@ -365,6 +365,7 @@ def test_the_working_set_is_stored_beside_the_checkpoint_and_placed_first_next_t
 
     first = restore_and_read(images, reaper, w, before)
     assert first["prefetch_restores"] == 0 and first["prefetch_bytes"] == 0 and not first["warnings"]
+    assert first["near_bytes"] > 0, "the drain goes on from where the tree faulted"
     one = workingset.read(stored, index)
     assert one.restores == 1 and one.faults_seen == len(one.faults) > 0, "every fault within the bounds is kept"
 
