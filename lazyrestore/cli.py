@@ -11,7 +11,7 @@ from typing import Callable, TypeVar
 
 import os
 
-from . import checkpoint, hook, inspection, lazy, remote, restore, secret, serve, status
+from . import checkpoint, hook, inspection, lazy, remote, report, restore, secret, serve, status
 from .daemons import LazydOptions, RemoteSource
 from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, ProcessError, UsageError
 from .output import Reporter
@@ -343,6 +343,21 @@ def cmd_inspect(args: argparse.Namespace, rep: Reporter) -> int:
     return 0 if report["consistent"] else 7
 
 
+def cmd_report(args: argparse.Namespace, rep: Reporter) -> int:
+    if args.run_dir is None and args.images is None:
+        raise UsageError("report needs RUN_DIR (a lazy restore's work dir) or --images DIR (a checkpoint: its stored "
+                         "working set)")
+    if args.run_dir is not None:
+        require_dir("RUN_DIR", args.run_dir, "a lazy restore's run dir (the work dir `restore --lazy` prints)")
+    if args.images is not None:
+        require_dir("--images", args.images, "a checkpoint directory")
+    if args.output is not None:
+        require_valid("-o/--output", report.check_output, args.output, "a .png file in an existing directory")
+    s = report.report(args.run_dir, args.images, args.output or report.default_output(args.run_dir, args.images))
+    rep.result(report.summary_text(s), "report", **asdict(s))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, rep: Reporter) -> int:
     from . import demo
     if args.workdir is not None:
@@ -405,6 +420,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", type=images_path, default=None, help="where to keep images (default: a new dir in /dev/shm)")
     d.set_defaults(func=cmd_demo)
 
+    rp = sub.add_parser("report", help="draw a lazy restore as a PNG: faults over time and address space, memory "
+                                       "placed over time, fault latency")
+    rp.add_argument("run_dir", nargs="?", type=images_path, default=None, metavar="RUN_DIR",
+                    help="the restore's work dir (`restore --lazy` prints it): progress.jsonl and workingset")
+    rp.add_argument("--images", "-D", type=images_path, default=None,
+                    help="the checkpoint (its lazy index places the faults); alone: plot its stored working set")
+    rp.add_argument("--output", "-o", type=file_path, default=None, metavar="OUT.png",
+                    help="where to write the PNG (default RUN_DIR/report.png, or DIR/lazyrestore/report.png)")
+    rp.set_defaults(func=cmd_report)
+
     sv = sub.add_parser("serve", help="serve a checkpoint to remote lazy restores (lr-pageserver)")
     sv.add_argument("--images", "-D", type=images_path, required=True, help="checkpoint directory (read only)")
     sv.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
@@ -441,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         tp.add_argument("--json", action="store_true", help="print JSON events, one object per line")
     th.set_defaults(func=cmd_testhosts)
 
-    for sp in (c, r, i, d, st, sv, mg, hk, ix):
+    for sp in (c, r, i, d, st, sv, mg, hk, ix, rp):
         sp.add_argument("--json", action="store_true", help="print JSON events, one object per line")
     return p
 

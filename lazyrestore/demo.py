@@ -9,7 +9,8 @@
 4. Eager migration B -> A of the same workload, for comparison: checkpoint on B,
    a copy of the images to A's directory, a full restore on A.
 After each migration every process's memory checksum is compared with the one
-taken before the first. Everything the demo created (trees, page server, images,
+taken before the first; the lazy migration is drawn as a PNG (`lazyrestore report`:
+faults, memory placed, fault latency), whose path is printed. Everything the demo created (trees, page server, images,
 test hosts) is removed at the end, also after an error or Ctrl-C.
 """
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, criu, procs, remote, restore, sample, secret, testhosts
+from . import checkpoint, criu, procs, remote, report, restore, sample, secret, testhosts
 from .daemons import LazydOptions, RemoteSource
 from .errors import DaemonFailed, VerificationFailed
 from .output import Reporter
@@ -51,6 +52,7 @@ class Demo:
     rep: Reporter
     trees: list[int] = field(default_factory=list)
     servers: list[subprocess.Popen[str]] = field(default_factory=list)
+    keep_base: bool = False  # --workdir given: base stays, and the report with it
 
 
 def run(mib: int, workdir: Path | None, rep: Reporter) -> int:
@@ -58,7 +60,7 @@ def run(mib: int, workdir: Path | None, rep: Reporter) -> int:
     criu.find_criu()
     base = workdir or Path(tempfile.mkdtemp(prefix="lazyrestore-demo-", dir="/dev/shm"))
     base.mkdir(parents=True, exist_ok=True)
-    demo = Demo(base, rep)
+    demo = Demo(base, rep, keep_base=workdir is not None)
     old = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _demo(demo, mib)
@@ -81,25 +83,28 @@ def _demo(demo: Demo, mib: int) -> int:
     demo.trees.append(w.pid)
     before = w.request_report()
     _show(rep, "before migrating", before, w)
-    lazy_pid, lazy = _migrate_lazily(demo, w)
+    lazy_pid, lazy, lazy_run = _migrate_lazily(demo, w)
     same_lazy = _compare(rep, "on B after the lazy migration", before, sample.Workload(lazy_pid, w.log, w.roles))
     eager_pid, eager = _migrate_eagerly(demo, sample.Workload(lazy_pid, w.log, w.roles))
     same_eager = _compare(rep, "on A after the eager migration", before, sample.Workload(eager_pid, w.log, w.roles))
     match = same_lazy and same_eager
+    png = _draw_report(demo, lazy_run)
     rep.result(f"time to resume, from the start of the checkpoint:\n"
                f"  lazy  A -> B  {lazy['resume_s']:.3f} s  (every page on B {lazy['resident_s']:.3f} s later, "
                f"{lazy['gbps']:.2f} GB/s)\n"
                f"  eager B -> A  {eager['resume_s']:.3f} s  (checkpoint {eager['checkpoint_s']:.3f} s, copy "
                f"{eager['copy_s']:.3f} s, restore {eager['restore_s']:.3f} s)\n"
                f"  the lazy migration resumed {eager['resume_s'] / max(lazy['resume_s'], 1e-6):.1f}x sooner; "
-               f"memory checksums {'match' if match else 'DIFFER'}",
-               "summary", match=match, lazy=lazy, eager=eager)
+               f"memory checksums {'match' if match else 'DIFFER'}\n"
+               f"  report of the lazy migration (faults, memory placed, fault latency): {png}",
+               "summary", match=match, lazy=lazy, eager=eager, report=str(png))
     if not match:
         raise VerificationFailed("memory checksums differ after a migration")
     return 0
 
 
-def _migrate_lazily(demo: Demo, w: sample.Workload) -> tuple[int, dict[str, float]]:
+def _migrate_lazily(demo: Demo, w: sample.Workload) -> tuple[int, dict[str, float], Path]:
+    """The restored root pid, the timings, and the restore's run dir (its progress.jsonl and working set)."""
     rep = demo.rep
     images = demo.base / "a-images"
     rep.progress("lazy migration A -> B: `lazyrestore migrate` on A (checkpoint, then lr-pageserver), "
@@ -115,7 +120,19 @@ def _migrate_lazily(demo: Demo, w: sample.Workload) -> tuple[int, dict[str, floa
     gbps = (ls.drain_bytes + ls.fault_bytes) / max(ls.resident_s or 0.0, 1e-6) / 1e9
     rep.progress(f"resumed on B {resume_s:.3f} s after the checkpoint started; every page there "
                  f"{ls.resident_s:.3f} s later; {ls.faults} faults (p99 {ls.lat_p99_us:.0f} us)")
-    return ls.pid, {"resume_s": resume_s, "resident_s": ls.resident_s or 0.0, "gbps": gbps}
+    return ls.pid, {"resume_s": resume_s, "resident_s": ls.resident_s or 0.0, "gbps": gbps}, Path(ls.workdir)
+
+
+def _draw_report(demo: Demo, run_dir: Path) -> Path:
+    """`lazyrestore report` of the lazy migration: in its run dir if the demo's dir is kept, else in a new file
+    under the temporary directory (the demo's dir is removed at the end)."""
+    if demo.keep_base:
+        out = run_dir / report.REPORT_NAME
+    else:
+        fd, name = tempfile.mkstemp(prefix="lazyrestore-demo-report-", suffix=".png")
+        os.close(fd)
+        out = Path(name)
+    return Path(report.report(run_dir, None, out).png)
 
 
 def _start_migrate(demo: Demo, pid: int, images: Path) -> tuple[int, float]:
