@@ -212,7 +212,8 @@ def cmd_restore(args: argparse.Namespace, rep: Reporter) -> int:
 
 def lazyd_options(args: argparse.Namespace) -> LazydOptions:
     return LazydOptions(fault_around=args.fault_around, chunk=args.chunk, drain_rate=args.drain_rate,
-                        prefetch=args.prefetch, sanitized=bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+                        prefetch=args.prefetch, compress=args.compress,
+                        sanitized=bool(os.environ.get("LAZYRESTORE_SANITIZED")))
 
 
 def restore_from(args: argparse.Namespace, rep: Reporter) -> int:
@@ -397,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="place the checkpoint's working set (what earlier lazy restores faulted on) before the tree "
                         "asks: auto uses lazyrestore/workingset when there is one (default); a damaged or stale one "
                         "is ignored with a warning")
+    r.add_argument("--compress", choices=("auto", "on", "off"), default="auto",
+                   help="with --from: zstd for page data; auto (default) turns it on when the link, measured while "
+                        "fetching ahead, is slower than 2 Gbit/s; all-zero blocks never travel as bytes")
     r.add_argument("--drain-rate", type=drain_rate, default=0, help="cap on the background drain, bytes/s (none)")
     r.add_argument("--prepare", action="store_true",
                    help="with --from, --secret-file and --images DIR: fetch the checkpoint's metadata into DIR and "

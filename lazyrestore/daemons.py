@@ -36,6 +36,7 @@ class LazydOptions:
     chunk: int = 1 << 20
     drain_rate: int = 0
     prefetch: str = "auto"  # auto | off | a working-set file
+    compress: str = "auto"  # auto | on | off (remote page data)
     sanitized: bool = False  # run the ASan/UBSan build (tests)
 
 
@@ -64,7 +65,8 @@ class Lazyd:
                 "--status-fd", str(status_w), "--status-file", str(self.status_file),
                 "--stats-log", str(workdir / STATS_LOG), "--profile", str(workdir / workingset.FILE_NAME),
                 "--fault-around", str(options.fault_around), "--chunk", str(options.chunk),
-                "--drain-rate", str(options.drain_rate), "--prefetch", options.prefetch]
+                "--drain-rate", str(options.drain_rate), "--prefetch", options.prefetch,
+                "--compress", options.compress]
         if source is not None:
             args += ["--source", source.address, "--secret-file", str(source.secret_file),
                      "--source-timeout", str(source.timeout_s)]

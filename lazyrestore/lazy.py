@@ -57,6 +57,10 @@ class LazySummary:
     prefetch_bytes: int = 0       # working-set bytes placed before the tree asked
     prefetch_restores: int = 0    # restores the working set used was merged from (0: none used)
     near_bytes: int = 0           # of drain_bytes, placed right after a fault's window (locality)
+    link_bps: int = 0             # remote: the link measured while fetching ahead (0: not measured)
+    compress: bool = False        # remote: page data came zstd-compressed (--compress, or auto on a slow link)
+    zstd_frames: int = 0          # remote: page frames that came compressed (all-zero blocks always do)
+    wire_bytes: int = 0           # remote: page frame bytes as they crossed the link
 
 
 def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: LazydOptions,
@@ -172,7 +176,9 @@ def _summary(images_dir: Path, cid: str, pid: int, processes: int, run: Path, ve
         lat_p99_us=last.get("lat_p99_us", 0.0), lat_max_us=last.get("lat_max_us", 0.0),
         daemon_cpu_s=last.get("cpu_user_s", 0.0) + last.get("cpu_sys_s", 0.0), detached=detach,
         prefetch_bytes=last.get("prefetch_bytes", 0), prefetch_restores=last.get("prefetch_restores", 0),
-        near_bytes=last.get("near_bytes", 0))
+        near_bytes=last.get("near_bytes", 0), link_bps=last.get("link_bps", 0),
+        compress=bool(last.get("compress", False)), zstd_frames=last.get("zstd_frames", 0),
+        wire_bytes=last.get("wire_bytes", 0))
 
 
 def summary_text(s: LazySummary) -> str:

@@ -168,6 +168,38 @@ def inside(name: str) -> Iterator[None]:
         os.close(saved)
 
 
+@contextmanager
+def rate_limit(rate_mbit: float) -> Iterator[None]:
+    """Limit both veth ends to rate_mbit with a token bucket (tbf) until the block ends: a slower link where
+    the kernel has no netem. The hosts must be up."""
+    _require_root()
+    rate_bytes = _check_rate(rate_mbit)
+    burst = max(rate_bytes // 100, 64 << 10)  # 10 ms of traffic, at least 64 KiB
+    try:
+        for name, veth in ((HOST_A, VETH_A), (HOST_B, VETH_B)):
+            with _ipr(name) as ipr:
+                ipr.tc("replace", "tbf", ipr.link_lookup(ifname=veth)[0], 0x10000, rate=rate_bytes, burst=burst,
+                       latency=50000)
+    except (*_ERRORS, IndexError) as exc:
+        _remove_tbf()
+        raise LazyRestoreError(f"cannot limit the test hosts' link to {rate_mbit} Mbit/s: {_describe(exc)}") from exc
+    try:
+        yield
+    finally:
+        _remove_tbf()
+
+
+def _remove_tbf() -> None:
+    for name, veth in ((HOST_A, VETH_A), (HOST_B, VETH_B)):
+        with _ipr(name) as ipr:
+            index = ipr.link_lookup(ifname=veth)
+            try:
+                ipr.tc("del", index=index[0], root=True) if index else None
+            except NetlinkError as exc:
+                if exc.code != errno.ENOENT and exc.code != errno.EINVAL:  # not there: nothing to remove
+                    raise
+
+
 def enter(name: str) -> Callable[[], None]:
     """A subprocess `preexec_fn` that moves the child into netns `name`."""
     _require_root()

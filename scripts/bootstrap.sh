@@ -21,6 +21,7 @@ APT_PACKAGES=(
   libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
   libprotobuf-c-dev libprotobuf-dev protobuf-c-compiler protobuf-compiler
   uuid-dev python3-protobuf libxxhash-dev
+  libzstd-dev               # lr-pageserver / lr-lazyd: zstd-compressed page frames on slow links
   iptables util-linux iproute2 procps
   runc busybox-static
   clang libclang-rt-14-dev  # make fuzz: libFuzzer (libclang_rt.fuzzer) comes with libclang-rt-14-dev

@@ -96,6 +96,9 @@ enum lr_frame_type {
 
 enum lr_frame_flags {
 	LR_F_MORE = 1 << 0, /* FILE_DATA, WORKINGSET: more frames of this file follow */
+	LR_F_ZSTD = 1 << 1, /* PAGES: the data is one zstd frame (lr_zpages.h); GET_PAGES, BULK_START: the
+			     * client takes such frames (then all-zero blocks never travel as bytes) */
+	LR_F_COMPRESS = 1 << 2, /* GET_PAGES, BULK_START (with LR_F_ZSTD): compress every frame (a slow link) */
 };
 
 enum lr_channel {

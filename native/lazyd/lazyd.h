@@ -45,6 +45,7 @@ struct lr_config {
 	uint32_t profile_faults;  /* record at most this many faults ... */
 	uint32_t profile_ms;      /* ... within this long of the start */
 	const char *prefetch;     /* --prefetch: "auto" (the checkpoint's lazyrestore/workingset if any), "off", or a file */
+	const char *compress;     /* --compress: auto, on, off (remote page frames) */
 	bool store_wset;          /* merge this restore's working set into the checkpoint's (or send it to the server) */
 	int verbose;
 };
@@ -123,6 +124,9 @@ int lr_place_all(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, const
 /* serve.c */
 int lr_serve_uffd(void *ctx, struct lr_fdrec *rec, struct lr_error *err);
 int lr_serve_deferred(struct lr_lazyd *d, struct lr_error *err);
+
+/* remote_prefetch.c: fetch the working set ahead (and, for --compress auto, measure the link). */
+int lr_prefetch_remote(struct lr_lazyd *d, struct lr_error *err);
 
 /* drain.c */
 int lr_drain_step(struct lr_lazyd *d, struct lr_error *err);

@@ -62,6 +62,9 @@ static void usage(FILE *f)
 		"      --prefetch MODE      auto: place the checkpoint's working set (IMAGES_DIR/lazyrestore/workingset,\n"
 		"                           fetched ahead from --source) before the tree asks; off; or a working-set FILE\n"
 		"                           (default auto; a damaged or stale one is ignored with a warning)\n"
+		"      --compress MODE      remote: zstd for page frames: on, off, or auto (default: on when the link,\n"
+		"                           measured while fetching ahead, is slower than 2 Gbit/s); all-zero blocks\n"
+		"                           never travel as bytes whatever the mode\n"
 		"      --no-store-working-set  do not merge this restore's working set into the checkpoint's (local\n"
 		"                           images) or send it to the page server (--source)\n"
 		"      --verify-ahead SIZE  a second thread checks mapped page bytes up to SIZE ahead of the drain\n"
@@ -107,7 +110,7 @@ enum { OPT_STATUS_FD = 256, OPT_STATS_FD, OPT_STATUS_FILE, OPT_STATS_INTERVAL, O
        OPT_DRAIN_RATE, OPT_NO_DRAIN, OPT_NO_GUARD, OPT_NO_MAP, OPT_VERIFY_AHEAD,
        OPT_SOURCE, OPT_SECRET_FILE, OPT_SOURCE_TIMEOUT, OPT_FETCH_ONLY, OPT_CRIU_PS, OPT_PROFILE,
        OPT_PROFILE_FAULTS, OPT_PROFILE_SECONDS, OPT_STATS_LOG, OPT_PREFETCH,
-       OPT_NO_STORE_WSET };
+       OPT_NO_STORE_WSET, OPT_COMPRESS };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"work-dir", required_argument, NULL, 'W'},
@@ -124,6 +127,7 @@ static const struct option long_opts[] = {
 	{"profile", required_argument, NULL, OPT_PROFILE}, {"profile-faults", required_argument, NULL, OPT_PROFILE_FAULTS},
 	{"profile-seconds", required_argument, NULL, OPT_PROFILE_SECONDS},
 	{"prefetch", required_argument, NULL, OPT_PREFETCH}, {"no-store-working-set", no_argument, NULL, OPT_NO_STORE_WSET},
+	{"compress", required_argument, NULL, OPT_COMPRESS},
 	{"criu-page-server", required_argument, NULL, OPT_CRIU_PS}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
 static int bad_value(const char *opt, const char *val, const char *want)
@@ -182,6 +186,11 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 		c->prefetch = arg;
 		return 0;
 	case OPT_NO_STORE_WSET: c->store_wset = false; return 0;
+	case OPT_COMPRESS:
+		if (strcmp(arg, "auto") && strcmp(arg, "on") && strcmp(arg, "off"))
+			return bad_value("--compress", arg, "auto, on or off");
+		c->compress = arg;
+		return 0;
 	case OPT_PROFILE_FAULTS: {
 		int n;
 		if (parse_int(arg, &n) || n < 1 || n > 10000000)
@@ -208,7 +217,7 @@ static int parse_one(struct lr_config *c, int opt, const char *arg)
 static int parse_args(int argc, char **argv, struct lr_config *c)
 {
 	*c = (struct lr_config){.status_fd = -1, .stats_fd = -1, .stats_log_fd = -1, .fault_around = 64 << 10, .chunk = 1 << 20, .ahead = 64 << 20, .source_timeout_ms = 30000, .profile_faults = 65536, .profile_ms = 30000,
-				.prefetch = "auto", .store_wset = true,
+				.prefetch = "auto", .store_wset = true, .compress = "auto",
 				.stats_ms = 100, .drain = true, .guard = true, .map = true, .verbose = 1};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "D:W:o:v::h", long_opts, NULL)) != -1) {
@@ -276,6 +285,10 @@ static void write_status_file(const char *path, const char *json, size_t len)
 static void emit(struct lr_lazyd *d, const char *event, bool with_hist, const char *message)
 {
 	char buf[16384];
+	if (d->remote) {
+		d->stats.zstd_frames = d->remote->zstd_frames;
+		d->stats.wire_bytes = d->remote->wire_bytes;
+	}
 	int len = lr_stats_json(&d->stats, event, lr_left_bytes(d), with_hist, buf, sizeof(buf) - 600);
 	if (len <= 0 || (size_t)len >= sizeof(buf) - 600)
 		return;
@@ -337,31 +350,20 @@ static int fetch_remote(struct lr_lazyd *d, struct lr_error *err)
 
 /*
  * The working set to place first. Local images: read from the pages files when placed. Remote: the server
- * sent it with the checkpoint's files when it has one; its blocks are fetched ahead now, on the urgent
- * channel (still blocking, before the event loop), into the local pages files.
+ * sent it with the checkpoint's files when it has one; its blocks are fetched ahead now (remote_prefetch.c).
  */
 static int plan_prefetch(struct lr_lazyd *d, struct lr_error *err)
 {
 	char path[4096];
 	bool missing_ok;
-	struct lr_prefetch *p = &d->prefetch;
 	const char *ws = lr_prefetch_path(d->cfg.prefetch, d->cfg.images_dir, path, sizeof(path), &missing_ok);
 
-	if (!ws || d->cfg.criu_ps || d->cfg.fetch_only)
+	if (d->cfg.criu_ps || d->cfg.fetch_only)
 		return 0;
-	if (lr_prefetch_plan(p, ws, missing_ok, &d->index, d->cfg.fault_around, d->cfg.chunk, d->remote != NULL, err))
+	if (ws && lr_prefetch_plan(&d->prefetch, ws, missing_ok, &d->index, d->cfg.fault_around, d->cfg.chunk,
+				   d->remote != NULL, err))
 		return -1;
-	if (!d->remote || !p->n)
-		return 0;
-	LR_CLEANUP_CLOSE int dirfd = open(d->cfg.images_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	LR_CLEANUP_FREE char *buf = malloc(LR_FRAME_MAX);
-	if (dirfd < 0 || !buf)
-		return lr_error_set(err, dirfd < 0 ? errno : ENOMEM, "images directory %s", d->cfg.images_dir);
-	if (lr_prefetch_fetch(p, d->remote->urgent.rec.fd, dirfd, &d->index, (int)d->remote->timeout_ms, buf, err))
-		return -1;
-	lr_log(d, 1, "prefetch: fetched %llu bytes of the working set (%zu windows) in %.1f ms",
-	       (unsigned long long)p->fetched_bytes, p->n, (double)p->fetch_ns / 1e6);
-	return 0;
+	return d->remote ? lr_prefetch_remote(d, err) : 0;
 }
 
 /* What the prefetch plan comes to, in the stats and the log; a working set not used is a warning. */

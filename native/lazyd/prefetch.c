@@ -104,8 +104,29 @@ bool lr_prefetch_is_local(const struct lr_prefetch *p, const struct lr_index *id
 	return true;
 }
 
+int lr_prefetch_probe(struct lr_prefetch *p, const struct lr_index *idx, uint64_t bytes, struct lr_error *err)
+{
+	uint64_t have = p->planned_bytes;
+	for (uint64_t i = 0; i < idx->hdr->record_count && have < bytes; i++) {
+		const struct lr_index_record *r = &idx->recs[i];
+		if (!(r->flags & LR_RANGE_LAZY))
+			continue;
+		struct lr_window *v = realloc(p->probe, (p->nprobe + 1) * sizeof(*v));
+		if (!v)
+			return lr_error_set(err, ENOMEM, "probe windows");
+		p->probe = v;
+		uint64_t len = lr_record_end(idx, r) - r->start < bytes - have ? lr_record_end(idx, r) - r->start : bytes - have;
+		p->probe[p->nprobe++] = (struct lr_window){(uint32_t)i, 0, r->start, r->start + len};
+		have += len;
+	}
+	return 0;
+}
+
 void lr_prefetch_fini(struct lr_prefetch *p)
 {
+	free(p->probe);
+	p->probe = NULL;
+	p->nprobe = 0;
 	free(p->v);
 	free(p->local);
 	p->v = NULL;

@@ -34,7 +34,11 @@ struct lr_prefetch {
 	size_t n;
 	uint8_t *local;            /* remote mode: per checksum index, 1 when the block is in the local pages file */
 	uint64_t planned_bytes;    /* bytes the windows cover */
+	struct lr_window *probe;   /* remote, --compress auto: more blocks fetched ahead (not placed) so that the
+				    * link is measured over at least LR_PROBE_BYTES */
+	size_t nprobe;
 	uint64_t fetched_bytes;    /* remote mode: bytes fetched ahead */
+	uint64_t wire_bytes;       /* what they took on the link (zstd frames are smaller) */
 	uint64_t fetch_ns;         /* how long that took */
 	uint32_t restores;         /* restores merged into the working set used */
 	char warning[600];         /* why a working set was not used; "" otherwise */
@@ -49,10 +53,15 @@ const char *lr_prefetch_path(const char *mode, const char *images_dir, char *buf
  */
 int lr_prefetch_plan(struct lr_prefetch *p, const char *path, bool missing_ok, const struct lr_index *idx,
 		     uint64_t window, uint64_t join, bool remote, struct lr_error *err);
-/* Remote mode: the blocks of every window over fd, into the pages files under dirfd; marks them local. A
- * block that fails its checksum in transit is left to the normal path. */
-int lr_prefetch_fetch(struct lr_prefetch *p, int fd, int dirfd, const struct lr_index *idx, int timeout_ms,
-		      char *buf, struct lr_error *err);
+#define LR_PROBE_BYTES (8u << 20)
+/* Add probe windows: the first lazy pages of the checkpoint, until the plan covers `bytes`. */
+int lr_prefetch_probe(struct lr_prefetch *p, const struct lr_index *idx, uint64_t bytes, struct lr_error *err);
+/* Remote mode: the blocks of every window (and probe) over r's urgent channel (still blocking), into the
+ * pages files under dirfd; marks them local. A block failing its checksum in transit is left to the normal
+ * path. buf: LR_FRAME_MAX bytes. */
+struct lr_remote;
+int lr_prefetch_fetch(struct lr_prefetch *p, struct lr_remote *r, int dirfd, const struct lr_index *idx, char *buf,
+		      struct lr_error *err);
 /* Every block of record rec covering [a, b) is in the local pages files. */
 bool lr_prefetch_is_local(const struct lr_prefetch *p, const struct lr_index *idx, uint32_t rec, uint64_t a,
 			  uint64_t b);

@@ -161,10 +161,13 @@ static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 {
 	struct lr_remote *r = d->remote;
 	struct lr_pages_hdr h;
-	const char *data;
+	const char *data, *payload = c->payload;
+	uint32_t len = c->hdr.length;
 	uint64_t a, placed = 0;
 
-	if (lr_pages_frame_check(&d->index, c->payload, c->hdr.length, &h, &a, &data, err)) {
+	if (lr_remote_inflate(r, c->hdr.flags, &payload, &len, err))
+		return damaged(d, err);
+	if (lr_pages_frame_check(&d->index, payload, len, &h, &a, &data, err)) {
 		if (err->errnum != EBADMSG)
 			return damaged(d, err);
 		if (++r->bad_blocks > LR_MAX_BAD_BLOCKS)
@@ -534,6 +537,8 @@ void lr_remote_close(struct lr_lazyd *d)
 	free(r->urgent.buf);
 	free(r->bulk.buf);
 	free(r->inflight);
+	free(r->zbuf);
+	ZSTD_freeDCtx(r->zdx);
 	explicit_bzero(r->secret, sizeof(r->secret));
 	free(r);
 	d->remote = NULL;

@@ -22,6 +22,7 @@
 #include "lr_error.h"
 #include "lr_net.h"
 #include "lr_proto.h"
+#include "lr_zpages.h"
 
 struct lr_lazyd;
 
@@ -57,6 +58,11 @@ struct lr_remote {
 	uint64_t hint_at_ns;       /* last HINT sent */
 	uint64_t wait_ns;          /* when lr-lazyd last began waiting for data with nothing outstanding */
 	uint64_t stalls;           /* connections given up for silence */
+	uint16_t want;             /* flags of GET_PAGES and BULK_START: LR_F_ZSTD, and LR_F_COMPRESS on a slow link */
+	ZSTD_DCtx *zdx;            /* inflating LR_F_ZSTD frames into zbuf */
+	char *zbuf;
+	uint64_t zstd_frames;      /* PAGES frames that came compressed */
+	uint64_t wire_bytes;       /* PAGES payload bytes as they crossed the link */
 };
 
 /* Connect, authenticate and fetch the checkpoint into cfg.images_dir (before the index is opened). */
@@ -82,6 +88,9 @@ int lr_remote_wait_ms(const struct lr_lazyd *d);
 struct lr_wset;
 int lr_remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err);
 void lr_remote_close(struct lr_lazyd *d);
+
+/* A PAGES payload as sent: a LR_F_ZSTD one is inflated into r->zbuf and *payload / *len point there. */
+int lr_remote_inflate(struct lr_remote *r, uint16_t flags, const char **payload, uint32_t *len, struct lr_error *err);
 
 /* remote_fetch.c: one authenticated channel (blocking socket); checks the checkpoint id when expect_cid is set. */
 int lr_remote_handshake(struct lr_remote *r, uint32_t channel, const uint8_t *expect_cid, int timeout_ms,

@@ -205,17 +205,33 @@ int lr_pages_frame_check(const struct lr_index *idx, const char *payload, uint32
 	return 0;
 }
 
+int lr_remote_inflate(struct lr_remote *r, uint16_t flags, const char **payload, uint32_t *len, struct lr_error *err)
+{
+	r->wire_bytes += *len;
+	if (!(flags & LR_F_ZSTD))
+		return 0;
+	uint32_t n;
+	if (lr_zpages_inflate(r->zdx, *payload, *len, r->zbuf, LR_FRAME_MAX, &n, err))
+		return -1;
+	r->zstd_frames++;
+	*payload = r->zbuf;
+	*len = n;
+	return 0;
+}
+
 /* The eager ranges of every pages file, fetched and verified (CRIU reads them itself at restore). */
 /* One GET_PAGES of the eager fetch; bytes that fail their checksum in transit are asked for again. */
-static int fetch_range(int fd, const struct lr_index *idx, struct lr_page_req q, int timeout_ms, char *buf,
-		       struct lr_pages_hdr *h, const char **data, uint64_t *a, struct lr_error *err)
+static int fetch_range(struct lr_remote *r, int fd, const struct lr_index *idx, struct lr_page_req q, int timeout_ms,
+		       char *buf, struct lr_pages_hdr *h, const char **data, uint64_t *a, struct lr_error *err)
 {
 	for (int attempt = 1;; attempt++) {
 		struct lr_frame f;
-		if (lr_send_frame(fd, LR_GET_PAGES, 0, 1, &q, sizeof(q), deadline(timeout_ms), err) ||
-		    lr_recv_frame(fd, LR_PAGES, &f, buf, LR_FRAME_MAX, deadline(timeout_ms), err))
+		const char *payload = buf;
+		if (lr_send_frame(fd, LR_GET_PAGES, r->want, 1, &q, sizeof(q), deadline(timeout_ms), err) ||
+		    lr_recv_frame(fd, LR_PAGES, &f, buf, LR_FRAME_MAX, deadline(timeout_ms), err) ||
+		    lr_remote_inflate(r, f.flags, &payload, &f.length, err))
 			return -1;
-		if (!lr_pages_frame_check(idx, buf, f.length, h, a, data, err))
+		if (!lr_pages_frame_check(idx, payload, f.length, h, a, data, err))
 			break;
 		if (err->errnum != EBADMSG || attempt == LR_FETCH_BAD_MAX)
 			return -1;
@@ -226,7 +242,8 @@ static int fetch_range(int fd, const struct lr_index *idx, struct lr_page_req q,
 	return 0;
 }
 
-static int fetch_eager(int fd, int dirfd, const struct lr_index *idx, int timeout_ms, char *buf, struct lr_error *err)
+static int fetch_eager(struct lr_remote *rm, int fd, int dirfd, const struct lr_index *idx, int timeout_ms, char *buf,
+		       struct lr_error *err)
 {
 	uint32_t per = LR_PAGES_MAX_DATA / idx->hdr->block_size;
 	for (uint64_t i = 0; i < idx->hdr->record_count; i++) {
@@ -244,7 +261,7 @@ static int fetch_eager(int fd, int dirfd, const struct lr_index *idx, int timeou
 			struct lr_pages_hdr h;
 			const char *data;
 			uint64_t a;
-			if (fetch_range(fd, idx, q, timeout_ms, buf, &h, &data, &a, err))
+			if (fetch_range(rm, fd, idx, q, timeout_ms, buf, &h, &data, &a, err))
 				return -1;
 			if (pwrite(out, data, h.data_len, (off_t)(r->offset + (a - r->start))) != (ssize_t)h.data_len)
 				return lr_error_set(err, errno ? errno : EIO, "write %s", name);
@@ -308,6 +325,11 @@ int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err)
 	LR_CLEANUP_FREE char *buf = malloc(LR_FRAME_MAX);
 	if (dirfd < 0 || !buf)
 		return lr_error_set(err, dirfd < 0 ? errno : ENOMEM, "images directory %s", dir);
+	r->zdx = ZSTD_createDCtx();
+	r->zbuf = malloc(LR_FRAME_MAX);
+	if (!r->zdx || !r->zbuf)
+		return lr_error_set(err, ENOMEM, "zstd buffers");
+	r->want = LR_F_ZSTD; /* all-zero blocks never travel as bytes; LR_F_COMPRESS once the link is measured */
 	LR_CLEANUP_CLOSE int fd = first_handshake(d, err);
 	if (fd < 0 || fetch_listed(fd, dirfd, dir, ms, buf, err))
 		return -1;
@@ -317,7 +339,7 @@ int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err)
 	int rc = memcmp(idx.hdr->checkpoint_id, r->checkpoint_id, 16)
 			 ? lr_error_set(err, 0, "the index the page server sent belongs to another checkpoint")
 		 : idx.unverified ? lr_error_set(err, 0, "the index the page server sent has no checksums")
-			 : fetch_eager(fd, dirfd, &idx, ms, buf, err);
+			 : fetch_eager(r, fd, dirfd, &idx, ms, buf, err);
 	lr_index_close(&idx);
 	if (rc)
 		return -1;

@@ -91,7 +91,7 @@ int lr_stats_json(const struct lr_stats *s, const char *event, uint64_t left_byt
 		",\"unmaps\":%" PRIu64 ",\"lat_p50_us\":%.3f,\"lat_p99_us\":%.3f,\"lat_max_us\":%.3f"
 		",\"resident_s\":%.6f,\"cpu_user_s\":%.6f,\"cpu_sys_s\":%.6f,\"started_mono_s\":%.6f"
 		",\"finished_t\":%.6f,\"prefetch_bytes\":%" PRIu64 ",\"prefetch_planned_bytes\":%" PRIu64
-		",\"prefetch_fetch_s\":%.6f,\"prefetch_restores\":%u",
+		",\"prefetch_fetch_s\":%.6f,\"prefetch_restores\":%u,\"link_bps\":%" PRIu64 ",\"compress\":%s,\"zstd_frames\":%" PRIu64 ",\"wire_bytes\":%" PRIu64,
 		event, getpid(), seconds(s->start_ns, now), s->finished_ns ? "true" : "false", s->tasks, s->tasks_gone,
 		s->faults, s->data_faults, s->fault_bytes, s->zero_pages, s->drain_bytes, s->near_bytes, left_bytes, s->total_bytes, s->exists,
 		s->retries, s->forks, s->remaps, s->removes, s->unmaps, (double)lr_stats_quantile(s, 0.5) / 1000.0,
@@ -99,7 +99,8 @@ int lr_stats_json(const struct lr_stats *s, const char *event, uint64_t left_byt
 		seconds(s->finished_ns, s->done_ns), (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6,
 		(double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6, (double)s->start_ns / 1e9,
 		seconds(s->start_ns, s->finished_ns), s->prefetch_bytes, s->prefetch_planned,
-		(double)s->prefetch_fetch_ns / 1e9, s->prefetch_restores);
+		(double)s->prefetch_fetch_ns / 1e9, s->prefetch_restores, s->link_bps, s->compress ? "true" : "false",
+		s->zstd_frames, s->wire_bytes);
 	if (with_hist && len > 0 && (size_t)len < size)
 		len += hist_json(s, buf + len, size - (size_t)len);
 	if (len > 0 && (size_t)len < size)

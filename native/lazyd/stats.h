@@ -29,6 +29,10 @@ struct lr_stats {
 	uint64_t prefetch_bytes;     /* bytes of the working set placed before anyone asked (prefetch.h) */
 	uint64_t prefetch_planned;   /* bytes the working set covers */
 	uint64_t prefetch_fetch_ns;  /* remote: time fetching it ahead */
+	uint64_t link_bps;           /* remote: the link's throughput measured while fetching ahead; 0 unknown */
+	bool compress;               /* remote: every page frame may come zstd-compressed */
+	uint64_t zstd_frames;        /* remote: page frames that came compressed */
+	uint64_t wire_bytes;         /* remote: page frame payload bytes as they crossed the link */
 	uint32_t prefetch_restores;  /* restores merged into the working set used; 0: none used */
 	uint64_t exists;             /* pages found already present */
 	uint64_t retries;            /* placements put off because the layout was changing */

@@ -137,7 +137,7 @@ int ps_bulk_fill(struct ps_server *s, struct ps_conn *c)
 		ps_log(s, 1, "session %llu: bulk stream complete", (unsigned long long)ss->id);
 		return ps_queue_frame(c, LR_BULK_END, 0, 0, NULL, 0);
 	}
-	int bytes = ps_queue_pages(s, c, 0, rec, first, n);
+	int bytes = ps_queue_pages(s, c, ss->bulk_want, 0, rec, first, n);
 	if (bytes < 0)
 		return -1;
 	ss->bytes_bulk += (uint64_t)bytes;

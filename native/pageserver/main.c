@@ -168,6 +168,24 @@ static int parse_args(int argc, char **argv, struct ps_config *c)
 	return 0;
 }
 
+/* Compression of PAGES frames (lr_zpages.h); without it every frame goes as it is. */
+static void ps_zstd_open(struct ps_server *s)
+{
+	s->zout_cap = sizeof(struct lr_frame) + sizeof(struct lr_pages_hdr) + 8 * (LR_PAGES_MAX_DATA / 4096 + 2) +
+		      ZSTD_compressBound(LR_PAGES_MAX_DATA);
+	s->zcx = ZSTD_createCCtx();
+	s->zin = malloc(LR_PAGES_MAX_DATA);
+	s->zout = malloc(s->zout_cap);
+	if (s->zcx && s->zin && s->zout)
+		return;
+	ps_log(s, 0, "warning: no memory for zstd: page frames go uncompressed");
+	ZSTD_freeCCtx(s->zcx);
+	free(s->zin);
+	free(s->zout);
+	s->zcx = NULL;
+	s->zin = s->zout = NULL;
+}
+
 static int setup(struct ps_server *s, struct lr_error *err)
 {
 	char secret_path[4096];
@@ -186,6 +204,7 @@ static int setup(struct ps_server *s, struct lr_error *err)
 	if (ps_catalog_open(s, err) || lr_addr_parse(s->cfg.listen, &addr, err))
 		return -1;
 	ps_wset_open(s);
+	ps_zstd_open(s);
 	s->listen_fd = lr_net_listen(&addr, &s->port, err);
 	if (s->listen_fd < 0)
 		return -1;
@@ -299,6 +318,9 @@ static void teardown(struct ps_server *s)
 		ps_session_end(s, s->sessions[0], "server stopped");
 	free(s->sessions);
 	lr_wset_fini(&s->wset);
+	ZSTD_freeCCtx(s->zcx);
+	free(s->zin);
+	free(s->zout);
 	ps_catalog_close(s);
 	if (s->listen_fd >= 0)
 		close(s->listen_fd);

@@ -81,7 +81,44 @@ static int block_range(const struct lr_index *idx, uint64_t rec, uint32_t first,
 	return 0;
 }
 
-int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint64_t req_id, uint64_t rec, uint32_t first,
+/* Compress when the client takes it and asked for it, or when a block is all zeros (never sent as bytes). */
+static bool compress_wanted(struct ps_server *s, uint16_t want, const uint64_t *sums, uint32_t nblocks, uint64_t a,
+			    uint64_t b)
+{
+	uint64_t bs = s->index.hdr->block_size;
+	if (!(want & LR_F_ZSTD) || !s->zcx || b - a > LR_PAGES_MAX_DATA)
+		return false;
+	if (want & LR_F_COMPRESS)
+		return true;
+	for (uint32_t k = 0; k < nblocks; k++) {
+		uint64_t x = k ? (a / bs + k) * bs : a, y = (a / bs + k + 1) * bs < b ? (a / bs + k + 1) * bs : b;
+		if (lr_zero_block(&s->zero, sums[k], y - x))
+			return true;
+	}
+	return false;
+}
+
+/* The frame compressed (header in s->zout): its length, or 0 to send it as it is. */
+static size_t compressed(struct ps_server *s, struct ps_session *ss, const char *head, size_t hlen, int fd, uint64_t off,
+			 uint64_t len)
+{
+	const size_t fh = sizeof(struct lr_frame);
+	if (pread(fd, s->zin, len, (off_t)off) != (ssize_t)len)
+		return 0; /* sendfile will meet the same error and report it */
+	size_t n = lr_zpages_compress(s->zcx, head + fh, hlen, s->zin, len, s->zout + fh, s->zout_cap - fh);
+	if (!n)
+		return 0;
+	memcpy(s->zout, head, fh);
+	((struct lr_frame *)s->zout)->flags = LR_F_ZSTD;
+	((struct lr_frame *)s->zout)->length = (uint32_t)n;
+	if (ss) {
+		ss->zstd_frames++;
+		ss->zstd_saved += hlen + len - n;
+	}
+	return fh + n;
+}
+
+int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint16_t want, uint64_t req_id, uint64_t rec, uint32_t first,
 		   uint32_t nblocks)
 {
 	const struct lr_index *idx = &s->index;
@@ -95,12 +132,16 @@ int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint64_t req_id, uint
 	if (!buf)
 		return -1;
 	struct lr_pages_hdr h = {rec, first, nblocks, b - a};
+	const uint64_t *sums = &idx->sums[r->first_checksum + first];
 	lr_frame_make((struct lr_frame *)buf, LR_PAGES, 0, (uint32_t)(hlen + (b - a)), req_id);
 	memcpy(buf + sizeof(struct lr_frame), &h, sizeof(h));
-	memcpy(buf + sizeof(struct lr_frame) + sizeof(h), &idx->sums[r->first_checksum + first], (size_t)nblocks * 8);
-	int rc = ps_queue_bytes(c, buf, sizeof(struct lr_frame) + hlen);
+	memcpy(buf + sizeof(struct lr_frame) + sizeof(h), sums, (size_t)nblocks * 8);
+	int fd = s->pages_fds[r->pages_id];
+	uint64_t off = r->offset + (a - r->start);
+	size_t z = compress_wanted(s, want, sums, nblocks, a, b) ? compressed(s, c->session, buf, hlen, fd, off, b - a) : 0;
+	int rc = z ? ps_queue_bytes(c, s->zout, z) : ps_queue_bytes(c, buf, sizeof(struct lr_frame) + hlen);
 	free(buf);
-	if (rc || ps_queue_file(c, s->pages_fds[r->pages_id], r->offset + (a - r->start), b - a))
+	if (rc || (!z && ps_queue_file(c, fd, off, b - a)))
 		return -1;
 	return (int)(b - a > 0x7fffffff ? 0x7fffffff : b - a);
 }
@@ -120,7 +161,7 @@ static int on_get_pages(struct ps_server *s, struct ps_conn *c)
 			     (unsigned long long)q.record, q.first_block, q.nblocks, LR_PAGES_MAX_DATA);
 		return 0;
 	}
-	int n = ps_queue_pages(s, c, c->hdr.req_id, q.record, q.first_block, q.nblocks);
+	int n = ps_queue_pages(s, c, c->hdr.flags, c->hdr.req_id, q.record, q.first_block, q.nblocks);
 	if (n < 0)
 		return -1;
 	c->session->bytes_urgent += (uint64_t)n;
@@ -148,6 +189,7 @@ static int on_position(struct ps_server *s, struct ps_conn *c)
 	ps_bulk_seek(s, c->session, q.record, q.first_block);
 	if (c->hdr.type == LR_BULK_START) {
 		c->session->bulk_started = true;
+		c->session->bulk_want = c->hdr.flags & (LR_F_ZSTD | LR_F_COMPRESS);
 		ps_log(s, 1, "session %llu: bulk stream started", (unsigned long long)c->session->id);
 	}
 	return 0;

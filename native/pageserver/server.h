@@ -19,6 +19,7 @@
 #include "lr_net.h"
 #include "lr_proto.h"
 #include "lr_wset.h"
+#include "lr_zpages.h"
 
 struct ps_config {
 	const char *images_dir;
@@ -79,6 +80,8 @@ struct ps_session {
 	uint8_t *sent;              /* per checksum index: already sent to this session */
 	uint64_t blocks_left;       /* lazy blocks not sent yet */
 	uint64_t bytes_urgent, bytes_bulk, requests, files;
+	uint16_t bulk_want;         /* BULK_START's LR_F_ZSTD / LR_F_COMPRESS: how the stream may be compressed */
+	uint64_t zstd_frames, zstd_saved; /* frames sent compressed, and the bytes that saved */
 	uint64_t start_ns;
 	char *wset_snap;            /* the working set as LIST saw it: what GET_FILE of it sends */
 	size_t wset_snap_len;
@@ -110,6 +113,10 @@ struct ps_server {
 	struct ps_session **sessions;
 	size_t nsessions, capsessions;
 	unsigned delivered;
+	ZSTD_CCtx *zcx;             /* compressing PAGES frames (lr_zpages.h) */
+	char *zin, *zout;           /* a frame's page bytes, and the compressed frame */
+	size_t zout_cap;
+	struct lr_zero_sum zero;    /* the checksum of an all-zero block */
 	struct lr_wset wset;        /* the checkpoint's working set (lazyrestore/workingset), merged as sessions end */
 	bool stopping;              /* --once: delivered, finishing */
 	uint64_t start_ns;
@@ -155,7 +162,7 @@ int ps_handshake_frame(struct ps_server *s, struct ps_conn *c);
 
 /* requests.c */
 int ps_request_frame(struct ps_server *s, struct ps_conn *c);
-int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint64_t req_id, uint64_t rec, uint32_t first,
+int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint16_t want, uint64_t req_id, uint64_t rec, uint32_t first,
 		   uint32_t nblocks);
 
 /* bulk.c */

@@ -97,6 +97,7 @@ CASES = [
                                    ("a-dir", "{dir}", "auto, off or an existing working-set file"),
                                    ("empty", "", "auto, off or an existing working-set file"),
                                    ("other-word", "on", "auto, off or an existing working-set file")], LAZY),
+    *bad("restore", "--compress", [("other-word", "yes", "invalid choice"), ("empty", "", "invalid choice")], LAZY),
     *bad("restore", "--drain-rate", numbers(
         "to 1024G", ("negative", "-1"), ("text", "fast"), ("fraction", "1.5M"), ("absurd", "99999999999999999999G"),
         ("unicode-digits", "\u0663M")), LAZY),
