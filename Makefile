@@ -55,30 +55,30 @@ $(NATIVE)/lazyrestore_plugin.so: criu-plugin/lazyrestore_plugin.c
 
 # --- lr-pageserver -----------------------------------------------------------
 PS_SRC := $(wildcard native/pageserver/*.c) native/common/error.c native/common/index.c native/common/auth.c \
-	native/common/net.c native/common/proto.c native/common/wset.c
+	native/common/net.c native/common/proto.c native/common/wset.c native/common/zpages.c
 PS_HDR := $(wildcard native/pageserver/*.h native/include/*.h)
 
 $(NATIVE)/lr-pageserver: $(PS_SRC) $(PS_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -Inative/include -Inative/pageserver -o $@ $(PS_SRC) -lxxhash -lcrypto
+	$(CC) $(CFLAGS) -Inative/include -Inative/pageserver -o $@ $(PS_SRC) -lxxhash -lcrypto -lzstd
 
 $(NATIVE)/san/lr-pageserver: $(PS_SRC) $(PS_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror -Inative/include -Inative/pageserver -o $@ $(PS_SRC) -lxxhash -lcrypto
+	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror -Inative/include -Inative/pageserver -o $@ $(PS_SRC) -lxxhash -lcrypto -lzstd
 
 # --- lr-lazyd --------------------------------------------------------------
 LAZYD_SRC := $(wildcard native/lazyd/*.c) native/common/error.c native/common/index.c native/common/pages.c \
-	native/common/ahead.c native/common/auth.c native/common/net.c native/common/proto.c native/common/wset.c
+	native/common/ahead.c native/common/auth.c native/common/net.c native/common/proto.c native/common/wset.c native/common/zpages.c
 LAZYD_HDR := $(wildcard native/lazyd/*.h native/include/*.h)
 NATIVE_INC := -Inative/include -Inative/lazyd
 
 $(NATIVE)/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash -lcrypto
+	$(CC) $(CFLAGS) $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash -lcrypto -lzstd
 
 $(NATIVE)/san/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash -lcrypto
+	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash -lcrypto -lzstd
 
 # --- benchmarks ------------------------------------------------------------
 # Eager restore, CRIU's local lazy mode and lr-lazyd side by side; writes BENCHMARKS.md.
@@ -126,11 +126,11 @@ fuzz-build: $(NATIVE)/fuzz/fuzz_frame $(NATIVE)/fuzz/fuzz_handshake $(NATIVE)/fu
 
 $(NATIVE)/fuzz/fuzz_frame: native/fuzz/fuzz_frame.c native/lazyd/remote_fetch.c $(FUZZ_PS_SRC) $(FUZZ_HDR)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) -lxxhash -lcrypto
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) -lxxhash -lcrypto -lzstd
 
 $(NATIVE)/fuzz/fuzz_handshake: native/fuzz/fuzz_handshake.c $(FUZZ_PS_SRC) $(FUZZ_HDR)
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) -lxxhash -lcrypto
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) -lxxhash -lcrypto -lzstd
 
 $(NATIVE)/fuzz/fuzz_index: native/fuzz/fuzz_index.c native/common/index.c native/common/error.c $(FUZZ_HDR)
 	@mkdir -p $(@D)
