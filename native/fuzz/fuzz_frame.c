@@ -3,12 +3,13 @@
  * payload; the input may go on with more frames) through every check that reads it:
  *   - lr_frame_check, at the server's limit (LR_REQUEST_MAX) and the client's (LR_FRAME_MAX);
  *   - lr-lazyd's receive, lr_recv_frame (ERROR payloads included), then its payload
- *     parsers: lr_pages_frame_check against the fixture's index (PAGES), and
+ *     parsers: lr_pages_frame_check against the fixture's index (PAGES; a LR_F_ZSTD one inflated by
+ *     lr_zpages_inflate first), and
  *     lr_file_entry_next over a FILES list; what they accept is checked to lie
  *     inside the payload and the record;
  *   - lr-pageserver reading the input as requests on an authenticated urgent
  *     connection: conn.c's frame reader, then requests.c (LIST, GET_FILE, GET_PAGES,
- *     HINT, DONE, and the block ranges they name).
+ *     HINT, WORKINGSET (merged when its last frame parses), DONE, and the block ranges they name).
  */
 #define _GNU_SOURCE
 #include <stdbool.h>
@@ -22,6 +23,8 @@
 
 static struct ps_server server;
 static char *recv_buf; /* LR_FRAME_MAX bytes, as lr-lazyd's fetch buffer */
+static char *zbuf;     /* LR_FRAME_MAX bytes: an inflated PAGES payload, as lr-lazyd's r->zbuf */
+static ZSTD_DCtx *zdx;
 
 /* remote_fetch.c logs through lr-lazyd's lr_log (tasks.c, not linked); the parsers never call it. */
 void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...)
@@ -37,7 +40,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argv;
 	fx_server_open(&server);
 	recv_buf = malloc(LR_FRAME_MAX);
-	FUZZ_CHECK(recv_buf != NULL);
+	zbuf = malloc(LR_FRAME_MAX);
+	zdx = ZSTD_createDCtx();
+	FUZZ_CHECK(recv_buf != NULL && zbuf != NULL && zdx != NULL);
 	return 0;
 }
 
@@ -114,8 +119,11 @@ static void client_side(const uint8_t *data, size_t size)
 	char *payload = malloc(f.length ? f.length : 1); /* exactly the payload: ASan sees any read past it */
 	FUZZ_CHECK(payload != NULL);
 	memcpy(payload, recv_buf, f.length);
-	if (f.type == LR_PAGES)
+	uint32_t n;
+	if (f.type == LR_PAGES && !(f.flags & LR_F_ZSTD))
 		client_pages(payload, f.length);
+	else if (f.type == LR_PAGES && !lr_zpages_inflate(zdx, payload, f.length, zbuf, LR_FRAME_MAX, &n, &err))
+		client_pages(zbuf, n);
 	else if (f.type == LR_FILES)
 		client_files(payload, f.length);
 	free(payload);
