@@ -186,6 +186,11 @@ int lr_wset_merge(struct lr_wset *into, const struct lr_wset *add, struct lr_err
 	return 0;
 }
 
+void lr_wset_sort(struct lr_wset *w)
+{
+	qsort(w->v, w->n, sizeof(*w->v), by_time);
+}
+
 int lr_wset_encode(const struct lr_wset *w, char **out, size_t *len, struct lr_error *err)
 {
 	struct lr_wset_hdr h = w->hdr;

@@ -75,6 +75,8 @@ int lr_wset_load(struct lr_wset *w, const char *path, const struct lr_index *idx
  * LR_WSET_KEEP_RESTORES restores faulted on them. Ordered by time, at most LR_WSET_MAX_ENTRIES.
  */
 int lr_wset_merge(struct lr_wset *into, const struct lr_wset *add, struct lr_error *err);
+/* Order the entries by time (then address), as a file holds them. */
+void lr_wset_sort(struct lr_wset *w);
 /* The file's bytes (header and entries) in a new buffer. */
 int lr_wset_encode(const struct lr_wset *w, char **out, size_t *len, struct lr_error *err);
 /* Write to path through path.part, fsync and rename: readers see the old file or the new one. */

@@ -556,13 +556,13 @@ static void write_profile(struct lr_lazyd *d)
 }
 
 /* Local images: merge this restore's working set into the checkpoint's, one restore at a time (flock). */
-static void store_profile(struct lr_lazyd *d)
+static void store_profile(struct lr_lazyd *d, const struct lr_wset *add)
 {
 	struct lr_error err;
 	struct lr_wset w;
 	char dir[4096], path[4096];
 
-	if (!d->profile.w.n || snprintf(dir, sizeof(dir), "%s/lazyrestore", d->cfg.images_dir) >= (int)sizeof(dir) ||
+	if (!add->n || snprintf(dir, sizeof(dir), "%s/lazyrestore", d->cfg.images_dir) >= (int)sizeof(dir) ||
 	    snprintf(path, sizeof(path), "%s/%s", d->cfg.images_dir, LR_WSET_NAME) >= (int)sizeof(path))
 		return;
 	LR_CLEANUP_CLOSE int lock = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -572,7 +572,7 @@ static void store_profile(struct lr_lazyd *d)
 	}
 	if (lr_wset_load(&w, path, &d->index, &err) && err.errnum != ENOENT)
 		lr_log(d, 0, "warning: %s: replaced by this restore's", err.msg);
-	if (lr_wset_merge(&w, &d->profile.w, &err) || lr_wset_write(&w, path, &err))
+	if (lr_wset_merge(&w, add, &err) || lr_wset_write(&w, path, &err))
 		lr_log(d, 0, "warning: the working set was not stored: %s", err.msg);
 	else
 		lr_log(d, 1, "working set stored in %s: %zu pages from %u restore(s)", path, w.n, w.hdr.restores);
@@ -591,7 +591,10 @@ static void finish(struct lr_lazyd *d)
 	       (double)(d->stats.done_ns - d->stats.finished_ns) / 1e9);
 	if (d->cfg.guard && lr_guard_send(d->guard_fd, LR_GUARD_DONE, 0, 0, -1, &err))
 		lr_log(d, 0, "telling the guardian: %s", err.msg);
-	if (d->remote && lr_remote_done(d, d->cfg.store_wset ? &d->profile.w : NULL, &err))
+	struct lr_wset add = {0};
+	if (d->cfg.store_wset && lr_prefetch_carry(&d->prefetch, d->stats.prefetch_bytes > 0, &d->profile.w, &add, &err))
+		lr_log(d, 0, "warning: the working set will not be stored: %s", err.msg);
+	if (d->remote && lr_remote_done(d, d->cfg.store_wset ? &add : NULL, &err))
 		lr_log(d, 0, "warning: every page is placed, but the page server was not told (%s): it keeps the "
 		       "checkpoint as undelivered", err.msg);
 	else if (d->remote)
@@ -600,7 +603,8 @@ static void finish(struct lr_lazyd *d)
 		lr_log(d, 0, "warning: every page is placed, but closing CRIU's page server failed: %s", err.msg);
 	write_profile(d);
 	if (!d->remote && d->cfg.store_wset)
-		store_profile(d);
+		store_profile(d, &add);
+	lr_wset_fini(&add);
 }
 
 static void teardown(struct lr_lazyd *d)

@@ -24,10 +24,26 @@ static int by_order(const void *x, const void *y)
 	return a->order < b->order ? -1 : a->order > b->order;
 }
 
-/* One window per working-set page, deduplicated (the earliest order kept). */
+/* Neighbouring windows (x before y in address order) of one task, at most a window apart: the tree reads
+ * that stretch of memory on and on (records end at holes, so the next one may start a little later). */
+static bool adjacent(const struct lr_index *idx, const struct lr_window *x, const struct lr_window *y, uint64_t window)
+{
+	return idx->recs[x->record].pid == idx->recs[y->record].pid && y->a >= x->b && y->a - x->b < window;
+}
+
+/*
+ * One window per fault-around window holding working-set pages (the earliest order kept). A window is kept
+ * whole where the working set is dense (two of its pages, or a neighbouring window in it too: a scan, where
+ * fault-around placed the pages the recording never saw); an isolated page is fetched alone (a lookup in a
+ * big table: its window's other pages were never asked for).
+ */
 static size_t windows(struct lr_window *v, const struct lr_wset *w, const struct lr_index *idx, uint64_t window)
 {
+	const uint64_t ps = idx->hdr->page_size;
+	uint64_t *pages = malloc((w->n ? w->n : 1) * sizeof(*pages));
 	size_t n = 0;
+	if (!pages)
+		return 0;
 	for (size_t i = 0; i < w->n; i++) {
 		const struct lr_index_record *r = &idx->recs[w->v[i].record];
 		uint64_t wa = w->v[i].addr / window * window, end = lr_record_end(idx, r);
@@ -35,9 +51,23 @@ static size_t windows(struct lr_window *v, const struct lr_wset *w, const struct
 					  wa + window > end ? end : wa + window};
 	}
 	qsort(v, w->n, sizeof(*v), by_start);
-	for (size_t i = 0; i < w->n; i++)
-		if (!n || v[i].record != v[n - 1].record || v[i].a != v[n - 1].a)
+	for (size_t i = 0; i < w->n; i++) {
+		if (!n || v[i].record != v[n - 1].record || v[i].a != v[n - 1].a) {
+			pages[n] = w->v[v[i].order].addr;
 			v[n++] = v[i];
+		} else {
+			pages[n - 1] = UINT64_MAX; /* a second page in this window: keep it whole */
+		}
+	}
+	for (size_t i = 0; i < n; i++) /* dense: marked in pages[] before any window shrinks */
+		if ((i && adjacent(idx, &v[i - 1], &v[i], window)) || (i + 1 < n && adjacent(idx, &v[i], &v[i + 1], window)))
+			pages[i] = UINT64_MAX;
+	for (size_t i = 0; i < n; i++)
+		if (pages[i] != UINT64_MAX) {
+			v[i].a = pages[i];
+			v[i].b = pages[i] + ps;
+		}
+	free(pages);
 	return n;
 }
 
@@ -87,7 +117,7 @@ int lr_prefetch_plan(struct lr_prefetch *p, const char *path, bool missing_ok, c
 	p->restores = w.hdr.restores;
 	for (size_t i = 0; i < p->n; i++)
 		p->planned_bytes += p->v[i].b - p->v[i].a;
-	lr_wset_fini(&w);
+	p->used = w;
 	return 0;
 }
 
@@ -122,8 +152,30 @@ int lr_prefetch_probe(struct lr_prefetch *p, const struct lr_index *idx, uint64_
 	return 0;
 }
 
+int lr_prefetch_carry(const struct lr_prefetch *p, bool placed, const struct lr_wset *faults, struct lr_wset *out,
+		      struct lr_error *err)
+{
+	*out = *faults;
+	out->v = NULL;
+	out->n = out->cap = 0;
+	for (size_t i = 0; i < faults->n; i++)
+		if (lr_wset_push(out, &faults->v[i], err))
+			return -1;
+	for (size_t i = 0; placed && i < p->used.n; i++) {
+		struct lr_wset_entry e = p->used.v[i];
+		e.hits = e.last = 1;
+		if (lr_wset_push(out, &e, err))
+			return -1;
+	}
+	lr_wset_sort(out);
+	out->n = out->n < LR_WSET_MAX_ENTRIES ? out->n : LR_WSET_MAX_ENTRIES;
+	out->hdr.count = out->n;
+	return 0;
+}
+
 void lr_prefetch_fini(struct lr_prefetch *p)
 {
+	lr_wset_fini(&p->used);
 	free(p->probe);
 	p->probe = NULL;
 	p->nprobe = 0;

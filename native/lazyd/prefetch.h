@@ -22,6 +22,7 @@
 
 #include "lr_error.h"
 #include "lr_index_reader.h"
+#include "lr_wset.h"
 
 struct lr_window {
 	uint32_t record;
@@ -30,6 +31,7 @@ struct lr_window {
 };
 
 struct lr_prefetch {
+	struct lr_wset used;       /* the working set the windows come from */
 	struct lr_window *v;
 	size_t n;
 	uint8_t *local;            /* remote mode: per checksum index, 1 when the block is in the local pages file */
@@ -66,6 +68,13 @@ int lr_prefetch_fetch(struct lr_prefetch *p, struct lr_remote *r, int dirfd, con
 bool lr_prefetch_is_local(const struct lr_prefetch *p, const struct lr_index *idx, uint32_t rec, uint64_t a,
 			  uint64_t b);
 void lr_prefetch_fini(struct lr_prefetch *p);
+/*
+ * What this restore stores as its working set: the faults it recorded, and, when it placed a working set
+ * ahead, that one's pages too (they were not faulted on because they were there: without them a page would
+ * drop out of the stored working set after LR_WSET_KEEP_RESTORES restores that prefetched it).
+ */
+int lr_prefetch_carry(const struct lr_prefetch *p, bool placed, const struct lr_wset *faults, struct lr_wset *out,
+		      struct lr_error *err);
 
 struct lr_lazyd;
 /* Place every window some task still needs (local bytes only). */

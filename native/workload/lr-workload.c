@@ -34,7 +34,10 @@
  * "scan thread=T BAD page=INDEX addr=0xADDR" on mismatches), --heartbeat S (the
  * main process prints "heartbeat HH:MM:SS role=main checksum=HEX16 mib=M" every
  * S seconds), --writers N and --write-mib M (default 64: N threads that keep rewriting M MiB of
- * self-describing pages; on SIGRTMIN+1 main also prints "writes role=main ok|BAD ...", see writers.h). Hidden:
+ * self-describing pages; on SIGRTMIN+1 main also prints "writes role=main ok|BAD ...", see writers.h),
+ * --serve N (the main region holds a key-value table of self-describing records instead of pseudo-random
+ * pages, without holes, and a thread answers "GET <first_key> <count>" requests on the abstract unix socket
+ * @lr-workload-kv-N; see serve.h). Hidden:
  * --selftest-corrupt flips a byte of page 5 after the fill, behind the model's
  * back. Exits 0 on SIGUSR2 (SIGTERM is ignored by a pid-namespace init).
  */
@@ -53,6 +56,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "serve.h"
 #include "writers.h"
 
 #define PAGE 4096UL
@@ -76,12 +80,13 @@ struct model {
 	size_t npages; /* pages of the region as filled */
 	uint64_t seed;
 	size_t zero_first, zero_end; /* pages discarded by MADV_DONTNEED */
+	const struct kv_layout *kv;  /* --serve: pages hold the key-value table (no holes) */
 };
 
 struct options {
-	unsigned long mib, child_mib, threads, children, scanners, heartbeat_s, writers, write_mib;
+	unsigned long mib, child_mib, threads, children, scanners, heartbeat_s, writers, write_mib, serve_id;
 	uint64_t seed;
-	int corrupt;
+	int corrupt, serve;
 };
 
 /* One process of the tree: what it checks and, for main, which ops it did. */
@@ -157,10 +162,17 @@ static void page_generate(uint64_t seed, size_t page, uint64_t *w)
 		w[i] = lr_xorshift(&s);
 }
 
+static int is_hole(const struct model *m, size_t page)
+{
+	return !m->kv && page % HOLE_EVERY == HOLE_EVERY - 1;
+}
+
 static void page_expected(const struct model *m, size_t page, uint64_t *w)
 {
-	if (page % HOLE_EVERY == HOLE_EVERY - 1 || (page >= m->zero_first && page < m->zero_end))
+	if (is_hole(m, page) || (page >= m->zero_first && page < m->zero_end))
 		memset(w, 0, PAGE);
+	else if (m->kv)
+		kv_page_generate(m->kv, page, w);
 	else
 		page_generate(m->seed, page, w);
 }
@@ -180,7 +192,7 @@ static unsigned char *model_addr(const struct model *m, size_t page)
 	return NULL;
 }
 
-static int model_init(struct model *m, unsigned char *base, size_t npages, uint64_t seed)
+static int model_init(struct model *m, unsigned char *base, size_t npages, uint64_t seed, const struct kv_layout *kv)
 {
 	pthread_rwlockattr_t attr;
 	int err = pthread_rwlockattr_init(&attr);
@@ -198,10 +210,12 @@ static int model_init(struct model *m, unsigned char *base, size_t npages, uint6
 	m->npages = npages;
 	m->seed = seed;
 	m->zero_first = m->zero_end = 0;
+	m->kv = kv;
 	return 0;
 }
 
-static int region_fill(struct model *m, size_t mib, uint64_t seed)
+/* Map and fill a region; with kv, its pages hold that key-value table. */
+static int region_fill(struct model *m, size_t mib, uint64_t seed, const struct kv_layout *kv)
 {
 	size_t len = mib << 20;
 	unsigned char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -209,12 +223,17 @@ static int region_fill(struct model *m, size_t mib, uint64_t seed)
 		perror("lr-workload: mmap");
 		return -1;
 	}
+	if (model_init(m, base, len / PAGE, seed, kv))
+		return -1;
 	for (size_t page = 0; page < len / PAGE; page++) {
-		if (page % HOLE_EVERY == HOLE_EVERY - 1)
+		if (is_hole(m, page))
 			continue;
-		page_generate(seed, page, (uint64_t *)(base + page * PAGE));
+		if (kv)
+			kv_page_generate(kv, page, (uint64_t *)(base + page * PAGE));
+		else
+			page_generate(seed, page, (uint64_t *)(base + page * PAGE));
 	}
-	return model_init(m, base, len / PAGE, seed);
+	return 0;
 }
 
 /* FNV-1a style mix over 64-bit words; reads every mapped byte including the holes. */
@@ -663,9 +682,10 @@ static int set_option(struct options *o, const char *name, unsigned long v)
 	else if (!strcmp(name, "--heartbeat")) o->heartbeat_s = v;
 	else if (!strcmp(name, "--writers")) o->writers = v;
 	else if (!strcmp(name, "--write-mib")) o->write_mib = v;
+	else if (!strcmp(name, "--serve")) o->serve = 1, o->serve_id = v;
 	else {
 		fprintf(stderr, "lr-workload: unknown option %s (expected --mib, --child-mib, --threads, --children, --seed, "
-			"--scanners, --heartbeat, --writers, --write-mib)\n", name);
+			"--scanners, --heartbeat, --writers, --write-mib, --serve)\n", name);
 		return -1;
 	}
 	return 0;
@@ -722,7 +742,7 @@ static void run_child(unsigned long idx, const struct options *o, struct model *
 {
 	struct model own;
 	char role[32];
-	if (region_fill(&own, o->child_mib, o->seed + 1000 + idx))
+	if (region_fill(&own, o->child_mib, o->seed + 1000 + idx, NULL))
 		_exit(1);
 	snprintf(role, sizeof(role), "child%lu", idx);
 	struct proc p = {.role = role, .models = {parent, &own}, .nmodels = 2, .mib = o->mib + o->child_mib};
@@ -744,6 +764,34 @@ static int fork_children(const struct options *o, struct model *main_model)
 	return 0;
 }
 
+/* --serve: a record of the main region as the process sees it now (the server's kv_source). */
+static int kv_read(void *ctx, uint64_t slot, uint64_t rec[KV_WORDS])
+{
+	struct model *m = ctx;
+	lock_read(m);
+	const unsigned char *page = model_addr(m, slot / m->kv->per_page);
+	if (page)
+		memcpy(rec, page + slot % m->kv->per_page * KV_RECORD, KV_RECORD);
+	unlock(m);
+	return page ? 0 : -1;
+}
+
+/* --serve: the layout of a table filling mib MiB (on the heap: the server thread outlives main's frame). */
+static struct kv_layout *kv_table(const struct options *o)
+{
+	struct kv_layout *kv = malloc(sizeof(*kv));
+	if (!kv) {
+		perror("lr-workload: malloc");
+		return NULL;
+	}
+	if (kv_layout_init(kv, (o->mib << 20) / PAGE, PAGE, o->seed)) {
+		fprintf(stderr, "lr-workload: --serve needs --mib of at least 1\n");
+		free(kv);
+		return NULL;
+	}
+	return kv;
+}
+
 int main(int argc, char **argv)
 {
 	struct options o;
@@ -756,11 +804,16 @@ int main(int argc, char **argv)
 		perror("lr-workload: malloc");
 		return 1;
 	}
-	if (install_handlers() || region_fill(main_model, o.mib, o.seed))
+	struct kv_layout *kv = NULL;
+	if (o.serve && !(kv = kv_table(&o)))
+		return 1;
+	if (install_handlers() || region_fill(main_model, o.mib, o.seed, kv))
 		return 1;
 	if (o.corrupt) /* behind the model's back: verify must catch it */
 		main_model->seg[0].addr[5 * PAGE + 123] ^= 0x5A;
 	if (fork_children(&o, main_model) || start_threads(o.threads) || start_scanners(main_model, o.scanners))
+		return 1;
+	if (kv && kv_serve_start(o.serve_id, kv, (struct kv_source){kv_read, main_model}))
 		return 1;
 	struct proc p = {.role = "main", .models = {main_model}, .nmodels = 1, .is_main = 1, .mib = o.mib,
 			 .heartbeat_s = o.heartbeat_s};

@@ -373,7 +373,9 @@ def test_the_working_set_is_stored_beside_the_checkpoint_and_placed_first_next_t
     assert second["prefetch_restores"] == 1, second
     assert second["prefetch_bytes"] >= 40 << 20, "most of what the first restore faulted on is placed up front"
     assert second["data_faults"] * 5 <= first["data_faults"], (first["data_faults"], second["data_faults"])
-    assert workingset.read(stored, index).restores == 2
+    two = workingset.read(stored, index)
+    assert two.restores == 2
+    assert {f.addr for f in one.faults} <= {f.addr for f in two.faults}, "pages placed ahead stay in the set"
 
     off = restore_and_read(images, reaper, w, before, "--prefetch", "off")
     assert off["prefetch_bytes"] == 0 and off["data_faults"] > second["data_faults"] * 5, \
