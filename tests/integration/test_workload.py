@@ -1,4 +1,5 @@
-"""lr-workload run directly (no CRIU, no pid namespace): page model, verify, ops, scanners.
+"""lr-workload run directly (no CRIU, no pid namespace): page model, verify, ops, scanners; and its --serve
+key-value server, directly and across a lazy restore between the test hosts.
 
 Signals: SIGRTMIN+1 verify; SIGRTMIN+2..6 the ops fork, dontneed, munmap, mremap, kwrite
 (main process only); SIGUSR1 report; SIGUSR2 exit.
@@ -7,6 +8,7 @@ Signals: SIGRTMIN+1 verify; SIGRTMIN+2..6 the ops fork, dontneed, munmap, mremap
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -16,8 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from lazyrestore import sample, testhosts
 from lazyrestore.paths import native_binary
 from lazyrestore.sample import REPORT
+
+from .migration import SLOW_DRAIN, checkpoint_on_a, serve_a, start_on_a
+from .migration import finished as assert_done
+from .migration import restore_on_b
 
 VERIFY = re.compile(r"^verify role=(\S+) pid=(\d+) (ok|BAD page=(\d+) addr=0x[0-9a-f]+) pages=(\d+)$")
 SCAN_OK = re.compile(r"^scan thread=(\d+) pass=(\d+) ok$")
@@ -280,3 +287,71 @@ def test_writers_keep_rewriting_pages_that_verify(workload: Callable[..., Worklo
     assert int(second[3]) > int(first[3]) > int(first[2]), "the writers must keep rewriting their pages"
     verify_ok(w, 8 * PAGES_PER_MIB)
     assert w.stop() == 0
+
+
+# --- --serve: the key-value server (native/workload/serve.h) ---------------------------------------------
+
+HOT_KEYS = 2000  # one request over 2000 scattered pages, as bench/coldstart.py asks
+
+
+def kv_id() -> int:
+    """A socket name of our own: tests may run beside other serving workloads in the same namespace."""
+    return random.randrange(1 << 32)
+
+
+def kv_table_of(w: Workload) -> sample.KvTable:
+    m = sample.KV_LISTENING.match(w.wait_for(sample.KV_LISTENING)[0])
+    assert m
+    return sample.KvTable(m[1], int(m[2]), int(m[3]))
+
+
+def test_serve_answers_every_key_range_and_refuses_bad_requests(workload: Callable[..., Workload]) -> None:
+    w = workload("--mib", "32", "--serve", str(kv_id()), "--seed", "7")
+    t = kv_table_of(w)
+    assert t.keys == 32 * PAGES_PER_MIB * 64 and t.name.startswith("lr-workload-kv-")
+    assert sample.kv_get(t.name, 0, HOT_KEYS, seed=7) == sample.kv_expected(0, HOT_KEYS, seed=7)
+    assert sample.kv_get(t.name, t.keys - 5, 5, seed=7)
+    assert len({t.slot(k) // 64 for k in range(HOT_KEYS)}) == HOT_KEYS, "hot keys must be on distinct pages"
+    for bad in ("GET 0 0", f"GET {t.keys - 1} 2", "GET -1 1", "GET 1 2 ", "PUT 1 1", "x" * 300):
+        assert sample.kv_request(t.name, bad).startswith("ERR "), bad
+    assert sample.kv_get(t.name, 12345, 10, seed=7)  # still serving after the refusals
+    verify_ok(w, 32 * PAGES_PER_MIB)  # the page model knows the table: no holes
+    assert w.stop() == 0
+
+
+def test_serve_a_wrong_byte_fails_the_clients_check(workload: Callable[..., Workload]) -> None:
+    w = workload("--mib", "8", "--serve", str(kv_id()), "--selftest-corrupt")
+    t = kv_table_of(w)
+    hit = t.key_in(5 * 64 + 123 // 64)  # --selftest-corrupt flips byte 123 of page 5: in that page's record 1
+    assert sample.kv_get(t.name, hit + 1, 100)
+    with pytest.raises(sample.WrongAnswer, match=f"GET {hit} 1: answered"):
+        sample.kv_get(t.name, hit, 1)
+    with pytest.raises(sample.WrongAnswer):
+        sample.kv_get(t.name, hit - 10, 20)
+    m = VERIFY.match(w.verify()[0])
+    assert m and m[3].startswith("BAD page=5 "), m and m[0]
+    assert w.stop() == 0
+
+
+def test_serve_answers_after_a_remote_lazy_restore(hosts, workdir: Path, reaper) -> None:
+    """Checkpointed on A with its listening socket, restored lazily on B: it answers there, correctly, while its
+    pages are still arriving (the answer faults them in), and its memory is whole at the end."""
+    w = start_on_a(workdir, reaper, 64, serve=kv_id())
+    t = w.kv_table()
+    with testhosts.inside(testhosts.HOST_A):
+        before = sample.kv_get(t.name, 0, HOT_KEYS)
+    checkpoint_on_a(w, workdir / "images")
+    src = serve_a(workdir / "images")
+    try:
+        run = restore_on_b(src.address, workdir / "images", workdir / "dst", *SLOW_DRAIN)
+        restored = sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
+        with testhosts.inside(testhosts.HOST_B):
+            during = sample.kv_get(t.name, 0, HOT_KEYS)
+            tail = sample.kv_get(t.name, t.keys - 1000, 1000)
+        summary = assert_done(run)
+    finally:
+        src.stop()
+    assert during == before and tail == sample.kv_expected(t.keys - 1000, 1000)
+    assert summary["faults"] > 0, "the request must have faulted on pages still missing"
+    assert restored.request_verify() == {"main": "ok"}
+    assert not w.bad_lines()
