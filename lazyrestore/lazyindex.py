@@ -38,7 +38,7 @@ RANGE_LAZY = 1 << 0
 # No checksums (all 0): a `criu dump --lazy-pages` whose bytes CRIU's page server sends (lr_index.h).
 RANGE_UNVERIFIED = 1 << 1
 KNOWN_RANGE_FLAGS = RANGE_LAZY | RANGE_UNVERIFIED
-DEFAULT_BLOCK_SIZE = 64 * 1024
+DEFAULT_BLOCK_SIZE = 16 * 1024
 HEADER = struct.Struct("<8sIIIIII QQQQ16s")
 RECORD = struct.Struct("<IIQQIIQQ")
 CHECKSUM = struct.Struct("<Q")

@@ -225,12 +225,17 @@ class Workload:
             pass
 
 
+FILLS = {"random": 0, "text": 1, "zeros": 2}  # lr-workload --fill: incompressible, compressible, 1/4 zero pages
+
+
 def start(workdir: Path, mib: int, threads: int = 0, children: int = 0, child_mib: int = 16,
           timeout: float = 120.0, scanners: int = 0, heartbeat: int = 0, writers: int = 0,
-          write_mib: int = 64, serve: int | None = None) -> Workload:
+          write_mib: int = 64, serve: int | None = None, fill: str = "random") -> Workload:
     """Start the workload and wait until every process has filled its memory and reported once.
 
-    serve: answer key-value requests on the abstract unix socket @lr-workload-kv-<serve> (Workload.kv_table())."""
+    serve: answer key-value requests on the abstract unix socket @lr-workload-kv-<serve> (Workload.kv_table()).
+    fill: the main region's pages, a key of FILLS (random: incompressible; text: compressible; zeros: random
+    with a quarter of the pages all zeros)."""
     binary = native_binary("lr-workload")
     log = workdir / "app.log"
     args = [str(binary), "--mib", str(mib), "--threads", str(threads), "--children", str(children),
@@ -239,6 +244,8 @@ def start(workdir: Path, mib: int, threads: int = 0, children: int = 0, child_mi
         args += ["--writers", str(writers), "--write-mib", str(write_mib)]
     if serve is not None:
         args += ["--serve", str(serve)]
+    if fill != "random":
+        args += ["--fill", str(FILLS[fill])]
     script = f"exec {shlex.join(args)} > {shlex.quote(str(log))} 2>&1"
     with open(workdir / "unshare.log", "wb") as ulog:
         # Its own cwd: CRIU's parasite mounts a proc at ./proc.crtools of the dumped task, so two dumps of

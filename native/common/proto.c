@@ -33,7 +33,7 @@ const char *lr_frame_name(uint32_t type)
 		[LR_LIST] = "LIST", [LR_FILES] = "FILES", [LR_GET_FILE] = "GET_FILE", [LR_FILE_DATA] = "FILE_DATA",
 		[LR_GET_PAGES] = "GET_PAGES", [LR_PAGES] = "PAGES", [LR_HINT] = "HINT", [LR_BULK_START] = "BULK_START",
 		[LR_BULK_END] = "BULK_END", [LR_DONE] = "DONE", [LR_ERROR] = "ERROR",
-		[LR_WORKINGSET] = "WORKINGSET"};
+		[LR_WORKINGSET] = "WORKINGSET", [LR_TUNE] = "TUNE"};
 	return type < LR_FRAME_TYPES && names[type] ? names[type] : "unknown";
 }
 

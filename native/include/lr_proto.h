@@ -8,7 +8,7 @@
  *           small frames, TCP_NODELAY. A fault's request never queues behind
  *           bulk data: bulk data has its own connection.
  *   bulk:   after BULK_START the server streams every lazy range, in chunks of
- *           at most LR_BULK_BLOCKS checksum blocks, without being asked range
+ *           about LR_BULK_BYTES (whole checksum blocks), without being asked range
  *           by range, then BULK_END. HINTs on the urgent channel move the
  *           stream to the place the faults are.
  *
@@ -42,6 +42,8 @@
  *                              LR_F_MORE but the last, sent just before DONE; the server checks it
  *                              against its index and merges it into lazyrestore/workingset (a bad
  *                              one is logged and dropped: it is a hint, the session goes on)
+ *   TUNE        (no reply)     no payload; its flags (LR_F_ZSTD, LR_F_COMPRESS) replace BULK_START's for
+ *                              the rest of the bulk stream (the client measured its link)
  *   DONE        -> DONE        every page is placed and verified: the checkpoint is delivered
  * LIST names lazyrestore/workingset (kind META) when the server has one: the snapshot taken at LIST is
  * what GET_FILE of that name sends on that session.
@@ -65,7 +67,7 @@
 #define LR_PROTO_VERSION 1u
 #define LR_FRAME_MAX (4u << 20)    /* largest payload of any frame */
 #define LR_REQUEST_MAX 4096u       /* largest payload a client may send */
-#define LR_BULK_BLOCKS 16u         /* checksum blocks per bulk PAGES frame (1 MiB with 64 KiB blocks) */
+#define LR_BULK_BYTES (1u << 20)   /* page bytes per bulk PAGES frame: this many bytes of whole blocks (one at least) */
 #define LR_PAGES_MAX_DATA (2u << 20) /* page bytes in one PAGES frame */
 #define LR_FILE_CHUNK (1u << 20)   /* FILE_DATA payload per frame */
 #define LR_NONCE_SIZE 32u
@@ -91,6 +93,7 @@ enum lr_frame_type {
 	LR_DONE = 14,
 	LR_ERROR = 15,
 	LR_WORKINGSET = 16,
+	LR_TUNE = 17,
 	LR_FRAME_TYPES /* one past the last */
 };
 

@@ -3,9 +3,36 @@
 #include "lazyd.h"
 #include "uffd.h"
 
-/* Milliseconds until the rate cap allows the next chunk (0: now). */
+/*
+ * Faults first, from a page server: while the tree faults on pages that are not here yet, the bulk stream
+ * stops (TCP holds the server back), so the page server, lr-lazyd and the tree spend the CPU on the faults.
+ * It starts again LR_YIELD_NS after the latest such fault, and a burst longer than LR_YIELD_MAX_NS no longer
+ * holds it back (a tree that faults all the time would otherwise starve the stream).
+ */
+#define LR_YIELD_NS (10ULL * 1000000ULL)
+#define LR_YIELD_MAX_NS (500ULL * 1000000ULL)
+
+void lr_drain_fault(struct lr_lazyd *d, uint64_t t_ns)
+{
+	if (t_ns - d->fault_at_ns >= LR_YIELD_NS)
+		d->burst_from_ns = t_ns;
+	d->fault_at_ns = t_ns;
+}
+
+static int yield_ms(const struct lr_lazyd *d)
+{
+	uint64_t now = lr_now_ns();
+	if (!d->remote || !d->fault_at_ns || now - d->fault_at_ns >= LR_YIELD_NS || now - d->burst_from_ns >= LR_YIELD_MAX_NS)
+		return 0;
+	return (int)((LR_YIELD_NS - (now - d->fault_at_ns)) / 1000000ULL) + 1;
+}
+
+/* Milliseconds until the drain may place the next chunk (0: now): faults first, then the rate cap. */
 int lr_drain_wait_ms(const struct lr_lazyd *d)
 {
+	int yield = yield_ms(d);
+	if (yield)
+		return yield;
 	if (!d->cfg.drain_rate || !d->drain_epoch_ns)
 		return 0;
 	uint64_t allowed_ns = d->stats.drain_bytes * 1000000000ULL / d->cfg.drain_rate;

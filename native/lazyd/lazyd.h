@@ -98,6 +98,8 @@ struct lr_lazyd {
 	bool finished;             /* CRIU sent "restore finished" */
 	bool connected;
 	uint64_t drain_epoch_ns;   /* rate limiting: when drain_bytes was last zero-based */
+	uint64_t fault_at_ns;      /* faults first (remote): the latest fault that had to wait for page data ... */
+	uint64_t burst_from_ns;    /* ... and when the burst of such faults it belongs to began (drain.c) */
 };
 
 /* tasks.c */
@@ -125,11 +127,30 @@ int lr_place_all(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, const
 int lr_serve_uffd(void *ctx, struct lr_fdrec *rec, struct lr_error *err);
 int lr_serve_deferred(struct lr_lazyd *d, struct lr_error *err);
 
-/* remote_prefetch.c: fetch the working set ahead (and, for --compress auto, measure the link). */
+/* remote_prefetch.c: the working set asked of the page server while CRIU restores (see there). */
 int lr_prefetch_remote(struct lr_lazyd *d, struct lr_error *err);
+/* Send more of it while little is in flight. */
+int lr_prefetch_pump(struct lr_lazyd *d, struct lr_error *err);
+/* PAGES arrived: 1 when they were asked for ahead (kept in the pages files before restore finished), else 0. */
+int lr_prefetch_arrived(struct lr_lazyd *d, const struct lr_pages_hdr *h, uint64_t a, const char *data, uint32_t wire,
+			struct lr_error *err);
+/* The working set is in: the rest of the blocks it came in placed too (off the tree's way), then the bulk
+ * stream starts. */
+int lr_prefetch_settle(struct lr_lazyd *d, struct lr_error *err);
+/* Asked for ahead and not all arrived yet: the bulk stream waits (the working set first). */
+bool lr_prefetch_busy(const struct lr_lazyd *d);
+/* A frame asked for ahead failed its checksum: its pages are left to faults and the drain. */
+int lr_prefetch_failed(struct lr_lazyd *d, const struct lr_pages_hdr *h, struct lr_error *err);
+/* The connection was lost: what was asked ahead and not arrived is left to faults and the drain. */
+void lr_prefetch_lost(struct lr_prefetch *p, uint64_t nblocks);
+/* "restore finished": --compress auto decides on the link measured so far (remote.c measures the bulk
+ * stream when nothing was fetched ahead). */
+void lr_prefetch_choose(struct lr_lazyd *d);
 
 /* drain.c */
 int lr_drain_step(struct lr_lazyd *d, struct lr_error *err);
+/* A fault that needs page data was read at t_ns: from a page server, the bulk stream yields to its burst. */
+void lr_drain_fault(struct lr_lazyd *d, uint64_t t_ns);
 /* A fault's window ended at address `end` of task t: the drain goes on from there first. */
 void lr_drain_near(struct lr_lazyd *d, struct lr_task *t, uint64_t end);
 int lr_drain_wait_ms(const struct lr_lazyd *d);

@@ -371,7 +371,6 @@ static void report_plan(struct lr_lazyd *d)
 {
 	const struct lr_prefetch *p = &d->prefetch;
 	d->stats.prefetch_planned = p->planned_bytes;
-	d->stats.prefetch_fetch_ns = p->fetch_ns;
 	d->stats.prefetch_restores = p->n ? p->restores : 0;
 	if (p->warning[0]) {
 		lr_log(d, 0, "warning: %s", p->warning);
@@ -456,7 +455,7 @@ static int start_listening(struct lr_lazyd *d, struct lr_error *err)
 	d->guard_pid = getppid(); /* lr_guard_fork made the guardian this daemon's parent */
 	if (d->cfg.guard && lr_loop_add(d->epfd, &d->guard_rec, err))
 		return -1;
-	if (d->remote && lr_remote_start(d, err))
+	if (d->remote && (lr_remote_start(d, err) || lr_prefetch_pump(d, err)))
 		return -1;
 	if (d->cfg.criu_ps && lr_cps_start(d, err))
 		return -1;
@@ -526,7 +525,7 @@ static int run(struct lr_lazyd *d, struct lr_error *err)
 		if (all_placed(d)) /* checked before sleeping too: the drain step may have placed the last page */
 			return 0;
 		if (lr_loop_run_once(d->epfd, d, next_timeout(d, drained), err) < 0 || lr_serve_deferred(d, err) ||
-		    (d->remote && (lr_remote_pump(d, err) || lr_remote_tick(d, err))))
+		    (d->remote && (lr_remote_pump(d, err) || lr_remote_tick(d, err) || lr_prefetch_pump(d, err))))
 			return -1;
 		if (all_placed(d))
 			return 0;

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lazyd.h"
 #include "lr_wset.h"
@@ -129,27 +130,9 @@ bool lr_prefetch_is_local(const struct lr_prefetch *p, const struct lr_index *id
 	if (!p->local || b <= a)
 		return false;
 	for (uint64_t k = (a - base) / bs; k <= (b - 1 - base) / bs; k++)
-		if (!p->local[x->first_checksum + k])
+		if (p->local[x->first_checksum + k] != 1) /* BLOCK_LOCAL (remote_prefetch.c); not while asked for */
 			return false;
 	return true;
-}
-
-int lr_prefetch_probe(struct lr_prefetch *p, const struct lr_index *idx, uint64_t bytes, struct lr_error *err)
-{
-	uint64_t have = p->planned_bytes;
-	for (uint64_t i = 0; i < idx->hdr->record_count && have < bytes; i++) {
-		const struct lr_index_record *r = &idx->recs[i];
-		if (!(r->flags & LR_RANGE_LAZY))
-			continue;
-		struct lr_window *v = realloc(p->probe, (p->nprobe + 1) * sizeof(*v));
-		if (!v)
-			return lr_error_set(err, ENOMEM, "probe windows");
-		p->probe = v;
-		uint64_t len = lr_record_end(idx, r) - r->start < bytes - have ? lr_record_end(idx, r) - r->start : bytes - have;
-		p->probe[p->nprobe++] = (struct lr_window){(uint32_t)i, 0, r->start, r->start + len};
-		have += len;
-	}
-	return 0;
 }
 
 int lr_prefetch_carry(const struct lr_prefetch *p, bool placed, const struct lr_wset *faults, struct lr_wset *out,
@@ -176,9 +159,22 @@ int lr_prefetch_carry(const struct lr_prefetch *p, bool placed, const struct lr_
 void lr_prefetch_fini(struct lr_prefetch *p)
 {
 	lr_wset_fini(&p->used);
-	free(p->probe);
-	p->probe = NULL;
-	p->nprobe = 0;
+	for (uint32_t i = 0; i < p->nwfds; i++)
+		if (p->wfds[i] >= 0)
+			close(p->wfds[i]);
+	free(p->wfds);
+	free(p->req);
+	free(p->byaddr);
+	for (size_t i = 0; i < p->nheld; i++)
+		free(p->held[i].bytes);
+	free(p->held);
+	p->held = NULL;
+	p->nheld = p->capheld = 0;
+	p->byaddr = NULL;
+	p->wfds = NULL;
+	p->req = NULL;
+	p->nwfds = 0;
+	p->nreq = p->next = 0;
 	free(p->v);
 	free(p->local);
 	p->v = NULL;

@@ -22,6 +22,7 @@
 
 #include "lr_error.h"
 #include "lr_index_reader.h"
+#include "lr_proto.h"
 #include "lr_wset.h"
 
 struct lr_window {
@@ -36,12 +37,22 @@ struct lr_prefetch {
 	size_t n;
 	uint8_t *local;            /* remote mode: per checksum index, 1 when the block is in the local pages file */
 	uint64_t planned_bytes;    /* bytes the windows cover */
-	struct lr_window *probe;   /* remote, --compress auto: more blocks fetched ahead (not placed) so that the
-				    * link is measured over at least LR_PROBE_BYTES */
-	size_t nprobe;
+	struct lr_page_req *req;   /* remote mode: GET_PAGES for the windows' blocks, in working-set order */
+	size_t nreq, capreq, next; /* ... the next one to send */
+	size_t got;                /* replies (or failures) of them so far */
+	struct lr_window *byaddr;  /* remote mode: the windows by record and address (finding a frame's windows) */
+	struct lr_held {           /* remote mode: a block arrived after restore finished, placed beyond its windows */
+		uint32_t record;   /* once the whole working set is in (lr_prefetch_settle) */
+		uint64_t a, len;
+		char *bytes;
+	} *held;
+	size_t nheld, capheld;
+	int *wfds;                 /* remote mode: the pages files, open for writing (by pages id; -1 none) */
+	uint32_t nwfds;
+	uint64_t start_ns;         /* the first request sent */
 	uint64_t fetched_bytes;    /* remote mode: bytes fetched ahead */
 	uint64_t wire_bytes;       /* what they took on the link (zstd frames are smaller) */
-	uint64_t fetch_ns;         /* how long that took */
+	uint64_t fetch_ns;         /* from the first request to the latest arrival */
 	uint32_t restores;         /* restores merged into the working set used */
 	char warning[600];         /* why a working set was not used; "" otherwise */
 };
@@ -55,15 +66,6 @@ const char *lr_prefetch_path(const char *mode, const char *images_dir, char *buf
  */
 int lr_prefetch_plan(struct lr_prefetch *p, const char *path, bool missing_ok, const struct lr_index *idx,
 		     uint64_t window, uint64_t join, bool remote, struct lr_error *err);
-#define LR_PROBE_BYTES (8u << 20)
-/* Add probe windows: the first lazy pages of the checkpoint, until the plan covers `bytes`. */
-int lr_prefetch_probe(struct lr_prefetch *p, const struct lr_index *idx, uint64_t bytes, struct lr_error *err);
-/* Remote mode: the blocks of every window (and probe) over r's urgent channel (still blocking), into the
- * pages files under dirfd; marks them local. A block failing its checksum in transit is left to the normal
- * path. buf: LR_FRAME_MAX bytes. */
-struct lr_remote;
-int lr_prefetch_fetch(struct lr_prefetch *p, struct lr_remote *r, int dirfd, const struct lr_index *idx, char *buf,
-		      struct lr_error *err);
 /* Every block of record rec covering [a, b) is in the local pages files. */
 bool lr_prefetch_is_local(const struct lr_prefetch *p, const struct lr_index *idx, uint32_t rec, uint64_t a,
 			  uint64_t b);

@@ -67,6 +67,7 @@ static void lost(struct lr_lazyd *d, const char *why)
 		}
 	r->connected = r->bulk_started = r->bulk_ended = r->bulk_paused = false;
 	memset(r->inflight, 0, d->index.hdr->checksum_count);
+	lr_prefetch_lost(&d->prefetch, d->index.hdr->checksum_count);
 	r->inflight_bytes = 0;
 	r->lost_at_ns = lr_now_ns();
 	r->retry_at_ns = r->lost_at_ns;
@@ -157,6 +158,37 @@ static void clear_inflight(struct lr_remote *r, const struct lr_index *idx, cons
 	}
 }
 
+void lr_remote_measured(struct lr_lazyd *d, uint64_t bytes, uint64_t ns, const char *how)
+{
+	struct lr_remote *r = d->remote;
+	struct lr_error err;
+	r->measured = true;
+	d->stats.link_bps = ns ? bytes * 1000000000ULL / ns : 0;
+	if (!strcmp(d->cfg.compress, "auto") && d->stats.link_bps < LR_COMPRESS_BELOW_BPS && !d->cfg.drain_rate) {
+		r->want |= LR_F_COMPRESS;
+		if (r->bulk_started && r->connected &&
+		    lr_send_frame(r->urgent.rec.fd, LR_TUNE, r->want, ++r->next_req, NULL, 0,
+				  lr_now_ns() + stall_ms(r) * 1000000ULL, &err))
+			lost(d, err.msg);
+	}
+	d->stats.compress = r->want & LR_F_COMPRESS;
+	lr_log(d, 1, "link %.1f MB/s (%llu bytes %s): page data %s", (double)d->stats.link_bps / 1e6,
+	       (unsigned long long)bytes, how, d->stats.compress ? "compressed (zstd)" : "as it is, zero blocks compressed");
+}
+
+/* --compress auto with nothing fetched ahead: the first LR_MEASURE_BYTES of the bulk stream measure the link. */
+static void measure_bulk(struct lr_lazyd *d, uint32_t wire)
+{
+	struct lr_remote *r = d->remote;
+	if (r->measured || strcmp(d->cfg.compress, "auto"))
+		return;
+	if (!r->bulk_t0)
+		r->bulk_t0 = lr_now_ns();
+	r->bulk_wire += wire;
+	if (r->bulk_wire >= LR_MEASURE_BYTES)
+		lr_remote_measured(d, r->bulk_wire, lr_now_ns() - r->bulk_t0, "streamed");
+}
+
 static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
@@ -165,6 +197,8 @@ static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 	uint32_t len = c->hdr.length;
 	uint64_t a, placed = 0;
 
+	if (bulk)
+		measure_bulk(d, len);
 	if (lr_remote_inflate(r, c->hdr.flags, &payload, &len, err))
 		return damaged(d, err);
 	if (lr_pages_frame_check(&d->index, payload, len, &h, &a, &data, err)) {
@@ -174,11 +208,14 @@ static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 			return -1;
 		lr_log(d, 0, "%s; asking for it again", err->msg);
 		clear_inflight(r, &d->index, &h);
+		if (lr_prefetch_failed(d, &h, err))
+			return -1;
 		return 0; /* the pages stay pending: the fault retries / the sweep asks again */
 	}
 	clear_inflight(r, &d->index, &h);
 	*(bulk ? &r->bulk_bytes : &r->urgent_bytes) += h.data_len;
-	if (lr_place_all(d, (uint32_t)h.record, a, a + h.data_len, data, &placed, err))
+	int ahead = lr_prefetch_arrived(d, &h, a, data, c->hdr.length, err); /* places what it asked for itself */
+	if (ahead < 0 || (!ahead && lr_place_all(d, (uint32_t)h.record, a, a + h.data_len, data, &placed, err)))
 		return -1;
 	*(bulk ? &d->stats.drain_bytes : &d->stats.fault_bytes) += placed;
 	return 0;
@@ -211,6 +248,7 @@ static int pause_bulk(struct lr_lazyd *d, struct lr_error *err)
 	if (r->bulk_paused)
 		return 0;
 	r->bulk_paused = true;
+	r->bulk_wire = r->bulk_t0 = 0; /* the link is measured over a stretch without pauses */
 	return lr_loop_del(d->epfd, &r->bulk.rec, err);
 }
 
@@ -311,6 +349,24 @@ int lr_remote_start(struct lr_lazyd *d, struct lr_error *err)
 	return r->bulk.rec.fd < 0 ? -1 : add_channels(d, err);
 }
 
+int lr_remote_ask(struct lr_lazyd *d, const struct lr_page_req *q, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	const struct lr_index_record *x = &d->index.recs[q->record];
+	if (!r->connected)
+		return 0;
+	for (uint32_t k = 0; k < q->nblocks; k++)
+		if (!r->inflight[x->first_checksum + q->first_block + k]) {
+			r->inflight[x->first_checksum + q->first_block + k] = 1;
+			r->inflight_bytes += d->index.hdr->block_size;
+		}
+	expect(r);
+	r->requests++;
+	if (send_frame(d, r->urgent.rec.fd, LR_GET_PAGES, q, sizeof(*q), err))
+		lost(d, err->msg);
+	return 0;
+}
+
 int lr_remote_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool hint, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
@@ -368,8 +424,8 @@ static struct lr_page_req first_pending(const struct lr_lazyd *d)
 int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
-	if (!r->connected || r->bulk_started || !d->cfg.drain)
-		return 0;
+	if (!r->connected || r->bulk_started || !d->cfg.drain || lr_prefetch_busy(d))
+		return 0; /* the working set first: lr_prefetch_arrived starts the stream once it is in */
 	struct lr_page_req q = first_pending(d);
 	if (!d->drain_epoch_ns)
 		d->drain_epoch_ns = lr_now_ns();

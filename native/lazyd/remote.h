@@ -62,6 +62,8 @@ struct lr_remote {
 	ZSTD_DCtx *zdx;            /* inflating LR_F_ZSTD frames into zbuf */
 	char *zbuf;
 	uint64_t zstd_frames;      /* PAGES frames that came compressed */
+	bool measured;             /* --compress auto: the link was measured (fetched ahead, or the bulk stream) */
+	uint64_t bulk_wire, bulk_t0; /* ... the bulk stream's first bytes, and when they began */
 	uint64_t wire_bytes;       /* PAGES payload bytes as they crossed the link */
 };
 
@@ -72,6 +74,8 @@ int lr_remote_start(struct lr_lazyd *d, struct lr_error *err);
 /* Ask for the blocks of record rec covering checkpoint addresses [a, b) unless already asked for;
  * hint: a fault wants them (the bulk stream is told to move there). */
 int lr_remote_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool hint, struct lr_error *err);
+/* GET_PAGES for exactly q (its blocks marked in flight), unless the connection is down. */
+int lr_remote_ask(struct lr_lazyd *d, const struct lr_page_req *q, struct lr_error *err);
 /* After the bulk stream: ask for pages it could not place. 1 when something was asked for. */
 int lr_remote_drain_step(struct lr_lazyd *d, struct lr_error *err);
 /* "restore finished": start the bulk stream (from the first pending page). */
@@ -88,6 +92,11 @@ int lr_remote_wait_ms(const struct lr_lazyd *d);
 struct lr_wset;
 int lr_remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err);
 void lr_remote_close(struct lr_lazyd *d);
+
+#define LR_MEASURE_BYTES (16u << 20)        /* the link is measured over this much page data */
+#define LR_COMPRESS_BELOW_BPS (250ULL << 20) /* zstd -1 packs pages faster than this on one core */
+/* The link carried `bytes` in `ns`: --compress auto turns compression on below LR_COMPRESS_BELOW_BPS. */
+void lr_remote_measured(struct lr_lazyd *d, uint64_t bytes, uint64_t ns, const char *how);
 
 /* A PAGES payload as sent: a LR_F_ZSTD one is inflated into r->zbuf and *payload / *len point there. */
 int lr_remote_inflate(struct lr_remote *r, uint16_t flags, const char **payload, uint32_t *len, struct lr_error *err);

@@ -1,52 +1,48 @@
-/* remote_prefetch.c: fetching the working set ahead from the page server, before CRIU starts (prefetch.h). */
+/*
+ * remote_prefetch.c: the working set asked of the page server as soon as lr-lazyd listens, while CRIU
+ * restores (prefetch.h); it also measures the link for --compress auto. A few MiB in flight at a
+ * time, so a fault's request never waits long behind them. What arrives before "restore finished" is also
+ * written into the local pages files (the tasks that need it may not have their userfaultfds here yet) and
+ * its blocks marked local; it is placed into every task as it comes, as a task arrives, and at "restore
+ * finished".
+ */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "lazyd.h"
-#include "lr_cleanup.h"
 #include "lr_net.h"
-#include "lr_proto_io.h"
-#include "prefetch.h"
-#include "remote.h"
 
-#define LR_PREFETCH_DEPTH 16 /* GET_PAGES in flight: the link stays busy, the server's queue stays short */
+#define LR_PREFETCH_EARLY (32u << 20)   /* bytes asked for and not arrived, at most, until the tree faults ... */
+#define LR_PREFETCH_INFLIGHT (4u << 20) /* ... and after that: a fault's request never waits long behind them */
 
 enum { BLOCK_NONE = 0, BLOCK_LOCAL = 1, BLOCK_ASKED = 2 };
 
-struct fetch {
-	struct lr_page_req *q;     /* every request, in working-set order */
-	size_t n, cap, sent, got;
-	int out_fd;                /* the pages file last written */
-	uint32_t out_id;
-};
-
-static int push(struct fetch *f, struct lr_page_req q, struct lr_error *err)
+static int push(struct lr_prefetch *p, struct lr_page_req q, struct lr_error *err)
 {
-	if (f->n == f->cap) {
-		size_t cap = f->cap ? f->cap * 2 : 256;
-		struct lr_page_req *v = realloc(f->q, cap * sizeof(*v));
+	if (p->nreq == p->capreq) {
+		size_t cap = p->capreq ? p->capreq * 2 : 256;
+		struct lr_page_req *v = realloc(p->req, cap * sizeof(*v));
 		if (!v)
 			return lr_error_set(err, ENOMEM, "prefetch requests");
-		f->q = v;
-		f->cap = cap;
+		p->req = v;
+		p->capreq = cap;
 	}
-	f->q[f->n++] = q;
+	p->req[p->nreq++] = q;
 	return 0;
 }
 
-/* The requests for the blocks of every window, each block once, at most LR_PAGES_MAX_DATA per request. */
-static int plan_requests(struct lr_prefetch *p, const struct lr_index *idx, struct fetch *f, struct lr_error *err)
+/* The requests for the blocks of every window, each block once, at most LR_PAGES_MAX_DATA each. */
+static int plan_requests(struct lr_prefetch *p, const struct lr_index *idx, struct lr_error *err)
 {
 	uint64_t bs = idx->hdr->block_size;
 	uint32_t per = LR_PAGES_MAX_DATA / (uint32_t)bs;
-	for (size_t i = 0; i < p->n + p->nprobe; i++) {
-		const struct lr_window *w = i < p->n ? &p->v[i] : &p->probe[i - p->n];
+	for (size_t i = 0; i < p->n; i++) {
+		const struct lr_window *w = &p->v[i];
 		const struct lr_index_record *x = &idx->recs[w->record];
 		uint64_t base = x->start / bs * bs;
 		uint32_t k = (uint32_t)((w->a - base) / bs), k1 = (uint32_t)((w->b - 1 - base) / bs) + 1;
@@ -60,132 +56,225 @@ static int plan_requests(struct lr_prefetch *p, const struct lr_index *idx, stru
 				p->local[x->first_checksum + k++] = BLOCK_ASKED;
 				q.nblocks++;
 			}
-			if (push(f, q, err))
+			if (push(p, q, err))
 				return -1;
 		}
 	}
 	return 0;
 }
 
-static void mark(struct lr_prefetch *p, const struct lr_index *idx, const struct lr_page_req *q, uint8_t state)
-{
-	const struct lr_index_record *x = &idx->recs[q->record];
-	for (uint32_t k = 0; k < q->nblocks; k++)
-		p->local[x->first_checksum + q->first_block + k] = state;
-}
-
-/* Write verified bytes of record h->record at checkpoint address a into its pages file. */
-static int store(struct fetch *f, int dirfd, const struct lr_index *idx, const struct lr_pages_hdr *h, uint64_t a,
-		 const char *data, struct lr_error *err)
-{
-	const struct lr_index_record *r = &idx->recs[h->record];
-	char name[32];
-	snprintf(name, sizeof(name), "pages-%u.img", r->pages_id);
-	if (f->out_fd < 0 || f->out_id != r->pages_id) {
-		if (f->out_fd >= 0)
-			close(f->out_fd);
-		f->out_fd = openat(dirfd, name, O_WRONLY | O_CLOEXEC);
-		f->out_id = r->pages_id;
-		if (f->out_fd < 0)
-			return lr_error_set(err, errno, "open %s for the working set", name);
-	}
-	if (pwrite(f->out_fd, data, h->data_len, (off_t)(r->offset + (a - r->start))) != (ssize_t)h->data_len)
-		return lr_error_set(err, errno ? errno : EIO, "write the working set into %s", name);
-	return 0;
-}
-
-/* The next reply, in request order; bytes failing their checksum in transit are left to the normal path. */
-static int receive(struct lr_prefetch *p, struct fetch *f, struct lr_remote *r, int dirfd, const struct lr_index *idx,
-		   char *buf, struct lr_error *err)
-{
-	const struct lr_page_req *q = &f->q[f->got++];
-	struct lr_frame fr;
-	struct lr_pages_hdr h;
-	const char *data, *payload = buf;
-	uint64_t a;
-
-	if (lr_recv_frame(r->urgent.rec.fd, LR_PAGES, &fr, buf, LR_FRAME_MAX,
-			  lr_net_now_ns() + r->timeout_ms * 1000000ULL, err) ||
-	    lr_remote_inflate(r, fr.flags, &payload, &fr.length, err))
-		return -1;
-	if (lr_pages_frame_check(idx, payload, fr.length, &h, &a, &data, err)) {
-		if (err->errnum != EBADMSG)
-			return -1;
-		mark(p, idx, q, BLOCK_NONE);
-		fprintf(stderr, "lr-lazyd: prefetch: %s; left to be fetched on demand\n", err->msg);
-		return 0;
-	}
-	if (h.record != q->record || h.first_block != q->first_block || h.nblocks != q->nblocks)
-		return lr_error_set(err, 0, "page server answered another range than asked for (prefetch)");
-	if (store(f, dirfd, idx, &h, a, data, err))
-		return -1;
-	mark(p, idx, q, BLOCK_LOCAL);
-	p->fetched_bytes += h.data_len;
-	return 0;
-}
-
-int lr_prefetch_fetch(struct lr_prefetch *p, struct lr_remote *r, int dirfd, const struct lr_index *idx, char *buf,
-		      struct lr_error *err)
-{
-	struct fetch f = {.out_fd = -1};
-	unsigned long long t0 = lr_net_now_ns();
-	uint64_t wire0 = r->wire_bytes;
-	int rc = plan_requests(p, idx, &f, err);
-
-	while (!rc && f.got < f.n) {
-		while (!rc && f.sent < f.n && f.sent - f.got < LR_PREFETCH_DEPTH) {
-			rc = lr_send_frame(r->urgent.rec.fd, LR_GET_PAGES, r->want, 1, &f.q[f.sent], sizeof(f.q[0]),
-					   lr_net_now_ns() + r->timeout_ms * 1000000ULL, err);
-			f.sent++;
-		}
-		if (!rc)
-			rc = receive(p, &f, r, dirfd, idx, buf, err);
-	}
-	p->wire_bytes = r->wire_bytes - wire0;
-	if (f.out_fd >= 0)
-		close(f.out_fd);
-	free(f.q);
-	p->fetch_ns = lr_net_now_ns() - t0;
-	return rc;
-}
-
-#define LR_COMPRESS_BELOW_BPS (250ULL << 20) /* zstd -1 packs pages faster than this on one core */
-
-/* --compress: on, off, or (auto) on when the link measured while fetching ahead is slower than zstd. */
-static void choose_compression(struct lr_lazyd *d)
+/* Keep the pages files open for writing: bytes that arrive before their task are kept there. */
+static int open_files(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_prefetch *p = &d->prefetch;
-	struct lr_remote *r = d->remote;
-	if (p->fetch_ns && p->wire_bytes >= LR_PROBE_BYTES / 2)
-		d->stats.link_bps = p->wire_bytes * 1000000000ULL / p->fetch_ns;
-	if (!strcmp(d->cfg.compress, "auto") && d->stats.link_bps && d->stats.link_bps < LR_COMPRESS_BELOW_BPS)
-		r->want |= LR_F_COMPRESS;
-	d->stats.compress = r->want & LR_F_COMPRESS;
-	lr_log(d, 1, "link %.1f MB/s (measured over %llu bytes): page frames %s", (double)d->stats.link_bps / 1e6,
-	       (unsigned long long)p->wire_bytes, d->stats.compress ? "compressed (zstd)" : "as they are, zero blocks compressed");
+	for (uint64_t i = 0; i < d->index.hdr->record_count; i++) {
+		uint32_t id = d->index.recs[i].pages_id;
+		if (id < p->nwfds && p->wfds[id] >= 0)
+			continue;
+		if (id >= p->nwfds) {
+			int *v = realloc(p->wfds, (id + 1) * sizeof(*v));
+			if (!v)
+				return lr_error_set(err, ENOMEM, "prefetch files");
+			for (uint32_t k = p->nwfds; k <= id; k++)
+				v[k] = -1;
+			p->wfds = v;
+			p->nwfds = id + 1;
+		}
+		char path[4096];
+		snprintf(path, sizeof(path), "%s/pages-%u.img", d->cfg.images_dir, id);
+		p->wfds[id] = open(path, O_WRONLY | O_CLOEXEC);
+		if (p->wfds[id] < 0)
+			return lr_error_set(err, errno, "open %s for the working set", path);
+	}
+	return 0;
+}
+
+static int by_place(const void *x, const void *y)
+{
+	const struct lr_window *a = x, *b = y;
+	if (a->record != b->record)
+		return a->record < b->record ? -1 : 1;
+	return a->a < b->a ? -1 : a->a > b->a;
 }
 
 int lr_prefetch_remote(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_prefetch *p = &d->prefetch;
-	bool automatic = !strcmp(d->cfg.compress, "auto");
 
 	if (!strcmp(d->cfg.compress, "on"))
 		d->remote->want |= LR_F_COMPRESS;
-	if (!p->local)
-		p->local = calloc(d->index.hdr->checksum_count ? d->index.hdr->checksum_count : 1, 1);
-	if (!p->local || (automatic && lr_prefetch_probe(p, &d->index, LR_PROBE_BYTES, err)))
-		return p->local ? -1 : lr_error_set(err, ENOMEM, "prefetch bitmap");
-	if (p->n || p->nprobe) {
-		LR_CLEANUP_CLOSE int dirfd = open(d->cfg.images_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		LR_CLEANUP_FREE char *buf = malloc(LR_FRAME_MAX);
-		if (dirfd < 0 || !buf)
-			return lr_error_set(err, dirfd < 0 ? errno : ENOMEM, "images directory %s", d->cfg.images_dir);
-		if (lr_prefetch_fetch(p, d->remote, dirfd, &d->index, buf, err))
-			return -1;
-		lr_log(d, 1, "fetched ahead: %llu bytes (%zu working-set windows, %zu probe) in %.1f ms",
-		       (unsigned long long)p->fetched_bytes, p->n, p->nprobe, (double)p->fetch_ns / 1e6);
+	if (!p->n)
+		return 0;
+	p->byaddr = malloc(p->n * sizeof(*p->byaddr));
+	if (!p->byaddr)
+		return lr_error_set(err, ENOMEM, "prefetch windows");
+	memcpy(p->byaddr, p->v, p->n * sizeof(*p->v));
+	qsort(p->byaddr, p->n, sizeof(*p->byaddr), by_place);
+	if (plan_requests(p, &d->index, err))
+		return -1;
+	return p->nreq ? open_files(d, err) : 0;
+}
+
+/* Place the parts of [a, b) of record rec that working-set windows cover, from data (the bytes of [a, b)). */
+static int place_windows(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, const char *data, uint64_t *placed,
+			 struct lr_error *err)
+{
+	const struct lr_prefetch *p = &d->prefetch;
+	size_t lo = 0, hi = p->n;
+	while (lo < hi) { /* the first window of rec ending after a */
+		size_t mid = (lo + hi) / 2;
+		const struct lr_window *w = &p->byaddr[mid];
+		if (w->record < rec || (w->record == rec && w->b <= a))
+			lo = mid + 1;
+		else
+			hi = mid;
 	}
-	choose_compression(d);
+	for (size_t i = lo; i < p->n && p->byaddr[i].record == rec && p->byaddr[i].a < b; i++) {
+		uint64_t x = p->byaddr[i].a > a ? p->byaddr[i].a : a, y = p->byaddr[i].b < b ? p->byaddr[i].b : b, n = 0;
+		if (lr_place_all(d, rec, x, y, data + (x - a), &n, err))
+			return -1;
+		*placed += n;
+	}
 	return 0;
+}
+
+/* A block after restore finished: its windows now, the rest once the working set is in. */
+static int hold(struct lr_prefetch *p, const struct lr_pages_hdr *h, uint64_t a, const char *data, struct lr_error *err)
+{
+	if (p->nheld == p->capheld) {
+		size_t cap = p->capheld ? p->capheld * 2 : 256;
+		struct lr_held *v = realloc(p->held, cap * sizeof(*v));
+		if (!v)
+			return lr_error_set(err, ENOMEM, "prefetch blocks held");
+		p->held = v;
+		p->capheld = cap;
+	}
+	char *bytes = malloc(h->data_len);
+	if (!bytes)
+		return lr_error_set(err, ENOMEM, "prefetch blocks held");
+	memcpy(bytes, data, h->data_len);
+	p->held[p->nheld++] = (struct lr_held){(uint32_t)h->record, a, h->data_len, bytes};
+	return 0;
+}
+
+int lr_prefetch_settle(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_prefetch *p = &d->prefetch;
+	uint64_t bs = d->index.hdr->block_size, placed = 0;
+	for (size_t i = 0; i < p->nheld; i++) {
+		uint64_t n = 0;
+		int rc = lr_place_all(d, p->held[i].record, p->held[i].a, p->held[i].a + p->held[i].len, p->held[i].bytes,
+				      &n, err);
+		free(p->held[i].bytes);
+		placed += n;
+		if (rc) {
+			for (size_t k = i + 1; k < p->nheld; k++)
+				free(p->held[k].bytes);
+			p->nheld = 0;
+			return -1;
+		}
+	}
+	p->nheld = 0;
+	for (size_t i = 0; i < p->n; i++) { /* blocks that arrived before restore finished: the pages files */
+		const struct lr_index_record *x = &d->index.recs[p->v[i].record];
+		uint64_t base = x->start / bs * bs, end = lr_record_end(&d->index, x);
+		uint64_t a = (p->v[i].a - base) / bs * bs + base, b = ((p->v[i].b - 1 - base) / bs + 1) * bs + base, n = 0;
+		const char *data;
+		a = a < x->start ? x->start : a;
+		b = b > end ? end : b;
+		if (!lr_wanted(d, p->v[i].record, a, b) || !lr_prefetch_is_local(p, &d->index, p->v[i].record, a, b))
+			continue;
+		if (lr_pages_get(&d->pages, &d->index, x, a, b - a, d->buf, d->buf_size, &data, err) ||
+		    lr_place_all(d, p->v[i].record, a, b, data, &n, err))
+			return -1;
+		placed += n;
+	}
+	d->stats.prefetch_bytes += placed;
+	lr_log(d, 1, "prefetch: the working set is in (%llu bytes fetched ahead); %llu more bytes of its blocks placed",
+	       (unsigned long long)p->fetched_bytes, (unsigned long long)placed);
+	return lr_remote_bulk_start(d, err);
+}
+
+int lr_prefetch_pump(struct lr_lazyd *d, struct lr_error *err)
+{
+	struct lr_prefetch *p = &d->prefetch;
+	struct lr_remote *r = d->remote;
+	if (!r || p->next >= p->nreq || !r->connected)
+		return 0;
+	if (!p->start_ns)
+		p->start_ns = lr_now_ns();
+	uint64_t most = d->fault_at_ns ? LR_PREFETCH_INFLIGHT : LR_PREFETCH_EARLY;
+	while (p->next < p->nreq && r->inflight_bytes < most && r->connected)
+		if (lr_remote_ask(d, &p->req[p->next++], err))
+			return -1;
+	return 0;
+}
+
+static void mark(struct lr_prefetch *p, const struct lr_index *idx, const struct lr_pages_hdr *h, uint8_t state)
+{
+	const struct lr_index_record *x = &idx->recs[h->record];
+	for (uint32_t k = 0; k < h->nblocks; k++)
+		p->local[x->first_checksum + h->first_block + k] = state;
+}
+
+int lr_prefetch_arrived(struct lr_lazyd *d, const struct lr_pages_hdr *h, uint64_t a, const char *data, uint32_t wire,
+			struct lr_error *err)
+{
+	struct lr_prefetch *p = &d->prefetch;
+	const struct lr_index_record *x = &d->index.recs[h->record];
+	if (!p->local || p->local[x->first_checksum + h->first_block] != BLOCK_ASKED)
+		return 0;
+	uint64_t placed = 0;
+	p->fetched_bytes += h->data_len;
+	p->wire_bytes += wire;
+	p->fetch_ns = lr_now_ns() - p->start_ns;
+	if (d->finished) { /* every task is here: its windows now, the rest of the block once the working set is in */
+		mark(p, &d->index, h, BLOCK_NONE);
+		if (hold(p, h, a, data, err))
+			return -1;
+	} else { /* a task may not be here yet: the pages files keep it */
+		if (pwrite(p->wfds[x->pages_id], data, h->data_len, (off_t)(x->offset + (a - x->start))) != (ssize_t)h->data_len)
+			return lr_error_set(err, errno ? errno : EIO, "write the working set into pages-%u.img", x->pages_id);
+		mark(p, &d->index, h, BLOCK_LOCAL);
+	}
+	if (place_windows(d, (uint32_t)h->record, a, a + h->data_len, data, &placed, err))
+		return -1;
+	d->stats.prefetch_bytes += placed;
+	if (++p->got == p->nreq && d->finished && lr_prefetch_settle(d, err))
+		return -1;
+	return 1;
+}
+
+void lr_prefetch_lost(struct lr_prefetch *p, uint64_t nblocks)
+{
+	for (uint64_t k = 0; p->local && k < nblocks; k++)
+		if (p->local[k] == BLOCK_ASKED)
+			p->local[k] = BLOCK_NONE; /* faults and the drain fetch them now */
+	p->next = p->got = p->nreq;
+}
+
+bool lr_prefetch_busy(const struct lr_lazyd *d)
+{
+	return d->prefetch.got < d->prefetch.nreq;
+}
+
+int lr_prefetch_failed(struct lr_lazyd *d, const struct lr_pages_hdr *h, struct lr_error *err)
+{
+	struct lr_prefetch *p = &d->prefetch;
+	const struct lr_index_record *x = &d->index.recs[h->record];
+	if (!p->local || p->local[x->first_checksum + h->first_block] != BLOCK_ASKED)
+		return 0;
+	mark(p, &d->index, h, BLOCK_NONE);
+	return ++p->got == p->nreq && d->finished ? lr_prefetch_settle(d, err) : 0;
+}
+
+void lr_prefetch_choose(struct lr_lazyd *d)
+{
+	struct lr_prefetch *p = &d->prefetch;
+	struct lr_remote *r = d->remote;
+	d->stats.prefetch_fetch_ns = p->fetch_ns;
+	if (p->fetch_ns && p->wire_bytes >= LR_MEASURE_BYTES)
+		lr_remote_measured(d, p->wire_bytes, p->fetch_ns, "fetched ahead");
+	else if (strcmp(d->cfg.compress, "auto"))
+		d->stats.compress = r->want & LR_F_COMPRESS;
 }

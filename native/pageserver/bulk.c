@@ -110,8 +110,8 @@ static bool next_run(struct ps_server *s, struct ps_session *ss, uint64_t *rec, 
 			k++;
 		if (k >= nb)
 			continue;
-		uint32_t len = 0;
-		while (k + len < nb && len < LR_BULK_BLOCKS && !ss->sent[r->first_checksum + k + len])
+		uint32_t len = 0, most = LR_BULK_BYTES / idx->hdr->block_size ? LR_BULK_BYTES / idx->hdr->block_size : 1;
+		while (k + len < nb && len < most && !ss->sent[r->first_checksum + k + len])
 			len++;
 		*rec = i;
 		*first = k;

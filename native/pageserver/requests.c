@@ -232,6 +232,10 @@ int ps_request_frame(struct ps_server *s, struct ps_conn *c)
 		return on_position(s, c);
 	if (urgent && t == LR_WORKINGSET)
 		return ps_wset_frame(s, c);
+	if (urgent && t == LR_TUNE && !c->hdr.length) {
+		c->session->bulk_want = c->hdr.flags & (LR_F_ZSTD | LR_F_COMPRESS);
+		return 0;
+	}
 	if (urgent && t == LR_DONE && !c->session->done)
 		return on_done(s, c);
 	ps_conn_fail(s, c, LR_ERR_PROTOCOL, "%s is not a request the %s channel takes now", lr_frame_name(t),

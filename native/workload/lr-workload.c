@@ -37,7 +37,8 @@
  * self-describing pages; on SIGRTMIN+1 main also prints "writes role=main ok|BAD ...", see writers.h),
  * --serve N (the main region holds a key-value table of self-describing records instead of pseudo-random
  * pages, without holes, and a thread answers "GET <first_key> <count>" requests on the abstract unix socket
- * @lr-workload-kv-N; see serve.h). Hidden:
+ * @lr-workload-kv-N; see serve.h), --fill 0|1|2 (the main region's pages: 0 random, 1 compressible
+ * "text", 2 random with every 4th run of 32 pages all zeros; see page_generate). Hidden:
  * --selftest-corrupt flips a byte of page 5 after the fill, behind the model's
  * back. Exits 0 on SIGUSR2 (SIGTERM is ignored by a pid-namespace init).
  */
@@ -81,10 +82,13 @@ struct model {
 	uint64_t seed;
 	size_t zero_first, zero_end; /* pages discarded by MADV_DONTNEED */
 	const struct kv_layout *kv;  /* --serve: pages hold the key-value table (no holes) */
+	unsigned long fill;          /* --fill: FILL_RANDOM, FILL_TEXT or FILL_ZEROS */
 };
 
+enum { FILL_RANDOM = 0, FILL_TEXT = 1, FILL_ZEROS = 2 };
+
 struct options {
-	unsigned long mib, child_mib, threads, children, scanners, heartbeat_s, writers, write_mib, serve_id;
+	unsigned long mib, child_mib, threads, children, scanners, heartbeat_s, writers, write_mib, serve_id, fill;
 	uint64_t seed;
 	int corrupt, serve;
 };
@@ -154,12 +158,20 @@ static void lock_read(struct model *m) { check_lock(pthread_rwlock_rdlock(&m->lo
 static void lock_write(struct model *m) { check_lock(pthread_rwlock_wrlock(&m->lock), "pthread_rwlock_wrlock"); }
 static void unlock(struct model *m) { check_lock(pthread_rwlock_unlock(&m->lock), "pthread_rwlock_unlock"); }
 
-/* The data of a (non-hole) page, as the fill writes it. */
-static void page_generate(uint64_t seed, size_t page, uint64_t *w)
+/*
+ * The data of a (non-hole) page, as the fill writes it. FILL_RANDOM: random words (incompressible).
+ * FILL_TEXT: 64 random bytes, then the same words counting up (zstd packs it several times over).
+ * FILL_ZEROS: every 4th run of 32 pages all zeros (written: they are in the checkpoint), the rest random.
+ */
+static void page_generate(uint64_t seed, unsigned long fill, size_t page, uint64_t *w)
 {
 	uint64_t s = seed ^ (page * 0x9E3779B97F4A7C15ULL) ^ 0xD1B54A32D192ED03ULL;
+	if (fill == FILL_ZEROS && (page / 32) % 4 == 0) {
+		memset(w, 0, PAGE);
+		return;
+	}
 	for (size_t i = 0; i < PAGE / 8; i++)
-		w[i] = lr_xorshift(&s);
+		w[i] = fill == FILL_TEXT && i >= 8 ? w[i % 8] + i / 8 : lr_xorshift(&s);
 }
 
 static int is_hole(const struct model *m, size_t page)
@@ -174,7 +186,7 @@ static void page_expected(const struct model *m, size_t page, uint64_t *w)
 	else if (m->kv)
 		kv_page_generate(m->kv, page, w);
 	else
-		page_generate(m->seed, page, w);
+		page_generate(m->seed, m->fill, page, w);
 }
 
 static int page_matches(const struct model *m, size_t page, const unsigned char *addr, uint64_t *scratch)
@@ -215,7 +227,7 @@ static int model_init(struct model *m, unsigned char *base, size_t npages, uint6
 }
 
 /* Map and fill a region; with kv, its pages hold that key-value table. */
-static int region_fill(struct model *m, size_t mib, uint64_t seed, const struct kv_layout *kv)
+static int region_fill(struct model *m, size_t mib, uint64_t seed, const struct kv_layout *kv, unsigned long fill)
 {
 	size_t len = mib << 20;
 	unsigned char *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -225,13 +237,14 @@ static int region_fill(struct model *m, size_t mib, uint64_t seed, const struct 
 	}
 	if (model_init(m, base, len / PAGE, seed, kv))
 		return -1;
+	m->fill = fill;
 	for (size_t page = 0; page < len / PAGE; page++) {
 		if (is_hole(m, page))
 			continue;
 		if (kv)
 			kv_page_generate(kv, page, (uint64_t *)(base + page * PAGE));
 		else
-			page_generate(seed, page, (uint64_t *)(base + page * PAGE));
+			page_generate(seed, fill, page, (uint64_t *)(base + page * PAGE));
 	}
 	return 0;
 }
@@ -683,9 +696,10 @@ static int set_option(struct options *o, const char *name, unsigned long v)
 	else if (!strcmp(name, "--writers")) o->writers = v;
 	else if (!strcmp(name, "--write-mib")) o->write_mib = v;
 	else if (!strcmp(name, "--serve")) o->serve = 1, o->serve_id = v;
+	else if (!strcmp(name, "--fill") && v <= FILL_ZEROS) o->fill = v;
 	else {
 		fprintf(stderr, "lr-workload: unknown option %s (expected --mib, --child-mib, --threads, --children, --seed, "
-			"--scanners, --heartbeat, --writers, --write-mib, --serve)\n", name);
+			"--scanners, --heartbeat, --writers, --write-mib, --serve, --fill 0|1|2)\n", name);
 		return -1;
 	}
 	return 0;
@@ -742,7 +756,7 @@ static void run_child(unsigned long idx, const struct options *o, struct model *
 {
 	struct model own;
 	char role[32];
-	if (region_fill(&own, o->child_mib, o->seed + 1000 + idx, NULL))
+	if (region_fill(&own, o->child_mib, o->seed + 1000 + idx, NULL, FILL_RANDOM))
 		_exit(1);
 	snprintf(role, sizeof(role), "child%lu", idx);
 	struct proc p = {.role = role, .models = {parent, &own}, .nmodels = 2, .mib = o->mib + o->child_mib};
@@ -807,7 +821,7 @@ int main(int argc, char **argv)
 	struct kv_layout *kv = NULL;
 	if (o.serve && !(kv = kv_table(&o)))
 		return 1;
-	if (install_handlers() || region_fill(main_model, o.mib, o.seed, kv))
+	if (install_handlers() || region_fill(main_model, o.mib, o.seed, kv, o.fill))
 		return 1;
 	if (o.corrupt) /* behind the model's back: verify must catch it */
 		main_model->seg[0].addr[5 * PAGE + 123] ^= 0x5A;

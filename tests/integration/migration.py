@@ -15,7 +15,7 @@ from .helpers import Background, run_cli
 SLOW_DRAIN = ("--drain-rate", "48M")  # keeps the drain running while the test acts
 
 
-def start_on_a(workdir: Path, reaper, mib: int = 256, **kw: int) -> sample.Workload:
+def start_on_a(workdir: Path, reaper, mib: int = 256, **kw: int | str) -> sample.Workload:
     with testhosts.inside(testhosts.HOST_A):
         w = sample.start(workdir, mib, **kw)
     reaper.add(w.pid)
