@@ -44,8 +44,9 @@ static uint64_t stall_ms(const struct lr_remote *r)
 static int send_frame(struct lr_lazyd *d, int fd, uint16_t type, const void *p, uint32_t len, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
+	uint16_t flags = type == LR_GET_PAGES || type == LR_BULK_START ? r->want : 0;
 	/* A full send buffer means the peer has stopped acknowledging: wait no longer than a stall. */
-	return lr_send_frame(fd, type, 0, ++r->next_req, p, len, lr_net_now_ns() + stall_ms(r) * 1000000ULL, err);
+	return lr_send_frame(fd, type, flags, ++r->next_req, p, len, lr_net_now_ns() + stall_ms(r) * 1000000ULL, err);
 }
 
 /* The connection is gone: forget what was asked for, reconnect from lr_remote_tick. */
