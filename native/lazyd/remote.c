@@ -177,17 +177,26 @@ void lr_remote_measured(struct lr_lazyd *d, uint64_t bytes, uint64_t ns, const c
 	       (unsigned long long)bytes, how, d->stats.compress ? "compressed (zstd)" : "as it is, zero blocks compressed");
 }
 
-/* --compress auto with nothing fetched ahead: the first LR_MEASURE_BYTES of the bulk stream measure the link. */
+/*
+ * --compress auto with nothing fetched ahead: the bulk stream measures the link. What waited in the socket
+ * buffers (the stream was paused, or lr-lazyd was busy) arrives at memory speed, so the first
+ * LR_MEASURE_SKIP_NS after the stream (re)starts are not counted.
+ */
+#define LR_MEASURE_SKIP_NS (10ULL * 1000000ULL)
+
 static void measure_bulk(struct lr_lazyd *d, uint32_t wire)
 {
 	struct lr_remote *r = d->remote;
+	uint64_t now = lr_now_ns();
 	if (r->measured || strcmp(d->cfg.compress, "auto"))
 		return;
 	if (!r->bulk_t0)
-		r->bulk_t0 = lr_now_ns();
+		r->bulk_t0 = now + LR_MEASURE_SKIP_NS;
+	if (now < r->bulk_t0)
+		return;
 	r->bulk_wire += wire;
 	if (r->bulk_wire >= LR_MEASURE_BYTES)
-		lr_remote_measured(d, r->bulk_wire, lr_now_ns() - r->bulk_t0, "streamed");
+		lr_remote_measured(d, r->bulk_wire, r->bulk_active_ns + (now - r->bulk_t0), "streamed");
 }
 
 static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_error *err)
@@ -249,7 +258,10 @@ static int pause_bulk(struct lr_lazyd *d, struct lr_error *err)
 	if (r->bulk_paused)
 		return 0;
 	r->bulk_paused = true;
-	r->bulk_wire = r->bulk_t0 = 0; /* the link is measured over a stretch without pauses */
+	uint64_t now = lr_now_ns();
+	if (r->bulk_t0 && now > r->bulk_t0) /* the link is measured while the stream runs */
+		r->bulk_active_ns += now - r->bulk_t0;
+	r->bulk_t0 = 0;
 	return lr_loop_del(d->epfd, &r->bulk.rec, err);
 }
 

@@ -63,7 +63,8 @@ struct lr_remote {
 	char *zbuf;
 	uint64_t zstd_frames;      /* PAGES frames that came compressed */
 	bool measured;             /* --compress auto: the link was measured (fetched ahead, or the bulk stream) */
-	uint64_t bulk_wire, bulk_t0; /* ... the bulk stream's first bytes, and when they began */
+	uint64_t bulk_wire, bulk_t0; /* ... the bulk stream's bytes counted, when the running stretch began ... */
+	uint64_t bulk_active_ns;   /* ... and how long it ran before that stretch */
 	uint64_t wire_bytes;       /* PAGES payload bytes as they crossed the link */
 };
 

@@ -13,8 +13,9 @@ from lazyrestore import sample, testhosts
 from .migration import checkpoint_on_a, checksums, finished, restore_on_b, serve_a, start_on_a
 
 
-def migrate(workdir: Path, reaper, fill: str, *extra: str, rate_mbit: float = 0) -> dict:
-    """A workload of 64 MiB filled with `fill` migrated from A to B (its memory read at once), compared."""
+def migrate(workdir: Path, reaper, fill: str, *extra: str, rate_mbit: float = 0, read_at_once: bool = True) -> dict:
+    """A workload of 64 MiB filled with `fill` migrated from A to B, its memory compared: read at once (it faults
+    during the drain), or once every page is there."""
     w = start_on_a(workdir, reaper, 64, fill=fill)
     before = checksums(w)
     checkpoint_on_a(w, workdir / "images")
@@ -23,8 +24,9 @@ def migrate(workdir: Path, reaper, fill: str, *extra: str, rate_mbit: float = 0)
         with testhosts.rate_limit(rate_mbit) if rate_mbit else _nothing():
             run = restore_on_b(src.address, workdir / "images", workdir / "dst", "--prefetch", "off", *extra)
             restored = sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
+            summary = None if read_at_once else finished(run)
             assert checksums(restored) == before, "a restored byte differs"
-            summary = finished(run)
+            summary = summary or finished(run)
         os.kill(restored.pid, signal.SIGKILL)
     finally:
         src.stop()
@@ -62,6 +64,7 @@ def test_zero_blocks_never_travel_as_bytes(hosts, workdir: Path, reaper) -> None
 
 
 def test_auto_compresses_on_a_slow_link(hosts, workdir: Path, reaper) -> None:
-    s = migrate(workdir, reaper, "text", rate_mbit=200)
+    """The tree does not fault here: auto measures the link on the bulk stream (a fault storm pauses it)."""
+    s = migrate(workdir, reaper, "text", rate_mbit=200, read_at_once=False)
     assert 0 < s["link_bps"] < 250 << 20 and s["compress"] is True, s
     assert s["zstd_frames"] > 0
