@@ -96,14 +96,23 @@ REMOTE_BENCH_ARGS ?= --repeat 3
 # and remote faults until it. Rewrites only BENCHMARKS.md's cold-start section and bench/coldstart_results.json.
 # About 2 minutes; COLDSTART_ARGS=--quick for a smoke run (256 MiB, 2 + 2 restores).
 COLDSTART_ARGS ?=
-.PHONY: bench coldstart
+# Then slow links (`make compress` alone): a 256 MiB workload, compressible (text) and not (random), migrated between
+# the test hosts over a tbf-limited link (unlimited, 1 Gbit/s, 100 Mbit/s) with --compress off, on and auto, twice in
+# rotating order; total migration time, bytes on the link, auto's choice. Rewrites only BENCHMARKS.md's slow-links
+# section and bench/compress_results.json. About 5 minutes; COMPRESS_ARGS=--quick for a smoke run (64 MiB, 1 round).
+COMPRESS_ARGS ?=
+.PHONY: bench coldstart compress
 bench: build
 	$(VENV)/bin/python bench/run_bench.py $(BENCH_ARGS)
 	$(VENV)/bin/python bench/run_remote_bench.py $(REMOTE_BENCH_ARGS)
 	$(VENV)/bin/python bench/coldstart.py $(COLDSTART_ARGS)
+	$(VENV)/bin/python bench/compress.py $(COMPRESS_ARGS)
 
 coldstart: build
 	$(VENV)/bin/python bench/coldstart.py $(COLDSTART_ARGS)
+
+compress: build
+	$(VENV)/bin/python bench/compress.py $(COMPRESS_ARGS)
 
 # --- C unit tests (ASan + UBSan), run by tests/unit/test_native.py ------------
 TEST_SANFLAGS := $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC)
