@@ -61,16 +61,11 @@ def run(mib: int, workdir: Path | None, rep: Reporter) -> int:
     base = workdir or Path(tempfile.mkdtemp(prefix="lazyrestore-demo-", dir="/dev/shm"))
     base.mkdir(parents=True, exist_ok=True)
     demo = Demo(base, rep, keep_base=workdir is not None)
-    old = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        return _demo(demo, mib)
+        with procs.sigterm_interrupts():
+            return _demo(demo, mib)
     finally:
-        signal.signal(signal.SIGTERM, old)
         _clean_up(demo, remove_base=workdir is None)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _demo(demo: Demo, mib: int) -> int:

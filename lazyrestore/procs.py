@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import select
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import NotPermitted, ProcessError
@@ -79,3 +82,22 @@ def ready_byte(status_r: int, timeout: float) -> bool:
         return (os.read(status_r, 1) if ready else b"") == b"\0"
     finally:
         os.close(status_r)
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt (a runtime stops us with it: clean up as for Ctrl-C).
+    Only in this process: a child forked meanwhile (pyroute2 forks helpers to enter network namespaces, and
+    stops them with SIGTERM) exits as SIGTERM's default would, instead of unwinding a copy of our stack."""
+    owner = os.getpid()
+
+    def interrupt(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

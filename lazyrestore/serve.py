@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, secret, sourcefile
+from . import checkpoint, procs, secret, sourcefile
 from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, UsageError
 from .manifest import META_DIR
 from .output import Reporter
@@ -173,21 +173,15 @@ def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitiz
                       f"({'until one destination has every page' if once else 'until Ctrl-C'}); log {log}\n"
                       f"  copy {secret.secret_path(images_dir)} to the destination (keep it mode 0600), then run "
                       f"there:\n    {cmd}")
-    old = signal.signal(signal.SIGTERM, _interrupt)  # a runtime stops us with SIGTERM: stop lr-pageserver too
     try:
-        _follow(server, s, reporter)
+        with procs.sigterm_interrupts():  # a runtime stops us with SIGTERM: stop lr-pageserver too
+            _follow(server, s, reporter)
     except KeyboardInterrupt:
         server.stop()
-    finally:
-        signal.signal(signal.SIGTERM, old)
     code = server.wait()
     if code not in (0, -signal.SIGTERM):
         raise DaemonFailed(f"lr-pageserver failed (exit {code}): {server.log_tail()}; log {log}")
     return s
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _follow(server: PageServer, s: ServeSummary, reporter: Reporter) -> None:
