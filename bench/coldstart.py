@@ -19,70 +19,42 @@ import contextlib
 import json
 import os
 import random
-import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 # Our own test hosts (lrcs-host-a/-b), apart from the tests' and the other benches': read by
-# lazyrestore.testhosts when it is first imported (remote_procs imports it).
+# lazyrestore.testhosts when it is first imported (bench_run imports it).
 os.environ.setdefault("LAZYRESTORE_TESTHOSTS_PREFIX", "lrcs")
 
+import bench_run  # noqa: E402
 import coldstart_report  # noqa: E402
-import remote_report  # noqa: E402
+from bench_markers import write_section  # noqa: E402
 from bench_methods import lazyrestore_cmd  # noqa: E402
-from bench_procs import become_subreaper, kill_and_wait, kill_descendants, wait_gone  # noqa: E402
+from bench_run import (ERRORS, STEP_TIMEOUT_S, RunFailed, Served, deliveries, positive,  # noqa: E402
+                       read_restore, start_restore, wait_delivered)
 from coldstart_report import AUTO, EAGER, OFF  # noqa: E402
-from remote_procs import HOSTS, LOOPBACK, JsonProc, Network, finish, hosts_up, loopback, pump, shielded  # noqa: E402
+from remote_procs import HOSTS, LOOPBACK, JsonProc, Network, hosts_up, loopback, shielded  # noqa: E402
 
-from pyroute2 import netns  # noqa: E402
-
-from lazyrestore import criu, daemons, sample, testhosts, workingset  # noqa: E402
+from lazyrestore import daemons, sample, testhosts, workingset  # noqa: E402
 from lazyrestore.errors import LazyRestoreError  # noqa: E402
-from lazyrestore.manifest import META_DIR  # noqa: E402
 from lazyrestore.remote import RUN_SUBDIR  # noqa: E402
 from lazyrestore.restore import SETTLE_S  # noqa: E402
-from lazyrestore.secret import SECRET_NAME  # noqa: E402
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-SHM = Path("/dev/shm")
 SCRATCH_PREFIX = "lazyrestore-coldstart-"
-STEP_TIMEOUT_S = 300.0   # start, checkpoint, a restore to every page resident
 ANSWER_TIMEOUT_S = 60.0  # one request, once the restored server took the connection
 POLL_S = 0.001           # between connection attempts while nothing listens yet
 PROBE_GRACE_S = 5.0      # for the client after the restore command ended
-DELIVERY_TIMEOUT_S = 30.0  # for the page server to report a delivery the destination already saw
 WARM_REQUESTS = 3
-ERRORS = (LazyRestoreError, subprocess.SubprocessError, TimeoutError, OSError, KeyError, ValueError, TypeError)
 
 
 def log(text: str) -> None:
-    print(f"coldstart: {text}", flush=True)
-
-
-class RunFailed(Exception):
-    """One restore failed; the message says how. pid: its restored root, when there is one."""
-
-    def __init__(self, message: str, pid: int | None = None) -> None:
-        super().__init__(message)
-        self.pid = pid
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
+    bench_run.say("coldstart", text)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -96,104 +68,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--network", choices=(HOSTS, LOOPBACK), default=HOSTS,
                    help="hosts: workload and page server on test host A, restores on B (default); loopback: all in "
                         "the root network namespace")
-    p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report (its cold-start section only)")
-    p.add_argument("--json-out", type=Path, default=BENCH_DIR / "coldstart_results.json", help="raw results")
-    p.add_argument("--quick", action="store_true", help="smoke run: 256 MiB, 2 repeats")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.mib, args.repeat = 256, 2
-    return args
+    return bench_run.parse_options(p, argv, section="cold-start", results="coldstart_results.json",
+                                   quick_help="smoke run: 256 MiB, 2 repeats", quick={"mib": 256, "repeat": 2})
 
 
 # --- the source: workload, checkpoint, page server ---------------------------------------------------
 
-@dataclass
-class Source:
-    """The one checkpoint every run restores, and what its memory and answers must be."""
+@dataclass(kw_only=True)
+class Source(Served):
+    """The one checkpoint every run restores, and the hot request its restored server must answer."""
 
-    net: Network
-    scratch: Path
-    images: Path
-    pid: int                   # the workload's root, until the checkpoint ends it
-    log: Path
-    roles: tuple[str, ...]
     table: sample.KvTable
     keys: int
     answer: str                # the checksum of GET 0 keys
-    checksums: dict[str, str]  # the tree's memory before the checkpoint
-    log_size: int = -1
-    address: str = ""          # lazyrestore serve's HOST:PORT
     lazy_extra: tuple[str, ...] = ()  # more options for the lazy restores
-    server: JsonProc | None = None
-
-    def rewind_log(self) -> None:
-        """CRIU restores the open log at its checkpoint-time size: put it back before each restore."""
-        os.truncate(self.log, self.log_size)
 
 
 def start_workload(net: Network, scratch: Path, mib: int, keys: int) -> Source:
     """The serving workload in the source's namespace, warmed with its hot request."""
-    with net.inside_src():
-        w = sample.start(scratch, mib, serve=random.randrange(1 << 32), timeout=STEP_TIMEOUT_S)
+    w = bench_run.start_workload(net, scratch, mib, serve=random.randrange(1 << 32))
     table = w.kv_table()
     with net.inside_src():
         answers = {sample.kv_get(table.name, 0, keys, timeout=ANSWER_TIMEOUT_S) for _ in range(WARM_REQUESTS)}
-    before = w.request_report(timeout=STEP_TIMEOUT_S)
+    checksums = bench_run.memory_checksums(w)
     if len(answers) != 1:
         raise LazyRestoreError(f"the workload answered GET 0 {keys} differently each time: {sorted(answers)}")
-    return Source(net, scratch, scratch / "images", w.pid, w.log, w.roles, table, keys, answers.pop(),
-                  {r: rep.checksum for r, rep in before.items()})
-
-
-def checkpoint(src: Source) -> dict[str, Any]:
-    """`lazyrestore checkpoint` in the source's namespace; the workload is gone afterwards."""
-    ck = JsonProc(lazyrestore_cmd("checkpoint", "--pid", str(src.pid), "--images", str(src.images), "--json"),
-                  src.scratch / "checkpoint.stderr", src.net.src_preexec())
-    try:
-        code = finish(ck, time.monotonic() + STEP_TIMEOUT_S)
-        summary = ck.last("summary")
-    finally:
-        ck.close()
-    if code != 0 or summary is None:
-        raise LazyRestoreError(f"lazyrestore checkpoint: exit {code}: {ck.error_text()}")
-    if not wait_gone(src.pid, 60.0):
-        raise LazyRestoreError(f"the workload {src.pid} is still alive after its checkpoint")
-    src.log_size = src.log.stat().st_size
-    return summary[1]
-
-
-def start_server(src: Source) -> None:
-    src.server = JsonProc(lazyrestore_cmd("serve", "--images", str(src.images), "--listen", f"{src.net.src_addr}:0",
-                                          "--json"), src.scratch / "serve.stderr", src.net.src_preexec())
-    pump([src.server], lambda: src.server is not None and src.server.first("listening") is not None,
-         time.monotonic() + STEP_TIMEOUT_S)
-    listening = src.server.first("listening")
-    if listening is None:
-        raise LazyRestoreError(f"lazyrestore serve did not listen: {src.server.error_text()}")
-    src.address = f"{src.net.src_addr}:{listening[1]['port']}"
-
-
-def servers(src: Source) -> tuple[JsonProc, ...]:
-    """The page server's command, read along with each restore (its events must not fill its pipe)."""
-    return () if src.server is None else (src.server,)
-
-
-def deliveries(src: Source) -> int:
-    return 0 if src.server is None else sum(e.get("event") == "server_delivered" for _, e in src.server.events)
-
-
-def wait_delivered(src: Source, count: int) -> bool:
-    """Until the page server has reported count deliveries: the last restore's working set is merged then."""
-    return pump(list(servers(src)), lambda: deliveries(src) >= count, time.monotonic() + DELIVERY_TIMEOUT_S)
-
-
-def stop_server(src: Source) -> None:
-    if src.server is None:
-        return
-    if src.server.proc.poll() is None:
-        src.server.proc.send_signal(signal.SIGTERM)
-    finish(src.server, time.monotonic() + 30.0)
-    src.server.close()
+    return Source(net, scratch, w.pid, w.log, w.roles, checksums, table=table, keys=keys, answer=answers.pop())
 
 
 # --- the client on the destination --------------------------------------------------------------------
@@ -276,19 +176,17 @@ def destination(net: Network) -> Iterator[None]:
 def restore_args(src: Source, mode: str, work: Path) -> list[str]:
     if mode == EAGER:
         return lazyrestore_cmd("restore", "--images", str(work), "--json")
-    return lazyrestore_cmd("restore", "--from", src.address, "--secret-file", str(src.images / META_DIR / SECRET_NAME),
-                           "--workdir", str(work), "--prefetch", mode, *src.lazy_extra, "--json")
+    return bench_run.restore_from(src, work, "--prefetch", mode, *src.lazy_extra)
 
 
 def restore_and_ask(src: Source, mode: str, work: Path) -> tuple[JsonProc, Probe, int | None]:
     """Start the restore and the client; read the restore to its end. The command, the client and its exit."""
-    rst = JsonProc(restore_args(src, mode, work), work.parent / f"{work.name}.stderr", src.net.dst_preexec())
+    rst = start_restore(src, restore_args(src, mode, work), work)
     probe = Probe(src, rst.launched + STEP_TIMEOUT_S)
     probe.start()
     try:
-        code = finish(rst, rst.launched + STEP_TIMEOUT_S, servers(src))
+        code = read_restore(src, rst, STEP_TIMEOUT_S)
     finally:
-        rst.close()
         probe.finish(PROBE_GRACE_S)
     return rst, probe, code
 
@@ -306,10 +204,7 @@ def running_at(rst: JsonProc, s: dict[str, Any]) -> float | None:
 
 
 def figures(rst: JsonProc, probe: Probe, code: int | None) -> dict[str, Any]:
-    resumed, summary = rst.first("resumed"), rst.last("summary")
-    pid = (summary[1].get("pid") if summary else None) or (resumed[1].get("pid") if resumed else None)
-    if code != 0 or summary is None:
-        raise RunFailed(f"restore: exit {code}: {rst.error_text()}", pid)
+    pid, summary = bench_run.restore_result(rst, code)
     if probe.at is None or probe.error:
         raise RunFailed(probe.error or "no answer", pid)
     s, t0, running = summary[1], rst.launched, running_at(rst, summary[1])
@@ -317,7 +212,7 @@ def figures(rst: JsonProc, probe: Probe, code: int | None) -> dict[str, Any]:
             "connected_s": None if probe.connected is None else probe.connected - t0, "attempts": probe.attempts,
             "resident_s": summary[0] - t0, "faults": s.get("faults"), "prefetch_bytes": s.get("prefetch_bytes"),
             "prefetch_restores": s.get("prefetch_restores"), "lat_p50_us": s.get("lat_p50_us"),
-            "lat_p99_us": s.get("lat_p99_us"), "summary": {k: v for k, v in s.items() if not isinstance(v, (dict, list))}}
+            "lat_p99_us": s.get("lat_p99_us"), "summary": bench_run.scalars(s)}
 
 
 def faults_until(run_dir: Path, answered_at: float) -> tuple[int | None, str | None]:
@@ -339,13 +234,6 @@ def stored_workingset(src: Source) -> dict[str, int] | None:
     except workingset.BadProfile:
         return None
     return {"pages": len(p.faults), "restores": p.restores}
-
-
-def check_memory(src: Source, pid: int) -> str:
-    after = sample.Workload(pid, src.log, src.roles).request_report(timeout=STEP_TIMEOUT_S)
-    wrong = [f"{r} {src.checksums[r]} -> {after[r].checksum}" for r in src.roles if after[r].checksum != src.checksums[r]]
-    bad = sample.Workload(pid, src.log, src.roles).bad_lines()
-    return "; ".join(([f"checksum mismatch: {', '.join(wrong)}"] if wrong else []) + bad[:1]) or "ok"
 
 
 def lazy_run(src: Source, mode: str, work: Path, rec: dict[str, Any]) -> int | None:
@@ -372,21 +260,9 @@ def eager_run(src: Source, work: Path, rec: dict[str, Any]) -> int | None:
 def measure(src: Source, mode: str, order: int) -> dict[str, Any]:
     rec: dict[str, Any] = {"mode": mode, "order": order, "error": None, "memory": None}
     work = src.scratch / f"restore-{order}-{mode}"
-    src.rewind_log()
-    pid = None
-    try:
-        pid = eager_run(src, work, rec) if mode == EAGER else lazy_run(src, mode, work, rec)
-        rec["memory"] = check_memory(src, pid) if pid else "no restored tree"
-    except RunFailed as exc:
-        rec["error"], pid = str(exc), exc.pid
-    except ERRORS as exc:
-        rec["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        with shielded():
-            if pid is not None and not kill_and_wait(pid):
-                rec["error"] = rec["error"] or f"restored root {pid} did not go away after SIGKILL"
-            shutil.rmtree(work, ignore_errors=True)
-    return rec
+    if mode == EAGER:
+        return bench_run.run_checked(src, work, rec, lambda: eager_run(src, work, rec))
+    return bench_run.run_checked(src, work, rec, lambda: lazy_run(src, mode, work, rec))
 
 
 def schedule(repeat: int, eager: int) -> list[str]:
@@ -410,27 +286,13 @@ def describe(rec: dict[str, Any]) -> str:
 
 # --- main ------------------------------------------------------------------------------------------------
 
-MAIN_PID = os.getpid()
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    """Ctrl-C and SIGTERM unwind the bench; a pyroute2 helper (a fork of this process) just exits."""
-    if os.getpid() != MAIN_PID:
-        os._exit(128 + signum)
-    raise KeyboardInterrupt
-
-
 def setup_network(name: str, meta: dict[str, Any]) -> Network:
     if name == LOOPBACK:
         net = loopback()
         meta.update(network_label="loopback (everything in the root network namespace)", src_label="the root "
                     "network namespace", dst_label="the root network namespace")
         return net
-    if set(netns.listnetns()) & {testhosts.HOST_A, testhosts.HOST_B}:
-        raise LazyRestoreError(f"test hosts {testhosts.HOST_A}/{testhosts.HOST_B} already exist (another run?); "
-                               f"remove them with `LAZYRESTORE_TESTHOSTS_PREFIX="
-                               f"{os.environ['LAZYRESTORE_TESTHOSTS_PREFIX']} lazyrestore testhosts down`")
-    meta["hosts"] = {"note": "being set up"}  # from here on, cleanup() removes them
+    bench_run.claim_hosts(meta)
     net, meta["hosts"] = hosts_up()
     meta.update(network_label=net.label, src_label=f"test host A ({testhosts.HOST_A}, {testhosts.ADDR_A})",
                 dst_label=f"test host B ({testhosts.HOST_B}, {testhosts.ADDR_B})")
@@ -441,10 +303,8 @@ def prepare(args: argparse.Namespace, meta: dict[str, Any], scratch: Path) -> So
     net = setup_network(args.network, meta)
     log(f"{args.mib} MiB serving workload on {meta['src_label']} ...")
     src = start_workload(net, scratch, args.mib, args.keys)
-    cp = checkpoint(src)
-    meta["checkpoint"] = {k: cp.get(k) for k in ("checkpoint_id", "lazy_pages", "eager_pages", "frozen_s")}
-    start_server(src)
-    log(f"checkpoint {cp.get('checkpoint_id')} served on {src.address}; the hot request: GET 0 {args.keys}")
+    meta["checkpoint"] = bench_run.checkpoint_and_serve(src)
+    log(f"checkpoint {meta['checkpoint']['checkpoint_id']} served on {src.address}; the hot request: GET 0 {args.keys}")
     return src
 
 
@@ -458,65 +318,31 @@ def run_all(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[s
             log(describe(rec))
     finally:
         with shielded():
-            stop_server(src)
+            bench_run.stop_server(src)
     copies = [r["copy_s"] for r in records if r.get("copy_s") is not None]
     meta["eager_copy_s"] = sum(copies) / len(copies) if copies else None
 
 
-def cleanup(scratch: Path, hosts: bool) -> None:
-    with shielded():
-        kill_descendants()
-        shutil.rmtree(scratch, ignore_errors=True)
-        if hosts:
-            testhosts.down()
-
-
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
     med = coldstart_report.medians(records)
-    previous = args.out.read_text() if args.out.exists() else ""
-    args.out.write_text(coldstart_report.put_section(previous, coldstart_report.render(meta, records)))
-    args.json_out.write_text(json.dumps({"meta": meta, "runs": records, "medians": med,
-                                         "ratios": coldstart_report.ratios(med)}, indent=2) + "\n")
+    write_section(args.out, coldstart_report.SECTION, coldstart_report.render(meta, records))
+    bench_run.write_json(args.json_out, {"meta": meta, "runs": records, "medians": med,
+                                         "ratios": coldstart_report.ratios(med)})
     for line in coldstart_report.goals(med):
         log(line)
     log(f"wrote the cold-start section of {args.out} and {args.json_out}")
 
 
 def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[str, Any]:
-    command = shlex.join([os.path.relpath(sys.executable, REPO), os.path.relpath(__file__, REPO), *argv])
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "mib": args.mib, "keys": args.keys,
-            "repeat": args.repeat, "eager": args.eager, "network": args.network, "drain_rate": args.drain_rate,
-            "command": command,
-            "machine": remote_report.machine(criu_path, REPO), "hosts": None}
+    return {"date": bench_run.utc_now(), "mib": args.mib, "keys": args.keys, "repeat": args.repeat, "eager": args.eager,
+            "network": args.network, "drain_rate": args.drain_rate, "command": bench_run.command_line(__file__, argv),
+            "machine": bench_run.machine(criu_path), "hosts": None}
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
-    if os.geteuid() != 0:
-        raise SystemExit("coldstart: must run as root (CRIU and network namespaces need it)")
-    criu_path = criu.find_criu().path
-    become_subreaper()
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    meta = new_meta(args, argv, criu_path)
-    records: list[dict[str, Any]] = []
-    scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=SHM))
-    try:
-        run_all(args, meta, records, scratch)
-    except LazyRestoreError as exc:
-        log(f"cannot run: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted: every started process killed, the scratch dir and test hosts removed; nothing written")
-        return 130
-    finally:
-        cleanup(scratch, meta["hosts"] is not None)
-    write_outputs(args, meta, records)
-    failed = [r for r in records if not coldstart_report.run_ok(r)]
-    if failed:
-        log(f"{len(failed)} failed run(s) or wrong memory: see {args.out}")
-    return 1 if failed else 0
+# What main runs: options, meta, the runs and the outputs (bench_run.main does the rest).
+BENCH = bench_run.Bench("coldstart", "CRIU and network namespaces", SCRATCH_PREFIX,
+                        parse_args, new_meta, run_all, write_outputs)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(bench_run.main(BENCH, sys.argv[1:]))

@@ -7,27 +7,17 @@ answer, remote faults until that answer, time until every page is resident; then
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
-Record = dict[str, Any]
+from report_cells import (Record, dated, failed_alarm, fmt, markdown_table, median, outcome, ratio, run_ok, table_row,
+                          times, verdict)
 
 OFF, AUTO, EAGER = "off", "auto", "eager"
 MODES = (OFF, AUTO, EAGER)
 LABELS = {OFF: "lazy, `--prefetch off`", AUTO: "lazy, `--prefetch auto`", EAGER: "eager (`restore --images`)"}
 FIRST_ANSWER_RATIO_MIN = 2.0
 FAULTS_RATIO_MIN = 5.0
-BEGIN = "<!-- coldstart:begin -->"
-END = "<!-- coldstart:end -->"
-
-
-def run_ok(r: Record) -> bool:
-    return r.get("error") is None and r.get("memory") == "ok"
-
-
-def _median(values: list[float | None]) -> float | None:
-    got = [v for v in values if v is not None]
-    return statistics.median(got) if got else None
+SECTION = "coldstart"  # its name between BENCHMARKS.md's markers (bench_markers)
 
 
 def medians(records: list[Record]) -> dict[str, Record]:
@@ -39,14 +29,10 @@ def medians(records: list[Record]) -> dict[str, Record]:
             continue
         ok = [r for r in runs if run_ok(r)]
         out[mode] = {"runs": len(runs), "ok": len(ok)} | {
-            f: _median([r.get(f) for r in ok])
+            f: median(r.get(f) for r in ok)
             for f in ("first_answer_s", "running_s", "faults_until_answer", "resident_s", "faults", "prefetch_bytes",
                       "lat_p50_us", "lat_p99_us")}
     return out
-
-
-def ratio(num: float | None, den: float | None) -> float | None:
-    return num / den if num is not None and den else None
 
 
 def faults_at_least_one(faults: float | None) -> float | None:
@@ -63,14 +49,6 @@ def ratios(med: dict[str, Record]) -> dict[str, float | None]:
             "resident_off_over_auto": ratio(off.get("resident_s"), auto.get("resident_s"))}
 
 
-def _f(x: float | None, digits: int = 3, scale: float = 1.0) -> str:
-    return "n/a" if x is None else f"{x * scale:.{digits}f}"
-
-
-def _x(x: float | None, bound: str = "") -> str:
-    return "n/a" if x is None else f"{bound}{x:.2f}×"
-
-
 def faults_bound(med: dict[str, Record]) -> str:
     """"≥ " when auto's median was under one fault (counted as one: the ratio is a lower bound)."""
     auto = med.get(AUTO, {}).get("faults_until_answer")
@@ -85,29 +63,29 @@ TABLE_HEAD = ("| restore | first correct answer (ms) | tree running (ms) | remot
 def _row(mode: str, m: Record, r: dict[str, float | None], bound: str) -> str:
     x_first = {OFF: r["first_answer_off_over_auto"], EAGER: r["first_answer_eager_over_auto"]}.get(mode)
     lazy = mode != EAGER
-    lat = f"{_f(m['lat_p50_us'], 0)} / {_f(m['lat_p99_us'], 0)}" if lazy else "—"
-    cells = [LABELS[mode], _f(m["first_answer_s"], 1, 1000), _f(m["running_s"], 1, 1000),
-             _f(m["faults_until_answer"], 0) if lazy else "—", lat, _f(m["resident_s"]),
-             "—" if mode == AUTO else _x(x_first), _x(r["faults_off_over_auto"], bound) if mode == OFF else "—",
+    lat = f"{fmt(m['lat_p50_us'], 0)} / {fmt(m['lat_p99_us'], 0)}" if lazy else "—"
+    cells = [LABELS[mode], fmt(m["first_answer_s"], 1, 1000), fmt(m["running_s"], 1, 1000),
+             fmt(m["faults_until_answer"], 0) if lazy else "—", lat, fmt(m["resident_s"]),
+             "—" if mode == AUTO else times(x_first), times(r["faults_off_over_auto"], bound) if mode == OFF else "—",
              f"{m['ok']}/{m['runs']}"]
-    return "| " + " | ".join(cells) + " |"
+    return table_row(cells)
 
 
 def table(med: dict[str, Record]) -> str:
     """The main table: one row per mode; ratios against auto on the off and eager rows."""
     r, bound = ratios(med), faults_bound(med)
-    return "\n".join([TABLE_HEAD] + [_row(mode, med[mode], r, bound) for mode in MODES if mode in med])
+    return markdown_table(TABLE_HEAD, (_row(mode, med[mode], r, bound) for mode in MODES if mode in med))
 
 
 def _verdict(value: float | None, goal: float) -> str:
-    return "not evaluated" if value is None else ("**PASS**" if value >= goal else "**FAIL**")
+    return verdict(None if value is None else value >= goal)
 
 
 def goals(med: dict[str, Record]) -> list[str]:
     r = ratios(med)
-    return [f"- first correct answer, off / auto: {_x(r['first_answer_off_over_auto'])} (goal ≥ "
+    return [f"- first correct answer, off / auto: {times(r['first_answer_off_over_auto'])} (goal ≥ "
             f"{FIRST_ANSWER_RATIO_MIN:g}×): {_verdict(r['first_answer_off_over_auto'], FIRST_ANSWER_RATIO_MIN)}",
-            f"- remote faults until it, off / auto: {_x(r['faults_off_over_auto'], faults_bound(med))} (goal ≥ "
+            f"- remote faults until it, off / auto: {times(r['faults_off_over_auto'], faults_bound(med))} (goal ≥ "
             f"{FAULTS_RATIO_MIN:g}×): {_verdict(r['faults_off_over_auto'], FAULTS_RATIO_MIN)}"]
 
 
@@ -119,21 +97,15 @@ RUNS_HEAD = ("| order | restore | first answer (ms) | tree running (ms) | faults
 def _run_row(r: Record) -> str:
     ws = r.get("workingset_before")
     pre = r.get("prefetch_bytes")
-    cells = [str(r["order"]), LABELS[r["mode"]], _f(r.get("first_answer_s"), 1, 1000), _f(r.get("running_s"), 1, 1000),
-             _f(r.get("faults_until_answer"), 0), _f(r.get("faults"), 0),
-             f"{ws['pages']} / {ws['restores']}" if ws else "—", "—" if pre is None else _f(pre, 1, 1 / (1 << 20)),
-             _f(r.get("resident_s")), outcome(r)]
-    return "| " + " | ".join(cells) + " |"
+    cells = [str(r["order"]), LABELS[r["mode"]], fmt(r.get("first_answer_s"), 1, 1000), fmt(r.get("running_s"), 1, 1000),
+             fmt(r.get("faults_until_answer"), 0), fmt(r.get("faults"), 0),
+             f"{ws['pages']} / {ws['restores']}" if ws else "—", "—" if pre is None else fmt(pre, 1, 1 / (1 << 20)),
+             fmt(r.get("resident_s")), outcome(r)]
+    return table_row(cells)
 
 
 def runs_table(records: list[Record]) -> str:
-    return "\n".join([RUNS_HEAD] + [_run_row(r) for r in records])
-
-
-def outcome(r: Record) -> str:
-    if r.get("error"):
-        return f"**FAILED**: {r['error']}"
-    return "ok" if r.get("memory") == "ok" else f"**memory: {r.get('memory')}**"
+    return markdown_table(RUNS_HEAD, (_run_row(r) for r in records))
 
 
 NOTES = """\
@@ -169,25 +141,11 @@ checkpointed once onto tmpfs; `lazyrestore serve` serves that one checkpoint fro
 
 def render(meta: dict[str, Any], records: list[Record]) -> str:
     med = medians(records)
-    m = meta["machine"]
-    failed = [r for r in records if not run_ok(r)]
-    alarm = [f"**{len(failed)} run(s) failed or restored wrong memory: see Every run.**", ""] if failed else []
-    return "\n".join(["## Cold start: first answer after a restore", "", *alarm,
-                      f"Date: {meta['date']}; lazyrestore HEAD {m['lazyrestore']}; machine: {m['cpu']}, "
-                      f"{m['nproc']} vCPU, {m['memory']}, kernel {m['kernel']}  ",
+    return "\n".join(["## Cold start: first answer after a restore", "", *failed_alarm(records), dated(meta),
                       f"Command: `{meta['command']}`; network: {meta['network_label']}.", "",
                       table(med), "", "Goals:", "", *goals(med), "", "### Method", "",
                       NOTES.format(mib=meta["mib"], keys=meta["keys"], src=meta["src_label"], dst=meta["dst_label"],
-                                   copy=_f(meta.get("eager_copy_s")),
+                                   copy=fmt(meta.get("eager_copy_s")),
                                    extra=f" --drain-rate {meta['drain_rate']}" if meta.get("drain_rate") else ""),
                       "### Every run", "", runs_table(records), ""])
 
-
-def put_section(old: str, section: str) -> str:
-    """old with the text between BEGIN and END replaced by section (the markers appended when missing)."""
-    block = f"{BEGIN}\n{section.strip(chr(10))}\n{END}"
-    start = old.find(BEGIN)
-    end = old.find(END, start + len(BEGIN)) if start >= 0 else -1
-    if end >= 0:
-        return old[:start] + block + old[end + len(END):]
-    return (old.rstrip("\n") or "# lazyrestore benchmarks") + "\n\n" + block + "\n"

@@ -9,10 +9,11 @@ time of compressible memory, with --compress on and with the default auto.
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
-Record = dict[str, Any]
+from report_cells import (Record, dated, failed_alarm, fmt, markdown_table, median, outcome, ratio, run_ok, table_row,
+                          times, verdict)
+
 Key = tuple[str, float, str]  # (fill, rate in Mbit/s with 0 for unlimited, --compress mode)
 
 OFF, ON, AUTO = "off", "on", "auto"
@@ -23,28 +24,14 @@ FILL_LABELS = {TEXT: "Compressible memory (`--fill text`)", RANDOM: "Incompressi
 # A cut smaller than this is within what two runs of the same thing differ by on this 2-vCPU VM.
 CUT_MIN = 1.10
 MIB = 1 << 20
-BEGIN = "<!-- compress:begin -->"
-END = "<!-- compress:end -->"
+SECTION = "compress"  # its name between BENCHMARKS.md's markers (bench_markers)
 FIELDS = ("total_s", "fetch_s", "resume_s", "resident_s", "wire_bytes", "placed_bytes", "zstd_frames", "link_bps",
           "server_cpu_s", "daemon_cpu_s")
-
-
-def run_ok(r: Record) -> bool:
-    return r.get("error") is None and r.get("memory") == "ok"
 
 
 def compression_unused(records: list[Record]) -> list[Record]:
     """Runs of compressible memory that succeeded with compression on, yet with no page frame compressed."""
     return [r for r in records if r["fill"] == TEXT and run_ok(r) and r.get("compress") and not r.get("zstd_frames")]
-
-
-def _median(values: list[float | None]) -> float | None:
-    got = [v for v in values if v is not None]
-    return statistics.median(got) if got else None
-
-
-def ratio(num: float | None, den: float | None) -> float | None:
-    return num / den if num is not None and den else None
 
 
 def keys(records: list[Record]) -> list[Key]:
@@ -62,7 +49,7 @@ def medians(records: list[Record]) -> dict[Key, Record]:
         runs = [r for r in records if (r["fill"], r["rate_mbit"], r["mode"]) == key]
         ok = [r for r in runs if run_ok(r)]
         row: Record = {"runs": len(runs), "ok": len(ok), "compressed": sum(bool(r.get("compress")) for r in ok)}
-        row |= {f: _median([r.get(f) for r in ok]) for f in FIELDS}
+        row |= {f: median(r.get(f) for r in ok) for f in FIELDS}
         row["ratio"] = ratio(row["placed_bytes"], row["wire_bytes"])
         out[key] = row
     return out
@@ -78,14 +65,6 @@ def rate_label(rate: float) -> str:
     if not rate:
         return "unlimited"
     return f"{rate / 1000:g} Gbit/s" if rate >= 1000 else f"{rate:g} Mbit/s"
-
-
-def _f(x: float | None, digits: int = 3, scale: float = 1.0) -> str:
-    return "n/a" if x is None else f"{x * scale:.{digits}f}"
-
-
-def _x(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}×"
 
 
 def chose(m: Record) -> str:
@@ -114,18 +93,14 @@ TABLE_HEAD = ("| link (tbf) | `--compress` | total migration (s) | off / this | 
 def _row(med: dict[Key, Record], key: Key) -> str:
     fill, rate, mode = key
     m = med[key]
-    cells = [rate_label(rate), f"`{mode}`", _f(m["total_s"], 2), "—" if mode == OFF else _x(speedup(med, *key)),
-             _f(m["resume_s"], 2), _f(m["wire_bytes"], 1, 1 / MIB), _x(m["ratio"]), chose(m), _f(m["zstd_frames"], 0), measured(m, mode),
-             _f(m["server_cpu_s"], 2), f"{m['ok']}/{m['runs']}"]
-    return "| " + " | ".join(cells) + " |"
+    cells = [rate_label(rate), f"`{mode}`", fmt(m["total_s"], 2), "—" if mode == OFF else times(speedup(med, *key)),
+             fmt(m["resume_s"], 2), fmt(m["wire_bytes"], 1, 1 / MIB), times(m["ratio"]), chose(m),
+             fmt(m["zstd_frames"], 0), measured(m, mode), fmt(m["server_cpu_s"], 2), f"{m['ok']}/{m['runs']}"]
+    return table_row(cells)
 
 
 def table(med: dict[Key, Record], fill: str) -> str:
-    return "\n".join([TABLE_HEAD] + [_row(med, k) for k in med if k[0] == fill])
-
-
-def _verdict(ok: bool | None) -> str:
-    return "not evaluated" if ok is None else ("**PASS**" if ok else "**FAIL**")
+    return markdown_table(TABLE_HEAD, (_row(med, k) for k in med if k[0] == fill))
 
 
 def goals(med: dict[Key, Record]) -> list[str]:
@@ -137,16 +112,16 @@ def goals(med: dict[Key, Record]) -> list[str]:
         on, auto = speedup(med, TEXT, rate, ON), speedup(med, TEXT, rate, AUTO)
         ok = None if on is None or auto is None else on >= CUT_MIN and auto >= CUT_MIN
         off = med.get((TEXT, rate, OFF), {}).get("total_s")
-        lines.append(f"- {rate_label(rate)}, compressible memory: total migration {_f(off, 2)} s with `off`; off / on "
-                     f"{_x(on)}, off / auto {_x(auto)} (goal: both ≥ {CUT_MIN:.2f}×): {_verdict(ok)}")
+        lines.append(f"- {rate_label(rate)}, compressible memory: total migration {fmt(off, 2)} s with `off`; off / on "
+                     f"{times(on)}, off / auto {times(auto)} (goal: both ≥ {CUT_MIN:.2f}×): {verdict(ok)}")
     return lines or ["- no limited link with compressible memory ran: not evaluated"]
 
 
 def costs(med: dict[Key, Record]) -> list[str]:
     """What compression costs where it cannot pay: incompressible memory, every link (no goal)."""
     rates = list(dict.fromkeys(k[1] for k in med if k[0] == RANDOM))
-    return [f"- {rate_label(rate)}, incompressible memory: off / on {_x(speedup(med, RANDOM, rate, ON))}, off / auto "
-            f"{_x(speedup(med, RANDOM, rate, AUTO))} (below 1×: compressing cost time)" for rate in rates]
+    return [f"- {rate_label(rate)}, incompressible memory: off / on {times(speedup(med, RANDOM, rate, ON))}, off / auto "
+            f"{times(speedup(med, RANDOM, rate, AUTO))} (below 1×: compressing cost time)" for rate in rates]
 
 
 RUNS_HEAD = ("| order | fill | link | `--compress` | total (s) | fetch (s) | resumed after (s) | then resident (s) "
@@ -157,23 +132,17 @@ RUNS_HEAD = ("| order | fill | link | `--compress` | total (s) | fetch (s) | res
 
 def _run_row(r: Record) -> str:
     bps = r.get("link_bps")
-    cells = [str(r["order"]), r["fill"], rate_label(r["rate_mbit"]), f"`{r['mode']}`", _f(r.get("total_s"), 2),
-             _f(r.get("fetch_s"), 2), _f(r.get("resume_s"), 2), _f(r.get("resident_s"), 2),
-             _f(r.get("wire_bytes"), 1, 1 / MIB), _f(r.get("placed_bytes"), 1, 1 / MIB), _f(r.get("zstd_frames"), 0),
+    cells = [str(r["order"]), r["fill"], rate_label(r["rate_mbit"]), f"`{r['mode']}`", fmt(r.get("total_s"), 2),
+             fmt(r.get("fetch_s"), 2), fmt(r.get("resume_s"), 2), fmt(r.get("resident_s"), 2),
+             fmt(r.get("wire_bytes"), 1, 1 / MIB), fmt(r.get("placed_bytes"), 1, 1 / MIB), fmt(r.get("zstd_frames"), 0),
              "n/a" if r.get("compress") is None else ("yes" if r["compress"] else "no"),
              f"{bps / 1e6:.1f}" if bps else "—",
-             f"{_f(r.get('server_cpu_s'), 2)} / {_f(r.get('daemon_cpu_s'), 2)}", outcome(r)]
-    return "| " + " | ".join(cells) + " |"
+             f"{fmt(r.get('server_cpu_s'), 2)} / {fmt(r.get('daemon_cpu_s'), 2)}", outcome(r)]
+    return table_row(cells)
 
 
 def runs_table(records: list[Record]) -> str:
-    return "\n".join([RUNS_HEAD] + [_run_row(r) for r in records])
-
-
-def outcome(r: Record) -> str:
-    if r.get("error"):
-        return f"**FAILED**: {r['error']}"
-    return "ok" if r.get("memory") == "ok" else f"**memory: {r.get('memory')}**"
+    return markdown_table(RUNS_HEAD, (_run_row(r) for r in records))
 
 
 NOTES = """\
@@ -209,18 +178,14 @@ carries nearly every page, so the link and the compression are what is measured.
 
 def render(meta: dict[str, Any], records: list[Record]) -> str:
     med = medians(records)
-    m = meta["machine"]
-    failed = [r for r in records if not run_ok(r)]
-    alarm = [f"**{len(failed)} run(s) failed or restored wrong memory: see Every run.**", ""] if failed else []
+    alarm = failed_alarm(records)
     unused = compression_unused(records)
     if unused:
         alarm += [f"**{len(unused)} run(s) of compressible memory had compression on (`compress`: true) yet no page "
                   f"frame came compressed (`zstd_frames` 0): runs {', '.join(str(r['order']) for r in unused)}.**", ""]
     fills = list(dict.fromkeys(k[0] for k in med))
     tables = [part for f in fills for part in (f"### {FILL_LABELS.get(f, f)}", "", table(med, f), "")]
-    return "\n".join(["## Slow links: compression", "", *alarm,
-                      f"Date: {meta['date']}; lazyrestore HEAD {m['lazyrestore']}; machine: {m['cpu']}, "
-                      f"{m['nproc']} vCPU, {m['memory']}, kernel {m['kernel']}  ",
+    return "\n".join(["## Slow links: compression", "", *alarm, dated(meta),
                       f"Command: `{meta['command']}`; network: {meta['network_label']}; {meta['mib']} MiB per "
                       f"workload.", "", *tables,
                       "Goal: on a slow link, compression cuts total migration time for compressible memory.", "",
@@ -235,12 +200,3 @@ def medians_json(med: dict[Key, Record]) -> list[Record]:
     return [{"fill": f, "rate_mbit": rate, "mode": mode, **row, "off_over_this": speedup(med, f, rate, mode)}
             for (f, rate, mode), row in med.items()]
 
-
-def put_section(old: str, section: str) -> str:
-    """old with the text between BEGIN and END replaced by section (the markers appended when missing)."""
-    block = f"{BEGIN}\n{section.strip(chr(10))}\n{END}"
-    start = old.find(BEGIN)
-    end = old.find(END, start + len(BEGIN)) if start >= 0 else -1
-    if end >= 0:
-        return old[:start] + block + old[end + len(END):]
-    return (old.rstrip("\n") or "# lazyrestore benchmarks") + "\n\n" + block + "\n"

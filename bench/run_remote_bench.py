@@ -30,7 +30,7 @@ from types import FrameType
 from typing import Any
 
 import remote_report
-from bench_markers import put_remote
+from bench_markers import write_section
 from bench_methods import MethodFailed
 from bench_procs import become_subreaper, kill_and_wait, kill_descendants
 from remote_methods import LABELS, METHODS, RemoteTimedOut, Source, start_source
@@ -237,8 +237,7 @@ def cleanup(hosts: bool) -> None:
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
     med = remote_report.medians(records)
-    previous = args.out.read_text() if args.out.exists() else ""
-    args.out.write_text(put_remote(previous, remote_report.render(meta, records, med)))
+    write_section(args.out, "remote-bench", remote_report.render(meta, records, med))
     medians_json = [{"size_mib": s, "network": n, "method": m, **v} for (s, n, m), v in sorted(med.items())]
     args.json_out.write_text(json.dumps({"meta": meta, "runs": records, "medians": medians_json}, indent=2) + "\n")
     lines, _ = remote_report.goals(med, meta["sizes"], meta["networks"])

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "coldstart_report.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-
-@pytest.fixture(scope="module")
-def rep():
-    spec = importlib.util.spec_from_file_location("coldstart_report", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import bench_markers  # noqa: E402
+import coldstart_report as rep  # noqa: E402
 
 
 def run(mode: str, order: int, first: float, faults: int | None, error: str | None = None) -> dict[str, Any]:
@@ -32,7 +26,7 @@ def meta() -> dict[str, Any]:
             "machine": {"lazyrestore": "abc1234", "cpu": "cpu", "nproc": "2", "memory": "1 GiB", "kernel": "6.18"}}
 
 
-def test_medians_use_the_runs_that_succeeded(rep) -> None:
+def test_medians_use_the_runs_that_succeeded() -> None:
     records = [run("off", 0, 1.0, 2000), run("off", 2, 3.0, 1800), run("off", 4, 0.1, 1, error="boom"),
                run("auto", 1, 0.4, 10), run("auto", 3, 0.6, 30)]
     med = rep.medians(records)
@@ -44,19 +38,19 @@ def test_medians_use_the_runs_that_succeeded(rep) -> None:
     assert r["first_answer_eager_over_auto"] is None
 
 
-def test_no_faults_with_auto_gives_a_lower_bound(rep) -> None:
+def test_no_faults_with_auto_gives_a_lower_bound() -> None:
     med = rep.medians([run("off", 0, 1.0, 500), run("auto", 1, 0.5, 0)])
     assert rep.ratios(med)["faults_off_over_auto"] == pytest.approx(500.0)
     assert "≥ 500.00×" in rep.table(med) and "**PASS**" in "\n".join(rep.goals(med))
 
 
-def test_goals_fail_below_the_ratios(rep) -> None:
+def test_goals_fail_below_the_ratios() -> None:
     goals = rep.goals(rep.medians([run("off", 0, 1.0, 40), run("auto", 1, 0.8, 10)]))
     assert all("**FAIL**" in g for g in goals), goals
     assert all("not evaluated" in g for g in rep.goals(rep.medians([run("off", 0, 1.0, 40)])))
 
 
-def test_render_lists_every_run_and_flags_failures(rep) -> None:
+def test_render_lists_every_run_and_flags_failures() -> None:
     records = [run("off", 0, 1.0, 2000), run("auto", 1, 0.4, 10), run("eager", 2, 2.0, None),
                run("auto", 3, 0.5, 12, error="restore: exit 10")]
     text = rep.render(meta(), records)
@@ -66,10 +60,10 @@ def test_render_lists_every_run_and_flags_failures(rep) -> None:
     assert text.count("| lazy, `--prefetch auto` |") == 3  # the medians row and two runs
 
 
-def test_put_section_replaces_only_between_its_markers(rep) -> None:
-    first = rep.put_section("", "## Cold start\nfigures-1")
-    assert first.startswith("# lazyrestore benchmarks\n\n" + rep.BEGIN)
+def test_put_section_replaces_only_between_its_markers() -> None:
+    first = bench_markers.put_section("", rep.SECTION, "## Cold start\nfigures-1")
+    assert first.startswith("# lazyrestore benchmarks\n\n" + bench_markers.markers(rep.SECTION)[0])
     doc = "# Bench\n\nintro\n\n" + first.split("\n\n", 1)[1] + "\n## After\n"
-    again = rep.put_section(doc, "## Cold start\nfigures-2")
+    again = bench_markers.put_section(doc, rep.SECTION, "## Cold start\nfigures-2")
     assert "figures-2" in again and "figures-1" not in again
     assert again.startswith("# Bench\n\nintro\n\n") and again.endswith("## After\n")

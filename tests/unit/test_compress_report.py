@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "compress_report.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import bench_markers  # noqa: E402
+import compress_report as rep  # noqa: E402
+
 MIB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def rep():
-    spec = importlib.util.spec_from_file_location("compress_report", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run(fill: str, rate: float, mode: str, total: float, wire_mib: float = 64.0, compress: bool | None = None,
@@ -41,7 +36,7 @@ def meta() -> dict[str, Any]:
             "machine": {"lazyrestore": "abc1234", "cpu": "cpu", "nproc": "2", "memory": "1 GiB", "kernel": "6.18"}}
 
 
-def test_medians_use_the_runs_that_succeeded(rep) -> None:
+def test_medians_use_the_runs_that_succeeded() -> None:
     records = [run("text", 100, "off", 6.0), run("text", 100, "off", 4.0), run("text", 100, "off", 0.1, error="boom"),
                run("text", 100, "on", 1.0, wire_mib=8), run("text", 100, "on", 2.0, wire_mib=8)]
     med = rep.medians(records)
@@ -52,7 +47,7 @@ def test_medians_use_the_runs_that_succeeded(rep) -> None:
     assert rep.speedup(med, "text", 100, "auto") is None
 
 
-def test_goal_holds_per_link_only_when_on_and_auto_both_cut_the_time(rep) -> None:
+def test_goal_holds_per_link_only_when_on_and_auto_both_cut_the_time() -> None:
     records = slow_text(20.0, 5.0, 6.0, rate=100) + slow_text(3.0, 2.9, 1.5, rate=1000)
     goals = rep.goals(rep.medians(records))
     assert len(goals) == 2
@@ -60,7 +55,7 @@ def test_goal_holds_per_link_only_when_on_and_auto_both_cut_the_time(rep) -> Non
     assert goals[1].startswith("- 100 Mbit/s") and "**PASS**" in goals[1] and "4.00×" in goals[1]
 
 
-def test_unlimited_links_and_incompressible_memory_set_no_goal(rep) -> None:
+def test_unlimited_links_and_incompressible_memory_set_no_goal() -> None:
     records = slow_text(1.0, 3.0, 1.0, rate=0) + [run("random", 0, "off", 1.0), run("random", 0, "on", 1.25)]
     med = rep.medians(records)
     assert rep.goals(med) == ["- no limited link with compressible memory ran: not evaluated"]
@@ -68,12 +63,12 @@ def test_unlimited_links_and_incompressible_memory_set_no_goal(rep) -> None:
                               "compressing cost time)"]
 
 
-def test_goal_not_evaluated_without_auto(rep) -> None:
+def test_goal_not_evaluated_without_auto() -> None:
     goals = rep.goals(rep.medians(slow_text(20.0, 5.0, 6.0)[:2]))
     assert "not evaluated" in goals[0]
 
 
-def test_render_has_a_table_per_fill_and_flags_failures(rep) -> None:
+def test_render_has_a_table_per_fill_and_flags_failures() -> None:
     records = [*slow_text(20.0, 5.0, 6.0), run("random", 100, "off", 20.0),
                run("random", 100, "on", 21.0, error="restore: exit 10"),
                run("random", 100, "auto", 20.5, compress=False, link_bps=12_500_000)]
@@ -88,7 +83,7 @@ def test_render_has_a_table_per_fill_and_flags_failures(rep) -> None:
     assert "tbf" in text and "netem" in text and "16 MiB" in text
 
 
-def test_compression_on_without_a_compressed_frame_is_flagged(rep) -> None:
+def test_compression_on_without_a_compressed_frame_is_flagged() -> None:
     records = [run("text", 100, "off", 5.5, order=0), run("text", 100, "on", 5.5, order=1),  # on, 64 MiB, 0 frames
                run("text", 100, "auto", 2.3, wire_mib=23, compress=True, link_bps=12_000_000, order=2),
                run("random", 100, "on", 5.5, order=3)]  # incompressible: no frame compressed is right
@@ -98,23 +93,23 @@ def test_compression_on_without_a_compressed_frame_is_flagged(rep) -> None:
     assert "**FAIL**" in text
 
 
-def test_chose_counts_mixed_decisions(rep) -> None:
+def test_chose_counts_mixed_decisions() -> None:
     records = [run("text", 1000, "auto", 2.0, compress=True), run("text", 1000, "auto", 2.0, compress=False)]
     assert rep.chose(rep.medians(records)[("text", 1000, "auto")]) == "1/2"
 
 
-def test_medians_json_spells_out_the_keys(rep) -> None:
+def test_medians_json_spells_out_the_keys() -> None:
     out = rep.medians_json(rep.medians(slow_text(20.0, 5.0, 4.0)))
     assert [(m["fill"], m["rate_mbit"], m["mode"]) for m in out] == [("text", 100, "off"), ("text", 100, "on"),
                                                                       ("text", 100, "auto")]
     assert out[2]["off_over_this"] == pytest.approx(5.0)
 
 
-def test_put_section_replaces_only_between_its_markers(rep) -> None:
-    first = rep.put_section("", "## Slow links\nfigures-1")
-    assert first.startswith("# lazyrestore benchmarks\n\n" + rep.BEGIN)
+def test_put_section_replaces_only_between_its_markers() -> None:
+    first = bench_markers.put_section("", rep.SECTION, "## Slow links\nfigures-1")
+    assert first.startswith("# lazyrestore benchmarks\n\n" + bench_markers.markers(rep.SECTION)[0])
     doc = "# Bench\n\n<!-- coldstart:begin -->\ncold\n<!-- coldstart:end -->\n\n" + first.split("\n\n", 1)[1]
     doc += "\n## After\n"
-    again = rep.put_section(doc, "## Slow links\nfigures-2")
+    again = bench_markers.put_section(doc, rep.SECTION, "## Slow links\nfigures-2")
     assert "figures-2" in again and "figures-1" not in again
     assert again.startswith("# Bench\n\n<!-- coldstart:begin -->\ncold\n") and again.endswith("## After\n")
