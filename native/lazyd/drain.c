@@ -4,25 +4,40 @@
 #include "uffd.h"
 
 /*
- * Faults first, from a page server: while the tree faults on pages that are not here yet, the bulk stream
- * stops (TCP holds the server back), so the page server, lr-lazyd and the tree spend the CPU on the faults.
- * It starts again LR_YIELD_NS after the latest such fault, and a burst longer than LR_YIELD_MAX_NS no longer
- * holds it back (a tree that faults all the time would otherwise starve the stream).
+ * Faults first, from a page server, right after resume: a restored tree's first requests are what its users
+ * wait for. While the tree faults here and there on pages that are not here yet (lookups in a big table),
+ * the bulk stream stops (TCP holds the server back), so the page server, lr-lazyd and the tree spend the CPU
+ * on the faults; it starts again LR_YIELD_NS after the latest such fault, and in any case once the tree has
+ * run for LR_YIELD_WINDOW_NS (a tree that faults all the time would otherwise starve the stream, which
+ * serves it better from then on). A fault that goes on from a recent one (a thread scanning memory) does
+ * not count: the stream, moved there by its HINT, serves a scan better than faults do.
  */
 #define LR_YIELD_NS (10ULL * 1000000ULL)
-#define LR_YIELD_MAX_NS (500ULL * 1000000ULL)
+#define LR_YIELD_WINDOW_NS (250ULL * 1000000ULL)
+#define LR_SCAN_BYTES (1ULL << 20) /* a fault this close after a recent one goes on with a scan */
 
-void lr_drain_fault(struct lr_lazyd *d, uint64_t t_ns)
+static bool goes_on(struct lr_lazyd *d, uint64_t addr)
 {
-	if (t_ns - d->fault_at_ns >= LR_YIELD_NS)
-		d->burst_from_ns = t_ns;
-	d->fault_at_ns = t_ns;
+	const unsigned n = sizeof(d->recent) / sizeof(d->recent[0]);
+	bool scan = false;
+	for (unsigned i = 0; i < n && i < d->nrecent; i++)
+		if (addr + d->cfg.fault_around >= d->recent[i] && addr < d->recent[i] + LR_SCAN_BYTES)
+			scan = true;
+	d->recent[d->nrecent++ % n] = addr + d->cfg.fault_around;
+	return scan;
+}
+
+void lr_drain_fault(struct lr_lazyd *d, uint64_t t_ns, uint64_t addr)
+{
+	if (!goes_on(d, addr))
+		d->fault_at_ns = t_ns;
 }
 
 static int yield_ms(const struct lr_lazyd *d)
 {
 	uint64_t now = lr_now_ns();
-	if (!d->remote || !d->fault_at_ns || now - d->fault_at_ns >= LR_YIELD_NS || now - d->burst_from_ns >= LR_YIELD_MAX_NS)
+	if (!d->remote || !d->fault_at_ns || !d->stats.finished_ns || now - d->fault_at_ns >= LR_YIELD_NS ||
+	    now - d->stats.finished_ns >= LR_YIELD_WINDOW_NS)
 		return 0;
 	return (int)((LR_YIELD_NS - (now - d->fault_at_ns)) / 1000000ULL) + 1;
 }

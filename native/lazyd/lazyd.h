@@ -98,8 +98,9 @@ struct lr_lazyd {
 	bool finished;             /* CRIU sent "restore finished" */
 	bool connected;
 	uint64_t drain_epoch_ns;   /* rate limiting: when drain_bytes was last zero-based */
-	uint64_t fault_at_ns;      /* faults first (remote): the latest fault that had to wait for page data ... */
-	uint64_t burst_from_ns;    /* ... and when the burst of such faults it belongs to began (drain.c) */
+	uint64_t fault_at_ns;      /* faults first (remote): the latest scattered fault that waited for page data */
+	uint64_t recent[8];        /* checkpoint addresses just past the latest faults (a scan goes on from one) */
+	unsigned nrecent;
 };
 
 /* tasks.c */
@@ -149,8 +150,9 @@ void lr_prefetch_choose(struct lr_lazyd *d);
 
 /* drain.c */
 int lr_drain_step(struct lr_lazyd *d, struct lr_error *err);
-/* A fault that needs page data was read at t_ns: from a page server, the bulk stream yields to its burst. */
-void lr_drain_fault(struct lr_lazyd *d, uint64_t t_ns);
+/* A fault at checkpoint address addr that needs page data was read at t_ns: from a page server, the bulk
+ * stream yields to a burst of scattered faults (drain.c). */
+void lr_drain_fault(struct lr_lazyd *d, uint64_t t_ns, uint64_t addr);
 /* A fault's window ended at address `end` of task t: the drain goes on from there first. */
 void lr_drain_near(struct lr_lazyd *d, struct lr_task *t, uint64_t end);
 int lr_drain_wait_ms(const struct lr_lazyd *d);

@@ -58,7 +58,7 @@ static int serve_fault(struct lr_lazyd *d, struct lr_task *t, uint64_t addr, uin
 	if (pending && first) {
 		const struct lr_span *sp = &t->spans.v[si];
 		d->stats.data_faults++;
-		lr_drain_fault(d, t0);
+		lr_drain_fault(d, t0, sp->src + (addr - sp->addr));
 		lr_profile_add(&d->profile, t0 - d->stats.start_ns, sp->rec, sp->src + (addr - sp->addr));
 	}
 	int rc = pending ? serve_window(d, t, (size_t)si, addr, err) : serve_zero(d, t, addr, err);
