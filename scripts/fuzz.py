@@ -125,7 +125,8 @@ def run_all(seconds: int, summary: Path, smoke: bool) -> int:
 
 MAGIC = 0x3150524C
 (HELLO, CHALLENGE, AUTH, WELCOME, LIST, FILES, GET_FILE, FILE_DATA, GET_PAGES, PAGES, HINT, BULK_START, BULK_END,
- DONE, ERROR) = range(1, 16)
+ DONE, ERROR, WORKINGSET, TUNE) = range(1, 18)
+F_MORE, F_ZSTD, F_COMPRESS = 1, 2, 4
 URGENT, BULK = 1, 2
 META, PAGES_FILE = 1, 2
 # fuzz_handshake.c's control bits.
@@ -156,6 +157,27 @@ def pages_payload(rec: int, first: int, n: int) -> bytes:
     data = b"".join(_fixture_bytes(rec, x, y) for x, y in spans)
     sums = b"".join(struct.pack("<Q", xxhash.xxh3_64_intdigest(_fixture_bytes(rec, x, y))) for x, y in spans)
     return struct.pack("<QIIQ", rec, first, n, len(data)) + sums + data
+
+
+def zstd_frame(data: bytes, rle: bool = False) -> bytes:
+    """data as one zstd frame built by hand (no encoder needed): a single-segment frame header with the content
+    size, then one raw block (or, rle, one RLE block repeating data's first byte). At most 128 KiB."""
+    size = len(data)
+    if size < 256:
+        head = bytes([0x20]) + struct.pack("<B", size)
+    elif size < 65792:
+        head = bytes([0x60]) + struct.pack("<H", size - 256)
+    else:
+        head = bytes([0xA0]) + struct.pack("<I", size)
+    block = (size << 3) | (1 << 1 if rle else 0) | 1  # last block; type 0 raw, 1 RLE
+    return struct.pack("<I", 0xFD2FB528) + head + struct.pack("<I", block)[:3] + (data[:1] if rle else data)
+
+
+def zstd_pages_payload(rec: int, first: int, n: int) -> bytes:
+    """pages_payload with its data as a zstd frame (LR_F_ZSTD)."""
+    plain = pages_payload(rec, first, n)
+    prefix = 24 + 8 * n
+    return plain[:prefix] + zstd_frame(plain[prefix:])
 
 
 def files_payload(entries: list[tuple[str, int, int]]) -> bytes:
@@ -191,6 +213,12 @@ def frame_seeds() -> dict[str, bytes]:
         "bad-magic": struct.pack("<IHHIIQ", 0x3150524D, LIST, 0, 0, 0, 1),
         "too-long-request": frame(GET_FILE, b"x" * 16, length=4097),
         "short-header": frame(LIST)[:10],
+        "pages-zstd-rec0": frame(PAGES, zstd_pages_payload(0, 0, 2), flags=F_ZSTD),
+        "pages-zstd-rle-rec2": frame(PAGES, pages_payload(2, 0, 1)[:32] + zstd_frame(bytes(PS), rle=True), flags=F_ZSTD),
+        "get-pages-compressed": frame(GET_PAGES, page_req(3, 0, 3), flags=F_ZSTD | F_COMPRESS),
+        "tune-then-done": frame(TUNE, flags=F_ZSTD | F_COMPRESS) + frame(DONE, req_id=2),
+        "workingset-two-frames": frame(WORKINGSET, b"LRWSET1\0" + struct.pack("<II", 2, PS), flags=F_MORE)
+        + frame(WORKINGSET, b"\x00" * 48, req_id=2) + frame(DONE, req_id=3),
     }
 
 
