@@ -41,7 +41,7 @@ clean:
 
 # --- the CRIU plugin (criu-plugin/), built against the CRIU tree the bootstrap built -----------------------
 # CRIU loads every .so in $(PLUGIN_DIR) into each dump and restore; the plugin runs this checkout's lazyrestore.
-CRIU_TREE  ?= /var/cache/lazyrestore/criu-4.1.1
+CRIU_TREE  ?= /var/cache/lazyrestore/criu
 PLUGIN_DIR ?= /usr/lib/criu
 PLUGIN_INC := -I$(CRIU_TREE)/compel/include/uapi -iquote $(CRIU_TREE)/include -iquote $(CRIU_TREE)/criu/include \
 	-iquote $(CRIU_TREE)/criu/arch/x86/include -iquote $(CRIU_TREE)

@@ -158,10 +158,25 @@ def _decode_pagemap(path: Path, pid: int) -> Pagemap:
     if not entries or "pages_id" not in entries[0]:
         raise CorruptCheckpoint(str(path), "lacks the pagemap head (pages_id)")
     try:
-        body = tuple(PagemapEntry(e["vaddr"], e["nr_pages"], e["flags"]) for e in entries[1:])
+        body = tuple(PagemapEntry(e["vaddr"], _nr_pages(e), e["flags"]) for e in entries[1:])
     except KeyError as exc:
         raise CorruptCheckpoint(str(path), f"entry lacks field {exc}") from exc
     return Pagemap(pid, entries[0]["pages_id"], body)
+
+
+def _nr_pages(entry: dict[str, int]) -> int:
+    """An entry's length: CRIU >= 4.2 writes the 64-bit nr_pages (field 5); older images only the 32-bit field 2,
+    which 4.2's pagemap.proto calls compat_nr_pages."""
+    if "nr_pages" in entry:
+        return entry["nr_pages"]
+    return entry["compat_nr_pages"]
+
+
+def pagemap_entry(vaddr: int, nr_pages: int, flags: int) -> dict[str, int]:
+    """A pagemap entry as CRIU 4.2 writes it: nr_pages in the 64-bit field, the required 32-bit compat field
+    too (CRIU 4.2 reads it only when nr_pages is absent)."""
+    return {"vaddr": vaddr, "compat_nr_pages": nr_pages if nr_pages < 1 << 32 else 0, "nr_pages": nr_pages,
+            "flags": flags}
 
 
 def read_dump_stats(images_dir: Path) -> dict[str, int]:

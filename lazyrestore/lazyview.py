@@ -26,7 +26,7 @@ from pathlib import Path
 from pycriu import images as criu_images
 
 from .errors import CorruptCheckpoint
-from .images import PE_LAZY, PE_PRESENT, Vma, read_pagemap, read_pstree, read_vmas
+from .images import PE_LAZY, PE_PRESENT, Vma, pagemap_entry, read_pagemap, read_pstree, read_vmas
 from .lazyindex import IndexEntry, LazyIndex
 from .manifest import META_DIR, FileEntry, Manifest, sha256_file
 
@@ -83,7 +83,8 @@ def _write_pages(images_dir: Path, pages_id: int, records: list[IndexEntry], pag
 def _write_pagemap(images_dir: Path, pid: int, pages_id: int, entries: list[dict[str, int]]) -> Path:
     path = images_dir / META_DIR / f"{VIEW_PREFIX}pagemap-{pid}.img"
     with open(path, "wb") as f:
-        criu_images.dump({"magic": "PAGEMAP", "entries": [{"pages_id": pages_id}, *entries]}, f)
+        body = [pagemap_entry(e["vaddr"], e["nr_pages"], e["flags"]) for e in entries]
+        criu_images.dump({"magic": "PAGEMAP", "entries": [{"pages_id": pages_id}, *body]}, f)
     return path
 
 

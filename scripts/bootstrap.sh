@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Installs what lazyrestore needs on a Debian 12 machine, from the registries only:
 #   1. Debian 12 packages: CRIU's build dependencies and the tools CRIU calls.
-#   2. CRIU 4.1.1, built from Debian 13's source package (Debian 12's 3.17 cannot
-#      start on kernels >= 6.13), installed as $CRIU_BIN.
+#   2. CRIU 4.2.x (the newest the newer suites offer as a source package), built from
+#      its upstream tarball and installed as $CRIU_BIN. Debian 12's 3.17 cannot start on
+#      kernels >= 6.13; 4.1.x cannot dump any TCP/UDP socket on kernels >= 6.16.
 #   3. The project's virtual environment (.venv) with pycriu from the same tree.
 # Idempotent: a second run with everything present changes nothing and is fast.
 set -euo pipefail
 
-CRIU_VERSION=4.1.1
-NEWER_SUITE=trixie
+CRIU_SERIES=4.2            # the series to build: its newest version in NEWER_SUITES' source index
+NEWER_SUITES=(forky sid)   # where Debian carries CRIU 4.2 as a source package
 CRIU_BIN=${LAZYRESTORE_CRIU:-/usr/local/sbin/criu}
 CACHE=${LAZYRESTORE_CACHE:-/var/cache/lazyrestore}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${VENV:-$REPO/.venv}
 PYTHON=${PYTHON:-python3}
-CRIU_TREE=$CACHE/criu-$CRIU_VERSION
+# The tree the plugin and pycriu come from: $CACHE/criu (a symlink to criu-VERSION, set once built).
+CRIU_LINK=$CACHE/criu
 
 APT_PACKAGES=(
   build-essential pkgconf xz-utils
@@ -60,59 +62,99 @@ debian_archive_uri() {
   printf '%s\n' "$uri"
 }
 
-criu_version_ok() {  # $1: binary; true when it runs and is >= 4.1
-  local v
-  [ -x "$1" ] || return 1
-  v=$("$1" --version 2>/dev/null | awk '/^Version:/ {print $2}')
-  [ -n "$v" ] || return 1
-  [ "$(printf '4.1\n%s\n' "$v" | sort -V | head -1)" = "4.1" ]
+installed_criu_version() {  # $1: binary; prints its version, or nothing
+  [ -x "$1" ] || return 0
+  "$1" --version 2>/dev/null | awk '/^Version:/ {print $2; exit}'
 }
 
-# Download the criu source package of the newer suite with a private apt state,
-# so the machine's own package lists never see that suite.
-fetch_criu_source() {
-  local apt_dir=$CACHE/apt dl=$CACHE/download uri
-  local tarball=$dl/criu_$CRIU_VERSION.orig.tar.xz
-  [ -f "$tarball" ] && return 0
+in_series() {  # $1: a version; true when it is CRIU_SERIES.x
+  case "$1" in "$CRIU_SERIES" | "$CRIU_SERIES".*) return 0 ;; *) return 1 ;; esac
+}
+
+# apt options for a private apt state over the newer suites' deb-src lines, so the machine's own package
+# lists never see those suites. The archive URI is the machine's own.
+private_apt_opts() {
+  local apt_dir=$CACHE/apt
+  printf '%s\n' -o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o Dir::Etc::sourceparts=- \
+    -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o APT::Get::List-Cleanup=0
+}
+
+write_private_sources() {
+  local apt_dir=$CACHE/apt uri suite
   uri=$(debian_archive_uri)
-  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$dl"
-  printf 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' \
-    "$uri" "$NEWER_SUITE" > "$apt_dir/sources.list"
-  local opts=(-o "Dir::Etc::sourcelist=$apt_dir/sources.list" -o Dir::Etc::sourceparts=-
-              -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache"
-              -o APT::Get::List-Cleanup=0)
-  say "fetching criu $CRIU_VERSION source from $NEWER_SUITE ($uri)"
-  apt-get "${opts[@]}" update -qq || die "apt-get update for the $NEWER_SUITE deb-src entry failed"
-  # The .dsc has been seen to answer 404 while the orig tarball downloads: the tarball suffices.
-  local debver
-  debver=$(apt-cache "${opts[@]}" showsrc criu | awk -v v="$CRIU_VERSION" '$1 == "Version:" && index($2, v "-") == 1 {print $2; exit}')
-  [ -n "$debver" ] || die "the $NEWER_SUITE sources at $uri have no criu $CRIU_VERSION source package"
-  (cd "$dl" && apt-get "${opts[@]}" source --download-only -qq "criu=$debver") \
-    || say "apt-get source did not complete; checking for the upstream tarball"
-  [ -f "$tarball" ] || die "criu_$CRIU_VERSION.orig.tar.xz was not downloaded into $dl"
+  mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+  : > "$apt_dir/sources.list"
+  for suite in "${NEWER_SUITES[@]}"; do
+    printf 'deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] %s %s main\n' \
+      "$uri" "$suite" >> "$apt_dir/sources.list"
+  done
+}
+
+# The newest CRIU_SERIES.x Debian version (e.g. 4.2.1-1) in the private source index; updates it first.
+newest_criu_source() {
+  local opts
+  mapfile -t opts < <(private_apt_opts)
+  write_private_sources
+  apt-get "${opts[@]}" update -qq >&2 \
+    || die "apt-get update for the deb-src entries of ${NEWER_SUITES[*]} failed (see $CACHE/apt/sources.list)"
+  apt-cache "${opts[@]}" showsrc criu 2>/dev/null \
+    | awk -v s="$CRIU_SERIES." '$1 == "Version:" && index($2, s) == 1 {print $2}' | sort -V | tail -1
+}
+
+# Download the criu source package into $CACHE/download; prints the upstream version.
+fetch_criu_source() {
+  local dl=$CACHE/download debver version opts
+  debver=$(newest_criu_source)
+  [ -n "$debver" ] || die "the ${NEWER_SUITES[*]} source index has no criu $CRIU_SERIES.x source package"
+  version=${debver%-*}
+  version=${version#*:}
+  mkdir -p "$dl"
+  if [ ! -f "$dl/criu_$version.orig.tar.xz" ]; then
+    mapfile -t opts < <(private_apt_opts)
+    say "fetching criu $debver source from ${NEWER_SUITES[*]} ($(debian_archive_uri))" >&2
+    # The .dsc or .debian.tar.xz has been seen to answer 404 while the orig tarball downloads: it suffices.
+    (cd "$dl" && apt-get "${opts[@]}" source --download-only -qq "criu=$debver") >&2 2>&1 \
+      || say "apt-get source did not complete; checking for the upstream tarball" >&2
+    [ -f "$dl/criu_$version.orig.tar.xz" ] || die "criu_$version.orig.tar.xz was not downloaded into $dl"
+  fi
+  printf '%s\n' "$version"
+}
+
+# Nothing to do when the installed binary is CRIU_SERIES.x and its tree (with pycriu) is the one linked.
+criu_current() {
+  local v
+  v=$(installed_criu_version "$CRIU_BIN")
+  in_series "$v" && [ "$(readlink "$CRIU_LINK" 2>/dev/null)" = "criu-$v" ] \
+    && [ -f "$CRIU_LINK/lib/pycriu/images/pagemap_pb2.py" ] && [ -f "$CRIU_LINK/criu/criu" ]
 }
 
 build_criu() {
-  if criu_version_ok "$CRIU_BIN" && [ -f "$CRIU_TREE/lib/pycriu/images/pagemap_pb2.py" ]; then
-    return 0
+  criu_current && return 0
+  local old version tree
+  old=$(installed_criu_version "$CRIU_BIN")
+  version=$(fetch_criu_source)
+  tree=$CACHE/criu-$version
+  if [ ! -f "$tree/criu/criu" ] || [ ! -f "$tree/lib/pycriu/images/pagemap_pb2.py" ]; then
+    if [ ! -f "$tree/Makefile" ]; then
+      rm -rf "$tree.tmp" && mkdir -p "$tree.tmp"
+      tar -xJf "$CACHE/download/criu_$version.orig.tar.xz" -C "$tree.tmp" --strip-components=1
+      mv "$tree.tmp" "$tree"
+    fi
+    say "building criu $version in $tree"
+    make -C "$tree" -j"$(nproc)" criu >"$CACHE/criu-build.log" 2>&1 \
+      || die "criu build failed; see $CACHE/criu-build.log"
+    make -C "$tree" -j"$(nproc)" lib >>"$CACHE/criu-build.log" 2>&1 \
+      || die "pycriu build (make lib) failed; see $CACHE/criu-build.log"
   fi
-  fetch_criu_source
-  if [ ! -f "$CRIU_TREE/Makefile" ]; then
-    rm -rf "$CRIU_TREE.tmp" && mkdir -p "$CRIU_TREE.tmp"
-    tar -xJf "$CACHE/download/criu_$CRIU_VERSION.orig.tar.xz" -C "$CRIU_TREE.tmp" --strip-components=1
-    mv "$CRIU_TREE.tmp" "$CRIU_TREE"
-  fi
-  say "building criu $CRIU_VERSION in $CRIU_TREE"
-  make -C "$CRIU_TREE" -j"$(nproc)" criu >"$CACHE/criu-build.log" 2>&1 \
-    || die "criu build failed; see $CACHE/criu-build.log"
-  make -C "$CRIU_TREE" -j"$(nproc)" lib >>"$CACHE/criu-build.log" 2>&1 \
-    || die "pycriu build (make lib) failed; see $CACHE/criu-build.log"
-  install -D -m 0755 "$CRIU_TREE/criu/criu" "$CRIU_BIN"
+  install -D -m 0755 "$tree/criu/criu" "$CRIU_BIN"
+  ln -sfn "criu-$version" "$CRIU_LINK"
+  [ -n "$old" ] && [ "$old" != "$version" ] && say "upgraded criu $old -> $version at $CRIU_BIN"
+  return 0
 }
 
 setup_venv() {
   local stamp=$VENV/.lazyrestore-stamp want
-  want=$(cat "$REPO/pyproject.toml" "$CRIU_TREE/lib/pycriu/__init__.py" | sha256sum | cut -c1-16)
+  want=$( (cat "$REPO/pyproject.toml"; readlink "$CRIU_LINK"; cat "$CRIU_LINK/lib/pycriu/__init__.py") | sha256sum | cut -c1-16)
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
      && "$VENV/bin/python" -c 'import pycriu.images, lazyrestore' 2>/dev/null; then
     return 0
@@ -124,14 +166,14 @@ setup_venv() {
   local site
   site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   rm -rf "$site/pycriu"
-  cp -r "$CRIU_TREE/lib/pycriu" "$site/pycriu"
+  cp -r "$CRIU_LINK/lib/pycriu" "$site/pycriu"
   "$VENV/bin/python" -c 'import pycriu.images, pycriu.rpc_pb2' \
     || die "pycriu does not import in $VENV"
   printf '%s\n' "$want" > "$stamp"
 }
 
 verify_criu() {
-  criu_version_ok "$CRIU_BIN" || die "$CRIU_BIN --version does not report >= 4.1"
+  in_series "$(installed_criu_version "$CRIU_BIN")" || die "$CRIU_BIN --version does not report $CRIU_SERIES.x"
   local out
   out=$("$CRIU_BIN" check 2>&1) || die "criu check failed: $(printf '%s' "$out" | tail -3)"
   say "ok: $("$CRIU_BIN" --version | head -1) at $CRIU_BIN; criu check passed; venv $VENV"
