@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pycriu
 
-from . import criu, lazyindex, lazyview, manifest, procs, secret
+from . import criu, criuopts, lazyindex, lazyview, manifest, procs, secret, veths
+from .criuopts import CriuOptions
 from .errors import ImagesDirError
 from .images import read_dump_stats, read_pagemap, read_pstree
 from .manifest import Manifest
@@ -78,7 +79,8 @@ def plugin_off() -> Iterator[None]:
             os.environ["LAZYRESTORE_PLUGIN"] = old
 
 
-def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: bool) -> None:
+def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: bool,
+         options: CriuOptions = CriuOptions()) -> None:
     """One CRIU dump through RPC; CriuFailed quotes the log on failure."""
     client = pycriu.criu()
     client.use_binary(binary.path)
@@ -89,6 +91,7 @@ def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: boo
         client.opts.log_file = DUMP_LOG
         client.opts.log_level = binary.log_level
         client.opts.leave_running = leave_running
+        criuopts.apply(options, client.opts)
         with plugin_off():
             client.dump()
     except pycriu.CRIUException as exc:
@@ -98,7 +101,7 @@ def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: boo
 
 
 def write_metadata(images_dir: Path, binary: criu.CriuBinary, pid: int,
-                   block_size: int = lazyindex.DEFAULT_BLOCK_SIZE) -> Manifest:
+                   block_size: int = lazyindex.DEFAULT_BLOCK_SIZE, options: CriuOptions = CriuOptions()) -> Manifest:
     """Write the lazy index, then the manifest (last: its presence marks a complete checkpoint)."""
     page_size = os.sysconf("SC_PAGE_SIZE")
     tree = read_pstree(images_dir)
@@ -118,7 +121,7 @@ def write_metadata(images_dir: Path, binary: criu.CriuBinary, pid: int,
         files=files, pages_files=pages_files,
         index=manifest.FileEntry(f"{manifest.META_DIR}/{manifest.INDEX_NAME}", index_path.stat().st_size,
                                  manifest.sha256_file(index_path)),
-        lazy_view=view,
+        lazy_view=view, criu_options=options,
     )
     manifest.write(images_dir, m)
     return m
@@ -140,20 +143,33 @@ def _checksummed(images_dir: Path, planned: list[lazyindex.IndexEntry], page_siz
     return out
 
 
+def restore_options(pid: int, options: CriuOptions, reporter: Reporter) -> CriuOptions:
+    """options plus the veth peers of the tree's own network namespace, which its restores need."""
+    found = veths.peers(pid)
+    for p in found:
+        reporter.event("network", inner=p.inner, outer=p.outer, bridge=p.bridge)
+        reporter.progress(f"network namespace of its own: {p.inner} joined to {p.outer}"
+                          + (f" in bridge {p.bridge}" if p.bridge else "") + "; restores recreate it so")
+    return CriuOptions(external=tuple(p.external() for p in found)).merged(options)
+
+
 def checkpoint(pid: int, images_dir: Path, leave_running: bool, allow_host_pids: bool,
-               reporter: Reporter) -> CheckpointSummary:
+               reporter: Reporter, options: CriuOptions = CriuOptions()) -> CheckpointSummary:
     procs.require_root()
     binary = criu.find_criu()
     procs.check_checkpointable(pid, allow_host_pids)
+    recorded = restore_options(pid, options, reporter)
     prepare_dir(images_dir)
-    reporter.event("dumping", pid=pid, images_dir=str(images_dir), criu=binary.path)
-    reporter.progress(f"dumping process tree {pid} into {images_dir} with criu {binary.version}")
+    reporter.event("dumping", pid=pid, images_dir=str(images_dir), criu=binary.path,
+                   criu_options=criuopts.to_json(recorded))
+    reporter.progress(f"dumping process tree {pid} into {images_dir} with criu {binary.version}"
+                      + (f" ({options.describe()})" if options.describe() else ""))
     t0 = time.monotonic()
-    dump(binary, pid, images_dir, leave_running)
+    dump(binary, pid, images_dir, leave_running, options)
     t1 = time.monotonic()
     reporter.event("dumped", seconds=round(t1 - t0, 6))
     reporter.progress(f"dumped in {t1 - t0:.2f} s; indexing and checksumming pages")
-    m = write_metadata(images_dir, binary, pid)
+    m = write_metadata(images_dir, binary, pid, options=recorded)
     t2 = time.monotonic()
     stats = read_dump_stats(images_dir)
     return CheckpointSummary(

@@ -11,7 +11,8 @@ from typing import Callable, TypeVar
 
 import os
 
-from . import checkpoint, hook, inspection, lazy, remote, report, restore, secret, serve, status
+from . import checkpoint, criuopts, hook, inspection, lazy, remote, report, restore, secret, serve, status
+from .criuopts import CriuOptions
 from .daemons import LazydOptions, RemoteSource
 from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, ProcessError, UsageError
 from .output import Reporter
@@ -184,7 +185,7 @@ SECRET_EXPECTED = f"a copy of the checkpoint's lazyrestore/secret: {secret.SECRE
 def cmd_checkpoint(args: argparse.Namespace, rep: Reporter) -> int:
     require_process(args.pid)
     require_new_images(args.images)
-    s = checkpoint.checkpoint(args.pid, args.images, args.leave_running, args.allow_host_pids, rep)
+    s = checkpoint.checkpoint(args.pid, args.images, args.leave_running, args.allow_host_pids, rep, criu_options(args))
     rep.result(checkpoint.summary_text(s), "summary", action="checkpoint", **asdict(s))
     return 0
 
@@ -202,12 +203,36 @@ def cmd_restore(args: argparse.Namespace, rep: Reporter) -> int:
     if args.workdir is not None:
         require_makeable_dir("--workdir", args.workdir)
     if not args.lazy:
-        s = restore.restore(args.images, rep)
+        s = restore.restore(args.images, rep, criu_options(args))
         rep.result(restore.summary_text(s), "summary", action="restore", **asdict(s))
         return 0
-    ls = lazy.restore_lazy(args.images, args.workdir, args.detach, lazyd_options(args), rep)
+    ls = lazy.restore_lazy(args.images, args.workdir, args.detach, lazyd_options(args), rep, criu_options(args))
     rep.result(lazy.summary_text(ls), "summary", action="restore", lazy=True, **asdict(ls))
     return 0
+
+
+def criu_options(args: argparse.Namespace) -> CriuOptions:
+    return criuopts.from_args(args.tcp_established, args.tcp_close, args.ext_masters, args.external)
+
+
+def add_criu_options(p: argparse.ArgumentParser, restoring: bool) -> None:
+    """CRIU's socket, network and mount options, with CRIU's meanings (criuopts.py)."""
+    when = "a restore applies what the checkpoint was taken with; this adds to it" if restoring else \
+        "recorded in the checkpoint: its restores apply it"
+    p.add_argument("--tcp-established", action="store_true",
+                   help=f"keep open TCP connections: CRIU dumps and restores them, locking the network meanwhile ({when})")
+    p.add_argument("--tcp-close", action="store_true", help=f"restore open TCP connections closed ({when})")
+    p.add_argument("--enable-external-masters", dest="ext_masters", action="store_true",
+                   help="allow bind mounts whose master is outside the tree's mount namespace (CRIU's option)")
+    p.add_argument("--external", action="append", type=external_value, default=None, metavar="KIND[ID]:VALUE",
+                   help="a CRIU --external value, repeatable; e.g. veth[eth0]:OUTER@BRIDGE on restore")
+
+
+def external_value(text: str) -> str:
+    try:
+        return criuopts.check_external(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--external {text!r}: ")) from exc
 
 
 def lazyd_options(args: argparse.Namespace) -> LazydOptions:
@@ -225,7 +250,7 @@ def restore_from(args: argparse.Namespace, rep: Reporter) -> int:
     require_valid("--secret-file", secret.check_file, args.secret_file, SECRET_EXPECTED)
     require_makeable_dir("--workdir", args.workdir)
     source = RemoteSource(args.source, args.secret_file, args.source_timeout)
-    ls = remote.restore_remote(source, args.workdir, args.detach, lazyd_options(args), rep)
+    ls = remote.restore_remote(source, args.workdir, args.detach, lazyd_options(args), rep, criu_options(args))
     rep.result(lazy.summary_text(ls), "summary", action="restore", lazy=True, source=args.source, **asdict(ls))
     return 0
 
@@ -311,7 +336,8 @@ def cmd_migrate(args: argparse.Namespace, rep: Reporter) -> int:
     require_process(args.pid)
     require_new_images(args.images)
     require_valid("--listen", remote.parse_address, args.listen)
-    cp, s = serve.migrate(args.pid, args.images, args.listen, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+    cp, s = serve.migrate(args.pid, args.images, args.listen, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")),
+                          criu_options(args))
     if not s.delivered:
         raise DaemonFailed(f"the page server stopped before a destination had every page; the checkpoint in "
                            f"{args.images} is intact: `lazyrestore serve --images {args.images} --listen {args.listen}`")
@@ -374,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pid", type=pid_number, required=True, help="root of the tree (init of its own pid namespace)")
     c.add_argument("--images", "-D", type=images_path, required=True, help="new or empty directory (tmpfs recommended)")
     c.add_argument("--leave-running", action="store_true", help="keep the tree running after the dump")
+    add_criu_options(c, restoring=False)
     c.add_argument("--allow-host-pids", action="store_true",
                    help="accept a tree in the host pid namespace (its pids must be free where it is restored)")
     c.set_defaults(func=cmd_checkpoint)
@@ -402,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --from: zstd for page data; auto (default) turns it on when the link, measured while "
                         "fetching ahead, is slower than 2 Gbit/s; all-zero blocks never travel as bytes")
     r.add_argument("--drain-rate", type=drain_rate, default=0, help="cap on the background drain, bytes/s (none)")
+    add_criu_options(r, restoring=True)
     r.add_argument("--prepare", action="store_true",
                    help="with --from, --secret-file and --images DIR: fetch the checkpoint's metadata into DIR and "
                         "describe its source there, for a runtime's `restore --lazy-pages` with the CRIU plugin")
@@ -455,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--pid", type=pid_number, required=True, help="root of the tree (init of its own pid namespace)")
     mg.add_argument("--images", "-D", type=images_path, required=True, help="new or empty directory (tmpfs recommended)")
     mg.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
+    add_criu_options(mg, restoring=False)
     mg.set_defaults(func=cmd_migrate)
 
     th = sub.add_parser("testhosts", help="two network-namespace test hosts (a: 10.231.0.1, b: 10.231.0.2)")

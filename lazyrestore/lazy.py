@@ -21,7 +21,8 @@ from . import criu, lazyview, procs
 from .daemons import EXIT_TREE_KILLED, Lazyd, LazydOptions, read_status
 from .errors import CriuFailed, DaemonFailed
 from .output import Reporter, human_bytes
-from .restore import RESTORE_LOG, check_pids_free, new_run_dir, run_restore, wait_running
+from .criuopts import CriuOptions
+from .restore import RESTORE_LOG, check_pids_free, criu_options_for, new_run_dir, run_restore, wait_running
 from .manifest import Manifest
 from .verify import verify_for_lazy
 
@@ -64,25 +65,26 @@ class LazySummary:
 
 
 def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: LazydOptions,
-                 reporter: Reporter) -> LazySummary:
+                 reporter: Reporter, extra: CriuOptions = CriuOptions()) -> LazySummary:
     procs.require_root()
     binary = criu.find_criu()
     t0 = time.monotonic()
     m = verify_for_lazy(images_dir)
     check_pids_free(images_dir)
+    criu_options = criu_options_for(m, extra)
     verify_s = time.monotonic() - t0
     run = new_run_dir(images_dir, workdir)
     reporter.progress(f"lazy restore of {m.processes} process(es) ({human_bytes(m.lazy_pages * m.page_size)} lazy); "
                       f"work dir {run}")
     daemon = Lazyd(images_dir, run, options, detach)
-    return resume_and_follow(binary, images_dir, m, run, daemon, verify_s, reporter)
+    return resume_and_follow(binary, images_dir, m, run, daemon, verify_s, reporter, criu_options)
 
 
 INTERRUPTED = "interrupted before every page was placed: the restored tree was killed; the checkpoint is intact"
 
 
 def resume_and_follow(binary: criu.CriuBinary, images_dir: Path, m: Manifest, run: Path, daemon: Lazyd,
-                      verify_s: float, reporter: Reporter) -> LazySummary:
+                      verify_s: float, reporter: Reporter, criu_options: CriuOptions = CriuOptions()) -> LazySummary:
     """With lr-lazyd listening in run: CRIU's lazy restore, then (unless detached) the drain to its end."""
     try:
         criu_images = lazyview.criu_dir(images_dir, m, run)
@@ -90,7 +92,7 @@ def resume_and_follow(binary: criu.CriuBinary, images_dir: Path, m: Manifest, ru
         daemon.stop()
         raise
     reporter.event("listening", workdir=str(run), daemon_log=str(daemon.log))
-    pid, resume_s = _resume(binary, criu_images, run, daemon, reporter, m.lazy_pages * m.page_size)
+    pid, resume_s = _resume(binary, criu_images, run, daemon, reporter, m.lazy_pages * m.page_size, criu_options)
     try:
         reporter.event("resumed", pid=pid, resume_s=round(resume_s, 6))
         reporter.progress(f"resumed: root pid {pid} after {resume_s * 1000:.1f} ms")
@@ -105,10 +107,10 @@ def resume_and_follow(binary: criu.CriuBinary, images_dir: Path, m: Manifest, ru
 
 
 def _resume(binary: criu.CriuBinary, criu_images: Path, run: Path, daemon: Lazyd, reporter: Reporter,
-            total: int) -> tuple[int, float]:
+            total: int, criu_options: CriuOptions) -> tuple[int, float]:
     t = time.monotonic()
     try:
-        pid = run_restore(binary, criu_images, run / RESTORE_LOG, lazy=True)
+        pid = run_restore(binary, criu_images, run / RESTORE_LOG, lazy=True, options=criu_options)
     except CriuFailed as exc:
         # CRIU fails when lr-lazyd stopped under it (e.g. a page failing its checksum): that is the cause.
         code = daemon.wait_exit(2.0)

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .criuopts import CriuOptions
+from .criuopts import from_json as criu_options_from_json
 from .errors import CorruptCheckpoint
 
 FORMAT = "lazyrestore-manifest"
@@ -56,6 +58,8 @@ class Manifest:
     checksum: the page checksum algorithm.
     lazy_view: the pagemaps and eager pages CRIU reads in a lazy restore (lazyview.py); empty in
       checkpoints made before the view existed, which restore lazily from the images themselves.
+    criu_options: the CRIU options the tree was dumped with, which its restores need too (criuopts.py):
+      TCP connections kept or closed, external veth peers of its network namespace.
     """
 
     checkpoint_id: str
@@ -73,6 +77,7 @@ class Manifest:
     index: FileEntry
     checksum: str = CHECKSUM
     lazy_view: tuple[FileEntry, ...] = ()
+    criu_options: CriuOptions = CriuOptions()
 
 
 def new_checkpoint_id() -> str:
@@ -198,6 +203,7 @@ def from_json(raw: Any, where: str) -> Manifest:
         index=_file_entry(raw.get("index"), where),
         checksum=str(raw.get("checksum")),
         lazy_view=tuple(_view_entry(f, where) for f in raw.get("lazy_view", [])),
+        criu_options=criu_options_from_json(raw.get("criu_options", {}), where),
     )
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import NotPermitted, ProcessError
+from .errors import LazyRestoreError, NotPermitted, ProcessError
 
 START_HINT = (
     "start the workload as the init of its own pid namespace, e.g. "
@@ -101,3 +103,21 @@ def sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def wait_pidns_init(unshare: subprocess.Popen[bytes], deadline: float, what: str) -> int:
+    """The child of `unshare -p -f` that is the init of its new pid namespace, once it exists."""
+    children = Path(f"/proc/{unshare.pid}/task/{unshare.pid}/children")
+    while time.monotonic() < deadline:
+        try:
+            kids = [int(x) for x in children.read_text().split()]
+        except OSError:
+            kids = []
+        for kid in kids:
+            if is_pidns_init(kid):
+                return kid
+        if unshare.poll() is not None:
+            break
+        time.sleep(0.02)
+    unshare.kill()
+    raise LazyRestoreError(f"unshare did not start {what} as a pid-namespace init")

@@ -23,7 +23,8 @@ from .daemons import Lazyd, LazydOptions, RemoteSource, fetch_only
 from .errors import LazyRestoreError, UsageError
 from .lazy import LazySummary, resume_and_follow
 from .output import Reporter
-from .restore import check_pids_free
+from .criuopts import CriuOptions
+from .restore import check_pids_free, criu_options_for
 from .verify import verify_for_lazy
 
 IMAGES_SUBDIR = "images"
@@ -86,7 +87,7 @@ def prepare_workdir(workdir: Path) -> tuple[Path, Path]:
 
 
 def restore_remote(source: RemoteSource, workdir: Path, detach: bool, options: LazydOptions,
-                   reporter: Reporter) -> LazySummary:
+                   reporter: Reporter, extra: CriuOptions = CriuOptions()) -> LazySummary:
     procs.require_root()
     check_destination(source.address)
     secret.check_file(source.secret_file)
@@ -98,6 +99,7 @@ def restore_remote(source: RemoteSource, workdir: Path, detach: bool, options: L
     try:
         m = verify_for_lazy(images)
         check_pids_free(images)
+        criu_options = criu_options_for(m, extra)
     except (LazyRestoreError, KeyboardInterrupt):
         daemon.stop()
         raise
@@ -106,7 +108,7 @@ def restore_remote(source: RemoteSource, workdir: Path, detach: bool, options: L
                    images=str(images))
     reporter.progress(f"fetched and verified checkpoint {m.checkpoint_id} in {fetch_s:.3f} s "
                       f"({m.processes} process(es)); resuming")
-    return resume_and_follow(binary, images, m, run, daemon, fetch_s, reporter)
+    return resume_and_follow(binary, images, m, run, daemon, fetch_s, reporter, criu_options)
 
 
 def prepare(source: RemoteSource, images: Path, reporter: Reporter) -> dict[str, object]:

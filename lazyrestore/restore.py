@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pycriu
 
-from . import criu, manifest, procs
-from .errors import CriuFailed, ProcessError
+from . import criu, criuopts, manifest, procs, veths
+from .criuopts import CriuOptions
+from .errors import CriuFailed, ProcessError, UsageError
 from .images import read_pstree
 from .output import Reporter
 from .verify import verify_checkpoint
@@ -59,7 +60,22 @@ def check_pids_free(images_dir: Path) -> None:
                            f"stop those processes or restore on another host")
 
 
-def run_restore(binary: criu.CriuBinary, images_dir: Path, log: Path, lazy: bool = False) -> int:
+def criu_options_for(m: manifest.Manifest, extra: CriuOptions) -> CriuOptions:
+    """The options a restore of m runs CRIU with: those it was dumped with, plus the command line's; every bridge
+    a veth is to join must exist here."""
+    options = m.criu_options.merged(extra)
+    missing = veths.missing_bridges(options.external)
+    if missing:
+        wanted = [e for e in options.external if e.rsplit("@", 1)[-1] in missing]
+        raise UsageError(f"the checkpoint's network namespace joins bridge {', '.join(missing)} ({', '.join(wanted)}), "
+                         f"which does not exist here: create it (ip link add NAME type bridge; ip link set NAME up) "
+                         f"with a route to the service's address, or name another with --external "
+                         f"veth[IFNAME]:OUTER@BRIDGE")
+    return options
+
+
+def run_restore(binary: criu.CriuBinary, images_dir: Path, log: Path, lazy: bool = False,
+                options: CriuOptions = CriuOptions()) -> int:
     """One CRIU restore through RPC; the tree becomes our child; returns its root pid.
 
     With lazy, CRIU leaves lazy pages missing and hands each task's userfaultfd to the
@@ -76,6 +92,7 @@ def run_restore(binary: criu.CriuBinary, images_dir: Path, log: Path, lazy: bool
         client.opts.log_level = binary.log_level
         client.opts.rst_sibling = True
         client.opts.lazy_pages = lazy
+        criuopts.apply(options, client.opts)
         return client.restore().pid
     except pycriu.CRIUException as exc:
         raise criu.failure("restore", exc, log) from exc
@@ -92,18 +109,19 @@ def wait_running(pid: int, log: Path) -> None:
                          criu.log_excerpt(log))
 
 
-def restore(images_dir: Path, reporter: Reporter) -> RestoreSummary:
+def restore(images_dir: Path, reporter: Reporter, extra: CriuOptions = CriuOptions()) -> RestoreSummary:
     procs.require_root()
     binary = criu.find_criu()
     reporter.progress(f"verifying checkpoint {images_dir} (manifest, images, index, page checksums)")
     t0 = time.monotonic()
     m = verify_checkpoint(images_dir, pages=True)
     check_pids_free(images_dir)
+    options = criu_options_for(m, extra)
     t1 = time.monotonic()
     reporter.event("verified", checkpoint_id=m.checkpoint_id, seconds=round(t1 - t0, 6))
     log = new_run_dir(images_dir, None) / RESTORE_LOG
     reporter.progress(f"restoring {m.processes} process(es) with criu {binary.version}; log {log}")
-    pid = run_restore(binary, images_dir, log)
+    pid = run_restore(binary, images_dir, log, options=options)
     wait_running(pid, log)
     t2 = time.monotonic()
     return RestoreSummary(str(images_dir), m.checkpoint_id, pid, m.processes, t1 - t0, t2 - t1, str(log))

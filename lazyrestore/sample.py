@@ -254,7 +254,7 @@ def start(workdir: Path, mib: int, threads: int = 0, children: int = 0, child_mi
                                    stdin=subprocess.DEVNULL, stdout=ulog, stderr=ulog, start_new_session=True)
     roles = ("main",) + tuple(f"child{i}" for i in range(children))
     deadline = time.monotonic() + timeout
-    pid = _wait_ns_init(unshare, deadline)
+    pid = procs.wait_pidns_init(unshare, deadline, "the sample workload")
     w = Workload(pid, log, roles, writers)
     while {r.role for r in w.reports()} != set(roles):
         if time.monotonic() > deadline or not procs.is_running(pid):
@@ -262,20 +262,3 @@ def start(workdir: Path, mib: int, threads: int = 0, children: int = 0, child_mi
             raise LazyRestoreError(f"sample workload did not start (see {log} and {workdir / 'unshare.log'})")
         time.sleep(0.05)
     return w
-
-
-def _wait_ns_init(unshare: subprocess.Popen[bytes], deadline: float) -> int:
-    children = Path(f"/proc/{unshare.pid}/task/{unshare.pid}/children")
-    while time.monotonic() < deadline:
-        try:
-            kids = [int(x) for x in children.read_text().split()]
-        except OSError:
-            kids = []
-        for kid in kids:
-            if procs.is_pidns_init(kid):
-                return kid
-        if unshare.poll() is not None:
-            break
-        time.sleep(0.02)
-    unshare.kill()
-    raise LazyRestoreError("unshare did not start the sample workload as a pid-namespace init")

@@ -23,6 +23,7 @@ from typing import Any
 from . import checkpoint, procs, secret, sourcefile
 from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, UsageError
 from .manifest import META_DIR
+from .criuopts import CriuOptions
 from .output import Reporter
 from .paths import native_binary
 from .procs import ready_byte
@@ -216,11 +217,11 @@ def summary_text(s: ServeSummary) -> str:
             f"{s.sessions} session(s), {s.rejected} rejected, {s.lost} lost; log {s.log}")
 
 
-def migrate(pid: int, images_dir: Path, listen: str, reporter: Reporter,
-            sanitized: bool = False) -> tuple[checkpoint.CheckpointSummary, ServeSummary]:
+def migrate(pid: int, images_dir: Path, listen: str, reporter: Reporter, sanitized: bool = False,
+            options: CriuOptions = CriuOptions()) -> tuple[checkpoint.CheckpointSummary, ServeSummary]:
     """Checkpoint the tree rooted at pid into images_dir, then serve it until one destination has every page."""
     parse_address(listen)
-    cp = checkpoint.checkpoint(pid, images_dir, False, False, reporter)
+    cp = checkpoint.checkpoint(pid, images_dir, False, False, reporter, options)
     reporter.event("checkpointed", **cp.__dict__)
     reporter.progress(checkpoint.summary_text(cp))
     try:

@@ -9,8 +9,16 @@ root namespace's loopback.
 
 Layout (all built with pyroute2 over netlink, never with `ip` or `tc`)::
 
-    netns lr-host-a                       netns lr-host-b
-    lo up, lr-veth-a 10.231.0.1/24 <----> lr-veth-b 10.231.0.2/24, lo up
+    netns lr-host-a                              netns lr-host-b
+    lr-br 10.231.0.1/24                          lr-br 10.231.0.2/24
+      +-- lr-veth-a <--------------------------> lr-veth-b --+
+      +-- (services: lr-svc-N, see hostservice.py)            +-- (services restored here)
+
+Each host's address sits on a bridge of its own, lr-br, whose port lr-veth-a (lr-veth-b) joins the other host:
+one L2 segment, 10.231.0.0/24. A service that must keep its address across a migration runs in a network
+namespace of its own with an address of that segment, joined to its host's bridge by a veth pair; CRIU dumps
+that namespace with it and recreates it on the other host, its outer veth end joined to the bridge there
+(hostservice.py, README "What can be migrated").
 
 Optionally a netem qdisc on BOTH veth ends emulates a slower network: each
 direction gets the delay (so the round-trip time is twice the delay) and the rate.
@@ -46,6 +54,7 @@ HOST_A = f"{PREFIX}-host-a"
 HOST_B = f"{PREFIX}-host-b"
 VETH_A = f"{PREFIX}-veth-a"[:15]  # interface names: at most 15 bytes
 VETH_B = f"{PREFIX}-veth-b"[:15]
+BRIDGE = f"{PREFIX}-br"[:15]  # the same name on both hosts: a restored service's veth joins it
 ADDR_A = "10.231.0.1"
 ADDR_B = "10.231.0.2"
 PREFIXLEN = 24
@@ -81,6 +90,7 @@ class TestHosts:
     veth_a: str = VETH_A
     veth_b: str = VETH_B
     prefixlen: int = PREFIXLEN
+    bridge: str = BRIDGE
 
 
 def host_name(letter: str) -> str:
@@ -140,7 +150,8 @@ def exists() -> TestHosts | None:
     try:
         with _ipr(HOST_A) as ipr_a, _ipr(HOST_B) as ipr_b:
             index_a = ipr_a.link_lookup(ifname=VETH_A)
-            if not index_a or not ipr_b.link_lookup(ifname=VETH_B):
+            if not index_a or not ipr_b.link_lookup(ifname=VETH_B) or not ipr_a.link_lookup(ifname=BRIDGE) \
+                    or not ipr_b.link_lookup(ifname=BRIDGE):
                 return None
             delay_ms, rate_mbit = _read_netem(ipr_a, index_a[0])
     except _ERRORS as exc:
@@ -277,8 +288,12 @@ def _build(delay_us: int, rate_bytes: int) -> None:
 
 def _configure(ipr: IPRoute, veth: str, addr: str, delay_us: int, rate_bytes: int) -> None:
     ipr.link("set", index=_index(ipr, "lo"), state="up")
+    ipr.link("add", ifname=BRIDGE, kind="bridge")
+    bridge = _index(ipr, BRIDGE)
     index = _index(ipr, veth)
-    ipr.addr("add", index=index, address=addr, prefixlen=PREFIXLEN)
+    ipr.link("set", index=index, master=bridge)
+    ipr.addr("add", index=bridge, address=addr, prefixlen=PREFIXLEN)
+    ipr.link("set", index=bridge, state="up")
     ipr.link("set", index=index, state="up")
     if delay_us or rate_bytes:
         _add_netem(ipr, index, veth, delay_us, rate_bytes)

@@ -39,10 +39,10 @@ def packet_faults(host: str, port: int, loss: float = 0, duplicate: float = 0, c
     """Drop / duplicate / corrupt (one byte rewritten, TCP checksum fixed) that fraction of the TCP segments
     host (a or b) sends from or to `port`, until the block ends."""
     name, peer = (testhosts.HOST_A, testhosts.ADDR_B) if host == "a" else (testhosts.HOST_B, testhosts.ADDR_A)
-    veth = testhosts.VETH_A if host == "a" else testhosts.VETH_B
     match = f"tcp sport {port}" if host == "a" else f"tcp dport {port}"
     rules = []
-    for rate, action in ((loss, "drop"), (duplicate, f'dup to {peer} device "{veth}"'),
+    # dup sends the copy out of the device that holds the host's address: its bridge (testhosts.py).
+    for rate, action in ((loss, "drop"), (duplicate, f'dup to {peer} device "{testhosts.BRIDGE}"'),
                          (corrupt, "@th,400,8 set 0x5a")):
         if rate:
             rules.append(f"    {match} numgen random mod 100000 < {int(rate * 100000)} {action}")
