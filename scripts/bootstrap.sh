@@ -29,6 +29,21 @@ APT_PACKAGES=(
   clang libclang-rt-14-dev  # make fuzz: libFuzzer (libclang_rt.fuzzer) comes with libclang-rt-14-dev
   nftables                  # tests/integration/faults.py: packet loss, duplication and corruption
 )
+# Real programs the integration tests migrate (tests/integration/test_apps.py). Installed with their services
+# kept stopped: the tests start their own instances.
+APP_PACKAGES=(redis-server redis-tools nginx-light)
+
+# Install packages without letting their maintainer scripts start services (policy-rc.d 101: action forbidden).
+install_stopped() {
+  local policy=/usr/sbin/policy-rc.d own=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 0755 "$policy" && own=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null || {
+    [ "$own" = 1 ] && rm -f "$policy"; return 1; }
+  [ "$own" = 1 ] && rm -f "$policy"
+  return 0
+}
 
 say() { printf 'bootstrap: %s\n' "$*"; }
 die() { printf 'bootstrap: error: %s\n' "$*" >&2; exit 1; }
@@ -37,15 +52,26 @@ require_root() {
   [ "$(id -u)" -eq 0 ] || die "must run as root (CRIU needs it); try: sudo make bootstrap"
 }
 
-install_apt_packages() {
-  local missing=()
-  for p in "${APT_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+missing_packages() {
+  local p
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || printf '%s\n' "$p"
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  say "installing Debian packages: ${missing[*]}"
+}
+
+install_apt_packages() {
+  local missing apps
+  mapfile -t missing < <(missing_packages "${APT_PACKAGES[@]}")
+  mapfile -t apps < <(missing_packages "${APP_PACKAGES[@]}")
+  [ ${#missing[@]} -eq 0 ] && [ ${#apps[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]} ${apps[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ ${#missing[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  if [ ${#apps[@]} -gt 0 ]; then
+    install_stopped "${apps[@]}" || die "installing ${apps[*]} failed"
+  fi
 }
 
 # The archive URI of the machine's own Debian sources (deb822 or one-line format).
