@@ -108,7 +108,7 @@ def from_json(raw: Any, where: str) -> CriuOptions:
     flags = {k: raw.get(k, False) for k in KEYS[:3]}
     bad = [k for k, v in flags.items() if not isinstance(v, bool)]
     external = raw.get("external", [])
-    if bad or not isinstance(external, list) or not all(isinstance(e, str) for e in external):
+    if bad or not isinstance(external, (list, tuple)) or not all(isinstance(e, str) for e in external):
         raise CorruptCheckpoint(where, f"criu_options: {', '.join(bad) or 'external'} has the wrong type "
                                 f"(booleans, and a list of strings for external)")
     try:

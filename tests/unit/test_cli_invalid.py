@@ -79,7 +79,15 @@ FROM = "--from 10.231.0.1:7411 --secret-file {secret} --workdir {missing}"
 LAZY = "--images {dir} --lazy"
 LISTEN = "--listen 127.0.0.1:0"
 
+EXTERNAL = "expected CRIU's KIND[ID] or KIND[ID]:VALUE without spaces"
+BAD_EXTERNAL: list[Bad] = [("empty", "", EXTERNAL), ("no-brackets", "veth", EXTERNAL), ("space", "veth[eth0]:a b", EXTERNAL),
+                           ("upper-kind", "VETH[eth0]", EXTERNAL), ("empty-id", "veth[]:x", EXTERNAL),
+                           ("empty-value", "veth[eth0]:", EXTERNAL), ("newline", "veth[eth0]:x\ny", EXTERNAL)]
+
 CASES = [
+    *bad("checkpoint", "--external", BAD_EXTERNAL, "--pid {self_pid} --images {missing}"),
+    *bad("migrate", "--external", BAD_EXTERNAL, "--pid {self_pid} --images {missing} --listen 10.231.0.1:7411"),
+    *bad("restore", "--external", BAD_EXTERNAL, LAZY),
     # checkpoint (0, -3, abc, 1.5 and "" for --pid are in test_cli.py)
     *bad("checkpoint", "--pid", NO_SUCH_PID, "--images {missing}"),
     *bad("checkpoint", "--images", NEW_IMAGES, "--pid {self_pid}"),
