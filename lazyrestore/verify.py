@@ -55,7 +55,7 @@ def check_inventory(images_dir: Path, m: Manifest) -> None:
     version = entries[0].get("img_version") if entries else None
     if version != CRIU_IMAGES_VERSION:
         raise CorruptCheckpoint(str(path), f"CRIU image format version {version} (checkpoint made by CRIU "
-                                f"{m.criu_version}); CRIU >= 4.1 restores format {CRIU_IMAGES_VERSION} only")
+                                f"{m.criu_version}); CRIU 4.x restores format {CRIU_IMAGES_VERSION} only")
 
 
 def check_index_header(where: str, m: Manifest, h: lazyindex.IndexHeader | LazyIndex) -> None:
