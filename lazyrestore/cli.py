@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
+import tempfile
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Callable, TypeVar
 
 import os
 
-from . import checkpoint, criuopts, hook, inspection, lazy, remote, report, restore, secret, serve, status
+from . import checkpoint, criuopts, dumpdir, hook, inspection, lazy, remote, report, restore, secret, serve, status
 from .criuopts import CriuOptions
 from .daemons import LazydOptions, RemoteSource
 from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, ProcessError, UsageError
@@ -165,6 +167,8 @@ def require_empty_dir(option: str, path: Path, error: type[LazyRestoreError]) ->
 
 def require_new_images(path: Path) -> None:
     """checkpoint/migrate --images: new or empty, in an existing directory."""
+    if path.is_dir() and any(path.iterdir()):
+        raise dumpdir.not_empty("--images", path)
     require_empty_dir("--images", path, ImagesDirError)
     if not path.parent.is_dir():
         raise ImagesDirError(f"--images {path}: cannot be created, {path.parent} does not exist; "
@@ -310,12 +314,46 @@ def cmd_testhosts(args: argparse.Namespace, rep: Reporter) -> int:
         return 0
     if args.action == "exec":
         return exec_in_host(args.host, args.cmd)
+    if args.action == "service":
+        return start_service(args, rep)
     h = testhosts.up(args.delay, args.rate)
     rep.result(f"test hosts up: {h.a} {h.veth_a} {h.addr_a}/{h.prefixlen} <-> {h.b} {h.veth_b} {h.addr_b}/{h.prefixlen}"
                f"; delay {h.delay_ms:g} ms and rate {h.rate_mbit:g} Mbit/s each way (0: none)\n"
                f"  run a command in one: lazyrestore testhosts exec a -- COMMAND", "summary", action="testhosts_up",
                **asdict(h))
     return 0
+
+
+def start_service(args: argparse.Namespace, rep: Reporter) -> int:
+    """testhosts service a|b --address IP -- CMD: CMD as the init of its own pid and network namespaces,
+    joined to the host's bridge at IP (hostservice.py)."""
+    from . import hostservice, testhosts
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        raise UsageError("testhosts service needs a command: lazyrestore testhosts service --host a|b --address IP -- COMMAND")
+    if testhosts.exists() is None:
+        raise UsageError("testhosts service: the test hosts are not up; run `lazyrestore testhosts up` first")
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="lazyrestore-service-", dir="/dev/shm"))
+    s = hostservice.start(testhosts.host_name(args.host), workdir, cmd, args.address)
+    rep.result(f"service pid {s.pid} at {s.address} on test host {args.host} (veth {s.outer}); output {s.log}\n"
+               f"  checkpoint it from the host: lazyrestore testhosts exec {args.host} -- lazyrestore checkpoint "
+               f"--pid {s.pid} --images DIR", "summary", action="testhosts_service", pid=s.pid, address=s.address,
+               outer=s.outer, log=str(s.log))
+    return 0
+
+
+def service_address(text: str) -> str:
+    from . import testhosts
+    try:
+        addr = ipaddress.IPv4Address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected an IPv4 address in 10.231.0.0/24, got {text!r}") from exc
+    net = ipaddress.IPv4Network(f"{testhosts.ADDR_A}/{testhosts.PREFIXLEN}", strict=False)
+    if addr not in net or str(addr) in (testhosts.ADDR_A, testhosts.ADDR_B) or addr in (net.network_address,
+                                                                                          net.broadcast_address):
+        raise argparse.ArgumentTypeError(f"expected a free host address in {net} (not the test hosts' "
+                                         f"{testhosts.ADDR_A} or {testhosts.ADDR_B}), got {text!r}")
+    return str(addr)
 
 
 def exec_in_host(host: str, cmd: list[str]) -> int:
@@ -495,7 +533,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex = ths.add_parser("exec", help="run a command in a test host: exec a|b -- COMMAND [ARGS]")
     ex.add_argument("host", type=host_letter, help="a or b")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS]")
-    for tp in (up, down):
+    sv2 = ths.add_parser("service", help="start a command in its own pid and network namespaces on a test host, "
+                         "at an address of its own that migrations keep: service --host a|b --address IP -- COMMAND")
+    sv2.add_argument("--host", type=host_letter, default="a", help="a (default) or b")
+    sv2.add_argument("--address", type=service_address, required=True, help="its IPv4 address, e.g. 10.231.0.10")
+    sv2.add_argument("--workdir", type=images_path, default=None, help="its output and helper files (default: /dev/shm)")
+    sv2.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS]")
+    for tp in (up, down, sv2):
         tp.add_argument("--json", action="store_true", help="print JSON events, one object per line")
     th.set_defaults(func=cmd_testhosts)
 
@@ -515,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return func(args, rep)
     except LazyRestoreError as exc:
-        return report_error(rep, exc.kind, str(exc), exc.exit_code)
+        return report_error(rep, exc.kind, exc.full_message(), exc.exit_code)
     except KeyboardInterrupt:
         return report_error(rep, "Interrupted", "interrupted", 130)
 

@@ -149,6 +149,14 @@ CASES = [
                                             ("nan", "nan"), ("infinite", "inf"), ("too-long", "10001"), ("empty", ""))),
     *bad("testhosts up", "--rate", numbers("Mbit/s from 0 to 34359", ("negative", "-1"), ("text", "x"),
                                            ("nan", "nan"), ("too-fast", "34360"), ("absurd", "1e300"), ("empty", ""))),
+    *bad("testhosts service", "--address", [
+        ("host-a", "10.231.0.1", "expected a free host address in 10.231.0.0/24"),
+        ("other-net", "10.9.0.10", "expected a free host address in 10.231.0.0/24"),
+        ("broadcast", "10.231.0.255", "expected a free host address"), ("text", "redis", "expected an IPv4 address"),
+        ("ipv6", "fd00::10", "expected an IPv4 address"), ("empty", "", "expected an IPv4 address")], "", ),
+    *bad("testhosts service", "--host", [("c", "c", "expected a test host, a or b"),
+                                         ("empty", "", "expected a test host, a or b")], "--address 10.231.0.10"),
+    *bad("testhosts service", "--workdir", [("empty", "", "expected a directory path")], "--address 10.231.0.10"),
     *[pytest.param(Case(("testhosts", "exec", value, "--", "true"), "host", "expected a test host, a or b"),
                    id=f"testhosts-exec-host-{name}") for name, value in [("c", "c"), ("empty", ""), ("ab", "ab")]],
     # report: the run dir (positional), the checkpoint, the PNG
