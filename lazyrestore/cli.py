@@ -216,7 +216,7 @@ def cmd_restore(args: argparse.Namespace, rep: Reporter) -> int:
 
 
 def criu_options(args: argparse.Namespace) -> CriuOptions:
-    return criuopts.from_args(args.tcp_established, args.tcp_close, args.ext_masters, args.external)
+    return criuopts.from_args(args.tcp_established, args.tcp_close, args.ext_masters, args.file_locks, args.external)
 
 
 def add_criu_options(p: argparse.ArgumentParser, restoring: bool) -> None:
@@ -228,6 +228,7 @@ def add_criu_options(p: argparse.ArgumentParser, restoring: bool) -> None:
     p.add_argument("--tcp-close", action="store_true", help=f"restore open TCP connections closed ({when})")
     p.add_argument("--enable-external-masters", dest="ext_masters", action="store_true",
                    help="allow bind mounts whose master is outside the tree's mount namespace (CRIU's option)")
+    p.add_argument("--file-locks", action="store_true", help=f"dump and restore the tree's file locks ({when})")
     p.add_argument("--external", action="append", type=external_value, default=None, metavar="KIND[ID]:VALUE",
                    help="a CRIU --external value, repeatable; e.g. veth[eth0]:OUTER@BRIDGE on restore")
 

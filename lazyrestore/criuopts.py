@@ -21,7 +21,7 @@ from .errors import CorruptCheckpoint, UsageError
 # CRIU's --external KEY[ID]:VALUE, as far as lazyrestore passes it: printable, no spaces, bounded.
 _EXTERNAL = re.compile(r"^[a-z]+\[[^\]\s]{1,200}\](:[^\s]{1,200})?$")
 MAX_EXTERNAL = 64
-KEYS = ("tcp_established", "tcp_close", "ext_masters", "external")
+KEYS = ("tcp_established", "tcp_close", "ext_masters", "file_locks", "external")
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,14 @@ class CriuOptions:
     tcp_established: dump and restore open TCP connections (CRIU's --tcp-established).
     tcp_close: dump and restore them closed (--tcp-close); never together with tcp_established.
     ext_masters: --enable-external-masters (mounts whose master is outside the tree).
+    file_locks: --file-locks (dump and restore the tree's file locks).
     external: CRIU --external values, e.g. "veth[eth0]:lr-svc0@lr-br".
     """
 
     tcp_established: bool = False
     tcp_close: bool = False
     ext_masters: bool = False
+    file_locks: bool = False
     external: tuple[str, ...] = ()
 
     def merged(self, other: CriuOptions) -> CriuOptions:
@@ -44,7 +46,8 @@ class CriuOptions:
         keys = {external_key(e) for e in other.external}
         kept = tuple(e for e in self.external if external_key(e) not in keys)
         return check(CriuOptions(self.tcp_established or other.tcp_established, self.tcp_close or other.tcp_close,
-                                 self.ext_masters or other.ext_masters, kept + other.external))
+                                 self.ext_masters or other.ext_masters, self.file_locks or other.file_locks,
+                                 kept + other.external))
 
     def with_external(self, values: tuple[str, ...]) -> CriuOptions:
         return self.merged(CriuOptions(external=values))
@@ -52,7 +55,8 @@ class CriuOptions:
     def describe(self) -> str:
         """The options as CRIU's command line would spell them ("" when none)."""
         words = [flag for flag, on in (("--tcp-established", self.tcp_established), ("--tcp-close", self.tcp_close),
-                                       ("--enable-external-masters", self.ext_masters)) if on]
+                                       ("--enable-external-masters", self.ext_masters),
+                                       ("--file-locks", self.file_locks)) if on]
         return " ".join(words + [f"--external {e}" for e in self.external])
 
 
@@ -80,8 +84,9 @@ def check(o: CriuOptions) -> CriuOptions:
     return o
 
 
-def from_args(tcp_established: bool, tcp_close: bool, ext_masters: bool, external: list[str] | None) -> CriuOptions:
-    return check(CriuOptions(tcp_established, tcp_close, ext_masters, tuple(external or ())))
+def from_args(tcp_established: bool, tcp_close: bool, ext_masters: bool, file_locks: bool,
+              external: list[str] | None) -> CriuOptions:
+    return check(CriuOptions(tcp_established, tcp_close, ext_masters, file_locks, tuple(external or ())))
 
 
 def apply(o: CriuOptions, rpc_opts: Any) -> None:
@@ -92,20 +97,22 @@ def apply(o: CriuOptions, rpc_opts: Any) -> None:
         rpc_opts.tcp_close = True
     if o.ext_masters:
         rpc_opts.ext_masters = True
+    if o.file_locks:
+        rpc_opts.file_locks = True
     for e in o.external:
         rpc_opts.external.append(e)
 
 
 def to_json(o: CriuOptions) -> dict[str, Any]:
     return {"tcp_established": o.tcp_established, "tcp_close": o.tcp_close, "ext_masters": o.ext_masters,
-            "external": list(o.external)}
+            "file_locks": o.file_locks, "external": list(o.external)}
 
 
 def from_json(raw: Any, where: str) -> CriuOptions:
     """The manifest's criu_options; CorruptCheckpoint naming the field when it is not what we write."""
     if not isinstance(raw, dict) or set(raw) - set(KEYS):
         raise CorruptCheckpoint(where, f"criu_options {raw!r}: expected an object with keys from {', '.join(KEYS)}")
-    flags = {k: raw.get(k, False) for k in KEYS[:3]}
+    flags = {k: raw.get(k, False) for k in KEYS[:4]}
     bad = [k for k, v in flags.items() if not isinstance(v, bool)]
     external = raw.get("external", [])
     if bad or not isinstance(external, (list, tuple)) or not all(isinstance(e, str) for e in external):

@@ -17,7 +17,7 @@ VETH = "veth[eth0]:lr-svc-10@lr-br"
 def test_a_restore_adds_to_what_the_checkpoint_recorded() -> None:
     recorded = CriuOptions(tcp_established=True, external=(VETH,))
     merged = recorded.merged(CriuOptions(ext_masters=True, external=("unix[1234]",)))
-    assert merged == CriuOptions(True, False, True, (VETH, "unix[1234]"))
+    assert merged == CriuOptions(True, False, True, False, (VETH, "unix[1234]"))
 
 
 def test_an_external_on_the_command_line_replaces_the_recorded_one_for_the_same_link() -> None:
@@ -31,9 +31,10 @@ def test_established_and_close_exclude_each_other() -> None:
 
 
 def test_the_options_go_to_criu_as_its_rpc_fields() -> None:
-    sent = SimpleNamespace(tcp_established=False, tcp_close=False, ext_masters=False, external=[])
-    criuopts.apply(CriuOptions(True, False, True, (VETH,)), sent)
-    assert (sent.tcp_established, sent.tcp_close, sent.ext_masters, sent.external) == (True, False, True, [VETH])
+    sent = SimpleNamespace(tcp_established=False, tcp_close=False, ext_masters=False, file_locks=False, external=[])
+    criuopts.apply(CriuOptions(True, False, True, True, (VETH,)), sent)
+    assert (sent.tcp_established, sent.tcp_close, sent.ext_masters, sent.file_locks, sent.external) == \
+        (True, False, True, True, [VETH])
 
 
 def test_the_manifest_field_round_trips_through_json() -> None:
@@ -59,6 +60,6 @@ def test_a_damaged_manifest_field_is_refused_naming_it(raw: object, says: str) -
 
 
 def test_describe_spells_criu_command_line_options() -> None:
-    assert CriuOptions(True, False, True, (VETH,)).describe() == \
-        f"--tcp-established --enable-external-masters --external {VETH}"
+    assert CriuOptions(True, False, True, True, (VETH,)).describe() == \
+        f"--tcp-established --enable-external-masters --file-locks --external {VETH}"
     assert CriuOptions().describe() == ""
