@@ -27,7 +27,7 @@ def pagemap_lazy_pages(images: Path) -> dict[int, int]:
 
 
 def test_pinned_protobuf_decodes_real_images(start_workload, workdir: Path) -> None:
-    assert int(google.protobuf.__version__.split(".")[0]) == 6, "pycriu 4.1.1 needs the protobuf 6 runtime"
+    assert int(google.protobuf.__version__.split(".")[0]) == 7, "pyproject.toml pins the protobuf 7 runtime"
     w = start_workload(mib=16)
     checkpoint(w, workdir / "images")
     for name in ("pstree.img", "pagemap-1.img", "mm-1.img", "core-1.img", "inventory.img"):
