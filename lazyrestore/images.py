@@ -179,6 +179,14 @@ def pagemap_entry(vaddr: int, nr_pages: int, flags: int) -> dict[str, int]:
             "flags": flags}
 
 
+def connection_options(images_dir: Path) -> tuple[bool, bool]:
+    """(established, closed): the dump holds open TCP connections (CRIU wrote tcp-stream-*.img for them), and
+    CRIU dumped with --tcp-close (inventory.img's tcp_close). CRIU restores either only when told again."""
+    established = any(images_dir.glob("tcp-stream-*.img"))
+    inventory = load_image(images_dir / "inventory.img")
+    return established, bool(inventory and inventory[0].get("tcp_close", False))
+
+
 def read_dump_stats(images_dir: Path) -> dict[str, int]:
     """CRIU's dump statistics (times in microseconds), {} if the file is absent."""
     path = images_dir / "stats-dump"

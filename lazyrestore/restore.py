@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pycriu
@@ -13,7 +13,7 @@ import pycriu
 from . import criu, criuopts, manifest, procs, veths
 from .criuopts import CriuOptions
 from .errors import CriuFailed, ProcessError, UsageError
-from .images import read_pstree
+from .images import connection_options, read_pstree
 from .output import Reporter
 from .verify import verify_checkpoint
 
@@ -60,10 +60,15 @@ def check_pids_free(images_dir: Path) -> None:
                            f"stop those processes or restore on another host")
 
 
-def criu_options_for(m: manifest.Manifest, extra: CriuOptions) -> CriuOptions:
-    """The options a restore of m runs CRIU with: those it was dumped with, plus the command line's; every bridge
-    a veth is to join must exist here."""
-    options = m.criu_options.merged(extra)
+def criu_options_for(images_dir: Path, m: manifest.Manifest, extra: CriuOptions) -> CriuOptions:
+    """The options a restore of m runs CRIU with: those it was dumped with (recorded, or read from the images
+    when a runtime's CRIU dumped them), plus the command line's; every bridge a veth is to join must exist here."""
+    established, closed = connection_options(images_dir)
+    dumped = CriuOptions(tcp_close=True) if closed else CriuOptions(tcp_established=established)
+    recorded = m.criu_options.merged(dumped)
+    if extra.tcp_close:  # CRIU's restore --tcp-close: connections dumped open come back closed
+        recorded = replace(recorded, tcp_established=False)
+    options = recorded.merged(extra)
     missing = veths.missing_bridges(options.external)
     if missing:
         wanted = [e for e in options.external if e.rsplit("@", 1)[-1] in missing]
@@ -116,7 +121,7 @@ def restore(images_dir: Path, reporter: Reporter, extra: CriuOptions = CriuOptio
     t0 = time.monotonic()
     m = verify_checkpoint(images_dir, pages=True)
     check_pids_free(images_dir)
-    options = criu_options_for(m, extra)
+    options = criu_options_for(images_dir, m, extra)
     t1 = time.monotonic()
     reporter.event("verified", checkpoint_id=m.checkpoint_id, seconds=round(t1 - t0, 6))
     log = new_run_dir(images_dir, None) / RESTORE_LOG
