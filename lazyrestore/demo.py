@@ -1,6 +1,6 @@
 """`lazyrestore demo` (`make demo`): a live migration between two test hosts, lazily, then eagerly.
 
-1. Two test hosts, A and B (network namespaces joined by a veth pair), are set up.
+1. Two test hosts, A and B (network namespaces whose bridges a veth pair joins), are set up.
 2. The sample workload (1 GiB by default, 2 threads, a heartbeat with its memory
    checksum every second) starts on host A.
 3. Lazy migration A -> B: `lazyrestore migrate` on A checkpoints it and serves it
@@ -71,7 +71,7 @@ def run(mib: int, workdir: Path | None, rep: Reporter) -> int:
 def _demo(demo: Demo, mib: int) -> int:
     rep = demo.rep
     h = testhosts.up()
-    rep.progress(f"test hosts: {h.a} ({h.addr_a}) <-> {h.b} ({h.addr_b}), a veth pair")
+    rep.progress(f"test hosts: {h.a} ({h.addr_a}) <-> {h.b} ({h.addr_b}), bridges joined by a veth pair")
     rep.progress(f"starting the sample workload on host A: {mib} MiB, 2 threads, a checksum heartbeat every second")
     with testhosts.inside(h.a):
         w = sample.start(demo.base, mib, threads=2, heartbeat=1)

@@ -1,4 +1,4 @@
-"""Two "test hosts" on one machine: network namespaces joined by a veth pair.
+"""Two "test hosts" on one machine: network namespaces whose bridges a veth pair joins.
 
 A migration is meant to cross a network: the page server (`lazyrestore serve` /
 `migrate`) runs on the source host and the lazy restore (`restore --from
