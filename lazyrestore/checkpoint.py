@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pycriu
 
-from . import criu, criuopts, lazyindex, lazyview, manifest, procs, secret, veths
+from . import criu, criuopts, dumpdir, lazyindex, lazyview, manifest, procs, secret, veths
 from .criuopts import CriuOptions
-from .errors import ImagesDirError
+from .errors import CriuFailed, ImagesDirError, LazyRestoreError
 from .images import read_dump_stats, read_pagemap, read_pstree
 from .manifest import Manifest
 from .output import Reporter, human_bytes
@@ -48,7 +48,7 @@ def prepare_dir(images_dir: Path) -> None:
         if not images_dir.is_dir():
             raise ImagesDirError(f"{images_dir} exists and is not a directory")
         if any(images_dir.iterdir()):
-            raise ImagesDirError(f"images directory {images_dir} is not empty; give an empty or new directory")
+            raise dumpdir.not_empty("images directory", images_dir)
         if not os.access(images_dir, os.W_OK):
             raise ImagesDirError(f"images directory {images_dir} is not writable "
                                  f"({os.strerror(errno.EROFS) if _read_only(images_dir) else 'permission denied'})")
@@ -95,7 +95,7 @@ def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: boo
         with plugin_off():
             client.dump()
     except pycriu.CRIUException as exc:
-        raise criu.failure("dump", exc, images_dir / DUMP_LOG) from exc
+        raise criu.failure("dump", exc, images_dir / DUMP_LOG, pid) from exc
     finally:
         os.close(fd)
 
@@ -165,11 +165,17 @@ def checkpoint(pid: int, images_dir: Path, leave_running: bool, allow_host_pids:
     reporter.progress(f"dumping process tree {pid} into {images_dir} with criu {binary.version}"
                       + (f" ({options.describe()})" if options.describe() else ""))
     t0 = time.monotonic()
-    dump(binary, pid, images_dir, leave_running, options)
+    try:  # prepare_dir made sure images_dir was new or empty: what is in it now, the dump wrote
+        dump(binary, pid, images_dir, leave_running, options)
+    except CriuFailed as exc:
+        raise dumpdir.after_failed_dump(images_dir, DUMP_LOG, pid, exc)
     t1 = time.monotonic()
     reporter.event("dumped", seconds=round(t1 - t0, 6))
     reporter.progress(f"dumped in {t1 - t0:.2f} s; indexing and checksumming pages")
-    m = write_metadata(images_dir, binary, pid, options=recorded)
+    try:
+        m = write_metadata(images_dir, binary, pid, options=recorded)
+    except (LazyRestoreError, OSError) as exc:
+        raise dumpdir.after_failed_index(images_dir, DUMP_LOG, pid, leave_running, exc)
     t2 = time.monotonic()
     stats = read_dump_stats(images_dir)
     return CheckpointSummary(

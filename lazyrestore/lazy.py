@@ -81,6 +81,8 @@ def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: 
 
 
 INTERRUPTED = "interrupted before every page was placed: the restored tree was killed; the checkpoint is intact"
+# lr-lazyd's error when CRIU's restore closed its connection before "restore finished" (native/lazyd/criu_sock.c).
+CRIU_WENT_AWAY = "CRIU restore closed the lazy-pages connection"
 
 
 def resume_and_follow(binary: criu.CriuBinary, images_dir: Path, m: Manifest, run: Path, daemon: Lazyd,
@@ -112,10 +114,11 @@ def _resume(binary: criu.CriuBinary, criu_images: Path, run: Path, daemon: Lazyd
     try:
         pid = run_restore(binary, criu_images, run / RESTORE_LOG, lazy=True, options=criu_options)
     except CriuFailed as exc:
-        # CRIU fails when lr-lazyd stopped under it (e.g. a page failing its checksum): that is the cause.
+        # CRIU fails when lr-lazyd stopped under it (e.g. a page failing its checksum): that is the cause. When
+        # lr-lazyd only saw CRIU go away, CRIU's failure is the cause: exit 8, as for an eager restore.
         code = daemon.wait_exit(2.0)
         daemon.stop()
-        if code not in (None, 0):
+        if code not in (None, 0) and not daemon.first_error().startswith(CRIU_WENT_AWAY):
             raise DaemonFailed(f"lr-lazyd stopped during CRIU's restore: {daemon.first_error()}; nothing runs; "
                                f"the checkpoint is intact; log {daemon.log} (CRIU: {exc})") from exc
         raise

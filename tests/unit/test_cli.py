@@ -174,7 +174,28 @@ def test_find_criu_4_0_is_too_old(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         criu.find_criu()
 
 
-@pytest.mark.parametrize("line,text", [("Version: 4.1.1", "4.1.1"), ("Version: 4.1", "4.1"), ("Version: 5.0", "5.0")])
+@pytest.mark.parametrize("line", ["Version: 4.1.1", "Version: 4.1"])
+def test_find_criu_4_1_is_too_old_and_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str) -> None:
+    """CRIU 4.1 cannot dump TCP/UDP/packet sockets on kernels >= 6.16 (SO_PASSCRED): named, with the fix."""
+    monkeypatch.setenv("LAZYRESTORE_CRIU", str(fake_criu(tmp_path, line)))
+    with pytest.raises(CriuUnavailable) as info:
+        criu.find_criu()
+    msg = str(info.value)
+    assert "too old" in msg and "CRIU >= 4.2" in msg
+    assert "Can't get 1:16 opt" in msg and "6.16" in msg and "SO_PASSCRED" in msg
+    assert "`make bootstrap`" in msg and "4.2.x" in msg
+    assert "vDSO" not in msg, "the 3.x reason is not 4.1's"
+    assert info.value.exit_code == 4
+
+
+def test_find_criu_3_17_gets_both_reasons(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAZYRESTORE_CRIU", str(fake_criu(tmp_path, "Version: 3.17")))
+    with pytest.raises(CriuUnavailable) as info:
+        criu.find_criu()
+    assert "vDSO" in str(info.value) and "1:16" in str(info.value)
+
+
+@pytest.mark.parametrize("line,text", [("Version: 4.2.1", "4.2.1"), ("Version: 4.2", "4.2"), ("Version: 5.0", "5.0")])
 def test_find_criu_recent_enough(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, line: str, text: str) -> None:
     binary = fake_criu(tmp_path, line)
     monkeypatch.setenv("LAZYRESTORE_CRIU", str(binary))
