@@ -216,7 +216,8 @@ def cmd_restore(args: argparse.Namespace, rep: Reporter) -> int:
 
 
 def criu_options(args: argparse.Namespace) -> CriuOptions:
-    return criuopts.from_args(args.tcp_established, args.tcp_close, args.ext_masters, args.file_locks, args.external)
+    return criuopts.from_args(args.tcp_established, args.tcp_close, args.ext_masters, args.file_locks, args.external,
+                              args.network_lock)
 
 
 def add_criu_options(p: argparse.ArgumentParser, restoring: bool) -> None:
@@ -229,6 +230,9 @@ def add_criu_options(p: argparse.ArgumentParser, restoring: bool) -> None:
     p.add_argument("--enable-external-masters", dest="ext_masters", action="store_true",
                    help="allow bind mounts whose master is outside the tree's mount namespace (CRIU's option)")
     p.add_argument("--file-locks", action="store_true", help=f"dump and restore the tree's file locks ({when})")
+    p.add_argument("--network-lock", choices=tuple(criuopts.NETWORK_LOCKS), default=None,
+                   help=f"how CRIU locks the network while connections are dumped and restored (CRIU's default: "
+                        f"iptables; {when})")
     p.add_argument("--external", action="append", type=external_value, default=None, metavar="KIND[ID]:VALUE",
                    help="a CRIU --external value, repeatable; e.g. veth[eth0]:OUTER@BRIDGE on restore")
 

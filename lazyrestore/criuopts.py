@@ -21,7 +21,9 @@ from .errors import CorruptCheckpoint, UsageError
 # CRIU's --external KEY[ID]:VALUE, as far as lazyrestore passes it: printable, no spaces, bounded.
 _EXTERNAL = re.compile(r"^[a-z]+\[[^\]\s]{1,200}\](:[^\s]{1,200})?$")
 MAX_EXTERNAL = 64
-KEYS = ("tcp_established", "tcp_close", "ext_masters", "file_locks", "external")
+KEYS = ("tcp_established", "tcp_close", "ext_masters", "file_locks", "external", "network_lock")
+# CRIU's --network-lock METHOD (rpc.proto: criu_network_lock_method); "" leaves CRIU's default (iptables).
+NETWORK_LOCKS = {"iptables": 1, "nftables": 2}
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class CriuOptions:
     tcp_close: dump and restore them closed (--tcp-close); never together with tcp_established.
     ext_masters: --enable-external-masters (mounts whose master is outside the tree).
     file_locks: --file-locks (dump and restore the tree's file locks).
+    network_lock: how CRIU locks the network while connections are dumped and restored: "iptables",
+      "nftables", or "" for CRIU's default (iptables).
     external: CRIU --external values, e.g. "veth[eth0]:lr-svc0@lr-br".
     """
 
@@ -40,6 +44,7 @@ class CriuOptions:
     ext_masters: bool = False
     file_locks: bool = False
     external: tuple[str, ...] = ()
+    network_lock: str = ""
 
     def merged(self, other: CriuOptions) -> CriuOptions:
         """These options with other's added; an external of other replaces one of ours for the same KEY[ID]."""
@@ -47,7 +52,7 @@ class CriuOptions:
         kept = tuple(e for e in self.external if external_key(e) not in keys)
         return check(CriuOptions(self.tcp_established or other.tcp_established, self.tcp_close or other.tcp_close,
                                  self.ext_masters or other.ext_masters, self.file_locks or other.file_locks,
-                                 kept + other.external))
+                                 kept + other.external, other.network_lock or self.network_lock))
 
     def with_external(self, values: tuple[str, ...]) -> CriuOptions:
         return self.merged(CriuOptions(external=values))
@@ -57,7 +62,8 @@ class CriuOptions:
         words = [flag for flag, on in (("--tcp-established", self.tcp_established), ("--tcp-close", self.tcp_close),
                                        ("--enable-external-masters", self.ext_masters),
                                        ("--file-locks", self.file_locks)) if on]
-        return " ".join(words + [f"--external {e}" for e in self.external])
+        lock = [f"--network-lock {self.network_lock}"] if self.network_lock else []
+        return " ".join(words + lock + [f"--external {e}" for e in self.external])
 
 
 def external_key(value: str) -> str:
@@ -77,6 +83,8 @@ def check(o: CriuOptions) -> CriuOptions:
     if o.tcp_established and o.tcp_close:
         raise UsageError("--tcp-established and --tcp-close exclude each other: keep open TCP connections "
                          "(--tcp-established) or restore them closed (--tcp-close)")
+    if o.network_lock and o.network_lock not in NETWORK_LOCKS:
+        raise UsageError(f"--network-lock {o.network_lock!r}: expected one of {', '.join(NETWORK_LOCKS)}")
     if len(o.external) > MAX_EXTERNAL:
         raise UsageError(f"--external: at most {MAX_EXTERNAL} values, got {len(o.external)}")
     for e in o.external:
@@ -85,8 +93,9 @@ def check(o: CriuOptions) -> CriuOptions:
 
 
 def from_args(tcp_established: bool, tcp_close: bool, ext_masters: bool, file_locks: bool,
-              external: list[str] | None) -> CriuOptions:
-    return check(CriuOptions(tcp_established, tcp_close, ext_masters, file_locks, tuple(external or ())))
+              external: list[str] | None, network_lock: str | None = None) -> CriuOptions:
+    return check(CriuOptions(tcp_established, tcp_close, ext_masters, file_locks, tuple(external or ()),
+                             network_lock or ""))
 
 
 def apply(o: CriuOptions, rpc_opts: Any) -> None:
@@ -101,11 +110,13 @@ def apply(o: CriuOptions, rpc_opts: Any) -> None:
         rpc_opts.file_locks = True
     for e in o.external:
         rpc_opts.external.append(e)
+    if o.network_lock:
+        rpc_opts.network_lock = NETWORK_LOCKS[o.network_lock]
 
 
 def to_json(o: CriuOptions) -> dict[str, Any]:
     return {"tcp_established": o.tcp_established, "tcp_close": o.tcp_close, "ext_masters": o.ext_masters,
-            "file_locks": o.file_locks, "external": list(o.external)}
+            "file_locks": o.file_locks, "external": list(o.external), "network_lock": o.network_lock}
 
 
 def from_json(raw: Any, where: str) -> CriuOptions:
@@ -114,11 +125,12 @@ def from_json(raw: Any, where: str) -> CriuOptions:
         raise CorruptCheckpoint(where, f"criu_options {raw!r}: expected an object with keys from {', '.join(KEYS)}")
     flags = {k: raw.get(k, False) for k in KEYS[:4]}
     bad = [k for k, v in flags.items() if not isinstance(v, bool)]
-    external = raw.get("external", [])
-    if bad or not isinstance(external, (list, tuple)) or not all(isinstance(e, str) for e in external):
-        raise CorruptCheckpoint(where, f"criu_options: {', '.join(bad) or 'external'} has the wrong type "
-                                f"(booleans, and a list of strings for external)")
+    external, lock = raw.get("external", []), raw.get("network_lock", "")
+    if bad or not isinstance(external, (list, tuple)) or not all(isinstance(e, str) for e in external) \
+            or not isinstance(lock, str):
+        raise CorruptCheckpoint(where, f"criu_options: {', '.join(bad) or 'external or network_lock'} has the wrong "
+                                f"type (booleans, a list of strings for external, a string for network_lock)")
     try:
-        return check(replace(CriuOptions(**flags), external=tuple(external)))
+        return check(replace(CriuOptions(**flags), external=tuple(external), network_lock=lock))
     except UsageError as exc:
         raise CorruptCheckpoint(where, f"criu_options: {exc}") from exc

@@ -104,8 +104,11 @@ def test_tcp_close_on_restore_brings_open_connections_back_closed(service, workd
     client = Client(service.address)
     assert client.ask("one") == b"1 one\n"
     images = workdir / "images"
-    res = run_cli("checkpoint", "--pid", str(service.pid), "--images", str(images), "--tcp-established", host="a")
+    res = run_cli("checkpoint", "--pid", str(service.pid), "--images", str(images), "--tcp-established",
+                  "--network-lock", "nftables", host="a")
     assert res.code == 0, res.stderr
+    assert json.loads((images / "lazyrestore" / "manifest.json").read_text())["criu_options"]["network_lock"] == \
+        "nftables"
     res = run_cli("restore", "--images", str(images), "--lazy", "--tcp-close", host="a")
     assert res.code == 0, res.stderr
     reaper.add(res.last("summary")["pid"])

@@ -84,10 +84,16 @@ BAD_EXTERNAL: list[Bad] = [("empty", "", EXTERNAL), ("no-brackets", "veth", EXTE
                            ("upper-kind", "VETH[eth0]", EXTERNAL), ("empty-id", "veth[]:x", EXTERNAL),
                            ("empty-value", "veth[eth0]:", EXTERNAL), ("newline", "veth[eth0]:x\ny", EXTERNAL)]
 
+BAD_LOCK: list[Bad] = [("other-word", "pf", "invalid choice"), ("empty", "", "invalid choice"),
+                       ("upper", "IPTABLES", "invalid choice")]
+
 CASES = [
     *bad("checkpoint", "--external", BAD_EXTERNAL, "--pid {self_pid} --images {missing}"),
     *bad("migrate", "--external", BAD_EXTERNAL, "--pid {self_pid} --images {missing} --listen 10.231.0.1:7411"),
     *bad("restore", "--external", BAD_EXTERNAL, LAZY),
+    *bad("checkpoint", "--network-lock", BAD_LOCK, "--pid {self_pid} --images {missing}"),
+    *bad("migrate", "--network-lock", BAD_LOCK, "--pid {self_pid} --images {missing} --listen 10.231.0.1:7411"),
+    *bad("restore", "--network-lock", BAD_LOCK, LAZY),
     # checkpoint (0, -3, abc, 1.5 and "" for --pid are in test_cli.py)
     *bad("checkpoint", "--pid", NO_SUCH_PID, "--images {missing}"),
     *bad("checkpoint", "--images", NEW_IMAGES, "--pid {self_pid}"),

@@ -31,14 +31,20 @@ def test_established_and_close_exclude_each_other() -> None:
 
 
 def test_the_options_go_to_criu_as_its_rpc_fields() -> None:
-    sent = SimpleNamespace(tcp_established=False, tcp_close=False, ext_masters=False, file_locks=False, external=[])
-    criuopts.apply(CriuOptions(True, False, True, True, (VETH,)), sent)
-    assert (sent.tcp_established, sent.tcp_close, sent.ext_masters, sent.file_locks, sent.external) == \
-        (True, False, True, True, [VETH])
+    sent = SimpleNamespace(tcp_established=False, tcp_close=False, ext_masters=False, file_locks=False, external=[],
+                           network_lock=1)
+    criuopts.apply(CriuOptions(True, False, True, True, (VETH,), "nftables"), sent)
+    assert (sent.tcp_established, sent.tcp_close, sent.ext_masters, sent.file_locks, sent.external, sent.network_lock) \
+        == (True, False, True, True, [VETH], 2)
+
+
+def test_the_command_line_network_lock_wins_over_the_recorded_one() -> None:
+    assert CriuOptions(network_lock="nftables").merged(CriuOptions(network_lock="iptables")).network_lock == "iptables"
+    assert CriuOptions(network_lock="nftables").merged(CriuOptions()).network_lock == "nftables"
 
 
 def test_the_manifest_field_round_trips_through_json() -> None:
-    o = CriuOptions(tcp_close=True, external=(VETH,))
+    o = CriuOptions(tcp_close=True, external=(VETH,), network_lock="nftables")
     assert criuopts.from_json(json.loads(json.dumps(criuopts.to_json(o))), "m") == o
     assert criuopts.from_json({}, "m") == CriuOptions()
 
@@ -46,11 +52,13 @@ def test_the_manifest_field_round_trips_through_json() -> None:
 @pytest.mark.parametrize("raw, says", [
     ([], "expected an object"),
     ({"tcp_established": 1}, "tcp_established has the wrong type"),
-    ({"external": "veth[eth0]"}, "external has the wrong type"),
-    ({"external": [7]}, "external has the wrong type"),
+    ({"external": "veth[eth0]"}, "external or network_lock has the wrong type"),
+    ({"external": [7]}, "external or network_lock has the wrong type"),
     ({"external": ["veth[eth0]:a b"]}, "KIND[ID]"),
     ({"tcp_established": True, "tcp_close": True}, "exclude each other"),
     ({"unknown": True}, "keys from"),
+    ({"network_lock": "pf"}, "expected one of iptables, nftables"),
+    ({"network_lock": 2}, "external or network_lock has the wrong type"),
     ({"external": [VETH] * 65}, "at most 64"),
 ])
 def test_a_damaged_manifest_field_is_refused_naming_it(raw: object, says: str) -> None:
