@@ -12,19 +12,6 @@
 #include "lazyd.h"
 #include "lr_net.h"
 
-/* CRIU 4.1.1 criu/page-xfer.c: the commands we use, and the one fixed header. */
-#define PS_IOV_ADD_F 6
-#define PS_IOV_GET 7
-#define PS_IOV_CLOSE 0x1023
-#define PS_CMD_MASK 0xffffu
-
-struct page_server_iov {
-	uint32_t cmd;
-	uint32_t nr_pages;
-	uint64_t vaddr;
-	uint64_t dst_id;
-};
-
 #define CPS_REQ_MAX_BLOCKS 16u       /* blocks per GET: 1 MiB with 64 KiB blocks */
 #define CPS_WINDOW (8u << 20)        /* bytes the drain keeps asked for; a fault's GET waits behind at most this */
 #define CPS_IO_TIMEOUT_MS 10000
@@ -48,10 +35,22 @@ struct lr_cps {
 	uint64_t inflight_bytes, requests, bytes;
 };
 
+/* A header with cmd and the rest as given, its padding zero (the header goes on the wire as it is in memory). */
+static struct page_server_iov psi(uint32_t cmd, uint64_t nr_pages, uint64_t vaddr, uint64_t dst_id)
+{
+	struct page_server_iov pi;
+	memset(&pi, 0, sizeof(pi));
+	pi.cmd = cmd;
+	pi.nr_pages = nr_pages;
+	pi.vaddr = vaddr;
+	pi.dst_id = dst_id;
+	return pi;
+}
+
 static int send_get(struct lr_lazyd *d, const struct cps_req *q, struct lr_error *err)
 {
 	struct lr_cps *c = d->cps;
-	struct page_server_iov pi = {PS_IOV_GET, (uint32_t)q->npages, q->vaddr, d->index.recs[q->rec].pid};
+	struct page_server_iov pi = psi(PS_IOV_GET, q->npages, q->vaddr, d->index.recs[q->rec].pid);
 	c->requests++;
 	return lr_net_send_all(c->rec.fd, &pi, sizeof(pi), lr_net_now_ns() + CPS_IO_TIMEOUT_MS * 1000000ULL, err);
 }
@@ -106,7 +105,7 @@ static int take_reply(struct lr_lazyd *d, const struct page_server_iov *pi, cons
 {
 	struct lr_cps *c = d->cps;
 	struct cps_req q = c->q[c->head];
-	uint64_t placed, len = (uint64_t)pi->nr_pages * d->page_size;
+	uint64_t placed, len = pi->nr_pages * d->page_size;
 
 	c->head = (c->head + 1) % c->qcap;
 	c->len--;
@@ -140,10 +139,12 @@ static int next_reply(struct lr_lazyd *d, struct lr_error *err)
 	const struct cps_req *q = &c->q[c->head];
 	if ((pi.cmd & PS_CMD_MASK) != PS_IOV_ADD_F || !pi.nr_pages || pi.nr_pages > q->npages || pi.vaddr != q->vaddr ||
 	    pi.dst_id != d->index.recs[q->rec].pid)
-		return lr_error_set(err, 0, "CRIU's page server %s answered cmd %#x, %u pages at %#" PRIx64 " of pid %" PRIu64
-				    "; asked for %" PRIu64 " pages at %#" PRIx64 " of pid %u", c->addr.text, pi.cmd,
-				    pi.nr_pages, pi.vaddr, pi.dst_id, q->npages, q->vaddr, d->index.recs[q->rec].pid);
-	size_t need = sizeof(pi) + (size_t)pi.nr_pages * d->page_size;
+		return lr_error_set(err, 0, "CRIU's page server %s answered cmd %#x, %" PRIu64 " pages at %#" PRIx64
+				    " of pid %" PRIu64 "; asked for %" PRIu64 " pages at %#" PRIx64 " of pid %u (lr-lazyd "
+				    "speaks CRIU 4.2's %zu-byte header; CRIU 4.1's was 24 bytes)", c->addr.text, pi.cmd,
+				    pi.nr_pages, pi.vaddr, pi.dst_id, q->npages, q->vaddr, d->index.recs[q->rec].pid,
+				    sizeof(pi));
+	size_t need = sizeof(pi) + (size_t)pi.nr_pages * d->page_size; /* nr_pages <= q->npages: checked above */
 	if (have < need)
 		return 0;
 	c->start += need;
@@ -229,7 +230,7 @@ int lr_cps_drain_step(struct lr_lazyd *d, struct lr_error *err)
 int lr_cps_done(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_cps *c = d->cps;
-	struct page_server_iov pi = {PS_IOV_CLOSE, 0, 0, 0};
+	struct page_server_iov pi = psi(PS_IOV_CLOSE, 0, 0, 0);
 	unsigned long long until = lr_net_now_ns() + CPS_IO_TIMEOUT_MS * 1000000ULL;
 	int32_t status = -1;
 

@@ -21,9 +21,11 @@ from pathlib import Path
 from lazyrestore import sample, testhosts
 from lazyrestore.paths import native_binary
 
-RUNC_ROOT = "/run/lazyrestore-test-runc"
+# Apart per test-hosts prefix ($LAZYRESTORE_TESTHOSTS_PREFIX), like the hosts: two test runs at once neither see
+# nor remove each other's containers.
+RUNC_ROOT = f"/run/lazyrestore-test-runc-{testhosts.PREFIX}"
 BUSYBOX = "/bin/busybox"
-# runc runs `criu swrk`: CRIU 4.1.1 first in PATH (Debian 12's 3.17 cannot run on this kernel).
+# runc runs `criu swrk`: the bootstrap's CRIU (4.2.1) first in PATH (Debian 12's 3.17 cannot run on this kernel).
 RUNC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -77,6 +79,11 @@ def make_bundle(path: Path, mib: int, cgroup: str) -> Bundle:
     return b
 
 
+def container_name(role: str) -> str:
+    """A test container's name: the test-hosts prefix and its role ("src", "dst"), e.g. lrt-src."""
+    return f"{testhosts.PREFIX}-{role}"
+
+
 def state(ctr: str) -> dict | None:
     res = runc("state", ctr)
     return json.loads(res.stdout) if res.returncode == 0 else None
@@ -114,12 +121,22 @@ def cgroup_of(ctr: str) -> str:
 
 def remove(ctr: str) -> None:
     """Kill and delete a container, whatever state it is in, and whatever is left in its cgroups (a failed
-    `runc checkpoint --lazy-pages` has been seen to forget a container whose process kept running)."""
+    `runc checkpoint --lazy-pages` has been seen to forget a container whose process kept running, frozen) and
+    in runc's root (a failed `runc restore` leaves a state directory runc cannot load, and the name taken)."""
     st = state(ctr)
     if st is not None:
         if st.get("pid"):
             _kill(st["pid"])
         runc("delete", "--force", ctr)
+    stale = Path(RUNC_ROOT) / ctr
+    if stale.exists():  # with runc 1.1.5's mount of the rootfs for CRIU still on it
+        subprocess.run(["umount", "--lazy", str(stale / "criu-root")], capture_output=True, timeout=30)
+        shutil.rmtree(stale, ignore_errors=True)
+    for freezer in Path("/sys/fs/cgroup").glob(f"**/{cgroup_of(ctr)}/freezer.state"):
+        try:
+            freezer.write_text("THAWED")  # a frozen task does not die of SIGKILL until thawed
+        except OSError:
+            pass
     for procs in Path("/sys/fs/cgroup").glob(f"**/{cgroup_of(ctr)}/cgroup.procs"):
         for pid in procs.read_text().split():
             _kill(int(pid))

@@ -21,11 +21,12 @@ import pytest
 
 from lazyrestore import procs, sample, testhosts
 
-from .containers import (RUNC_PATH, RUNC_ROOT, Bundle, cgroup_of, make_bundle, remove, remove_parent_cgroups, report,
-                         runc, wait_filled)
+from .containers import (RUNC_PATH, RUNC_ROOT, Bundle, cgroup_of, container_name, make_bundle, remove,
+                         remove_parent_cgroups, report, runc, wait_filled)
 from .helpers import Background
 
 MIB = 256
+SRC, DST = container_name("src"), container_name("dst")
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def containers() -> Iterator[list[str]]:
     remove_parent_cgroups()
 
 
-def run_source(workdir: Path, containers: list[str], name: str = "lrt-src") -> tuple[Bundle, sample.Report]:
+def run_source(workdir: Path, containers: list[str], name: str = SRC) -> tuple[Bundle, sample.Report]:
     """A container with MIB MiB of memory running in host A; its checksum once filled."""
     bundle = make_bundle(workdir / "src", MIB, cgroup_of(name))
     containers.append(name)
@@ -68,26 +69,39 @@ def restore_dest(bundle: Bundle, images: Path, work: Path, name: str, *extra: st
                 "--bundle", str(bundle.path), name, host="b", env={"LAZYRESTORE_SANITIZED": "1"})
 
 
+def pre_plugin_images(images: Path) -> set[str]:
+    """The files runc and CRIU 4.2 read in the images dir before CRIU loads its plugins: a destination kit must
+    hold them (runc: descriptors.json; CRIU: inventory.img in check_img_inventory, then pstree.img and every task's
+    ids-PID.img in prepare_pstree, which 4.2 runs before cr_plugin_init; without pstree.img 4.2.1 crashes)."""
+    return {"inventory.img", "descriptors.json", "pstree.img", *(p.name for p in images.glob("ids-*.img"))}
+
+
+def assert_kit_complete(kit: Path, images: Path) -> None:
+    missing = pre_plugin_images(images) - {p.name for p in kit.iterdir()}
+    assert not missing, f"the kit lacks {sorted(missing)}: CRIU reads them before the plugin could fetch them"
+
+
 def test_runc_restores_lazily_through_the_plugin(hosts, workdir: Path, containers: list[str]) -> None:
     src, before = run_source(workdir, containers)
-    images, _ = checkpoint_source(workdir, "lrt-src")
+    images, _ = checkpoint_source(workdir, SRC)
     # The plugin indexed the checkpoint after runc's dump: it can be served as it is.
     manifest = json.loads((images / "lazyrestore" / "manifest.json").read_text())
     assert manifest["lazy_pages"] >= MIB * 256 * 15 // 16 - 64
-    dest = src.copy(workdir / "dst", cgroup_of("lrt-dst"))
+    dest = src.copy(workdir / "dst", cgroup_of(DST))
     server = Background(["serve", "--images", str(images), "--listen", f"{testhosts.ADDR_A}:0", "--once",
                          "--kit", str(workdir / "kit")], ("listening",), host="a")
     try:
         assert server.first("listening")["port"] > 0
+        assert_kit_complete(workdir / "kit", images)
         # The operator's only steps on host B: copy the kit, then runc restore --lazy-pages.
         dst_images = workdir / "dst-images"
         shutil.copytree(workdir / "kit", dst_images)
-        containers.append("lrt-dst")
-        res = restore_dest(dest, dst_images, workdir / "work-dst", "lrt-dst", "--lazy-pages")
+        containers.append(DST)
+        res = restore_dest(dest, dst_images, workdir / "work-dst", DST, "--lazy-pages")
         restore_log = (workdir / "work-dst" / "restore.log").read_text()
         assert res.returncode == 0, f"{res.stderr}\n{restore_log[-3000:]}"
         assert "lazyrestore: hook: lazyrestore hook pre-restore: started: lr-lazyd" in restore_log
-        after = report(dest, "lrt-dst")
+        after = report(dest, DST)
         assert after.checksum == before.checksum
         served = server.finish(timeout=120)
         assert served.code == 0, served.stderr
@@ -96,45 +110,46 @@ def test_runc_restores_lazily_through_the_plugin(hosts, workdir: Path, container
         stop(server)
     lazyd_log = (workdir / "work-dst" / "lazyd.log").read_text()
     assert "every page placed" in lazyd_log and "the page server acknowledged DONE" in lazyd_log
-    assert report(dest, "lrt-dst").checksum == before.checksum  # still right with every page placed
+    assert report(dest, DST).checksum == before.checksum  # still right with every page placed
 
 
 def test_an_eager_restore_of_a_served_checkpoint_is_refused(hosts, workdir: Path, containers: list[str]) -> None:
     src, _ = run_source(workdir, containers)
-    images, _ = checkpoint_source(workdir, "lrt-src")
-    dest = src.copy(workdir / "dst", cgroup_of("lrt-dst"))
+    images, _ = checkpoint_source(workdir, SRC)
+    dest = src.copy(workdir / "dst", cgroup_of(DST))
     server = Background(["serve", "--images", str(images), "--listen", f"{testhosts.ADDR_A}:0",
                          "--kit", str(workdir / "kit")], ("listening",), host="a")
     try:
+        assert_kit_complete(workdir / "kit", images)
         shutil.copytree(workdir / "kit", workdir / "dst-images")
-        containers.append("lrt-dst")
-        res = restore_dest(dest, workdir / "dst-images", workdir / "work-dst", "lrt-dst")  # no --lazy-pages
+        containers.append(DST)
+        res = restore_dest(dest, workdir / "dst-images", workdir / "work-dst", DST)  # no --lazy-pages
         assert res.returncode != 0
         log = (workdir / "work-dst" / "restore.log").read_text()
         assert "restores only with --lazy-pages" in log and "refusing an eager restore" in log
-        assert runc("state", "lrt-dst").returncode != 0  # nothing runs
+        assert runc("state", DST).returncode != 0  # nothing runs
     finally:
         stop(server)
 
 
 def test_an_unreachable_page_server_fails_the_restore_cleanly(hosts, workdir: Path, containers: list[str]) -> None:
     src, _ = run_source(workdir, containers)
-    images, _ = checkpoint_source(workdir, "lrt-src")
-    dest = src.copy(workdir / "dst", cgroup_of("lrt-dst"))
+    images, _ = checkpoint_source(workdir, SRC)
+    dest = src.copy(workdir / "dst", cgroup_of(DST))
     dst_images = workdir / "dst-images"
     (dst_images / "lazyrestore").mkdir(parents=True)
-    for name in ("inventory.img", "descriptors.json"):
+    for name in pre_plugin_images(images):
         shutil.copy(images / name, dst_images / name)
     shutil.copy(images / "lazyrestore" / "secret", dst_images / "lazyrestore" / "secret")
     (dst_images / "lazyrestore" / "source.json").write_text(json.dumps(
         {"lazyrestore_source": 1, "kind": "lazyrestore", "address": f"{testhosts.ADDR_A}:9",
          "secret_file": "secret", "source_timeout": 2}))
-    containers.append("lrt-dst")
-    res = restore_dest(dest, dst_images, workdir / "work-dst", "lrt-dst", "--lazy-pages")
+    containers.append(DST)
+    res = restore_dest(dest, dst_images, workdir / "work-dst", DST, "--lazy-pages")
     assert res.returncode != 0
     log = (workdir / "work-dst" / "restore.log").read_text()
     assert f"could not fetch the checkpoint from {testhosts.ADDR_A}:9" in log
-    assert runc("state", "lrt-dst").returncode != 0
+    assert runc("state", DST).returncode != 0
 
 
 def test_the_hook_as_a_criu_action_script_indexes_a_dump(workdir: Path, reaper) -> None:
@@ -184,15 +199,35 @@ def lazy_checkpoint(workdir: Path, name: str, port: int) -> tuple[subprocess.Pop
     return ck, images
 
 
+def stop_checkpoint(ck: subprocess.Popen[str]) -> None:
+    """Kill a `runc checkpoint --lazy-pages` still running, and its `criu swrk`: CRIU's page server waits for a
+    client with no timeout, so killing runc alone would leave it holding the port and the frozen source."""
+    if ck.poll() is not None:
+        return
+    criu_pids = []
+    for task in Path(f"/proc/{ck.pid}/task").glob("*"):
+        try:
+            criu_pids += [int(pid) for pid in (task / "children").read_text().split()]
+        except OSError:
+            pass  # the thread is gone
+    ck.kill()
+    ck.communicate()
+    for pid in criu_pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.mark.parametrize("via", ["plugin", "lazy-pages"])
 def test_runc_lazy_page_server_checkpoint_served_to_lr_lazyd(hosts, workdir: Path, containers: list[str],
                                                             via: str) -> None:
     src, before = run_source(workdir, containers)
     port = 27411
     with pipe_max_size(4 << 20):
-        ck, images = lazy_checkpoint(workdir, "lrt-src", port)
+        ck, images = lazy_checkpoint(workdir, SRC, port)
         try:
-            dest = src.copy(workdir / "dst", cgroup_of("lrt-dst"))
+            dest = src.copy(workdir / "dst", cgroup_of(DST))
             dst_images = workdir / "dst-images"
             shutil.copytree(images, dst_images)  # the dump's images: the lazy pages stay in CRIU's page server
             assert sum(f.stat().st_size for f in dst_images.iterdir()) < (MIB << 20) // 8
@@ -212,19 +247,17 @@ def test_runc_lazy_page_server_checkpoint_served_to_lr_lazyd(hosts, workdir: Pat
                     preexec_fn=testhosts.enter(testhosts.HOST_B))
                 os.close(w)
                 assert procs.ready_byte(r, 60), (work / "lazyd.log").read_text()
-            containers.append("lrt-dst")
-            res = restore_dest(dest, dst_images, work, "lrt-dst", "--lazy-pages")
+            containers.append(DST)
+            res = restore_dest(dest, dst_images, work, DST, "--lazy-pages")
             assert res.returncode == 0, f"{res.stderr}\n{(work / 'restore.log').read_text()[-3000:]}"
-            assert report(dest, "lrt-dst").checksum == before.checksum
+            assert report(dest, DST).checksum == before.checksum
             out, err = ck.communicate(timeout=120)  # the dump ends once lr-lazyd has closed the page server
             assert ck.returncode == 0, err
             if daemon is not None:
                 assert daemon.wait(timeout=60) == 0
         finally:
-            if ck.poll() is None:
-                ck.kill()
-                ck.communicate()
+            stop_checkpoint(ck)
     log = (work / "lazyd.log").read_text()
     assert f"connected to CRIU's page server {testhosts.ADDR_A}:{port}" in log
     assert "every page placed" in log and "closed with status 0" in log
-    assert report(dest, "lrt-dst").checksum == before.checksum
+    assert report(dest, DST).checksum == before.checksum
