@@ -45,15 +45,28 @@ CRIU_TREE  ?= /var/cache/lazyrestore/criu
 PLUGIN_DIR ?= /usr/lib/criu
 PLUGIN_INC := -I$(CRIU_TREE)/compel/include/uapi -iquote $(CRIU_TREE)/include -iquote $(CRIU_TREE)/criu/include \
 	-iquote $(CRIU_TREE)/criu/arch/x86/include -iquote $(CRIU_TREE)
+# The plugin reads CRIU's `opts`, laid out as in this tree, and works only in the CRIU whose CRIU_VERSION this
+# header names (it checks at run time). It is rebuilt whenever the tree changes: when version.h is newer, and when
+# the stamp (the tree's real path and version, rewritten only when they change) says it is another tree, even an
+# older one. PLUGIN_CFLAGS: extra flags, e.g. -DLR_CRIU_BUILT_FOR='"0.0.0"' (tests/integration/test_plugin_version.py).
+CRIU_VERSION_H := $(CRIU_TREE)/criu/include/version.h
+PLUGIN_STAMP   := $(NATIVE)/lazyrestore_plugin.criu
+PLUGIN_CFLAGS  ?=
 # Installed whenever it differs from this checkout's build: the plugin runs the lazyrestore of the checkout that
 # installed it last.
-.PHONY: plugin
+.PHONY: plugin FORCE
 plugin: $(NATIVE)/lazyrestore_plugin.so
 	@cmp -s $< $(PLUGIN_DIR)/lazyrestore_plugin.so || install -D -m 0644 $< $(PLUGIN_DIR)/lazyrestore_plugin.so
 
-$(NATIVE)/lazyrestore_plugin.so: criu-plugin/lazyrestore_plugin.c
+$(PLUGIN_STAMP): $(CRIU_VERSION_H) FORCE
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -shared -fPIC $(PLUGIN_INC) -DLR_HOOK_COMMAND='"$(CURDIR)/$(VENV)/bin/lazyrestore"' -o $@ $<
+	@printf '%s %s\n' "$$(readlink -f $(CRIU_TREE))" "$$(sed -n 's/^#define CRIU_VERSION "\(.*\)"$$/\1/p' $<)" > $@.new
+	@if cmp -s $@.new $@; then rm -f $@.new; else mv $@.new $@; fi
+
+$(NATIVE)/lazyrestore_plugin.so: criu-plugin/lazyrestore_plugin.c $(CRIU_VERSION_H) $(PLUGIN_STAMP)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -shared -fPIC $(PLUGIN_INC) -DLR_HOOK_COMMAND='"$(CURDIR)/$(VENV)/bin/lazyrestore"' \
+		$(PLUGIN_CFLAGS) -o $@ $<
 
 # --- lr-pageserver -----------------------------------------------------------
 PS_SRC := $(wildcard native/pageserver/*.c) native/common/error.c native/common/index.c native/common/auth.c \

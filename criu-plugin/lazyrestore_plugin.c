@@ -18,11 +18,20 @@
  * restore (CRIU aborts when a plugin's init fails) with the cause in its log.
  * LAZYRESTORE_PLUGIN=off in CRIU's environment turns the plugin off;
  * LAZYRESTORE_HOOK_COMMAND overrides the lazyrestore command built in.
+ *
+ * The plugin reads CRIU's global `opts` (struct cr_options), whose layout is
+ * that of the CRIU tree it was built against (4.2 added a field to it). So
+ * before it first reads `opts` it asks the running CRIU its version, once
+ * (`/proc/self/exe --version`: CRIU exports no version symbol), and in a CRIU
+ * other than the one it was built for it disables itself with one line in
+ * CRIU's log: dumps go on without it, but a restore of a checkpoint described
+ * by lazyrestore/source.json fails (its pages are not in the images).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,9 +45,13 @@
 #pragma GCC diagnostic pop
 #include "criu-log.h"
 #include "cr_options.h"
+#include "version.h" /* the CRIU tree's criu/include/version.h: CRIU_VERSION */
 
 #ifndef LR_HOOK_COMMAND
 #error "build with -DLR_HOOK_COMMAND=\"/path/to/lazyrestore\""
+#endif
+#ifndef LR_CRIU_BUILT_FOR /* overridable for tests: -DLR_CRIU_BUILT_FOR='"0.0.0"' */
+#define LR_CRIU_BUILT_FOR CRIU_VERSION
 #endif
 
 #define SOURCE_FILE "lazyrestore/source.json"
@@ -56,13 +69,13 @@ static const char *hook_command(void)
 }
 
 /* In the child: stdout and stderr into the pipe, CRIU's action-script variables set, then the hook. */
-static void exec_hook(int out, const char *action, int images_fd)
+static void exec_hook(int out, const char *action)
 {
 	char dir[64];
 	char *argv[] = {(char *)hook_command(), "hook", NULL};
 	sigset_t none;
 
-	snprintf(dir, sizeof(dir), "/proc/%d/fd/%d", getppid(), images_fd);
+	snprintf(dir, sizeof(dir), "/proc/%d/fd/%d", getppid(), criu_get_image_dir());
 	sigemptyset(&none); /* CRIU may block signals; the daemons the hook starts must get SIGTERM */
 	if (sigprocmask(SIG_SETMASK, &none, NULL) || dup2(out, STDOUT_FILENO) < 0 || dup2(out, STDERR_FILENO) < 0 ||
 	    setenv("CRTOOLS_SCRIPT_ACTION", action, 1) || setenv("CRTOOLS_IMAGE_DIR", dir, 1))
@@ -94,27 +107,39 @@ static void relay_output(int in)
 	fclose(f);
 }
 
-/* Run `lazyrestore hook` for action and wait for it: 0 when it exited 0. */
-static int run_hook(const char *action)
+/* Fork a child that runs child(out, arg), out the write end of a pipe: its pid and the read end in *in, or -1. */
+static pid_t spawn_piped(const char *what, void (*child)(int out, const char *arg), const char *arg, int *in)
 {
-	int images_fd = criu_get_image_dir(), p[2], status;
+	int p[2];
 	pid_t pid;
 
 	if (pipe2(p, O_CLOEXEC)) {
-		pr_perror("pipe for the hook");
+		pr_perror("pipe for %s", what);
 		return -1;
 	}
 	pid = fork();
 	if (pid < 0) {
-		pr_perror("fork for the hook");
+		pr_perror("fork for %s", what);
 		close(p[0]);
 		close(p[1]);
 		return -1;
 	}
 	if (pid == 0)
-		exec_hook(p[1], action, images_fd);
+		child(p[1], arg); /* does not return */
 	close(p[1]);
-	relay_output(p[0]);
+	*in = p[0];
+	return pid;
+}
+
+/* Run `lazyrestore hook` for action and wait for it: 0 when it exited 0. */
+static int run_hook(const char *action)
+{
+	int in, status;
+	pid_t pid = spawn_piped("the hook", exec_hook, action, &in);
+
+	if (pid < 0)
+		return -1;
+	relay_output(in);
 	while (waitpid(pid, &status, 0) < 0) {
 		if (errno != EINTR) {
 			pr_perror("waiting for the hook (pid %d)", pid);
@@ -133,10 +158,107 @@ static bool has_source_file(void)
 	return !faccessat(criu_get_image_dir(), SOURCE_FILE, F_OK, 0) || !access(SOURCE_FILE, F_OK);
 }
 
+/* In the child: `criu --version` of this very binary into out, with no config file that could fail it. */
+static void exec_version(int out, const char *unused)
+{
+	(void)unused;
+	if (dup2(out, STDOUT_FILENO) < 0 || unsetenv("CRIU_CONFIG_FILE"))
+		_exit(126);
+	execl("/proc/self/exe", "criu", "--no-default-config", "--version", (char *)NULL);
+	_exit(127);
+}
+
+/* The child's output, NUL-terminated, into buf (size n); its exit status does not matter, only what it printed. */
+static int read_child(int in, pid_t pid, char *buf, size_t n)
+{
+	size_t have = 0;
+	ssize_t r = 0;
+
+	while (have < n - 1) {
+		r = read(in, buf + have, n - 1 - have);
+		if (r > 0)
+			have += (size_t)r;
+		else if (r == 0 || errno != EINTR)
+			break;
+	}
+	if (r < 0)
+		pr_perror("reading `criu --version`");
+	buf[have] = 0;
+	close(in);
+	while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+		; /* ECHILD: a SIGCHLD handler of CRIU's reaped it; the output is what counts */
+	return r < 0 ? -1 : 0;
+}
+
+/* X from the line "Version: X" of out into v (size n): 0, or -1 when there is none. */
+static int parse_version(const char *out, char *v, size_t n)
+{
+	static const char key[] = "Version: ";
+	const char *line = out;
+
+	while (line && strncmp(line, key, sizeof(key) - 1)) {
+		line = strchr(line, '\n');
+		line = line ? line + 1 : NULL;
+	}
+	if (!line)
+		return -1;
+	line += sizeof(key) - 1;
+	snprintf(v, n, "%.*s", (int)strcspn(line, " \n"), line);
+	return *v ? 0 : -1;
+}
+
+/* The running CRIU's version (`criu --version` prints "Version: X", criu/config.c) into v (size n): 0, or -1. */
+static int running_criu_version(char *v, size_t n)
+{
+	char out[256];
+	int in;
+	pid_t pid = spawn_piped("`criu --version`", exec_version, NULL, &in);
+
+	if (pid < 0 || read_child(in, pid, out, sizeof(out)))
+		return -1;
+	return parse_version(out, v, n);
+}
+
+/*
+ * True when the running CRIU is the one this plugin was built for, so that `opts` has the layout it was compiled
+ * with. Asked once per load (CRIU loads plugins once per dump or restore); the one file-scope state is its answer.
+ */
+static bool built_for_this_criu(void)
+{
+	static int match = -1; /* -1: not asked yet */
+	char running[64];
+
+	if (match >= 0)
+		return match;
+	if (running_criu_version(running, sizeof(running)))
+		snprintf(running, sizeof(running), "of unknown version");
+	match = !strcmp(running, LR_CRIU_BUILT_FOR);
+	if (!match)
+		pr_warn("plugin built for CRIU %s, running in CRIU %s: disabled; rebuild it with `make plugin`\n",
+			LR_CRIU_BUILT_FOR, running);
+	return match;
+}
+
+/* A restore of a checkpoint lazyrestore describes, in a CRIU this plugin was not built for: refused. */
+static int refuse_restore(void)
+{
+	pr_err("the images or work dir holds %s: its pages are not in the images and only this plugin, disabled, "
+	       "would fetch them; refusing the restore\n", SOURCE_FILE);
+	return -1;
+}
+
 int lazyrestore_plugin_init(int stage)
 {
-	if (stage != CR_PLUGIN_STAGE__RESTORE || plugin_off() || !has_source_file())
+	if (plugin_off())
 		return 0;
+	if (stage == CR_PLUGIN_STAGE__DUMP) {
+		built_for_this_criu(); /* says so in the log now; fini reads opts only when it is */
+		return 0;
+	}
+	if (stage != CR_PLUGIN_STAGE__RESTORE || !has_source_file())
+		return 0;
+	if (!built_for_this_criu())
+		return refuse_restore();
 	if (!opts.lazy_pages) {
 		pr_err("the images or work dir holds %s: its pages come from a page server, so it restores only with "
 		       "--lazy-pages (runc restore --lazy-pages); refusing an eager restore that would read absent pages\n",
@@ -149,11 +271,23 @@ int lazyrestore_plugin_init(int stage)
 
 void lazyrestore_plugin_fini(int stage, int ret)
 {
-	if (stage != CR_PLUGIN_STAGE__DUMP || ret || opts.lazy_pages || plugin_off())
+	if (stage != CR_PLUGIN_STAGE__DUMP || ret || plugin_off() || !built_for_this_criu() || opts.lazy_pages)
 		return;
 	if (run_hook("post-dump"))
 		pr_warn("the checkpoint is complete for CRIU but not indexed for lazyrestore: run `lazyrestore index "
 			"--images DIR`\n");
 }
 
-CR_PLUGIN_REGISTER("lazyrestore", lazyrestore_plugin_init, lazyrestore_plugin_fini)
+/*
+ * CR_PLUGIN_REGISTER, but with max_hooks 0 (this plugin has no hook, only init and fini): CRIU refuses a plugin
+ * whose max_hooks exceeds its own CR_PLUGIN_HOOK__MAX ("Corrupted plugin", and the dump or restore fails), and
+ * that grows between versions (4.1: 12, 4.2: 13). So any CRIU loads this plugin, and its init can say whether it
+ * was built for it.
+ */
+cr_plugin_desc_t CR_PLUGIN_DESC = {
+	.name = "lazyrestore",
+	.init = lazyrestore_plugin_init,
+	.exit = lazyrestore_plugin_fini,
+	.version = CRIU_PLUGIN_VERSION,
+	.max_hooks = 0,
+};
