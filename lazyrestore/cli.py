@@ -510,8 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
     sv.add_argument("--once", action="store_true", help="stop after the first destination has every page")
     sv.add_argument("--kit", type=images_path, default=None, metavar="DIR",
-                    help="write a destination kit into DIR (inventory.img, lazyrestore/source.json and the secret): "
-                         "copied to the destination, it is the images dir for `runc restore --lazy-pages`")
+                    help="write a destination kit into DIR (inventory.img, pstree.img, ids-*.img, "
+                         "lazyrestore/source.json and the secret): copied to the destination, it is the images dir "
+                         "for `runc restore --lazy-pages`")
     sv.set_defaults(func=cmd_serve)
 
     hk = sub.add_parser("hook", help="run by CRIU (plugin or action-script): index after a dump, start lr-lazyd "

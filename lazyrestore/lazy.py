@@ -71,7 +71,7 @@ def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: 
     t0 = time.monotonic()
     m = verify_for_lazy(images_dir)
     check_pids_free(images_dir)
-    criu_options = criu_options_for(m, extra)
+    criu_options = criu_options_for(images_dir, m, extra)
     verify_s = time.monotonic() - t0
     run = new_run_dir(images_dir, workdir)
     reporter.progress(f"lazy restore of {m.processes} process(es) ({human_bytes(m.lazy_pages * m.page_size)} lazy); "

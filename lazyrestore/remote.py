@@ -99,7 +99,7 @@ def restore_remote(source: RemoteSource, workdir: Path, detach: bool, options: L
     try:
         m = verify_for_lazy(images)
         check_pids_free(images)
-        criu_options = criu_options_for(m, extra)
+        criu_options = criu_options_for(images, m, extra)
     except (LazyRestoreError, KeyboardInterrupt):
         daemon.stop()
         raise

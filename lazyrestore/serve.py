@@ -120,8 +120,10 @@ def destination_command(host: str, port: int, images_dir: Path) -> str:
             f"--workdir /var/lib/lazyrestore/{images_dir.name}")
 
 
-# Read before any plugin runs: CRIU's inventory.img (check_img_inventory), runc's descriptors.json (runc restore).
-KIT_FILES = ("inventory.img", "descriptors.json")
+# Read before any plugin runs: CRIU's inventory.img (check_img_inventory), pstree.img and every task's ids-PID.img
+# (CRIU 4.2 calls prepare_pstree() before cr_plugin_init; without pstree.img it crashes), runc's descriptors.json.
+KIT_FILES = ("inventory.img", "pstree.img", "descriptors.json")
+KIT_PATTERNS = ("ids-*.img",)
 
 
 def write_kit(kit: Path, images_dir: Path, host: str, port: int) -> Path:
@@ -134,7 +136,8 @@ def write_kit(kit: Path, images_dir: Path, host: str, port: int) -> Path:
     if kit.exists() and (not kit.is_dir() or any(kit.iterdir())):
         raise UsageError(f"--kit {kit}: give a new or empty directory")
     (kit / META_DIR).mkdir(parents=True, exist_ok=True)
-    for name in KIT_FILES:
+    names = [*KIT_FILES, *(p.name for pattern in KIT_PATTERNS for p in sorted(images_dir.glob(pattern)))]
+    for name in names:
         if (images_dir / name).is_file():
             shutil.copyfile(images_dir / name, kit / name)
     fd = os.open(kit / META_DIR / secret.SECRET_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
