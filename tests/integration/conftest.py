@@ -1,6 +1,6 @@
 """Fixtures for privileged integration tests: real CRIU, real processes, tmpfs images.
 
-These tests need root and CRIU >= 4.1 (`make bootstrap`). Off CI they skip with
+These tests need root and CRIU >= 4.2 (`make bootstrap`). Off CI they skip with
 the reason when either is missing; on CI (CI=true) a missing CRIU is a failure.
 """
 
@@ -30,7 +30,7 @@ def _unavailable_reason() -> str | None:
     try:
         criu.find_criu()
     except LazyRestoreError as exc:
-        return f"needs CRIU >= 4.1: {exc}"
+        return f"needs CRIU >= 4.2: {exc}"
     return None
 
 
