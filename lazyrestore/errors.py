@@ -37,8 +37,8 @@ class LazyRestoreError(Exception):
         return type(self).__name__
 
     def full_message(self) -> str:
-        """The message, then each note on a line of its own."""
-        return "\n".join([str(self), *getattr(self, "__notes__", ())])
+        """The message, then each note on a line of its own, indented."""
+        return "\n".join([str(self), *(f"  {note}" for note in getattr(self, "__notes__", ()))])
 
 
 class UsageError(LazyRestoreError):
