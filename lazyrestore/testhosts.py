@@ -34,6 +34,8 @@ from __future__ import annotations
 import errno
 import math
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,6 +69,7 @@ MAX_RATE_MBIT = 34_359.0
 # link does not tail-drop at large bandwidth-delay products.
 NETEM_LIMIT = 100_000
 NETEM_HANDLE = 0x10000  # "1:"
+BR_STATE_FORWARDING = 3  # linux/if_bridge.h
 
 _ERRORS = (OSError, NetlinkError)
 
@@ -284,6 +287,8 @@ def _build(delay_us: int, rate_bytes: int) -> None:
         _configure(ipr_a, VETH_A, ADDR_A, delay_us, rate_bytes)
     with _ipr(HOST_B) as ipr_b:
         _configure(ipr_b, VETH_B, ADDR_B, delay_us, rate_bytes)
+    for name, veth in ((HOST_A, VETH_A), (HOST_B, VETH_B)):
+        _wait_forwarding(name, veth)
 
 
 def _configure(ipr: IPRoute, veth: str, addr: str, delay_us: int, rate_bytes: int) -> None:
@@ -291,12 +296,33 @@ def _configure(ipr: IPRoute, veth: str, addr: str, delay_us: int, rate_bytes: in
     ipr.link("add", ifname=BRIDGE, kind="bridge")
     bridge = _index(ipr, BRIDGE)
     index = _index(ipr, veth)
+    # The bridge's MAC address set once and for all (its veth's): left to itself, a bridge takes the lowest of its
+    # ports' addresses, so a service's veth joining or leaving it (hostservice.py, restores) would change the
+    # host's address on the segment and leave the other host's ARP entry stale (seconds of lost packets).
+    ipr.link("set", index=bridge, address=ipr.get_links(index)[0].get("IFLA_ADDRESS"))
     ipr.link("set", index=index, master=bridge)
     ipr.addr("add", index=bridge, address=addr, prefixlen=PREFIXLEN)
     ipr.link("set", index=bridge, state="up")
     ipr.link("set", index=index, state="up")
     if delay_us or rate_bytes:
         _add_netem(ipr, index, veth, delay_us, rate_bytes)
+
+
+def _wait_forwarding(name: str, veth: str, timeout: float = 5.0) -> None:
+    """Until the bridge port veth forwards: the kernel turns a new link's carrier on in its link-watch work, up to
+    a second later; until then the port drops what comes (the other host's first ARP request went unanswered and
+    its first connection took a second longer)."""
+    deadline = time.monotonic() + timeout
+    with _ipr(name) as ipr:
+        index = _index(ipr, veth)
+        while True:  # a dump: RTM_GETLINK of one index in AF_BRIDGE leaves IFLA_PROTINFO out
+            states = [link.get("IFLA_PROTINFO").get("IFLA_BRPORT_STATE") for link in
+                      ipr.get_links(family=socket.AF_BRIDGE) if link["index"] == index and link.get("IFLA_PROTINFO")]
+            if states == [BR_STATE_FORWARDING]:
+                return
+            if time.monotonic() > deadline:
+                raise LazyRestoreError(f"bridge port {veth} in {name} does not forward after {timeout:g} s")
+            time.sleep(0.01)
 
 
 def _index(ipr: IPRoute, ifname: str) -> int:

@@ -7,6 +7,7 @@ without it; the request netem gets is checked on every kernel.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import statistics
 import subprocess
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from pyroute2 import netns
+from pyroute2 import IPRoute, netns
 from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
 from lazyrestore import testhosts
@@ -107,6 +108,27 @@ def test_up_connects_the_hosts_and_isolates_them(hosts_down: None) -> None:
     assert _ours() == []
     assert testhosts.exists() is None
     assert testhosts.down() == []
+
+
+def test_hosts_answer_at_once_and_keep_their_mac_when_services_come_and_go(hosts_down: None, tmp_path) -> None:
+    from lazyrestore import hostservice
+
+    testhosts.up()
+    with _listen_in_a():  # up() returns once both bridge ports forward: the first ARP request is answered
+        assert _connect_time_from_b() < 0.5
+
+    def bridge_mac() -> str:
+        with IPRoute(netns=HOST_A, flags=0) as ipr:
+            return ipr.get_links(ipr.link_lookup(ifname=testhosts.BRIDGE)[0])[0].get("IFLA_ADDRESS")
+
+    mac = bridge_mac()
+    for i in range(8):  # random veth addresses: about half are below the bridge's, which a bridge would take
+        svc = hostservice.start(HOST_A, tmp_path / str(i), ["sleep", "60"], f"10.231.0.{200 + i}")
+        try:
+            assert bridge_mac() == mac
+        finally:
+            os.kill(svc.pid, signal.SIGKILL)
+    assert bridge_mac() == mac
 
 
 def test_up_replaces_leftovers(hosts_down: None) -> None:
