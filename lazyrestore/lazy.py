@@ -81,7 +81,8 @@ def restore_lazy(images_dir: Path, workdir: Path | None, detach: bool, options: 
 
 
 INTERRUPTED = "interrupted before every page was placed: the restored tree was killed; the checkpoint is intact"
-# lr-lazyd's error when CRIU's restore closed its connection before "restore finished" (native/lazyd/criu_sock.c).
+# The start of lr-lazyd's errors when CRIU's restore closed its connection before "restore finished" (both in
+# native/lazyd/criu_sock.c: before a task's uffd, or after them all).
 CRIU_WENT_AWAY = "CRIU restore closed the lazy-pages connection"
 
 

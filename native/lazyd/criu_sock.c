@@ -188,7 +188,8 @@ static int read_fd(struct lr_criu_conn *c, struct lr_criu_task *task, struct lr_
 	if (n < 0)
 		return -1;
 	if (n == 0)
-		return lr_error_set(err, 0, "CRIU restore closed the connection before sending the uffd of pid %d",
+		return lr_error_set(err, 0,
+				    "CRIU restore closed the lazy-pages connection before sending the uffd of pid %d",
 				    c->cur.pid);
 	if (nfds != 1 || !is_userfaultfd(fds[0])) {
 		close_all(fds, nfds);
