@@ -181,7 +181,9 @@ TABLE: tuple[Refusal, ...] = (
                "once it has (CRIU's --tcp-skip-in-flight would drop them; lazyrestore does not pass it)")),
     _row("tcp-port-in-use", "restore", r"Can't bind inet socket .*Address already in use",
          _says("a port the tree's sockets are bound to is in use on this host: stop what uses it, or restore "
-               "the tree into a network namespace of its own")),
+               "the tree into a network namespace of its own; when nothing listens there (`ss -tan`), connections "
+               "the dump closed may still sit in TIME-WAIT on it (a program that binds without SO_REUSEADDR): "
+               "retry after a minute")),
     _row("socket-family", "dump", r"Unknown socket collected \(family (?P<family>\d+)\)", _family),
     _row("socket-family", "dump", r"Sockets \(family (?P<family>\d+) proto \d+\) are not collected", _family),
     _row("socket-protocol", "dump", r"Unsupported proto (?P<proto>\d+) for socket", _proto),
