@@ -40,6 +40,7 @@ class CheckpointSummary:
     dump_s: float
     index_s: float
     leave_running: bool
+    criu_options: str = ""  # what its restores apply, as CRIU's options ("" when none)
 
 
 def prepare_dir(images_dir: Path) -> None:
@@ -143,7 +144,7 @@ def _checksummed(images_dir: Path, planned: list[lazyindex.IndexEntry], page_siz
     return out
 
 
-def restore_options(pid: int, options: CriuOptions, reporter: Reporter) -> CriuOptions:
+def recorded_options(pid: int, options: CriuOptions, reporter: Reporter) -> CriuOptions:
     """options plus the veth peers of the tree's own network namespace, which its restores need."""
     found = veths.peers(pid)
     for p in found:
@@ -158,7 +159,7 @@ def checkpoint(pid: int, images_dir: Path, leave_running: bool, allow_host_pids:
     procs.require_root()
     binary = criu.find_criu()
     procs.check_checkpointable(pid, allow_host_pids)
-    recorded = restore_options(pid, options, reporter)
+    recorded = recorded_options(pid, options, reporter)
     prepare_dir(images_dir)
     reporter.event("dumping", pid=pid, images_dir=str(images_dir), criu=binary.path,
                    criu_options=criuopts.to_json(recorded))
@@ -183,6 +184,7 @@ def checkpoint(pid: int, images_dir: Path, leave_running: bool, allow_host_pids:
         threads=m.threads, lazy_pages=m.lazy_pages, eager_pages=m.eager_pages, page_size=m.page_size,
         images_bytes=sum(f.size for f in m.files + m.pages_files) + m.index.size,
         frozen_s=stats.get("frozen_time", 0) / 1e6, dump_s=t1 - t0, index_s=t2 - t1, leave_running=leave_running,
+        criu_options=recorded.describe(),
     )
 
 
@@ -196,4 +198,5 @@ def summary_text(s: CheckpointSummary) -> str:
         f"{s.lazy_pages} lazy ({human_bytes(s.lazy_pages * ps)}), {s.eager_pages} eager\n"
         f"  images    {human_bytes(s.images_bytes)}\n"
         f"  frozen    {s.frozen_s:.3f} s (CRIU); dump {s.dump_s:.3f} s, index {s.index_s:.3f} s"
+        + (f"\n  restores  apply {s.criu_options}" if s.criu_options else "")
     )

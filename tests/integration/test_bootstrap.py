@@ -48,3 +48,20 @@ def test_demo_migrates_between_test_hosts_and_cleans_up() -> None:
     assert "resumed" in {e["event"] for e in events} and "fetched" in {e["event"] for e in events}
     assert not any(n.startswith("lrdemo-") for n in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else []))
     assert not [n for n in set(os.listdir("/dev/shm")) - shm_before if n.startswith("lazyrestore-demo-")]
+
+
+def test_a_machine_with_an_older_criu_is_upgraded(tmp_path: Path) -> None:
+    """A criu older than the series the bootstrap builds (a stand-in that reports 4.1.1) is replaced by it; the
+    tree already built is reused, and the version comes from the newer suites' source index."""
+    old = tmp_path / "criu"
+    old.write_text("#!/bin/sh\necho 'Version: 4.1.1'\n")
+    old.chmod(0o755)
+    env = {**os.environ, "LAZYRESTORE_CRIU": str(old)}
+    out = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "bootstrap.sh")], capture_output=True, text=True,
+                         timeout=300, env=env)
+    assert out.returncode == 0, out.stderr
+    installed = criu.find_criu().version  # the bootstrap's own, /usr/local/sbin/criu
+    assert f"upgraded criu 4.1.1 -> {installed}" in out.stdout, out.stdout
+    assert "building" not in out.stdout, "the tree of the same version was built again"
+    version = criu.parse_version(subprocess.run([str(old), "--version"], capture_output=True, text=True).stdout)
+    assert version is not None and version >= criu.MIN_VERSION and ".".join(map(str, version)) == installed
