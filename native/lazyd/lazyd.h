@@ -48,6 +48,7 @@ struct lr_config {
 	const char *compress;     /* --compress: auto, on, off (remote page frames) */
 	bool store_wset;          /* merge this restore's working set into the checkpoint's (or send it to the server) */
 	int verbose;
+	char *absolute[4];        /* absolute copies of the relative paths above, made before entering work_dir; freed last */
 };
 
 struct lr_deferred {
@@ -57,6 +58,7 @@ struct lr_deferred {
 
 struct lr_task {
 	struct lr_fdrec rec;       /* rec.fd is the task's uffd */
+	struct lr_fdrec exit_rec;  /* exit_rec.fd: a pidfd of host_pid, readable once the task exited; -1 when unknown */
 	int32_t pid;               /* pid in the checkpoint; 0 for a child forked after restore */
 	pid_t host_pid;            /* 0 when unknown */
 	struct lr_spans spans;
@@ -107,6 +109,8 @@ struct lr_lazyd {
 int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const struct lr_spans *parent,
 		struct lr_task **out, struct lr_error *err);
 void lr_task_gone(struct lr_lazyd *d, struct lr_task *t);
+/* Every task of the restored tree has exited (none is left to serve). */
+bool lr_tasks_all_gone(const struct lr_lazyd *d);
 int lr_task_defer(struct lr_task *t, uint64_t addr, uint64_t t0, struct lr_error *err);
 uint64_t lr_left_bytes(const struct lr_lazyd *d);
 /* SIGKILL every task of the tree whose host pid is known; wait (up to 10 s) until they are gone. */

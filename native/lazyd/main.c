@@ -46,7 +46,7 @@ static void usage(FILE *f)
 		"      --fault-around SIZE  bytes placed around a fault, power of two (default 64K)\n"
 		"      --chunk SIZE         bytes per drain step (default 1M)\n"
 		"      --drain-rate SIZE    cap the background drain at SIZE bytes per second (default: none)\n"
-		"      --no-drain           serve faults only\n"
+		"      --no-drain           serve faults only (exits once every task of the restored tree has exited)\n"
 		"      --no-guard           no guardian: if the daemon dies the tree reads zero pages (tests only)\n"
 		"      --no-map             read page bytes with pread instead of copying from a leased mapping\n"
 		"      --source HOST:PORT   remote mode: fetch the checkpoint from this lr-pageserver into -D, serve from it\n"
@@ -71,7 +71,7 @@ static void usage(FILE *f)
 		"                           (default 64M; 0: the event loop checks everything itself)\n"
 		"  -o, --log-file FILE      log here (relative to the work dir) instead of stderr\n"
 		"  -v, --verbose[=N]        more log (N up to 3: every fault)\n"
-		"Exit: 0 every page placed; 1 error (tree killed); 2 usage; 3 daemon died (tree killed).\n");
+		"Exit: 0 every page placed, or the restored tree exited; 1 error (tree killed); 2 usage; 3 daemon died (tree killed).\n");
 }
 
 static int parse_size(const char *s, uint64_t *out)
@@ -431,8 +431,39 @@ static int open_log(struct lr_lazyd *d, struct lr_error *err)
 	return 0;
 }
 
+/* *path, when relative, made absolute against cwd (the copy is kept in slot `slot` of cfg.absolute). */
+static int make_absolute(struct lr_config *c, const char **path, const char *cwd, size_t slot, struct lr_error *err)
+{
+	if (!*path || (*path)[0] == '/')
+		return 0;
+	size_t len = strlen(cwd) + strlen(*path) + 2;
+	c->absolute[slot] = malloc(len);
+	if (!c->absolute[slot])
+		return lr_error_set(err, ENOMEM, "path %s", *path);
+	snprintf(c->absolute[slot], len, "%s/%s", cwd, *path);
+	*path = c->absolute[slot];
+	return 0;
+}
+
+/*
+ * The daemon runs in the work dir (CRIU's socket is there, -o is relative to it), so every other relative path
+ * it was given (as `criu lazy-pages -D dump/x` is run by CRIU's zdtm) is made absolute first: the images dir,
+ * where the working set is stored and pages files are opened later, the status file and the profile.
+ */
+static int absolute_paths(struct lr_config *c, struct lr_error *err)
+{
+	char cwd[PATH_MAX];
+	if (!getcwd(cwd, sizeof(cwd)))
+		return lr_error_set(err, errno, "getcwd (to resolve relative paths before entering work dir %s)",
+				    c->work_dir);
+	return make_absolute(c, &c->images_dir, cwd, 0, err) || make_absolute(c, &c->status_file, cwd, 1, err) ||
+	       make_absolute(c, &c->profile_file, cwd, 2, err) || make_absolute(c, &c->stats_log, cwd, 3, err);
+}
+
 static int enter_work_dir(struct lr_lazyd *d, struct lr_error *err)
 {
+	if (absolute_paths(&d->cfg, err))
+		return -1;
 	if (chdir(d->cfg.work_dir))
 		return lr_error_set(err, errno, "work dir %s", d->cfg.work_dir);
 	return 0;
@@ -583,7 +614,10 @@ static void finish(struct lr_lazyd *d)
 	struct lr_error err;
 	d->stats.done_ns = lr_now_ns();
 	emit(d, "done", true, NULL);
-	lr_log(d, 1, "every page placed: %lu faults (p50 %.1f us, p99 %.1f us), %lu bytes by fault, %lu by drain, "
+	if (lr_tasks_all_gone(d))
+		lr_log(d, 1, "the restored tree is gone: its %zu task(s) exited, no page is left to place", d->ntasks);
+	else
+		lr_log(d, 1, "every page placed: %lu faults (p50 %.1f us, p99 %.1f us), %lu bytes by fault, %lu by drain, "
 	       "resident %.3f s after restore finished", (unsigned long)d->stats.faults,
 	       (double)lr_stats_quantile(&d->stats, 0.5) / 1000.0, (double)lr_stats_quantile(&d->stats, 0.99) / 1000.0,
 	       (unsigned long)d->stats.fault_bytes, (unsigned long)d->stats.drain_bytes,
@@ -612,6 +646,8 @@ static void teardown(struct lr_lazyd *d)
 		struct lr_task *t = d->tasks[i];
 		if (!t->gone)
 			close(t->rec.fd);
+		if (!t->gone && t->exit_rec.fd >= 0)
+			close(t->exit_rec.fd);
 		lr_spans_fini(&t->spans);
 		free(t->deferred);
 		free(t);
@@ -633,6 +669,8 @@ static void teardown(struct lr_lazyd *d)
 		close(d->epfd);
 	if (d->cfg.stats_log_fd >= 0)
 		close(d->cfg.stats_log_fd);
+	for (size_t i = 0; i < sizeof(d->cfg.absolute) / sizeof(d->cfg.absolute[0]); i++)
+		free(d->cfg.absolute[i]);
 }
 
 /* --fetch-only: the checkpoint fetched and its index checked, then out (restore --prepare). */

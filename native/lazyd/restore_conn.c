@@ -22,6 +22,8 @@ static int take_task(struct lr_lazyd *d, const struct lr_criu_task *ct, struct l
 		close(ct->uffd);
 		return -1;
 	}
+	if (t->gone) /* it exited already: its uffd is closed, nothing to guard or serve */
+		return 0;
 	d->stats.total_bytes += t->spans.left * d->page_size;
 	lr_log(d, 1, "task pid %d (host pid %d) uffd %d: %lu lazy pages in %zu ranges", ct->pid, ct->host_pid,
 	       ct->uffd, (unsigned long)t->spans.left, t->spans.n);

@@ -155,6 +155,8 @@ int lr_serve_uffd(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
 	struct lr_lazyd *d = ctx;
 	struct lr_task *t = lr_container_of(rec, struct lr_task, rec);
 	struct uffd_msg msgs[LR_MSG_BATCH];
+	if (t->gone) /* dropped (its exit seen) earlier in the same batch of ready fds: its uffd is closed */
+		return 0;
 	ssize_t n = read(rec->fd, msgs, sizeof(msgs));
 
 	if (n < 0) {

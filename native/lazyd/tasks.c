@@ -54,6 +54,40 @@ static int grow_tasks(struct lr_lazyd *d, struct lr_error *err)
 	return 0;
 }
 
+/* A task's pidfd turned readable: it exited, so nothing it faults on is left to serve (even with --no-drain). */
+static int on_task_exit(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
+{
+	struct lr_lazyd *d = ctx;
+	struct lr_task *t = lr_container_of(rec, struct lr_task, exit_rec);
+	(void)err;
+	if (t->gone) /* dropped earlier in the same batch of ready fds */
+		return 0;
+	lr_log(d, 1, "task pid %d (host %d) exited", t->pid, t->host_pid);
+	lr_task_gone(d, t);
+	return 0;
+}
+
+/*
+ * Watch for the task's exit: its pidfd in the loop. 1 when the task has already exited (ESRCH), 0 when watched
+ * or its host pid is unknown (a child forked after restore: it is dropped only when placing a page fails).
+ */
+static int watch_exit(struct lr_lazyd *d, struct lr_task *t, struct lr_error *err)
+{
+	t->exit_rec = (struct lr_fdrec){.fd = -1, .on_read = on_task_exit, .on_hup = on_task_exit};
+	if (t->host_pid <= 0)
+		return 0;
+	int fd = (int)syscall(SYS_pidfd_open, t->host_pid, 0);
+	if (fd < 0)
+		return errno == ESRCH ? 1 : lr_error_set(err, errno, "pidfd_open of pid %d (host %d)", t->pid, t->host_pid);
+	t->exit_rec.fd = fd;
+	if (lr_loop_add(d->epfd, &t->exit_rec, err)) {
+		close(fd);
+		t->exit_rec.fd = -1;
+		return -1;
+	}
+	return 0;
+}
+
 int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const struct lr_spans *parent,
 		struct lr_task **out, struct lr_error *err)
 {
@@ -72,10 +106,30 @@ int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const
 		free(t);
 		return -1;
 	}
+	int exited = watch_exit(d, t, err);
+	if (exited < 0) {
+		struct lr_error ignored;
+		lr_loop_del(d->epfd, &t->rec, &ignored);
+		lr_spans_fini(&t->spans);
+		free(t);
+		return -1;
+	}
 	d->tasks[d->ntasks++] = t;
 	d->stats.tasks++;
 	*out = t;
+	if (exited) {
+		lr_log(d, 1, "task pid %d (host %d) exited before its uffd arrived", pid, host_pid);
+		lr_task_gone(d, t);
+	}
 	return 0;
+}
+
+bool lr_tasks_all_gone(const struct lr_lazyd *d)
+{
+	for (size_t i = 0; i < d->ntasks; i++)
+		if (!d->tasks[i]->gone)
+			return false;
+	return d->ntasks > 0;
 }
 
 void lr_task_gone(struct lr_lazyd *d, struct lr_task *t)
@@ -88,6 +142,11 @@ void lr_task_gone(struct lr_lazyd *d, struct lr_task *t)
 	       (unsigned long)t->spans.left);
 	close(t->rec.fd);
 	t->rec.fd = -1;
+	if (t->exit_rec.fd >= 0) {
+		lr_loop_del(d->epfd, &t->exit_rec, &ignored);
+		close(t->exit_rec.fd);
+		t->exit_rec.fd = -1;
+	}
 	lr_spans_fini(&t->spans);
 	free(t->deferred);
 	t->deferred = NULL;
