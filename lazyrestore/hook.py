@@ -126,9 +126,24 @@ def index_lazy_dump(images_dir: Path) -> lazyindex.LazyIndex:
     return index
 
 
+CRIU_TLS_OPTIONS = ("--tls", "--tls-cacert", "--tls-cacrl", "--tls-cert", "--tls-key", "--tls-no-cn-verify")
+
+
+def refuse_criu_tls(args: list[str]) -> None:
+    """CRIU's TLS page-server options: lr-lazyd does not speak TLS to CRIU's page server. Refused (UsageError, exit
+    2) before anything is indexed or started."""
+    given = [a.partition("=")[0] for a in args if a.partition("=")[0] in CRIU_TLS_OPTIONS]
+    if given:
+        raise UsageError(f"lazy-pages {given[0]}: TLS to CRIU's page server is not supported; for an "
+                         "authenticated link use lazyrestore's own page server (`lazyrestore serve` on the source, "
+                         "`lazyrestore restore --from` on the destination), or CRIU's own `criu lazy-pages --tls`")
+
+
 def criu_lazy_pages_args(args: list[str]) -> list[str]:
     """`lazyrestore lazy-pages` with CRIU's `--page-server --address A --port P` (a drop-in for `criu lazy-pages
-    --page-server`): lr-lazyd's --criu-page-server A:P, the dump indexed first if it is not. Other args as given."""
+    --page-server`): lr-lazyd's --criu-page-server A:P, the dump indexed first if it is not. Other args as given.
+    CRIU's --tls options are refused first."""
+    refuse_criu_tls(args)
     if "--page-server" not in args:
         return args
     out, address, port, images = [], "", "", "."

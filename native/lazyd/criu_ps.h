@@ -16,6 +16,11 @@
  * The connection cannot be re-established (the server serves one), so losing
  * it is fatal: the guardian kills the restored tree. CRIU sends no checksums:
  * the index has none (LR_RANGE_UNVERIFIED) and TCP's are all there is.
+ *
+ * `criu page-server --lazy-pages -D DIR` serves a normal dump's images the
+ * same way: its PE_LAZY pages, which are the index's LR_RANGE_LAZY records
+ * (the plugin's index, with checksums). Those checksums are not checked here
+ * yet (a reply may end mid-block): the pages are placed as TCP delivered them.
  */
 #ifndef LR_CRIU_PS_H
 #define LR_CRIU_PS_H

@@ -150,3 +150,15 @@ class LazyRun(Background):
     @property
     def workdir(self) -> Path:
         return Path(self.first("listening")["workdir"])
+
+
+@contextmanager
+def pipe_max_size(size: int) -> Iterator[None]:
+    """CRIU's page server needs a 3.3 MB pipe (without CAP_SYS_RESOURCE it cannot exceed this sysctl)."""
+    path = Path("/proc/sys/fs/pipe-max-size")
+    old = path.read_text().strip()
+    path.write_text(str(size))
+    try:
+        yield
+    finally:
+        path.write_text(old)

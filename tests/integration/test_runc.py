@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from lazyrestore import procs, sample, testhosts
 
 from .containers import (RUNC_PATH, RUNC_ROOT, Bundle, cgroup_of, container_name, make_bundle, remove,
                          remove_parent_cgroups, report, runc, wait_filled)
-from .helpers import Background
+from .helpers import Background, pipe_max_size
 
 MIB = 256
 SRC, DST = container_name("src"), container_name("dst")
@@ -169,18 +168,6 @@ def test_the_hook_as_a_criu_action_script_indexes_a_dump(workdir: Path, reaper) 
                              capture_output=True, text=True)
     assert inspect.returncode == 0, inspect.stderr
     assert before["main"].checksum  # the dump stopped a workload that had reported
-
-
-@contextmanager
-def pipe_max_size(size: int) -> Iterator[None]:
-    """CRIU's page server needs a 3.3 MB pipe (without CAP_SYS_RESOURCE it cannot exceed this sysctl)."""
-    path = Path("/proc/sys/fs/pipe-max-size")
-    old = path.read_text().strip()
-    path.write_text(str(size))
-    try:
-        yield
-    finally:
-        path.write_text(old)
 
 
 def lazy_checkpoint(workdir: Path, name: str, port: int) -> tuple[subprocess.Popen[str], Path]:

@@ -317,6 +317,32 @@ def test_lazy_pages_options_are_checked_by_lr_lazyd(args: list[str], option: str
     assert option in proc.stderr and expected in proc.stderr, proc.stderr
 
 
+CRIU_TLS_CASES = [  # CRIU's TLS page-server options: refused by lazy-pages itself, before lr-lazyd or any indexing
+    pytest.param(["--tls"], "--tls", id="tls"),
+    pytest.param(["--page-server", "--address", "127.0.0.1", "--port", "27000", "--tls"], "--tls", id="page-server-tls"),
+    pytest.param(["--tls-cacert", "ca.pem"], "--tls-cacert", id="tls-cacert"),
+    pytest.param(["--tls-cacrl=crl.pem"], "--tls-cacrl", id="tls-cacrl-equals"),
+    pytest.param(["--tls-cert", "c.pem", "--tls-key", "k.pem"], "--tls-cert", id="tls-cert-key"),
+    pytest.param(["--tls-no-cn-verify"], "--tls-no-cn-verify", id="tls-no-cn-verify"),
+]
+
+
+@pytest.mark.parametrize("args, option", CRIU_TLS_CASES)
+def test_lazy_pages_refuses_criu_tls(args: list[str], option: str, tmp_path: Path) -> None:
+    """Exit 2 with one line naming the option and what to use instead; nothing written into -D (a dump dir here:
+    --page-server would otherwise index it first)."""
+    (tmp_path / "pstree.img").write_bytes(b"")
+    before = sorted(tmp_path.iterdir())
+    proc = subprocess.run([sys.executable, "-m", "lazyrestore.cli", "lazy-pages", "-D", str(tmp_path), *args],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"lazyrestore: error: lazy-pages {option}: TLS to CRIU's page server is not "
+                                  "supported"), proc.stderr
+    assert "lazyrestore serve" in proc.stderr and "criu lazy-pages --tls" in proc.stderr, proc.stderr
+    assert sorted(tmp_path.iterdir()) == before
+
+
 def test_the_console_script_refuses_without_a_traceback(tmp_path: Path) -> None:
     """The installed entry point behaves as main() does (one case per kind of check)."""
     script = Path(sys.executable).with_name("lazyrestore")
