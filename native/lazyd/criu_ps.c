@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "criu_ps.h"
 #include "lazyd.h"
@@ -33,6 +34,7 @@ struct lr_cps {
 	size_t head, len, qcap;
 	uint8_t *inflight;           /* per checksum block: asked for */
 	uint64_t inflight_bytes, requests, bytes;
+	uint64_t verified, cut;      /* blocks checked against the index; block parts a partial reply cut (unchecked) */
 };
 
 /* A header with cmd and the rest as given, its padding zero (the header goes on the wire as it is in memory). */
@@ -100,15 +102,41 @@ int lr_cps_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool u
 	return 0;
 }
 
+/* The blocks of record x wholly inside the reply's [a, b) against the index (a block a partial reply cut is placed
+ * unverified, and counted). */
+static int check_blocks(struct lr_lazyd *d, const struct lr_index_record *x, uint64_t a, uint64_t b, const char *data,
+			struct lr_error *err)
+{
+	const uint64_t bs = d->index.hdr->block_size, base = x->start / bs * bs, end = lr_record_end(&d->index, x);
+	for (uint64_t k = (a - base) / bs; base + k * bs < b; k++) {
+		uint64_t lo = base + k * bs, hi = lo + bs;
+		lo = lo < x->start ? x->start : lo;
+		hi = hi > end ? end : hi;
+		if (lo < a || hi > b) {
+			d->cps->cut++;
+			continue;
+		}
+		if (XXH3_64bits(data + (lo - a), hi - lo) != d->index.sums[x->first_checksum + k])
+			return lr_error_set(err, 0, "CRIU's page server %s sent pages of pid %u at %#" PRIx64 "-%#" PRIx64
+					    " that do not match the index's checksum: it serves another dump than -D's (or a "
+					    "damaged one)", d->cps->addr.text, x->pid, lo, hi);
+		d->cps->verified++;
+	}
+	return 0;
+}
+
 /* The reply at the head of the buffer answers the oldest GET: checked, placed, the rest asked for again. */
 static int take_reply(struct lr_lazyd *d, const struct page_server_iov *pi, const char *data, struct lr_error *err)
 {
 	struct lr_cps *c = d->cps;
 	struct cps_req q = c->q[c->head];
+	const struct lr_index_record *x = &d->index.recs[q.rec];
 	uint64_t placed, len = pi->nr_pages * d->page_size;
 
 	c->head = (c->head + 1) % c->qcap;
 	c->len--;
+	if (!(x->flags & LR_RANGE_UNVERIFIED) && check_blocks(d, x, q.vaddr, q.vaddr + len, data, err))
+		return -1;
 	if (lr_place_all(d, q.rec, q.vaddr, q.vaddr + len, data, &placed, err))
 		return -1;
 	*(q.urgent ? &d->stats.fault_bytes : &d->stats.drain_bytes) += placed;
@@ -247,8 +275,9 @@ int lr_cps_done(struct lr_lazyd *d, struct lr_error *err)
 	if (lr_net_send_all(c->rec.fd, &pi, sizeof(pi), until, err) ||
 	    lr_net_recv_all(c->rec.fd, &status, sizeof(status), until, err))
 		return -1;
-	lr_log(d, 1, "CRIU's page server %s closed with status %d: %" PRIu64 " bytes in %" PRIu64 " requests",
-	       c->addr.text, status, c->bytes, c->requests);
+	lr_log(d, 1, "CRIU's page server %s closed with status %d: %" PRIu64 " bytes in %" PRIu64 " requests, %" PRIu64
+	       " blocks verified, %" PRIu64 " cut by its page buffer placed unverified", c->addr.text, status, c->bytes, c->requests,
+	       c->verified, c->cut);
 	return status ? lr_error_set(err, 0, "CRIU's page server %s ended with status %d", c->addr.text, status) : 0;
 }
 

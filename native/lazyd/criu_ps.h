@@ -19,8 +19,9 @@
  *
  * `criu page-server --lazy-pages -D DIR` serves a normal dump's images the
  * same way: its PE_LAZY pages, which are the index's LR_RANGE_LAZY records
- * (the plugin's index, with checksums). Those checksums are not checked here
- * yet (a reply may end mid-block): the pages are placed as TCP delivered them.
+ * (the plugin's index, with checksums). Each block a reply holds whole is
+ * checked against them before it is placed; a mismatch is fatal (the server
+ * serves another dump). A block a partial reply cuts is placed unverified.
  */
 #ifndef LR_CRIU_PS_H
 #define LR_CRIU_PS_H

@@ -54,7 +54,8 @@ static void usage(FILE *f)
 		"      --fetch-only         remote mode: fetch and verify the checkpoint into -D, then exit 0\n"
 		"      --criu-page-server HOST:PORT  pages from CRIU's page server (`criu dump --lazy-pages`, or\n"
 		"                           `criu page-server --lazy-pages` serving a dump); -D holds the dump's images\n"
-		"                           and their index (`lazyrestore index`, or the plugin's); placed unverified\n"
+		"                           and their index (`lazyrestore index`, or the plugin's, whose checksums are\n"
+		"                           checked)\n"
 		"      --source-timeout S   how long a lost page server may stay away before the tree is stopped (default 30)\n"
 		"      --profile FILE       once every page is placed, write the faults of this restore (the working set,\n"
 		"                           in order, checkpoint addresses) to FILE\n"
@@ -397,7 +398,7 @@ static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 		return lr_error_set(err, 0, "%s has no checksums: it describes a --lazy-pages dump whose pages are in "
 				    "CRIU's page server; give --criu-page-server HOST:PORT", path);
 	/* --criu-page-server takes any index: the pages CRIU's page server serves (a --lazy-pages dump's, or a
-	 * normal dump's through `criu page-server --lazy-pages`) are its LR_RANGE_LAZY records, placed unverified */
+	 * normal dump's through `criu page-server --lazy-pages`) are its LR_RANGE_LAZY records (see criu_ps.h) */
 	if (plan_prefetch(d, err))
 		return -1;
 	if (!d->cfg.criu_ps && lr_pages_open(&d->pages, d->cfg.images_dir, d->cfg.map, err))
