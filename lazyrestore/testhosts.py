@@ -318,11 +318,17 @@ def _wait_forwarding(name: str, veth: str, timeout: float = 5.0) -> None:
         while True:  # a dump: RTM_GETLINK of one index in AF_BRIDGE leaves IFLA_PROTINFO out
             states = [link.get("IFLA_PROTINFO").get("IFLA_BRPORT_STATE") for link in
                       ipr.get_links(family=socket.AF_BRIDGE) if link["index"] == index and link.get("IFLA_PROTINFO")]
-            if states == [BR_STATE_FORWARDING]:
+            if states == [BR_STATE_FORWARDING] and _oper_up(ipr, BRIDGE) and _oper_up(ipr, veth):
                 return
             if time.monotonic() > deadline:
                 raise LazyRestoreError(f"bridge port {veth} in {name} does not forward after {timeout:g} s")
             time.sleep(0.01)
+
+
+def _oper_up(ipr: IPRoute, ifname: str) -> bool:
+    """The link is operationally up (carrier on: the link-watch work has run for it)."""
+    link = ipr.get_links(_index(ipr, ifname))[0]
+    return link.get("IFLA_OPERSTATE") == "UP" and link.get("IFLA_CARRIER") == 1
 
 
 def _index(ipr: IPRoute, ifname: str) -> int:
