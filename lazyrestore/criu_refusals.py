@@ -213,6 +213,10 @@ TABLE: tuple[Refusal, ...] = (
     _row("session", "dump", r"The root process \d+ is not a session leader",
          _says("the tree's root is not a session leader (it shares the session of the shell that started it): "
                "start it with setsid, e.g. `unshare -p -f setsid CMD`")),
+    _row("session-outside", "dump", r"A session leader of (?:zombie process )?(?P<pid>\d+)\(\d+\) is outside of its pid",
+         lambda m, ctx: f"process {m['pid']} of the tree is in a session whose leader is outside the tree's pid "
+                        f"namespace (the tree's root is not a session leader): start the tree with setsid as the "
+                        f"init of its own pid namespace, e.g. `unshare -p -f setsid CMD`"),
     _row("terminal", "dump", r"Found slave peer index \d+ without",
          _says("the tree has a terminal open whose other end is outside it: start it with its input and output "
                "away from the terminal (`< /dev/null > app.log 2>&1`)")),

@@ -75,6 +75,8 @@ CASES = [
     ("other-user", DUMP, "pie: 1: Error (criu/pie/parasite.c:634): Can't create a directory (-13)", ["another user"]),
     ("session", DUMP, "(00.067663) Error (criu/pstree.c:304): The root process 24713 is not a session leader. Consider "
      "using --shell-job option", ["session leader", "setsid"]),
+    ("session-outside", DUMP, "(00.038340) Error (criu/cr-dump.c:1528): A session leader of 3622(3622) is outside "
+     "of its pid namespace", ["process 3622", "session leader", "setsid"]),
     ("terminal", DUMP, "(00.020000) Error (criu/tty.c:410): tty: Found slave peer index 3 without correspond master peer",
      ["terminal", "/dev/null"]),
     ("file-size", RESTORE, "(00.030937)      1: Error (criu/files-reg.c:2175): File dev/shm/x/app.log has bad size 68 "
