@@ -30,8 +30,21 @@ $(NATIVE)/lr-index-layout: native/tools/lr-index-layout.c native/include/lr_inde
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Inative/include -o $@ $<
 
+# make test: the pytest suite, then CRIU's own zdtm lazy-pages suite with lazyrestore as the daemon.
 test: build
 	$(VENV)/bin/python -m pytest -ra tests
+	$(MAKE) --no-print-directory zdtm
+
+# CRIU CI's lazy set (maps0|uffd-events|lazy-thp|futex|fork) from the bootstrap's CRIU tree, in --lazy-pages,
+# --remote-lazy-pages and --lazy-migrate (ns flavour), `lazyrestore lazy-pages` as the daemon, the plugin loaded.
+# ZDTM_DAEMONS=stock,lazyrestore adds CRIU's own daemon (no plugin) for comparison; ZDTM_RECORD=1 writes
+# bench/zdtm_results.json for RELIABILITY.md (`scripts/reliability.py --render-only`). See scripts/zdtm.py.
+ZDTM_MODES   ?= lazy-pages,remote-lazy-pages,lazy-migrate
+ZDTM_DAEMONS ?= lazyrestore
+ZDTM_RECORD  ?=
+.PHONY: zdtm
+zdtm: build
+	$(VENV)/bin/python scripts/zdtm.py --modes $(ZDTM_MODES) --daemons $(ZDTM_DAEMONS) $(if $(ZDTM_RECORD),--record)
 
 demo: build
 	$(VENV)/bin/lazyrestore demo

@@ -139,11 +139,24 @@ def refuse_criu_tls(args: list[str]) -> None:
                          "`lazyrestore restore --from` on the destination), or CRIU's own `criu lazy-pages --tls`")
 
 
+def criu_common_args(args: list[str]) -> list[str]:
+    """CRIU's options every `criu ACTION` takes, as zdtm and runtimes give them to `criu lazy-pages`:
+    --no-default-config dropped (lr-lazyd reads no CRIU config file), --verbosity[=N] is lr-lazyd's --verbose."""
+    out = []
+    for a in args:
+        key, eq, val = a.partition("=")
+        if a == "--no-default-config":
+            continue
+        out.append(f"--verbose{eq}{val}" if key == "--verbosity" else a)
+    return out
+
+
 def criu_lazy_pages_args(args: list[str]) -> list[str]:
     """`lazyrestore lazy-pages` with CRIU's `--page-server --address A --port P` (a drop-in for `criu lazy-pages
-    --page-server`): lr-lazyd's --criu-page-server A:P, the dump indexed first if it is not. Other args as given.
-    CRIU's --tls options are refused first."""
+    --page-server`): lr-lazyd's --criu-page-server A:P, the dump indexed first if it is not. Other args as given,
+    but for CRIU's common options (criu_common_args). CRIU's --tls options are refused first."""
     refuse_criu_tls(args)
+    args = criu_common_args(args)
     if "--page-server" not in args:
         return args
     out, address, port, images = [], "", "", "."

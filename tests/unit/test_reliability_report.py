@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "reliability.py"
+from . import scripts
 
 
 @pytest.fixture(scope="module")
 def rel():
-    spec = importlib.util.spec_from_file_location("reliability", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load("reliability")
 
 
 def record(scenario: str, mismatches: int = 0, detect: float | None = 1.0, injected: int | None = 1) -> dict:
@@ -49,13 +44,14 @@ def test_render_only_fails_on_a_mismatch_or_a_failed_run(rel, tmp_path: Path, mo
     monkeypatch.setattr(rel, "RESULTS", saved)
     monkeypatch.setattr(rel, "FUZZ", tmp_path / "none.json")
     monkeypatch.setattr(rel, "SOAK", tmp_path / "none.json")
+    monkeypatch.setattr(rel, "ZDTM", tmp_path / "none.json")
     out = tmp_path / "RELIABILITY.md"
     good = results([record("a")], [{"outcome": "passed"}])
     saved.write_text(json.dumps(good))
     assert rel.main(["--render-only", "--out", str(out)]) == 0
     text = out.read_text()
     assert "| a | 1 | 1 | 0 |" in text and "| network | 1 | 1 | 0 | 0 | replayed handshake |" in text
-    assert "No long fuzzing run recorded" in text and "No soak recorded" in text
+    assert "No long fuzzing run recorded" in text and "No soak recorded" in text and "No zdtm run recorded" in text
     saved.write_text(json.dumps(results([record("a", mismatches=1)], [{"outcome": "passed"}])))
     assert rel.main(["--render-only", "--out", str(out)]) == 1
     saved.write_text(json.dumps(results([record("a")], [{"outcome": "failure"}])))
@@ -66,3 +62,14 @@ def test_bad_runs_is_a_usage_error(rel) -> None:
     with pytest.raises(SystemExit) as exc:
         rel.main(["--runs", "0"])
     assert exc.value.code == 2
+
+
+def test_the_zdtm_section_shows_the_recorded_table(rel, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(rel, "ZDTM", tmp_path / "zdtm.json")
+    (tmp_path / "zdtm.json").write_text(json.dumps({
+        "criu": "4.2.1", "date": "2026-12-03 08:00 UTC", "machine": "kernel 6.18, 2 CPUs",
+        "table": "| test | lazy-pages (lazyrestore) |\n| --- | --- |\n| static/maps00 | pass |",
+        "lazyrestore_lazy_pages_runs": {"lazy-pages/lazyrestore": 39, "lazy-pages/stock": 0}}))
+    rows = rel.zdtm_rows()
+    assert "| static/maps00 | pass |" in "\n".join(rows) and "CRIU 4.2.1" in rows[0]
+    assert rows[-1].startswith("Runs of `lazyrestore lazy-pages` (lazy-pages/lazyrestore: 39)")

@@ -71,6 +71,14 @@ def test_lazy_pages_passes_plain_options_through() -> None:
     assert hook.criu_lazy_pages_args(args) == args
 
 
+def test_lazy_pages_takes_criu_common_options_as_zdtm_gives_them() -> None:
+    # zdtm: `criu lazy-pages --no-default-config --log-file lazy-pages.log --images-dir DIR --verbosity=4`
+    args = ["--no-default-config", "--log-file", "lazy-pages.log", "--images-dir", "dump/x", "--verbosity=4"]
+    assert hook.criu_lazy_pages_args(args) == ["--log-file", "lazy-pages.log", "--images-dir", "dump/x",
+                                               "--verbose=4"]
+    assert hook.criu_lazy_pages_args(["-D", "/img", "--verbosity"]) == ["-D", "/img", "--verbose"]
+
+
 def test_lazy_pages_translates_criu_page_server_options(tmp_path: Path) -> None:
     (tmp_path / "lazyrestore").mkdir()
     (tmp_path / "lazyrestore" / "index.bin").write_bytes(b"")  # already indexed: nothing to read here
