@@ -36,10 +36,11 @@ test: build
 	$(MAKE) --no-print-directory zdtm
 
 # CRIU CI's lazy set (maps0|uffd-events|lazy-thp|futex|fork) from the bootstrap's CRIU tree, in --lazy-pages,
-# --remote-lazy-pages and --lazy-migrate (ns flavour), `lazyrestore lazy-pages` as the daemon, the plugin loaded.
+# --remote-lazy-pages and --lazy-migrate (ns flavour), and --lazy-pages with the drain capped at 1 MB/s (faults place
+# most pages), `lazyrestore lazy-pages` as the daemon, the plugin loaded.
 # ZDTM_DAEMONS=stock,lazyrestore adds CRIU's own daemon (no plugin) for comparison; ZDTM_RECORD=1 writes
 # bench/zdtm_results.json for RELIABILITY.md (`scripts/reliability.py --render-only`). See scripts/zdtm.py.
-ZDTM_MODES   ?= lazy-pages,remote-lazy-pages,lazy-migrate
+ZDTM_MODES   ?= lazy-pages,remote-lazy-pages,lazy-migrate,lazy-pages-slow-drain
 ZDTM_DAEMONS ?= lazyrestore
 ZDTM_RECORD  ?=
 .PHONY: zdtm

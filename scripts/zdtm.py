@@ -6,6 +6,7 @@ The set is the one CRIU's CI runs in lazy mode (scripts/ci/run-ci-tests.sh): tes
   remote-lazy-pages  `criu dump`, then `criu page-server --lazy-pages` + `criu lazy-pages --page-server`
   lazy-migrate       `criu dump --lazy-pages` + `criu lazy-pages --page-server`, in the ns flavour (the host
                      flavour fails for stock CRIU too: the restored pids clash with the running test's)
+  lazy-pages-slow-drain  lazy-pages with lazyrestore's drain capped at 1 MB/s: the tests fault most pages in
 CRIU's `--tls` runs are left out: `lazyrestore lazy-pages` refuses CRIU's TLS options (README).
 
 zdtm runs from a copy of the bootstrap's CRIU tree (build/zdtm/criu), never from the tree itself. Two documented
@@ -48,7 +49,11 @@ MODES = {
     "lazy-pages": ["--lazy-pages"],
     "remote-lazy-pages": ["--remote-lazy-pages"],
     "lazy-migrate": ["--lazy-migrate", "-f", "ns"],
+    "lazy-pages-slow-drain": ["--lazy-pages"],
 }
+# Options given to lazyrestore's daemon in a mode: the background drain capped at 1 MB/s, so that the tests' own
+# accesses fault most pages in (CRIU's daemon has no such option: the mode is lazyrestore's only).
+DAEMON_OPTIONS = {"lazy-pages-slow-drain": ["--drain-rate", "1M"]}
 REMOTE_MODES = ("remote-lazy-pages", "lazy-migrate")
 PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
 PIPE_MAX_FOR_CRIU = 4 << 20
@@ -139,12 +144,12 @@ def build_tests(test_dir: Path, tests: list[str]) -> None:
             run_make(["-j2", "-C", f"zdtm/{sub}", *names], test_dir, f"zdtm/{sub} tests {' '.join(names)}")
 
 
-def write_wrapper(work: Path, daemon: str, criu: str, lazyrestore: str) -> Path:
+def write_wrapper(work: Path, daemon: str, criu: str, lazyrestore: str, extra: list[str]) -> Path:
     wrapper = work / f"criu-{daemon}"
     body = ["#!/bin/sh", f"# zdtm's --criu-bin for daemon {daemon} (written by scripts/zdtm.py)"]
     if daemon == "lazyrestore":  # each call recorded: the count shows lazyrestore's daemon did run
         body.append(f'if [ "$1" = lazy-pages ]; then shift; echo "$PWD $*" >> {calls_file(work, daemon)}; '
-                    f'exec {lazyrestore} lazy-pages "$@"; fi')
+                    f'exec {lazyrestore} lazy-pages "$@" {" ".join(extra)}; fi')
     body.append(f'exec {criu} "$@"')
     wrapper.write_text("\n".join(body) + "\n")
     wrapper.chmod(0o755)
@@ -274,9 +279,12 @@ def run(modes: list[str], daemons: list[str], pattern: str, criu: str, record: b
     daemon_runs: dict[str, int] = {}
     failed = []
     for daemon in daemons:
-        wrapper = write_wrapper(WORK, daemon, criu, str(REPO / ".venv" / "bin" / "lazyrestore"))
         plugins = plugin_dir(WORK, daemon, REPO / "build" / "native" / "lazyrestore_plugin.so")
         for mode in modes:
+            if daemon == "stock" and mode in DAEMON_OPTIONS:
+                continue
+            wrapper = write_wrapper(WORK, daemon, criu, str(REPO / ".venv" / "bin" / "lazyrestore"),
+                                    DAEMON_OPTIONS.get(mode, []))
             calls_file(WORK, daemon).unlink(missing_ok=True)
             outcomes, secs = run_mode(test_dir, tests, mode, daemon, wrapper, plugins,
                                       WORK / f"report-{daemon}-{mode}")

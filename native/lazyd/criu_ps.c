@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -187,6 +188,22 @@ static int take_replies(struct lr_lazyd *d, struct lr_error *err)
 	return rc;
 }
 
+/* CRIU's page server makes a pipe of PIPE_MAX_SIZE (1024) pages for each client when it connects; with
+ * fs.pipe-max-size below that, every read fails ("splice: Bad file descriptor" in its log) and it hangs up. A hint
+ * for the error when this host's limit is below it (the page server may run here, as in CRIU's own remote tests). */
+static const char *pipe_max_hint(void)
+{
+	unsigned long limit = 0;
+	FILE *f = fopen("/proc/sys/fs/pipe-max-size", "re");
+	int got = f ? fscanf(f, "%lu", &limit) : 0;
+	if (f)
+		fclose(f);
+	return got == 1 && limit < 1024UL * (unsigned long)sysconf(_SC_PAGESIZE)
+		       ? "; if it runs on this host: fs.pipe-max-size here is below the 4 MiB it needs for each client "
+			 "(sysctl -w fs.pipe-max-size=4194304)"
+		       : "";
+}
+
 /* One receive per wakeup (the socket is level-triggered: what is left wakes the loop again, after the faults). */
 static int on_read(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
 {
@@ -203,7 +220,7 @@ static int on_read(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
 	ssize_t n = recv(c->rec.fd, c->buf + c->end, c->cap - c->end, MSG_DONTWAIT);
 	if (n == 0)
 		return lr_error_set(err, 0, "CRIU's page server %s closed the connection (its dump ended or failed) "
-				    "before every page was placed", c->addr.text);
+				    "before every page was placed%s", c->addr.text, pipe_max_hint());
 	if (n < 0)
 		return errno == EAGAIN || errno == EINTR ? 0 : lr_error_set(err, errno, "receive from CRIU's page "
 									     "server %s", c->addr.text);

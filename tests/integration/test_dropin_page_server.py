@@ -59,18 +59,26 @@ def normal_dump(start_workload, workdir: Path) -> tuple[sample.Workload, dict, l
 
 
 def serve_and_restore(workdir: Path, served: Path, reaper, *extra: str,
-                      restored: Callable[[int], object] = lambda pid: None) -> tuple[int, int | None, str]:
+                      restored: Callable[[int], object] = lambda pid: None,
+                      pipe_max: int = 4 << 20, must_restore: bool = True) -> tuple[int, int | None, str]:
     """`criu page-server --lazy-pages -D SERVED`, `lazyrestore lazy-pages --page-server ... -D workdir/copy EXTRA`
     and `criu restore --lazy-pages -D workdir/copy`, then restored(root pid). (lazy-pages' exit code, the restored
     root pid, its log)"""
+    # CRIU's page server makes its 4 MiB pipe when lr-lazyd connects, not when it starts (a smaller
+    # fs.pipe-max-size then makes it fail every read, "splice: Bad file descriptor"): raised for the whole run.
+    with pipe_max_size(pipe_max):
+        return _serve_and_restore(workdir, served, reaper, extra, restored, must_restore)
+
+
+def _serve_and_restore(workdir: Path, served: Path, reaper, extra: tuple[str, ...],
+                       restored: Callable[[int], object], must_restore: bool) -> tuple[int, int | None, str]:
     copy, work = workdir / "copy", workdir / "work"
     work.mkdir()
     port = free_port()
-    with pipe_max_size(4 << 20):
-        ps = subprocess.run([CRIU, "page-server", "--lazy-pages", "-D", str(served), "--address", "127.0.0.1",
-                             "--port", str(port), "-d", "--pidfile", str(workdir / "ps.pid"), "-o", "ps.log"],
-                            capture_output=True, text=True, timeout=120, env=ENV)
-        assert ps.returncode == 0, ps.stderr + (served / "ps.log").read_text()[-2000:]
+    ps = subprocess.run([CRIU, "page-server", "--lazy-pages", "-D", str(served), "--address", "127.0.0.1",
+                         "--port", str(port), "-d", "--pidfile", str(workdir / "ps.pid"), "-o", "ps.log", "-v4"],
+                        capture_output=True, text=True, timeout=120, env=ENV)
+    assert ps.returncode == 0, ps.stderr + (served / "ps.log").read_text()[-2000:]
     ps_pid, pid = int((workdir / "ps.pid").read_text()), None
     status_r, status_w = os.pipe()
     daemon = subprocess.Popen([sys.executable, "-m", "lazyrestore.cli", "lazy-pages", "--page-server", "--address",
@@ -88,9 +96,10 @@ def serve_and_restore(workdir: Path, served: Path, reaper, *extra: str,
         out = subprocess.run([CRIU, "restore", "-D", str(copy), "-W", str(work), "--lazy-pages", "-d",
                               "--pidfile", str(work / "root.pid"), "-o", "restore.log"],
                              capture_output=True, text=True, timeout=120, env=ENV)
-        assert out.returncode == 0, (work / "restore.log").read_text()[-2000:]
-        pid = reaper.add(int((work / "root.pid").read_text()))
-        restored(pid)
+        assert out.returncode == 0 or not must_restore, (work / "restore.log").read_text()[-2000:]
+        if out.returncode == 0:
+            pid = reaper.add(int((work / "root.pid").read_text()))
+            restored(pid)
         code = daemon.wait(timeout=120)
     finally:
         if daemon.poll() is None:
@@ -136,3 +145,15 @@ def test_criu_page_server_serving_other_bytes_is_caught(start_workload, workdir:
     while pid is not None and procs.is_running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert pid is not None and not procs.is_running(pid), "the guardian kills the tree"
+
+
+def test_a_page_server_without_its_pipe_size_is_named(start_workload, workdir: Path, reaper) -> None:
+    """fs.pipe-max-size left at 1 MiB: CRIU's page server fails every read and hangs up; lr-lazyd's error says why."""
+    normal_dump(start_workload, workdir)
+    # The first page may be asked for while CRIU still restores (then the restore fails) or after it, when the
+    # workload reads its memory (--no-drain): either way lr-lazyd fails naming the cause.
+    code, pid, log = serve_and_restore(workdir, workdir / "images", reaper, "--no-drain",
+                                       restored=lambda pid: os.killpg(pid, signal.SIGUSR1), pipe_max=1 << 20,
+                                       must_restore=False)
+    assert code != 0, log
+    assert "closed the connection" in log and "fs.pipe-max-size here is below the 4 MiB" in log, log
