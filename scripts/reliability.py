@@ -151,7 +151,8 @@ def zdtm_rows() -> list[str]:
     return [f"CRIU {z['criu']}'s own test suite (test/zdtm.py), the set CRIU's CI runs in lazy mode, each test in "
             "every flavour it supports (h, ns, uns; ns only for --lazy-migrate). *stock*: CRIU's `criu lazy-pages`, "
             "no plugin; *lazyrestore*: `lazyrestore lazy-pages` as the daemon, the plugin loaded (every dump "
-            "indexed). `make test` runs the lazyrestore columns (scripts/zdtm.py).", "", z["table"], "",
+            "indexed). `make test` runs the lazyrestore columns (scripts/zdtm.py).", "", z.get("summary", ""), "",
+            z["table"], "",
             f"Runs of `lazyrestore lazy-pages` ({runs}). Run on {z['date']} ({z['machine']})."]
 
 

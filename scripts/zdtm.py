@@ -246,6 +246,25 @@ def table(results: dict[str, dict[str, dict[str, str]]], tests: list[str]) -> st
     return "\n".join(lines)
 
 
+def summary_table(results: dict[str, dict[str, dict[str, str]]], seconds: dict[str, float]) -> str:
+    """Markdown: one row per mode; per daemon the tests passed of those that ran, and the run's seconds."""
+    daemons = [d for d in ("stock", "lazyrestore") if any(d in r for r in results.values())]
+    lines = ["| mode | " + " | ".join(f"{d}: passed | {d}: s" for d in daemons) + " | skipped (why) |",
+             "|---|" + "---:|---:|" * len(daemons) + "---|"]
+    for mode, by_daemon in results.items():
+        cells, skips = [], set()
+        for d in daemons:
+            got = by_daemon.get(d)
+            if got is None:
+                cells += ["–", "–"]
+                continue
+            ran = [r for r in got.values() if not r.startswith("skip")]
+            cells += [f"{ran.count('pass')}/{len(ran)}", f"{seconds.get(f'{mode}/{d}', 0):.0f}"]
+            skips |= {f"{t.split('/', 1)[1]} ({r.split(': ', 1)[1]})" for t, r in got.items() if r.startswith("skip")}
+        lines.append(f"| {mode} | " + " | ".join(cells) + f" | {', '.join(sorted(skips)) or '–'} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
@@ -304,12 +323,12 @@ def run(modes: list[str], daemons: list[str], pattern: str, criu: str, record: b
     summary = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                "machine": f"kernel {os.uname().release}, {os.cpu_count()} CPUs", "criu": criu_version(CRIU_TREE),
                "tests": tests, "results": results, "seconds": seconds, "lazyrestore_lazy_pages_runs": daemon_runs,
-               "table": table(results, tests)}
+               "table": table(results, tests), "summary": summary_table(results, seconds)}
     text = json.dumps(summary, indent=1) + "\n"
     (WORK / "results.json").write_text(text)
     if record:
         RECORD.write_text(text)
-    print(summary["table"])
+    print(summary["table"], summary["summary"], sep="\n\n")
     if failed:
         print(f"zdtm: {len(failed)} lazyrestore run(s) failed; logs in {WORK}/report-*.log and "
               f"{WORK}/report-*/", file=sys.stderr)

@@ -62,3 +62,11 @@ def test_sysctls_are_raised_and_put_back(zdtm, tmp_path: Path) -> None:
     assert low.read_text() == "1" and high.read_text() == "8388608\n" and old == {low: 0}
     zdtm.restore_sysctls(old)
     assert low.read_text() == "0"
+
+
+def test_the_summary_has_a_row_per_mode_and_names_the_skips(zdtm) -> None:
+    results = {"lazy-pages": {"stock": {"zdtm/static/a": "pass"}, "lazyrestore": {"zdtm/static/a": "fail"}},
+               "lazy-migrate": {"lazyrestore": {"zdtm/static/a": "pass", "zdtm/transition/b": "skip: no flavors"}}}
+    text = zdtm.summary_table(results, {"lazy-pages/stock": 46.2, "lazy-pages/lazyrestore": 57.0})
+    assert "| lazy-pages | 1/1 | 46 | 0/1 | 57 | – |" in text
+    assert "| lazy-migrate | – | – | 1/1 | 0 | transition/b (no flavors) |" in text
