@@ -23,10 +23,8 @@ import os
 from bisect import bisect_right
 from pathlib import Path
 
-from pycriu import images as criu_images
-
 from .errors import CorruptCheckpoint
-from .images import PE_LAZY, PE_PRESENT, Vma, pagemap_entry, read_pagemap, read_pstree, read_vmas
+from .images import PE_LAZY, PE_PRESENT, Vma, pagemap_bytes, read_pagemap, read_pstree, read_vmas
 from .lazyindex import IndexEntry, LazyIndex
 from .manifest import META_DIR, FileEntry, Manifest, sha256_file
 
@@ -34,16 +32,14 @@ VIEW_PREFIX = "view-"
 LINKS_DIR = "criu-images"
 
 
-def _vma_index(vmas: list[Vma], addr: int) -> int:
-    return bisect_right([v.start for v in vmas], addr) - 1
-
-
 def view_entries(records: list[IndexEntry], vmas: list[Vma], page_size: int) -> list[dict[str, int]]:
-    """Pagemap entries for one process's records (sorted by address): lazy runs merged within a VMA."""
+    """Pagemap entries for one process's records (sorted by address): lazy runs merged within a VMA.
+    O((records + VMAs) log VMAs): the VMAs' starts are listed once, each record's VMA found by bisection."""
+    starts = [v.start for v in vmas]
     out: list[dict[str, int]] = []
     last_vma = -1
     for r in records:
-        vma = _vma_index(vmas, r.start)
+        vma = bisect_right(starts, r.start) - 1
         prev = out[-1] if out else None
         if r.lazy and prev is not None and prev["flags"] == PE_LAZY and vma == last_vma:
             prev["nr_pages"] = (r.end(page_size) - prev["vaddr"]) // page_size
@@ -82,9 +78,7 @@ def _write_pages(images_dir: Path, pages_id: int, records: list[IndexEntry], pag
 
 def _write_pagemap(images_dir: Path, pid: int, pages_id: int, entries: list[dict[str, int]]) -> Path:
     path = images_dir / META_DIR / f"{VIEW_PREFIX}pagemap-{pid}.img"
-    with open(path, "wb") as f:
-        body = [pagemap_entry(e["vaddr"], e["nr_pages"], e["flags"]) for e in entries]
-        criu_images.dump({"magic": "PAGEMAP", "entries": [{"pages_id": pages_id}, *body]}, f)
+    path.write_bytes(pagemap_bytes(pages_id, [(e["vaddr"], e["nr_pages"], e["flags"]) for e in entries]))
     return path
 
 
