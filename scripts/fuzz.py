@@ -124,9 +124,10 @@ def run_all(seconds: int, summary: Path, smoke: bool) -> int:
 # ---------------------------------------------------------------- seeds
 
 MAGIC = 0x3150524C
+VERSION = 2
 (HELLO, CHALLENGE, AUTH, WELCOME, LIST, FILES, GET_FILE, FILE_DATA, GET_PAGES, PAGES, HINT, BULK_START, BULK_END,
  DONE, ERROR, WORKINGSET, TUNE) = range(1, 18)
-F_MORE, F_ZSTD, F_COMPRESS = 1, 2, 4
+F_MORE, F_ZSTD, F_COMPRESS, F_SUM = 1, 2, 4, 8
 URGENT, BULK = 1, 2
 META, PAGES_FILE = 1, 2
 # fuzz_handshake.c's control bits.
@@ -138,6 +139,21 @@ FIXTURE = [(10, 1, 0x10000, 3, 1), (10, 0, 0x21000, 4, 1), (11, 1, 0x40000, 1, 2
 
 def frame(kind: int, payload: bytes = b"", req_id: int = 1, flags: int = 0, length: int | None = None) -> bytes:
     return struct.pack("<IHHIIQ", MAGIC, kind, flags, len(payload) if length is None else length, 0, req_id) + payload
+
+
+def summed(kind: int, payload: bytes = b"", req_id: int = 1, flags: int = 0) -> bytes:
+    """A frame flagged F_SUM with its checksum (lr_proto.h): XXH3-64 of the payload seeded with XXH3-64 of the
+    header (sum 0), low 32 bits."""
+    import xxhash
+
+    head = struct.pack("<IHHIIQ", MAGIC, kind, flags | F_SUM, len(payload), 0, req_id)
+    total = xxhash.xxh3_64_intdigest(payload, seed=xxhash.xxh3_64_intdigest(head)) & 0xFFFFFFFF
+    return struct.pack("<IHHIIQ", MAGIC, kind, flags | F_SUM, len(payload), total, req_id) + payload
+
+
+def damaged(data: bytes, at: int) -> bytes:
+    """data with the byte at `at` flipped (a frame that fails its checksum)."""
+    return data[:at] + bytes([data[at] ^ 0x5A]) + data[at + 1:]
 
 
 def _fixture_bytes(rec: int, a: int, b: int) -> bytes:
@@ -219,11 +235,19 @@ def frame_seeds() -> dict[str, bytes]:
         "tune-then-done": frame(TUNE, flags=F_ZSTD | F_COMPRESS) + frame(DONE, req_id=2),
         "workingset-two-frames": frame(WORKINGSET, b"LRWSET1\0" + struct.pack("<II", 2, PS), flags=F_MORE)
         + frame(WORKINGSET, b"\x00" * 48, req_id=2) + frame(DONE, req_id=3),
+        "files-list-summed": summed(FILES, files_payload(listed)),
+        "files-list-bad-sum": damaged(summed(FILES, files_payload(listed)), 40),
+        "file-data-summed": summed(FILE_DATA, b'{"format": "lazyrestore-manifest"}', flags=F_MORE),
+        "error-summed": summed(ERROR, struct.pack("<II", 10, 0) + b"GET_FILE frame of 33 bytes fails its checksum"),
+        "requests-summed": summed(LIST) + summed(GET_PAGES, page_req(0, 0, 2), 2) + summed(DONE, req_id=3),
+        "request-bad-sum": damaged(summed(GET_PAGES, page_req(0, 0, 2)), 30),
+        "workingset-bad-sum": damaged(summed(WORKINGSET, b"LRWSET1\0" + struct.pack("<II", 2, PS), flags=F_MORE), 26)
+        + summed(WORKINGSET, b"\x00" * 48, req_id=2) + summed(DONE, req_id=3),
     }
 
 
 def hello(channel: int, session: int = 0) -> bytes:
-    return frame(HELLO, struct.pack("<IIQ", 1, channel, session) + b"\x11" * 32, req_id=0)
+    return summed(HELLO, struct.pack("<IIQ", VERSION, channel, session) + b"\x11" * 32, req_id=0)
 
 
 def auth() -> bytes:
@@ -247,7 +271,8 @@ def handshake_seeds() -> dict[str, bytes]:
                              (0, frame(GET_PAGES, page_req(2, 0, 1), 5)), (0, frame(DONE, req_id=6))),
         "bulk-then-urgent-hangs-up": steps(*urgent, *bulk, (HANG_UP, frame(LIST, req_id=1))),
         "wrong-mac": steps((0, hello(URGENT)), (0, auth())),
-        "wrong-version": steps((0, frame(HELLO, struct.pack("<IIQ", 2, URGENT, 0) + b"\x11" * 32))),
+        "wrong-version": steps((0, frame(HELLO, struct.pack("<IIQ", 1, URGENT, 0) + b"\x11" * 32))),
+        "damaged-hello": steps((0, damaged(hello(URGENT), 30)), (0, hello(URGENT))),
         "bulk-unknown-session": steps((0, hello(BULK, 12345)), (GOOD_MAC, auth())),
         "auth-first": steps((0, auth())),
         "request-before-auth": steps((0, hello(URGENT)), (0, frame(LIST))),

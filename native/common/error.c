@@ -23,3 +23,10 @@ int lr_error_set(struct lr_error *err, int errnum, const char *fmt, ...)
 	err->errnum = errnum;
 	return -1;
 }
+
+int lr_error_class(struct lr_error *err, int errnum)
+{
+	if (err)
+		err->errnum = errnum;
+	return -1;
+}

@@ -2,7 +2,8 @@
  * fuzz_frame.c: one frame as it comes off the network (struct lr_frame, then its
  * payload; the input may go on with more frames) through every check that reads it:
  *   - lr_frame_check, at the server's limit (LR_REQUEST_MAX) and the client's (LR_FRAME_MAX);
- *   - lr-lazyd's receive, lr_recv_frame (ERROR payloads included), then its payload
+ *   - lr-lazyd's receive, lr_recv_frame (ERROR payloads included; a LR_F_SUM frame it takes matches
+ *     its checksum), then its payload
  *     parsers: lr_pages_frame_check against the fixture's index (PAGES; a LR_F_ZSTD one inflated by
  *     lr_zpages_inflate first), and
  *     lr_file_entry_next over a FILES list; what they accept is checked to lie
@@ -116,6 +117,7 @@ static void client_side(const uint8_t *data, size_t size)
 	close(sv[1]);
 	if (rc)
 		return;
+	FUZZ_CHECK(!(f.flags & LR_F_SUM) || lr_frame_sum(&f, recv_buf) == f.sum);
 	char *payload = malloc(f.length ? f.length : 1); /* exactly the payload: ASan sees any read past it */
 	FUZZ_CHECK(payload != NULL);
 	memcpy(payload, recv_buf, f.length);

@@ -13,10 +13,12 @@
  *                    server's random nonce), so that what follows authentication runs;
  *   FH_LIVE_SESSION  a HELLO names the first live session (a bulk channel joining it);
  *   FH_HANG_UP       the client closes its end after this step.
+ * A frame flagged LR_F_SUM whose checksum held before the patch is sealed again after it.
  * After every step the server writes what it would on EPOLLOUT, the clients read
  * it, and the connection/session links are checked both ways.
  */
 #define _GNU_SOURCE
+#include <stdbool.h>
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
@@ -24,6 +26,7 @@
 
 #include "fixture.h"
 #include "lr_auth.h"
+#include "lr_proto_io.h"
 
 enum { FH_SLOT = 3, FH_GOOD_MAC = 1 << 2, FH_LIVE_SESSION = 1 << 3, FH_HANG_UP = 1 << 4 };
 #define FH_SLOTS 4
@@ -63,16 +66,19 @@ static struct ps_conn *slot_conn(struct fh_input *in, struct fh_client *cl)
 	return cl->conn;
 }
 
-/* What the control bits ask of the frame: the right mac, a live session. */
-static void patch(const struct ps_conn *c, uint8_t ctl, const struct lr_frame *f, uint8_t *payload, size_t n)
+/* What the control bits ask of the frame: the right mac, a live session. True when the payload changed. */
+static bool patch(const struct ps_conn *c, uint8_t ctl, const struct lr_frame *f, uint8_t *payload, size_t n)
 {
 	struct lr_error err;
-	if ((ctl & FH_GOOD_MAC) && f->type == LR_AUTH && n >= LR_MAC_SIZE && c->state == PS_AUTH)
+	bool mac = (ctl & FH_GOOD_MAC) && f->type == LR_AUTH && n >= LR_MAC_SIZE && c->state == PS_AUTH;
+	bool session = (ctl & FH_LIVE_SESSION) && f->type == LR_HELLO && n >= offsetof(struct lr_hello, client_nonce) &&
+		       server.nsessions;
+	if (mac)
 		FUZZ_CHECK(lr_auth_mac(server.secret, LR_AUTH_CLIENT, c->channel, c->session_id,
 				       server.index.hdr->checkpoint_id, c->server_nonce, c->client_nonce, payload, &err) == 0);
-	if ((ctl & FH_LIVE_SESSION) && f->type == LR_HELLO && n >= offsetof(struct lr_hello, client_nonce) &&
-	    server.nsessions)
+	if (session)
 		memcpy(payload + offsetof(struct lr_hello, session), &server.sessions[0]->id, sizeof(uint64_t));
+	return mac || session;
 }
 
 /* As the event loop: EPOLLOUT for whoever asked for it, then the clients read. */
@@ -119,7 +125,11 @@ static size_t step(struct fh_input *in, const uint8_t *p, size_t n)
 	if (!c)
 		return 1 + sizeof(f) + len; /* nobody to send it */
 	memcpy(msg, p + 1, sizeof(f) + len);
-	patch(c, p[0], &f, msg + sizeof(f), len);
+	bool sealed = (f.flags & LR_F_SUM) && len == f.length && lr_frame_sum(&f, msg + sizeof(f)) == f.sum;
+	if (patch(c, p[0], &f, msg + sizeof(f), len) && sealed) { /* sealed again, as the client would have */
+		lr_frame_seal(&f, msg + sizeof(f));
+		memcpy(msg, &f, sizeof(f));
+	}
 	fx_send(cl->peer, msg, sizeof(f) + len);
 	if (p[0] & FH_HANG_UP)
 		shutdown(cl->peer, SHUT_WR);

@@ -17,4 +17,8 @@ struct lr_error {
 int lr_error_set(struct lr_error *err, int errnum, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
+/* Class an error already set by the errno value a caller decides on (e.g. EBADMSG: damaged on the way, ask
+ * again), leaving its message as it is; returns -1. */
+int lr_error_class(struct lr_error *err, int errnum);
+
 #endif /* LR_ERROR_H */

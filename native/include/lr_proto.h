@@ -1,6 +1,6 @@
 /*
  * lr_proto.h: the wire protocol between lr-pageserver (source) and lr-lazyd
- * (destination). Version 1. Every integer is little-endian; every struct here
+ * (destination). Version 2. Every integer is little-endian; every struct here
  * is packed by construction (fixed-width fields, no padding, sizes asserted).
  *
  * A session has two TCP connections ("channels"), each authenticated:
@@ -15,6 +15,21 @@
  * Frame: struct lr_frame, then `length` payload bytes (length <= LR_FRAME_MAX;
  * frames a client sends are at most LR_REQUEST_MAX). A peer that receives a
  * malformed frame answers ERROR (when it can) and closes the connection.
+ *
+ * Frame checksum (version 2): a frame flagged LR_F_SUM carries in `sum` the low
+ * 32 bits of XXH3-64 of its payload seeded with XXH3-64 (seed 0) of its 24
+ * header bytes with `sum` = 0, so type, flags, length and req_id are covered
+ * too; unflagged, `sum` is 0. TCP's checksum misses a byte a middlebox rewrites
+ * and checksums again, and the index covers only page bytes, so every frame
+ * built in memory is sealed: all the client sends, and the server's
+ * CHALLENGE, WELCOME, FILES, FILE_DATA, ERROR, DONE and BULK_END. PAGES are not
+ * (page bytes go out with sendfile; every block is checked against the index).
+ * The receiver checks a sum once the whole frame is in, so a mismatch leaves
+ * the stream in step: lr-lazyd takes no FILES or FILE_DATA without LR_F_SUM,
+ * and on a mismatch asks again (LIST; GET_FILE after the file's last frame,
+ * with a new req_id: late answers to the old one are skipped), at most
+ * 8 times (lr-lazyd's LR_FETCH_BAD_MAX); lr-pageserver drops a damaged WORKINGSET
+ * (a hint) and refuses any other damaged frame with ERROR LR_ERR_DAMAGED.
  *
  * Handshake, on each channel:
  *   client -> HELLO     {magic, version, channel, session (bulk: from WELCOME), client_nonce}
@@ -64,7 +79,7 @@
 #include <stdint.h>
 
 #define LR_PROTO_MAGIC 0x3150524cu /* "LRP1" */
-#define LR_PROTO_VERSION 1u
+#define LR_PROTO_VERSION 2u  /* 2: LR_F_SUM, LR_ERR_DAMAGED */
 #define LR_FRAME_MAX (4u << 20)    /* largest payload of any frame */
 #define LR_REQUEST_MAX 4096u       /* largest payload a client may send */
 #define LR_BULK_BYTES (1u << 20)   /* page bytes per bulk PAGES frame: this many bytes of whole blocks (one at least) */
@@ -102,6 +117,7 @@ enum lr_frame_flags {
 	LR_F_ZSTD = 1 << 1, /* PAGES: the data is one zstd frame (lr_zpages.h); GET_PAGES, BULK_START: the
 			     * client takes such frames (then all-zero blocks never travel as bytes) */
 	LR_F_COMPRESS = 1 << 2, /* GET_PAGES, BULK_START (with LR_F_ZSTD): compress every frame (a slow link) */
+	LR_F_SUM = 1 << 3,  /* any frame: `sum` holds its checksum (above) */
 };
 
 enum lr_channel {
@@ -120,6 +136,7 @@ enum lr_error_code {
 	LR_ERR_IO = 7,       /* the server could not read its images */
 	LR_ERR_TIMEOUT = 8,  /* handshake not finished in time */
 	LR_ERR_SESSION = 9,  /* bulk channel for an unknown or already joined session */
+	LR_ERR_DAMAGED = 10, /* the request failed its LR_F_SUM checksum: damaged on the way, worth sending again */
 };
 
 struct lr_frame {
@@ -127,7 +144,7 @@ struct lr_frame {
 	uint16_t type;    /* enum lr_frame_type */
 	uint16_t flags;   /* enum lr_frame_flags */
 	uint32_t length;  /* payload bytes that follow */
-	uint32_t reserved;/* 0 */
+	uint32_t sum;     /* LR_F_SUM: the frame's checksum (above); else 0 */
 	uint64_t req_id;  /* the request's id, echoed in its reply; 0 for bulk data */
 };
 

@@ -144,7 +144,8 @@ static bool retryable_refusal(const struct lr_chan *c)
 	struct lr_error_frame e = {0, 0};
 	if (c->hdr.length >= sizeof(e))
 		memcpy(&e, c->payload, sizeof(e));
-	return e.code == LR_ERR_PROTOCOL || e.code == LR_ERR_TOO_BIG || e.code == LR_ERR_RANGE;
+	return e.code == LR_ERR_PROTOCOL || e.code == LR_ERR_TOO_BIG || e.code == LR_ERR_RANGE ||
+	       e.code == LR_ERR_DAMAGED;
 }
 
 static void clear_inflight(struct lr_remote *r, const struct lr_index *idx, const struct lr_pages_hdr *h)
@@ -293,6 +294,8 @@ static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_e
 		if (rc == 0)
 			return 0;
 		taken += sizeof(c->hdr) + c->hdr.length;
+		if (lr_frame_sum_check(&c->hdr, c->payload, err))
+			return damaged(d, err); /* a DONE, BULK_END or ERROR damaged on the way */
 		if (on_frame(d, c, bulk, err))
 			return -1;
 	}

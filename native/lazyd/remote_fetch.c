@@ -19,7 +19,8 @@
 #define LR_FETCH_TRY_MS 2000        /* one connection attempt before the fetch */
 #define LR_FETCH_BACKOFF_MIN_MS 100
 #define LR_FETCH_BACKOFF_MAX_MS 1000
-#define LR_FETCH_BAD_MAX 8          /* times one eager range may fail its checksum in transit */
+#define LR_FETCH_BAD_MAX 8          /* times one eager range, the file list or one file may fail its checksum in
+				     * transit; and connections the fetch may begin again on after damaged frames */
 
 static unsigned long long deadline(int ms)
 {
@@ -92,36 +93,93 @@ static bool safe_name(const char *name, uint32_t len)
 	return plain_name(name, len);
 }
 
-static int fetch_file(int fd, int dirfd, const char *dir, const char *name, uint64_t size, int timeout_ms,
-		      char *buf, struct lr_error *err)
+/* One connection's fetch before the restore: the page server's stream, and where the files go. */
+struct fetch {
+	struct lr_lazyd *d;
+	int fd, dirfd;
+	const char *dir;
+	int timeout_ms;
+	char *buf;                  /* LR_FRAME_MAX bytes */
+};
+
+/* A frame failed its checksum (errnum EBADMSG) on try `attempt` of `what`: 0 to ask again (logged), -1 past
+ * LR_FETCH_BAD_MAX tries (a named error) or for any other error. */
+static int again(const struct fetch *ft, const char *what, int attempt, struct lr_error *err)
 {
-	char part[LR_NAME_MAX + 8];
+	if (err->errnum != EBADMSG)
+		return -1;
+	if (attempt >= LR_FETCH_BAD_MAX)
+		return lr_error_set(err, 0, "%s from the page server failed its checksum %d times (last: %s)", what, attempt,
+				    err->msg);
+	lr_log(ft->d, 0, "%s: %s; asking for it again", what, err->msg);
+	return 0;
+}
+
+/* The next summed frame of type `want` answering request id (answers to an earlier try are skipped). EBADMSG: it
+ * failed its checksum or came without one; it was read whole, so the stream is in step. */
+static int recv_summed(struct fetch *ft, uint16_t want, uint64_t id, struct lr_frame *f, struct lr_error *err)
+{
+	do {
+		if (lr_recv_frame(ft->fd, want, f, ft->buf, LR_FRAME_MAX, deadline(ft->timeout_ms), err))
+			return -1;
+		if (!(f->flags & LR_F_SUM)) {
+			lr_error_set(err, 0, "%s frame from the page server without its checksum", lr_frame_name(want));
+			return lr_error_class(err, EBADMSG);
+		}
+	} while (f->req_id != id);
+	return 0;
+}
+
+/* GET_FILE once, into out. EBADMSG: a frame failed its checksum; the reply was read to its last frame. */
+static int get_file(struct fetch *ft, const char *name, uint64_t size, int out, struct lr_error *err)
+{
 	struct lr_file_req q = {(uint32_t)strlen(name), 0};
 	char req[sizeof(q) + LR_NAME_MAX];
+	uint64_t id = ++ft->d->remote->next_req, got = 0;
+	struct lr_error bad = {0, ""};
 	struct lr_frame f;
-	uint64_t got = 0;
 
 	memcpy(req, &q, sizeof(q));
 	memcpy(req + sizeof(q), name, q.name_len);
-	snprintf(part, sizeof(part), "%s.part", name);
-	LR_CLEANUP_CLOSE int out = openat(dirfd, part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-	if (out < 0)
-		return lr_error_set(err, errno, "create %s/%s", dir, part);
-	if (lr_send_frame(fd, LR_GET_FILE, 0, 1, req, (uint32_t)(sizeof(q) + q.name_len), deadline(timeout_ms), err))
+	if (lr_send_frame(ft->fd, LR_GET_FILE, 0, id, req, (uint32_t)(sizeof(q) + q.name_len), deadline(ft->timeout_ms),
+			  err))
 		return -1;
 	do {
-		if (lr_recv_frame(fd, LR_FILE_DATA, &f, buf, LR_FRAME_MAX, deadline(timeout_ms), err))
+		int rc = recv_summed(ft, LR_FILE_DATA, id, &f, err);
+		if (rc && err->errnum != EBADMSG)
 			return -1;
+		if (rc && !bad.errnum)
+			bad = *err; /* read on to the reply's last frame, then ask again */
+		if (bad.errnum)
+			continue;
 		if (f.length > size - got)
 			return lr_error_set(err, 0, "page server sent more of %s than the %" PRIu64 " bytes it listed", name, size);
-		if (pwrite(out, buf, f.length, (off_t)got) != (ssize_t)f.length)
-			return lr_error_set(err, errno ? errno : EIO, "write %s/%s", dir, part);
+		if (pwrite(out, ft->buf, f.length, (off_t)got) != (ssize_t)f.length)
+			return lr_error_set(err, errno ? errno : EIO, "write %s/%s.part", ft->dir, name);
 		got += f.length;
 	} while (f.flags & LR_F_MORE);
+	if (bad.errnum) {
+		*err = bad;
+		return -1;
+	}
 	if (got != size)
 		return lr_error_set(err, 0, "page server sent %" PRIu64 " bytes of %s, it listed %" PRIu64, got, name, size);
-	if (renameat(dirfd, part, dirfd, name))
-		return lr_error_set(err, errno, "rename %s/%s", dir, part);
+	return 0;
+}
+
+static int fetch_file(struct fetch *ft, const char *name, uint64_t size, struct lr_error *err)
+{
+	char part[LR_NAME_MAX + 8];
+
+	snprintf(part, sizeof(part), "%s.part", name);
+	LR_CLEANUP_CLOSE int out = openat(ft->dirfd, part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (out < 0)
+		return lr_error_set(err, errno, "create %s/%s", ft->dir, part);
+	for (int attempt = 1; get_file(ft, name, size, out, err); attempt++)
+		if (again(ft, name, attempt, err))
+			return -1;
+	if (renameat(ft->dirfd, part, ft->dirfd, name))
+		return lr_error_set(err, errno, "rename %s/%s", ft->dir, part);
 	return 0;
 }
 
@@ -148,24 +206,39 @@ int lr_file_entry_next(const char *list, uint32_t len, uint32_t *at, struct lr_f
 	return 0;
 }
 
-/* LIST, then every file: metadata whole, pages files as sparse files of their size. */
-static int fetch_listed(int fd, int dirfd, const char *dir, int timeout_ms, char *buf, struct lr_error *err)
+/* LIST, until a FILES frame passes its checksum: its length (the list is in ft->buf). */
+static int list_files(struct fetch *ft, uint32_t *len, struct lr_error *err)
 {
-	struct lr_frame f;
-	if (lr_send_frame(fd, LR_LIST, 0, 1, NULL, 0, deadline(timeout_ms), err) ||
-	    lr_recv_frame(fd, LR_FILES, &f, buf, LR_FRAME_MAX, deadline(timeout_ms), err))
+	for (int attempt = 1;; attempt++) {
+		uint64_t id = ++ft->d->remote->next_req;
+		struct lr_frame f;
+		if (lr_send_frame(ft->fd, LR_LIST, 0, id, NULL, 0, deadline(ft->timeout_ms), err))
+			return -1;
+		if (!recv_summed(ft, LR_FILES, id, &f, err)) {
+			*len = f.length;
+			return 0;
+		}
+		if (again(ft, "the file list", attempt, err))
+			return -1;
+	}
+}
+
+/* LIST, then every file: metadata whole, pages files as sparse files of their size. */
+static int fetch_listed(struct fetch *ft, struct lr_error *err)
+{
+	uint32_t len;
+	if (list_files(ft, &len, err))
 		return -1;
-	LR_CLEANUP_FREE char *list = malloc(f.length ? f.length : 1);
+	LR_CLEANUP_FREE char *list = malloc(len ? len : 1);
 	if (!list)
 		return lr_error_set(err, ENOMEM, "file list");
-	memcpy(list, buf, f.length);
-	for (uint32_t at = 0; at < f.length;) {
+	memcpy(list, ft->buf, len);
+	for (uint32_t at = 0; at < len;) {
 		struct lr_file_entry e;
 		char name[LR_NAME_MAX + 1];
-		if (lr_file_entry_next(list, f.length, &at, &e, name, err))
+		if (lr_file_entry_next(list, len, &at, &e, name, err))
 			return -1;
-		if (e.kind == LR_FILE_META ? fetch_file(fd, dirfd, dir, name, e.size, timeout_ms, buf, err)
-					   : sparse_file(dirfd, dir, name, e.size, err))
+		if (e.kind == LR_FILE_META ? fetch_file(ft, name, e.size, err) : sparse_file(ft->dirfd, ft->dir, name, e.size, err))
 			return -1;
 	}
 	return 0;
@@ -219,31 +292,39 @@ int lr_remote_inflate(struct lr_remote *r, uint16_t flags, const char **payload,
 	return 0;
 }
 
-/* The eager ranges of every pages file, fetched and verified (CRIU reads them itself at restore). */
-/* One GET_PAGES of the eager fetch; bytes that fail their checksum in transit are asked for again. */
-static int fetch_range(struct lr_remote *r, int fd, const struct lr_index *idx, struct lr_page_req q, int timeout_ms,
-		       char *buf, struct lr_pages_hdr *h, const char **data, uint64_t *a, struct lr_error *err)
+/* One GET_PAGES of the eager fetch; bytes that fail their checksum in transit are asked for again. A frame
+ * that cannot be right otherwise (its header damaged: PAGES frames carry no LR_F_SUM) is EPROTO. */
+static int fetch_range(struct fetch *ft, const struct lr_index *idx, struct lr_page_req q, struct lr_pages_hdr *h,
+		       const char **data, uint64_t *a, struct lr_error *err)
 {
+	struct lr_remote *r = ft->d->remote;
+	char what[64];
+
+	snprintf(what, sizeof(what), "record %" PRIu64 " blocks %u+%u", q.record, q.first_block, q.nblocks);
 	for (int attempt = 1;; attempt++) {
 		struct lr_frame f;
-		const char *payload = buf;
-		if (lr_send_frame(fd, LR_GET_PAGES, r->want, 1, &q, sizeof(q), deadline(timeout_ms), err) ||
-		    lr_recv_frame(fd, LR_PAGES, &f, buf, LR_FRAME_MAX, deadline(timeout_ms), err) ||
-		    lr_remote_inflate(r, f.flags, &payload, &f.length, err))
+		const char *payload = ft->buf;
+		if (lr_send_frame(ft->fd, LR_GET_PAGES, r->want, ++r->next_req, &q, sizeof(q), deadline(ft->timeout_ms), err) ||
+		    lr_recv_frame(ft->fd, LR_PAGES, &f, ft->buf, LR_FRAME_MAX, deadline(ft->timeout_ms), err))
 			return -1;
+		if (lr_remote_inflate(r, f.flags, &payload, &f.length, err))
+			return lr_error_class(err, EPROTO);
 		if (!lr_pages_frame_check(idx, payload, f.length, h, a, data, err))
 			break;
-		if (err->errnum != EBADMSG || attempt == LR_FETCH_BAD_MAX)
+		if (err->errnum != EBADMSG)
+			return lr_error_class(err, EPROTO);
+		if (again(ft, what, attempt, err))
 			return -1;
-		fprintf(stderr, "lr-lazyd: %s; asking for it again\n", err->msg);
 	}
-	if (h->record != q.record || h->first_block != q.first_block || h->nblocks != q.nblocks)
-		return lr_error_set(err, 0, "page server answered another range than asked for");
+	if (h->record != q.record || h->first_block != q.first_block || h->nblocks != q.nblocks) {
+		lr_error_set(err, 0, "page server answered another range than %s", what);
+		return lr_error_class(err, EPROTO);
+	}
 	return 0;
 }
 
-static int fetch_eager(struct lr_remote *rm, int fd, int dirfd, const struct lr_index *idx, int timeout_ms, char *buf,
-		       struct lr_error *err)
+/* The eager ranges of every pages file, fetched and verified (CRIU reads them itself at restore). */
+static int fetch_eager(struct fetch *ft, const struct lr_index *idx, struct lr_error *err)
 {
 	uint32_t per = LR_PAGES_MAX_DATA / idx->hdr->block_size;
 	for (uint64_t i = 0; i < idx->hdr->record_count; i++) {
@@ -253,7 +334,7 @@ static int fetch_eager(struct lr_remote *rm, int fd, int dirfd, const struct lr_
 		if (r->flags & LR_RANGE_LAZY)
 			continue;
 		snprintf(name, sizeof(name), "pages-%u.img", r->pages_id);
-		LR_CLEANUP_CLOSE int out = openat(dirfd, name, O_WRONLY | O_CLOEXEC);
+		LR_CLEANUP_CLOSE int out = openat(ft->dirfd, name, O_WRONLY | O_CLOEXEC);
 		if (out < 0)
 			return lr_error_set(err, errno, "open %s (not listed by the page server?)", name);
 		for (uint64_t k = 0; k < nb; k += per) {
@@ -261,13 +342,33 @@ static int fetch_eager(struct lr_remote *rm, int fd, int dirfd, const struct lr_
 			struct lr_pages_hdr h;
 			const char *data;
 			uint64_t a;
-			if (fetch_range(rm, fd, idx, q, timeout_ms, buf, &h, &data, &a, err))
+			if (fetch_range(ft, idx, q, &h, &data, &a, err))
 				return -1;
 			if (pwrite(out, data, h.data_len, (off_t)(r->offset + (a - r->start))) != (ssize_t)h.data_len)
 				return lr_error_set(err, errno ? errno : EIO, "write %s", name);
 		}
 	}
 	return 0;
+}
+
+/* One connection's fetch: the listed files, then the eager ranges of the index fetched. */
+static int fetch_once(struct fetch *ft, struct lr_error *err)
+{
+	struct lr_remote *r = ft->d->remote;
+	struct lr_index idx = {0};
+	char path[4096];
+
+	if (fetch_listed(ft, err))
+		return -1;
+	snprintf(path, sizeof(path), "%s/%s", ft->dir, LR_INDEX_NAME);
+	if (lr_index_open(&idx, path, (uint32_t)sysconf(_SC_PAGESIZE), err))
+		return -1;
+	int rc = memcmp(idx.hdr->checkpoint_id, r->checkpoint_id, 16)
+			 ? lr_error_set(err, 0, "the index the page server sent belongs to another checkpoint")
+		 : idx.unverified ? lr_error_set(err, 0, "the index the page server sent has no checksums")
+			 : fetch_eager(ft, &idx, err);
+	lr_index_close(&idx);
+	return rc;
 }
 
 /* The connection failed on the way, not by the server's word: worth trying again while the timeout lasts. */
@@ -308,13 +409,32 @@ static int first_handshake(struct lr_lazyd *d, struct lr_error *err)
 	}
 }
 
+/*
+ * Connect and fetch. A connection whose stream cannot be trusted any more (EPROTO: a damaged frame header, or
+ * the server refusing a request damaged on the way) or whose handshake frame failed its checksum is dropped,
+ * and the fetch starts again on a new one, at most LR_FETCH_BAD_MAX times. Leaves the connection in ft->fd.
+ */
+static int fetch_all(struct fetch *ft, struct lr_error *err)
+{
+	for (int attempt = 1;; attempt++) {
+		ft->fd = first_handshake(ft->d, err);
+		if (ft->fd >= 0 && !fetch_once(ft, err))
+			return 0;
+		if (ft->fd >= 0)
+			close(ft->fd);
+		ft->fd = -1;
+		if ((err->errnum != EPROTO && err->errnum != EBADMSG) || attempt >= LR_FETCH_BAD_MAX)
+			return -1;
+		lr_log(ft->d, 0, "damaged frame from the page server before the restore: %s; connecting again and asking "
+		       "for it again", err->msg);
+	}
+}
+
 int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	const char *dir = d->cfg.images_dir;
-	int ms = (int)r->timeout_ms;
 	char path[4096];
-	struct lr_index idx = {0};
 
 	if (lr_secret_load(d->cfg.secret_file, r->secret, err) || lr_addr_parse(d->cfg.source, &r->addr, err))
 		return -1;
@@ -330,22 +450,11 @@ int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err)
 	if (!r->zdx || !r->zbuf)
 		return lr_error_set(err, ENOMEM, "zstd buffers");
 	r->want = LR_F_ZSTD; /* all-zero blocks never travel as bytes; LR_F_COMPRESS once the link is measured */
-	LR_CLEANUP_CLOSE int fd = first_handshake(d, err);
-	if (fd < 0 || fetch_listed(fd, dirfd, dir, ms, buf, err))
-		return -1;
-	snprintf(path, sizeof(path), "%s/%s", dir, LR_INDEX_NAME);
-	if (lr_index_open(&idx, path, (uint32_t)sysconf(_SC_PAGESIZE), err))
-		return -1;
-	int rc = memcmp(idx.hdr->checkpoint_id, r->checkpoint_id, 16)
-			 ? lr_error_set(err, 0, "the index the page server sent belongs to another checkpoint")
-		 : idx.unverified ? lr_error_set(err, 0, "the index the page server sent has no checksums")
-			 : fetch_eager(r, fd, dirfd, &idx, ms, buf, err);
-	lr_index_close(&idx);
-	if (rc)
+	struct fetch ft = {d, -1, dirfd, dir, (int)r->timeout_ms, buf};
+	if (fetch_all(&ft, err))
 		return -1;
 	lr_log(d, 1, "fetched the checkpoint from %s into %s (session %llu)", r->addr.text, dir,
 	       (unsigned long long)r->session);
-	r->urgent.rec.fd = fd; /* kept: it becomes the urgent channel */
-	fd = -1;
+	r->urgent.rec.fd = ft.fd; /* kept: it becomes the urgent channel */
 	return 0;
 }

@@ -106,6 +106,7 @@ static void refuse_busy(struct ps_server *s, int fd, const char *peer)
 	snprintf(msg, sizeof(msg), "server busy: %zu connections (--max-conns)", s->nopen);
 	size_t len = lr_error_frame_build(f.payload, sizeof(f.payload), LR_ERR_IO, msg);
 	lr_frame_make(&f.hdr, LR_ERROR, 0, (uint32_t)len, 0);
+	lr_frame_seal(&f.hdr, f.payload);
 	discard_input(fd);
 	ssize_t n = send(fd, &f, sizeof(f.hdr) + len, MSG_NOSIGNAL | MSG_DONTWAIT);
 	ps_log(s, 1, "refused a connection from %s: server busy: %zu connections, all authenticated (--max-conns)%s%s",
@@ -257,6 +258,7 @@ int ps_queue_frame(struct ps_conn *c, uint16_t type, uint16_t flags, uint64_t re
 	lr_frame_make((struct lr_frame *)buf, type, flags, len, req_id);
 	if (len)
 		memcpy(buf + sizeof(struct lr_frame), payload, len);
+	lr_frame_seal((struct lr_frame *)buf, buf + sizeof(struct lr_frame));
 	if (push(c, (struct ps_out){buf, -1, 0, sizeof(struct lr_frame) + len})) {
 		free(buf);
 		return -1;
@@ -391,6 +393,23 @@ static int read_frame(struct ps_server *s, struct ps_conn *c)
 	return 1;
 }
 
+/*
+ * A whole frame in that fails its LR_F_SUM checksum: damaged on the way. A WORKINGSET is a hint: that working
+ * set is dropped and the session goes on; anything else is refused with LR_ERR_DAMAGED (the client asks again
+ * on a new connection). True when the frame was dealt with here.
+ */
+static bool damaged(struct ps_server *s, struct ps_conn *c)
+{
+	struct lr_error err;
+	if (!lr_frame_sum_check(&c->hdr, c->buf, &err))
+		return false;
+	if (c->state == PS_READY && c->channel == LR_CHANNEL_URGENT && c->hdr.type == LR_WORKINGSET)
+		ps_wset_damaged(s, c, err.msg);
+	else
+		ps_conn_fail(s, c, LR_ERR_DAMAGED, "%s", err.msg);
+	return true;
+}
+
 int ps_conn_on_read(struct ps_server *s, struct ps_conn *c)
 {
 	for (int frames = 0; frames < 16 && !c->dead && !c->closing; frames++) {
@@ -409,7 +428,7 @@ int ps_conn_on_read(struct ps_server *s, struct ps_conn *c)
 		if (rc <= 0)
 			return 0;
 		c->got = 0;
-		rc = c->state == PS_READY ? ps_request_frame(s, c) : ps_handshake_frame(s, c);
+		rc = damaged(s, c) ? 0 : c->state == PS_READY ? ps_request_frame(s, c) : ps_handshake_frame(s, c);
 		if (rc < 0)
 			return -1;
 		if (ps_conn_update_events(s, c))

@@ -31,6 +31,26 @@ static int on_list(struct ps_server *s, struct ps_conn *c)
 	return rc;
 }
 
+/* One FILE_DATA frame: bytes [off, off + n) of f, sealed over what is read now; the bytes themselves go out
+ * with sendfile. 1 when f could not be read (refused). */
+static int queue_file_frame(struct ps_server *s, struct ps_conn *c, const struct ps_file *f, uint64_t off, uint32_t n)
+{
+	struct lr_frame h;
+	char *bytes = malloc(n ? n : 1);
+
+	if (!bytes)
+		return -1;
+	ssize_t got = pread(f->fd, bytes, n, (off_t)off);
+	lr_frame_make(&h, LR_FILE_DATA, off + n < f->size ? LR_F_MORE : 0, n, c->hdr.req_id);
+	lr_frame_seal(&h, bytes);
+	free(bytes);
+	if (got != (ssize_t)n) {
+		ps_conn_fail(s, c, LR_ERR_IO, "read %s: %s", f->name, got < 0 ? strerror(errno) : "shorter than listed");
+		return 1;
+	}
+	return ps_queue_bytes(c, &h, sizeof(h)) || ps_queue_file(c, f->fd, off, n) ? -1 : 0;
+}
+
 static int on_get_file(struct ps_server *s, struct ps_conn *c)
 {
 	struct lr_file_req r;
@@ -54,10 +74,9 @@ static int on_get_file(struct ps_server *s, struct ps_conn *c)
 	uint64_t off = 0;
 	do { /* header bytes, then the file's bytes straight from the page cache */
 		uint32_t n = f->size - off > LR_FILE_CHUNK ? LR_FILE_CHUNK : (uint32_t)(f->size - off);
-		struct lr_frame h;
-		lr_frame_make(&h, LR_FILE_DATA, off + n < f->size ? LR_F_MORE : 0, n, c->hdr.req_id);
-		if (ps_queue_bytes(c, &h, sizeof(h)) || ps_queue_file(c, f->fd, off, n))
-			return -1;
+		int rc = queue_file_frame(s, c, f, off, n);
+		if (rc)
+			return rc < 0 ? -1 : 0;
 		off += n;
 	} while (off < f->size);
 	c->session->files++;

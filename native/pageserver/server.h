@@ -88,6 +88,7 @@ struct ps_session {
 	char *wset_in;              /* WORKINGSET frames received so far */
 	size_t wset_in_len;
 	bool wset_in_done;          /* the last one arrived: no more this session */
+	bool wset_in_bad;           /* one failed its checksum: the rest is read and dropped */
 };
 
 struct ps_server {
@@ -140,6 +141,8 @@ int ps_wset_list(struct ps_server *s, struct ps_session *ss, char **list, size_t
 /* GET_FILE of LR_WSET_NAME: 1 when handled (queued or refused), 0 for another name, -1 out of memory. */
 int ps_wset_get(struct ps_server *s, struct ps_conn *c, const char *name, size_t len);
 int ps_wset_frame(struct ps_server *s, struct ps_conn *c);
+/* A WORKINGSET frame failed its checksum (why): this session's working set is dropped, the session goes on. */
+void ps_wset_damaged(struct ps_server *s, struct ps_conn *c, const char *why);
 void ps_wset_session_free(struct ps_session *ss);
 
 /* conn.c */

@@ -131,11 +131,28 @@ int ps_wset_frame(struct ps_server *s, struct ps_conn *c)
 	if (c->hdr.flags & LR_F_MORE)
 		return 0;
 	ss->wset_in_done = true;
-	merge_in(s, ss);
+	if (!ss->wset_in_bad)
+		merge_in(s, ss);
 	free(ss->wset_in);
 	ss->wset_in = NULL;
 	ss->wset_in_len = 0;
 	return 0;
+}
+
+void ps_wset_damaged(struct ps_server *s, struct ps_conn *c, const char *why)
+{
+	struct ps_session *ss = c->session;
+	char text[600];
+
+	if (!ss->wset_in_bad) {
+		ps_log(s, 0, "session %llu: warning: %s; its working set is dropped", (unsigned long long)ss->id, why);
+		ps_event(s, "{\"event\":\"warning\",\"session\":%llu,\"message\":\"%s; working set dropped\"}",
+			 (unsigned long long)ss->id, ps_json_text(why, text, sizeof(text)));
+	}
+	ss->wset_in_bad = true;
+	c->hdr.length = 0; /* its bytes count for nothing; its MORE flag still says whether more follow */
+	if (ps_wset_frame(s, c) < 0)
+		ps_conn_fail(s, c, LR_ERR_IO, "out of memory");
 }
 
 void ps_wset_session_free(struct ps_session *ss)

@@ -1,5 +1,6 @@
 """Faults the tests inject between the test hosts: a link taken down, packets dropped, duplicated or corrupted
-by nftables, and a proxy that flips bits in page data on their way from the page server to lr-lazyd.
+by nftables, and a proxy that flips bits in page data, frame headers, the file list and files on their way from
+the page server to lr-lazyd.
 
 The kernel here has no netem (CONFIG_NET_SCH_NETEM); nftables' `numgen random` drops and duplicates packets at
 a chosen rate, and its payload statement rewrites a byte of a TCP segment and fixes the TCP checksum, so the
@@ -25,7 +26,8 @@ from lazyrestore import testhosts
 
 NFT_TABLE = "lazyrestore_faults"
 FRAME = struct.Struct("<IHHIIQ")
-PAGES_T = 10
+FILES_T, GET_FILE_T, FILE_DATA_T, PAGES_T = 6, 7, 8, 10
+FILE_REQ = struct.Struct("<II")
 PAGES_HDR = struct.Struct("<QIIQ")
 
 
@@ -77,16 +79,20 @@ def link_down(host: str) -> Iterator[None]:
 @dataclass
 class FlipProxy:
     """A TCP proxy in host A between lr-lazyd and the page server that flips one byte in the page data of the
-    chosen PAGES frames (server to client). `flip(n)` says whether the n-th PAGES frame (from 0) is damaged."""
+    chosen PAGES frames (server to client), and in the replies to LIST and GET_FILE named in `files`."""
 
     target_port: int
     flip_every: int = 0          # damage every n-th PAGES frame (0: none)
     flip_limit: int = 1 << 30    # at most this many in all
     header: bool = False         # flip a byte of the frame's magic instead of its page data
+    # "FILES" (the reply to LIST) or a file name -> how many of its replies to damage (a byte in the middle of
+    # the first frame's payload)
+    files: dict[str, int] = field(default_factory=dict)
     port: int = 0
     frames: int = 0
     flipped: int = 0
     _listener: socket.socket | None = None
+    _asked: dict[int, str] = field(default_factory=dict)  # GET_FILE request id -> the file's name
     _threads: list[threading.Thread] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -131,7 +137,7 @@ class FlipProxy:
         """src to dst until either ends; server to client (damage) frame by frame, the chosen PAGES frames
         with one byte flipped."""
         src.settimeout(0.2)
-        buf = bytearray()
+        buf, requests = bytearray(), bytearray()
         while not self._stop.is_set():
             try:
                 data = src.recv(1 << 20)
@@ -142,6 +148,9 @@ class FlipProxy:
             if not data:
                 break
             buf += data
+            if not damage:
+                requests += data
+                self._note_requests(requests)
             out = self._whole_frames(buf) if damage else bytes(buf)
             if not damage:
                 buf.clear()
@@ -161,8 +170,33 @@ class FlipProxy:
             del buf[:FRAME.size + length]
             if ftype == PAGES_T:
                 self._maybe_flip(frame)
+            elif ftype in (FILES_T, FILE_DATA_T):
+                self._maybe_flip_file(frame)
             out += frame
         return bytes(out)
+
+    def _note_requests(self, buf: bytearray) -> None:
+        """The names of the files the client asks for, by request id (its frames, read as they pass)."""
+        while len(buf) >= FRAME.size:
+            _, ftype, _, length, _, req_id = FRAME.unpack_from(buf)
+            if len(buf) < FRAME.size + length:
+                return
+            if ftype == GET_FILE_T and length >= FILE_REQ.size:
+                n, _ = FILE_REQ.unpack_from(buf, FRAME.size)
+                with self._lock:
+                    self._asked[req_id] = bytes(buf[FRAME.size + FILE_REQ.size:FRAME.size + length][:n]).decode(
+                        errors="replace")
+            del buf[:FRAME.size + length]
+
+    def _maybe_flip_file(self, frame: bytearray) -> None:
+        _, ftype, _, length, _, req_id = FRAME.unpack_from(frame)
+        with self._lock:
+            name = "FILES" if ftype == FILES_T else self._asked.pop(req_id, None)  # a reply's first frame only
+            if name is None or not length or self.files.get(name, 0) <= 0:
+                return
+            self.files[name] -= 1
+            self.flipped += 1
+        frame[FRAME.size + length // 2] ^= 0x01
 
     def _maybe_flip(self, frame: bytearray) -> None:
         with self._lock:

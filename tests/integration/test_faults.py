@@ -336,6 +336,40 @@ def test_bit_flips_in_every_frame_abort_with_a_named_error(migration: Migration)
     assert bad == 0
 
 
+def test_damaged_file_list_and_files_in_transit_are_fetched_again(migration: Migration) -> None:
+    """FILES and FILE_DATA frames carry a checksum (LR_F_SUM): the file list, the index and the manifest (which
+    nothing else covers), each damaged once on the way, are asked for again, and the restore is byte-exact."""
+    m = migration
+    proxy = faults.FlipProxy(m.port, files={"FILES": 1, "lazyrestore/index.bin": 1, "lazyrestore/manifest.json": 1})
+    bad, log = migrate_through(m, proxy)
+    caught = log.count("asking for it again")
+    faults.record("file list and files damaged in transit (proxy, 3 frames)", injected=proxy.flipped,
+                  mismatches=bad, detect_s=None, recover_s=None, outcome=f"completed; {caught} caught and fetched again",
+                  caught=caught)
+    assert proxy.flipped == 3 and caught == 3, log[-3000:]
+    for what in ("the file list: FILES frame", "lazyrestore/index.bin: FILE_DATA frame",
+                 "lazyrestore/manifest.json: FILE_DATA frame"):
+        assert what in log, log[-3000:]
+    assert bad == 0
+
+
+@pytest.mark.parametrize("what,named", [("lazyrestore/index.bin", "lazyrestore/index.bin from the page server"),
+                                        ("FILES", "the file list from the page server")])
+def test_a_file_damaged_in_every_copy_aborts_with_a_named_error(migration: Migration, what: str, named: str) -> None:
+    m = migration
+    proxy = faults.FlipProxy(m.port, files={what: 1 << 30}).start()
+    try:
+        expect_aborted(m, m.restore(source=proxy.address, until=("resumed", "fetched")),
+                       f"{named} failed its checksum 8 times")
+    finally:
+        proxy.stop()
+    assert proxy.flipped == 8
+    bad = m.restores_again()
+    faults.record(f"{what} damaged in every copy (proxy)", injected=proxy.flipped, mismatches=bad, detect_s=None,
+                  recover_s=None, outcome="aborted, named error; restored again")
+    assert bad == 0
+
+
 def test_bit_flip_in_a_pages_file_on_the_source(migration: Migration) -> None:
     m = migration
     pages = max((m.workdir / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)

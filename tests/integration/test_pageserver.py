@@ -113,6 +113,72 @@ def test_honest_client_gets_files_and_verified_pages(server: Server, images: Pat
     c.close()
 
 
+def test_frames_built_in_memory_carry_their_checksum(server: Server, images: Path) -> None:
+    """Protocol version 2: CHALLENGE, WELCOME, FILES, every FILE_DATA frame and DONE come flagged F_SUM, with the
+    checksum wire.Client.recv checks; PAGES (page bytes sent with sendfile, checked per block) come without."""
+    c = wire.Client(server.port, record=True)
+    c.handshake(secret_of(images))
+    c.list_files()
+    for name in ("lazyrestore/index.bin", "lazyrestore/manifest.json", "pstree.img"):
+        assert c.get_file(name) == (images / name).read_bytes()
+    rec, _ = first_lazy(images)
+    c.get_pages(rec, 0, 1)
+    c.request(wire.DONE_T)
+    assert c.recv().type == wire.DONE_T
+    assert c.got is not None
+    kinds = [(f.type, bool(f.flags & wire.F_SUM)) for f in c.got]
+    assert {t for t, summed in kinds if not summed} == {wire.PAGES_T}, kinds
+    assert {wire.CHALLENGE_T, wire.WELCOME_T, wire.FILES_T, wire.FILE_DATA_T, wire.DONE_T} <= {t for t, _ in kinds}
+    c.close()
+
+
+def damaged(frame: bytes, at: int) -> bytes:
+    """frame with one bit flipped after its checksum was taken (at: from the end when negative)."""
+    b = bytearray(frame)
+    b[at] ^= 0x20
+    return bytes(b)
+
+
+@pytest.mark.parametrize("where", ["payload", "request id"])
+def test_a_request_damaged_on_the_way_is_refused_as_damaged(server: Server, images: Path, where: str) -> None:
+    c = honest(server, images)
+    name = b"lazyrestore/manifest.json"
+    request = wire.frame(wire.GET_FILE_T, wire.FILE_REQ.pack(len(name), 0) + name, 5)
+    c.sock.sendall(damaged(request, -3 if where == "payload" else 17))
+    with pytest.raises(wire.PeerError) as info:
+        c.recv()
+    assert info.value.code == wire.ERR_DAMAGED and "GET_FILE frame" in info.value.message, info.value.message
+    assert "fails its checksum" in info.value.message
+    assert c.closed()
+    assert_still_serving(server, images)
+
+
+def test_unflagged_sum_field_is_refused(server: Server, images: Path) -> None:
+    c = honest(server, images)
+    c.sock.sendall(wire.FRAME.pack(wire.MAGIC, wire.LIST_T, 0, 0, 0x1234, 3))
+    with pytest.raises(wire.PeerError) as info:
+        c.recv()
+    assert info.value.code == wire.ERR_PROTOCOL and "without LR_F_SUM" in info.value.message, info.value.message
+    assert_still_serving(server, images)
+
+
+def test_a_damaged_working_set_is_dropped_and_the_session_goes_on(server: Server, images: Path) -> None:
+    """A WORKINGSET frame failing its checksum drops that restore's working set (a hint); DONE is still answered."""
+    c = honest(server, images)
+    c.sock.sendall(damaged(wire.frame(wire.WORKINGSET_T, b"LRWSET1\0" + bytes(56), 3, wire.F_MORE), 40)
+                   + wire.frame(wire.WORKINGSET_T, bytes(48), 4))
+    c.request(wire.DONE_T)
+    assert c.recv().type == wire.DONE_T
+    c.close()
+    deadline = time.monotonic() + 10
+    while "its working set is dropped" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    assert "WORKINGSET frame of 64 bytes fails its checksum" in server.log_text()
+    assert not (images / "lazyrestore" / "workingset").exists()
+    assert_still_serving(server, images)
+
+
 def test_wrong_secret_is_refused_and_others_are_served(server: Server, images: Path) -> None:
     c = wire.Client(server.port)
     with pytest.raises(wire.PeerError) as info:

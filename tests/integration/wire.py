@@ -13,8 +13,10 @@ import socket
 import struct
 from dataclasses import dataclass
 
+import xxhash
+
 MAGIC = 0x3150524C
-VERSION = 1
+VERSION = 2
 FRAME = struct.Struct("<IHHIIQ")
 HELLO = struct.Struct("<IIQ32s")
 CHALLENGE = struct.Struct("<II16s32s")
@@ -26,12 +28,12 @@ PAGES_HDR = struct.Struct("<QIIQ")
 ERROR = struct.Struct("<II")
 
 HELLO_T, CHALLENGE_T, AUTH_T, WELCOME_T, LIST_T, FILES_T, GET_FILE_T, FILE_DATA_T = range(1, 9)
-GET_PAGES_T, PAGES_T, HINT_T, BULK_START_T, BULK_END_T, DONE_T, ERROR_T = range(9, 16)
-F_MORE = 1
+GET_PAGES_T, PAGES_T, HINT_T, BULK_START_T, BULK_END_T, DONE_T, ERROR_T, WORKINGSET_T = range(9, 17)
+F_MORE, F_SUM = 1, 8
 FILE_META, FILE_PAGES = 1, 2
 URGENT, BULK = 1, 2
 ERR_PROTOCOL, ERR_VERSION, ERR_AUTH, ERR_TOO_BIG, ERR_RANGE, ERR_NO_FILE = 1, 2, 3, 4, 5, 6
-ERR_IO, ERR_TIMEOUT, ERR_SESSION = 7, 8, 9
+ERR_IO, ERR_TIMEOUT, ERR_SESSION, ERR_DAMAGED = 7, 8, 9, 10
 PAGES_MAX_DATA = 2 << 20
 
 
@@ -52,9 +54,18 @@ class Frame:
     payload: bytes
 
 
-def frame(type_: int, payload: bytes = b"", req_id: int = 0, flags: int = 0) -> bytes:
-    """One frame's bytes: header, then payload."""
-    return FRAME.pack(MAGIC, type_, flags, len(payload), 0, req_id) + payload
+def frame_sum(type_: int, flags: int, length: int, req_id: int, payload: bytes) -> int:
+    """A frame's checksum (LR_F_SUM): the low 32 bits of XXH3-64 of the payload, seeded with XXH3-64 of the
+    header with its sum field 0."""
+    seed = xxhash.xxh3_64_intdigest(FRAME.pack(MAGIC, type_, flags, length, 0, req_id))
+    return xxhash.xxh3_64_intdigest(payload, seed=seed) & 0xFFFFFFFF
+
+
+def frame(type_: int, payload: bytes = b"", req_id: int = 0, flags: int = 0, sealed: bool = True) -> bytes:
+    """One frame's bytes: header, then payload; sealed: flagged F_SUM with its checksum, as lr-lazyd sends."""
+    flags |= F_SUM if sealed else 0
+    total = frame_sum(type_, flags, len(payload), req_id, payload) if sealed else 0
+    return FRAME.pack(MAGIC, type_, flags, len(payload), total, req_id) + payload
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,7 @@ class Client:
         self.session = 0
         self.checkpoint_id = b""
         self.sent: list[bytes] | None = [] if record else None  # record=True: every frame sent, in order
+        self.got: list[Frame] | None = [] if record else None  # ... and every frame received
 
     def close(self) -> None:
         self.sock.close()
@@ -110,9 +122,16 @@ class Client:
         return data
 
     def recv(self) -> Frame:
-        magic, type_, flags, length, _, req_id = FRAME.unpack(self._read(FRAME.size))
+        """The next frame; one flagged F_SUM must match its checksum."""
+        magic, type_, flags, length, total, req_id = FRAME.unpack(self._read(FRAME.size))
         assert magic == MAGIC, f"bad magic {magic:#x}"
         payload = self._read(length)
+        if flags & F_SUM:
+            assert total == frame_sum(type_, flags, length, req_id, payload), f"frame {type_}: checksum mismatch"
+        else:
+            assert total == 0, f"frame {type_}: sum field {total:#x} without F_SUM"
+        if self.got is not None:
+            self.got.append(Frame(type_, flags, req_id, payload))
         if type_ == ERROR_T:
             code, _ = ERROR.unpack_from(payload)
             raise PeerError(code, payload[ERROR.size:].decode(errors="replace"))
