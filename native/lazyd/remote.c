@@ -353,6 +353,20 @@ static int add_channels(struct lr_lazyd *d, struct lr_error *err)
 	return 0;
 }
 
+/* The bulk channel's handshake right after the fetch met a damaged frame: the urgent channel goes too, and
+ * lr_remote_tick connects both again, as after a lost connection. */
+static void lost_at_start(struct lr_lazyd *d, const char *why)
+{
+	struct lr_remote *r = d->remote;
+	close(r->urgent.rec.fd);
+	r->urgent.rec.fd = -1;
+	r->bad_blocks++;
+	r->lost_at_ns = r->retry_at_ns = lr_now_ns();
+	r->backoff_ms = LR_BACKOFF_MIN_MS;
+	lr_log(d, 0, "lost the page server %s: damaged frame: %s; reconnecting for up to %llu s", r->addr.text, why,
+	       (unsigned long long)(r->timeout_ms / 1000));
+}
+
 int lr_remote_start(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
@@ -362,7 +376,12 @@ int lr_remote_start(struct lr_lazyd *d, struct lr_error *err)
 	if (!r->inflight || !r->urgent.buf || !r->bulk.buf)
 		return lr_error_set(err, ENOMEM, "remote page source buffers");
 	r->bulk.rec.fd = lr_remote_handshake(r, LR_CHANNEL_BULK, d->index.hdr->checkpoint_id, (int)r->timeout_ms, err);
-	return r->bulk.rec.fd < 0 ? -1 : add_channels(d, err);
+	if (r->bulk.rec.fd >= 0)
+		return add_channels(d, err);
+	if (err->errnum != EBADMSG && err->errnum != EPROTO)
+		return -1;
+	lost_at_start(d, err->msg);
+	return 0;
 }
 
 int lr_remote_ask(struct lr_lazyd *d, const struct lr_page_req *q, struct lr_error *err)
@@ -540,7 +559,9 @@ int lr_remote_tick(struct lr_lazyd *d, struct lr_error *err)
 		       (double)lost_for_ns / 1e9, (unsigned long long)r->session);
 		return d->finished ? lr_remote_bulk_start(d, err) : 0;
 	}
-	if (strstr(err->msg, "another checkpoint") || strstr(err->msg, "secret") || strstr(err->msg, "server refused"))
+	bool damage = err->errnum == EBADMSG || err->errnum == EPROTO; /* a handshake frame damaged on the way */
+	if (!damage && (strstr(err->msg, "another checkpoint") || strstr(err->msg, "secret") ||
+			strstr(err->msg, "server refused")))
 		return -1;
 	if (lost_for_ns / 1000000ULL >= r->timeout_ms)
 		return lr_error_set(err, 0, "page server %s unreachable for %llu s (last: %s): the restored tree is "

@@ -26,7 +26,7 @@ from lazyrestore import testhosts
 
 NFT_TABLE = "lazyrestore_faults"
 FRAME = struct.Struct("<IHHIIQ")
-FILES_T, GET_FILE_T, FILE_DATA_T, PAGES_T = 6, 7, 8, 10
+CHALLENGE_T, WELCOME_T, FILES_T, GET_FILE_T, FILE_DATA_T, PAGES_T = 2, 4, 6, 7, 8, 10
 FILE_REQ = struct.Struct("<II")
 PAGES_HDR = struct.Struct("<QIIQ")
 
@@ -88,8 +88,12 @@ class FlipProxy:
     # "FILES" (the reply to LIST) or a file name -> how many of its replies to damage (a byte in the middle of
     # the first frame's payload)
     files: dict[str, int] = field(default_factory=dict)
+    # which CHALLENGE and WELCOME frames to damage, counted together from 1 in the order they pass (the fetch's
+    # channel: 1 and 2; the bulk channel after the fetch: 3 and 4; ...)
+    handshake: frozenset[int] = frozenset()
     port: int = 0
     frames: int = 0
+    handshakes: int = 0
     flipped: int = 0
     _listener: socket.socket | None = None
     _asked: dict[int, str] = field(default_factory=dict)  # GET_FILE request id -> the file's name
@@ -172,6 +176,8 @@ class FlipProxy:
                 self._maybe_flip(frame)
             elif ftype in (FILES_T, FILE_DATA_T):
                 self._maybe_flip_file(frame)
+            elif ftype in (CHALLENGE_T, WELCOME_T):
+                self._maybe_flip_handshake(frame)
             out += frame
         return bytes(out)
 
@@ -187,6 +193,14 @@ class FlipProxy:
                     self._asked[req_id] = bytes(buf[FRAME.size + FILE_REQ.size:FRAME.size + length][:n]).decode(
                         errors="replace")
             del buf[:FRAME.size + length]
+
+    def _maybe_flip_handshake(self, frame: bytearray) -> None:
+        with self._lock:
+            self.handshakes += 1
+            if self.handshakes not in self.handshake:
+                return
+            self.flipped += 1
+        frame[FRAME.size + (len(frame) - FRAME.size) // 2] ^= 0x01
 
     def _maybe_flip_file(self, frame: bytearray) -> None:
         _, ftype, _, length, _, req_id = FRAME.unpack_from(frame)

@@ -353,6 +353,21 @@ def test_damaged_file_list_and_files_in_transit_are_fetched_again(migration: Mig
     assert bad == 0
 
 
+@pytest.mark.parametrize("which", ["fetch CHALLENGE", "fetch WELCOME", "bulk CHALLENGE", "bulk WELCOME"])
+def test_damaged_handshake_frames_mean_a_new_connection(migration: Migration, which: str) -> None:
+    """CHALLENGE and WELCOME carry a checksum too: one damaged on the way, on the channel the fetch uses or on the
+    bulk channel opened after it, means a new connection, not a failed restore."""
+    m = migration
+    nth = {"fetch CHALLENGE": 1, "fetch WELCOME": 2, "bulk CHALLENGE": 3, "bulk WELCOME": 4}[which]
+    proxy = faults.FlipProxy(m.port, handshake=frozenset({nth}))
+    bad, log = migrate_through(m, proxy)
+    assert proxy.flipped == 1, log[-3000:]
+    frame = which.split()[1]
+    assert f"{frame} frame of" in log and "fails its checksum" in log, log[-3000:]
+    assert ("connecting again" if nth <= 2 else "reconnected to the page server") in log, log[-3000:]
+    assert bad == 0
+
+
 @pytest.mark.parametrize("what,named", [("lazyrestore/index.bin", "lazyrestore/index.bin from the page server"),
                                         ("FILES", "the file list from the page server")])
 def test_a_file_damaged_in_every_copy_aborts_with_a_named_error(migration: Migration, what: str, named: str) -> None:
