@@ -14,7 +14,7 @@ bootstrap:
 
 build: bootstrap native plugin
 
-native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index $(NATIVE)/tests/test_wset
+native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index $(NATIVE)/tests/test_wset $(NATIVE)/tests/test_proto
 
 WORKLOAD_SRC := native/workload/lr-workload.c native/workload/writers.c native/workload/serve.c
 
@@ -144,7 +144,7 @@ compress: build
 # --- C unit tests (ASan + UBSan), run by tests/unit/test_native.py ------------
 TEST_SANFLAGS := $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC)
 
-$(NATIVE)/tests/test_spans: native/tests/test_spans.c native/lazyd/spans.c native/common/index.c native/common/error.c $(LAZYD_HDR)
+$(NATIVE)/tests/test_spans: native/tests/test_spans.c native/lazyd/spans.c native/common/index.c native/common/error.c native/tests/check.h $(LAZYD_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_spans.c native/lazyd/spans.c native/common/index.c native/common/error.c -lxxhash
 
@@ -152,9 +152,13 @@ $(NATIVE)/tests/test_index: native/tests/test_index.c native/common/index.c nati
 	@mkdir -p $(@D)
 	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_index.c native/common/index.c native/common/error.c -lxxhash
 
-$(NATIVE)/tests/test_wset: native/tests/test_wset.c native/common/wset.c native/common/error.c $(LAZYD_HDR)
+$(NATIVE)/tests/test_wset: native/tests/test_wset.c native/common/wset.c native/common/error.c native/tests/check.h $(LAZYD_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_wset.c native/common/wset.c native/common/error.c
+
+$(NATIVE)/tests/test_proto: native/tests/test_proto.c native/common/proto.c native/common/net.c native/common/error.c native/tests/check.h $(LAZYD_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_proto.c native/common/proto.c native/common/net.c native/common/error.c -lxxhash
 
 # --- libFuzzer harnesses (native/fuzz/): clang, and libclang-rt-14-dev for the fuzzer runtime ----------------
 # `make fuzz` fuzzes each harness FUZZ_SECONDS (on a copy of native/fuzz/corpus/ in build/fuzz-corpus/) and

@@ -18,20 +18,9 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "check.h"
 #include "lr_index_reader.h"
 #include "spans.h"
-
-static unsigned long passed, failed;
-
-#define CHECK(e)                                                                            \
-	do {                                                                                \
-		if (e) {                                                                    \
-			passed++;                                                           \
-		} else {                                                                    \
-			failed++;                                                           \
-			printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e);        \
-		}                                                                           \
-	} while (0)
 
 #define PS 4096ULL
 

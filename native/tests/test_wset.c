@@ -8,19 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "lr_wset.h"
-
-static unsigned long passed, failed;
-
-#define CHECK(e)                                                                            \
-	do {                                                                                \
-		if (e) {                                                                    \
-			passed++;                                                           \
-		} else {                                                                    \
-			failed++;                                                           \
-			printf("%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #e);        \
-		}                                                                           \
-	} while (0)
 
 /* One restore's working set: pages addrs[i] of record 0 faulted at times 10 * (i + 1) us. */
 static void one_restore(struct lr_wset *w, const uint64_t *addrs, size_t n)

@@ -3,7 +3,9 @@
 * build/native/tests/test_spans: native/lazyd/spans.c (its own checks, plus a randomized model test);
 * build/native/tests/test_index: native/common/index.c's lr_index_open on one file, compared here with
   the Python reader (lazyrestore.lazyindex.decode) on valid and corrupted indexes: the two must agree;
-* build/native/tests/test_wset: native/common/wset.c (merging working sets across restores, parsing).
+* build/native/tests/test_wset: native/common/wset.c (merging working sets across restores, parsing);
+* build/native/tests/test_proto: native/common/proto.c's frame checksums (LR_F_SUM) and lr_recv_frame's
+  classing of damage.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ SPANS_BIN = TESTS_DIR / "test_spans"
 INDEX_BIN = TESTS_DIR / "test_index"
 
 WSET_BIN = TESTS_DIR / "test_wset"
+PROTO_BIN = TESTS_DIR / "test_proto"
 needs_spans = pytest.mark.skipif(not SPANS_BIN.exists(), reason=f"{SPANS_BIN} is not built (run `make build` or `make native`)")
 needs_index = pytest.mark.skipif(not INDEX_BIN.exists(), reason=f"{INDEX_BIN} is not built (run `make build` or `make native`)")
 
@@ -53,24 +56,32 @@ RECORD_FIELDS = [(R_PID, "<I"), (R_FLAGS, "<I"), (R_START, "<Q"), (R_NR_PAGES, "
 
 # ---------------------------------------------------------------- test_spans
 
+def run_counted(binary: Path, *args: str) -> str:
+    """Run a C unit test (native/tests/check.h): its last line must be "N passed, 0 failed" and its exit status
+    0. Its stdout."""
+    p = subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=60, env=SAN_ENV)
+    lines = p.stdout.strip().splitlines()
+    report = f"exit {p.returncode}\n--- stdout\n{p.stdout}--- stderr\n{p.stderr}"
+    assert lines and re.fullmatch(r"\d+ passed, 0 failed", lines[-1]), report
+    assert p.returncode == 0, report
+    return p.stdout
+
+
 @needs_spans
 @pytest.mark.parametrize("seed", ["0x2545f4914f6cdd1d", "20240611"])
 def test_spans_unit_and_model(seed: str) -> None:
-    p = subprocess.run([str(SPANS_BIN), seed], capture_output=True, text=True, timeout=60, env=SAN_ENV)
-    lines = p.stdout.strip().splitlines()
-    report = f"exit {p.returncode}\n--- stdout\n{p.stdout}--- stderr\n{p.stderr}"
-    assert lines, report
-    assert re.fullmatch(r"\d+ passed, 0 failed", lines[-1]), report
-    assert p.returncode == 0, report
-    assert f"seed {int(seed, 0):#x}" in p.stdout, report  # the seed from argv was used
+    out = run_counted(SPANS_BIN, seed)
+    assert f"seed {int(seed, 0):#x}" in out, out  # the seed from argv was used
 
 
 @pytest.mark.skipif(not WSET_BIN.exists(), reason=f"{WSET_BIN} is not built (run `make build` or `make native`)")
 def test_working_set_merge_and_parse() -> None:
-    p = subprocess.run([str(WSET_BIN)], capture_output=True, text=True, timeout=60, env=SAN_ENV)
-    report = f"exit {p.returncode}\n--- stdout\n{p.stdout}--- stderr\n{p.stderr}"
-    assert re.fullmatch(r"(\d+) passed, 0 failed", p.stdout.strip().splitlines()[-1]), report
-    assert p.returncode == 0, report
+    run_counted(WSET_BIN)
+
+
+@pytest.mark.skipif(not PROTO_BIN.exists(), reason=f"{PROTO_BIN} is not built (run `make build` or `make native`)")
+def test_frame_checksums_catch_damage_and_keep_the_stream_in_step() -> None:
+    run_counted(PROTO_BIN)
 
 
 # ---------------------------------------------------------------- building indexes
