@@ -59,11 +59,7 @@ class CriuOptions:
 
     def describe(self) -> str:
         """The options as CRIU's command line would spell them ("" when none)."""
-        words = [flag for flag, on in (("--tcp-established", self.tcp_established), ("--tcp-close", self.tcp_close),
-                                       ("--enable-external-masters", self.ext_masters),
-                                       ("--file-locks", self.file_locks)) if on]
-        lock = [f"--network-lock {self.network_lock}"] if self.network_lock else []
-        return " ".join(words + lock + [f"--external {e}" for e in self.external])
+        return " ".join(to_cli(self))
 
 
 def external_key(value: str) -> str:
@@ -112,6 +108,16 @@ def apply(o: CriuOptions, rpc_opts: Any) -> None:
         rpc_opts.external.append(e)
     if o.network_lock:
         rpc_opts.network_lock = NETWORK_LOCKS[o.network_lock]
+
+
+def to_cli(o: CriuOptions) -> list[str]:
+    """The options as words of CRIU's command line (for runs that cannot go through RPC)."""
+    words = [flag for flag, on in (("--tcp-established", o.tcp_established), ("--tcp-close", o.tcp_close),
+                                   ("--enable-external-masters", o.ext_masters), ("--file-locks", o.file_locks)) if on]
+    words += ["--network-lock", o.network_lock] if o.network_lock else []
+    for e in o.external:
+        words += ["--external", e]
+    return words
 
 
 def to_json(o: CriuOptions) -> dict[str, Any]:

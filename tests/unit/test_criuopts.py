@@ -71,3 +71,10 @@ def test_describe_spells_criu_command_line_options() -> None:
     assert CriuOptions(True, False, True, True, (VETH,)).describe() == \
         f"--tcp-established --enable-external-masters --file-locks --external {VETH}"
     assert CriuOptions().describe() == ""
+
+
+def test_the_command_line_words_keep_each_value_one_word() -> None:
+    o = CriuOptions(tcp_established=True, external=(VETH, "mnt[/data]:data"), network_lock="nftables")
+    assert criuopts.to_cli(o) == ["--tcp-established", "--network-lock", "nftables", "--external", VETH,
+                                  "--external", "mnt[/data]:data"]
+    assert criuopts.to_cli(CriuOptions()) == []
