@@ -14,7 +14,7 @@ bootstrap:
 
 build: bootstrap native plugin
 
-native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index $(NATIVE)/tests/test_wset $(NATIVE)/tests/test_proto
+native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index $(NATIVE)/tests/test_wset $(NATIVE)/tests/test_proto $(NATIVE)/tests/test_live_frame
 
 WORKLOAD_SRC := native/workload/lr-workload.c native/workload/writers.c native/workload/serve.c
 
@@ -159,6 +159,12 @@ $(NATIVE)/tests/test_wset: native/tests/test_wset.c native/common/wset.c native/
 $(NATIVE)/tests/test_proto: native/tests/test_proto.c native/common/proto.c native/common/net.c native/common/error.c native/tests/check.h $(LAZYD_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_proto.c native/common/proto.c native/common/net.c native/common/error.c -lxxhash
+
+LIVE_FRAME_SRC := native/tests/test_live_frame.c native/lazyd/remote_fetch.c native/common/index.c native/common/error.c \
+	native/common/net.c native/common/proto.c native/common/auth.c native/common/zpages.c
+$(NATIVE)/tests/test_live_frame: $(LIVE_FRAME_SRC) native/tests/check.h $(LAZYD_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_SANFLAGS) -o $@ $(LIVE_FRAME_SRC) -lxxhash -lcrypto -lzstd
 
 # --- libFuzzer harnesses (native/fuzz/): clang, and libclang-rt-14-dev for the fuzzer runtime ----------------
 # `make fuzz` fuzzes each harness FUZZ_SECONDS (on a copy of native/fuzz/corpus/ in build/fuzz-corpus/) and

@@ -63,8 +63,11 @@ static int check_record(const struct lr_index *idx, size_t i, uint64_t *next_sum
 	const struct lr_index_record *r = &idx->recs[i];
 	uint64_t nblocks;
 
-	if ((r->flags & ~(LR_RANGE_LAZY | LR_RANGE_UNVERIFIED)) || r->reserved)
+	if ((r->flags & ~(LR_RANGE_LAZY | LR_RANGE_UNVERIFIED | LR_RANGE_LIVE)) || r->reserved)
 		return lr_error_set(err, 0, "%s: record %zu: unknown flags %#x or reserved field set", path, i, r->flags);
+	if ((r->flags & LR_RANGE_LIVE) && (r->flags & (LR_RANGE_LAZY | LR_RANGE_UNVERIFIED)) != LR_RANGE_LAZY)
+		return lr_error_set(err, 0, "%s: record %zu: flags %#x: a live record must be lazy and not unverified", path,
+				    i, r->flags);
 	if (!r->nr_pages || r->start % h->page_size || r->offset % h->page_size ||
 	    r->nr_pages > (UINT64_MAX - r->start) / h->page_size || r->offset > UINT64_MAX - r->nr_pages * h->page_size)
 		return lr_error_set(err, 0, "%s: record %zu: empty, unaligned or beyond the address space", path, i);
@@ -90,6 +93,8 @@ static int check_records(struct lr_index *idx, const char *path, struct lr_error
 			return -1;
 		if (idx->recs[i].flags & LR_RANGE_UNVERIFIED)
 			idx->unverified++;
+		if (idx->recs[i].flags & LR_RANGE_LIVE)
+			idx->live++;
 		if (idx->recs[i].flags & LR_RANGE_LAZY)
 			lazy += idx->recs[i].nr_pages;
 		else

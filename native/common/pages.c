@@ -254,8 +254,8 @@ int lr_pages_get(struct lr_pages *p, const struct lr_index *idx, const struct lr
 
 int lr_pages_prepare(struct lr_pages *p, const struct lr_index *idx, struct lr_error *err)
 {
-	for (uint64_t i = 0; i < idx->hdr->record_count; i++)
-		if (pages_fd(p, idx->recs[i].pages_id, err) < 0)
+	for (uint64_t i = 0; i < idx->hdr->record_count; i++) /* a live record is in no pages file */
+		if (!(idx->recs[i].flags & LR_RANGE_LIVE) && pages_fd(p, idx->recs[i].pages_id, err) < 0)
 			return -1;
 	p->nverified = idx->hdr->checksum_count;
 	p->verified = calloc(p->nverified ? p->nverified : 1, 1);

@@ -21,7 +21,7 @@
  *
  * Records with LR_RANGE_LAZY are placed by lr-lazyd on demand; the others are
  * restored by CRIU itself (eager) and are indexed so every page byte can be
- * verified end to end. Pages absent from every record are holes: zero on restore.
+ * verified end to end. LR_RANGE_LIVE records (below) live in no pages file. Pages absent from every record are holes: zero on restore.
  *
  * A reader must check: magic, version, header_size, record_size, page_size and
  * block_size (powers of two, block_size >= page_size), the file size against
@@ -41,6 +41,11 @@
 /* No checksums (they are 0): the bytes come from CRIU's page server (`criu dump --lazy-pages`), which has
  * none to give. Only lr-lazyd --criu-page-server accepts such records; every other reader refuses them. */
 #define LR_RANGE_UNVERIFIED (1u << 1)
+/* Live (with LR_RANGE_LAZY only): the bytes are read from the source tree's memory while it is stopped, by
+ * lr-pageserver --live, which checksums them as it reads them and sends those sums in each PAGES frame. The
+ * record's checksums are 0 and its pages_id and offset unused (written 0): no pages file holds it. Only
+ * lr-pageserver --live serves such records and only lr-lazyd --source restores them; others refuse them. */
+#define LR_RANGE_LIVE (1u << 2)
 
 struct lr_index_header {
 	char magic[8];             /* LR_INDEX_MAGIC */

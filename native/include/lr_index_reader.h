@@ -18,6 +18,7 @@ struct lr_index {
 	const struct lr_index_record *recs;    /* hdr->record_count records */
 	const uint64_t *sums;                  /* hdr->checksum_count checksums */
 	uint64_t unverified;                   /* records flagged LR_RANGE_UNVERIFIED */
+	uint64_t live;                         /* records flagged LR_RANGE_LIVE */
 };
 
 /* Map and validate PATH; page_size is this machine's (the index must match). */

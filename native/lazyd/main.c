@@ -397,6 +397,9 @@ static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 	if (d->index.unverified && !d->cfg.criu_ps)
 		return lr_error_set(err, 0, "%s has no checksums: it describes a --lazy-pages dump whose pages are in "
 				    "CRIU's page server; give --criu-page-server HOST:PORT", path);
+	if (d->index.live && !d->remote)
+		return lr_error_set(err, 0, "%s describes a live checkpoint: its lazy pages are read from the stopped source "
+				    "tree by lr-pageserver --live; restore it with --source HOST:PORT", path);
 	/* --criu-page-server takes any index: the pages CRIU's page server serves (a --lazy-pages dump's, or a
 	 * normal dump's through `criu page-server --lazy-pages`) are its LR_RANGE_LAZY records (see criu_ps.h) */
 	if (plan_prefetch(d, err))

@@ -3,7 +3,7 @@
  * restores (prefetch.h); it also measures the link for --compress auto. A few MiB in flight at a
  * time, so a fault's request never waits long behind them. What arrives before "restore finished" is also
  * written into the local pages files (the tasks that need it may not have their userfaultfds here yet) and
- * its blocks marked local; it is placed into every task as it comes, as a task arrives, and at "restore
+ * its blocks marked local (a live record's, in no pages file, are held in memory instead); it is placed into every task as it comes, as a task arrives, and at "restore
  * finished".
  */
 #define _GNU_SOURCE
@@ -69,8 +69,8 @@ static int open_files(struct lr_lazyd *d, struct lr_error *err)
 	struct lr_prefetch *p = &d->prefetch;
 	for (uint64_t i = 0; i < d->index.hdr->record_count; i++) {
 		uint32_t id = d->index.recs[i].pages_id;
-		if (id < p->nwfds && p->wfds[id] >= 0)
-			continue;
+		if ((d->index.recs[i].flags & LR_RANGE_LIVE) || (id < p->nwfds && p->wfds[id] >= 0))
+			continue; /* a live record is in no pages file: its blocks are held in memory */
 		if (id >= p->nwfds) {
 			int *v = realloc(p->wfds, (id + 1) * sizeof(*v));
 			if (!v)
@@ -228,7 +228,9 @@ int lr_prefetch_arrived(struct lr_lazyd *d, const struct lr_pages_hdr *h, uint64
 	p->fetched_bytes += h->data_len;
 	p->wire_bytes += wire;
 	p->fetch_ns = lr_now_ns() - p->start_ns;
-	if (d->finished) { /* every task is here: its windows now, the rest of the block once the working set is in */
+	/* Every task is here, or the record is live (in no pages file): its windows now, the rest of the block once
+	 * the working set is in and every task is here. */
+	if (d->finished || (x->flags & LR_RANGE_LIVE)) {
 		mark(p, &d->index, h, BLOCK_NONE);
 		if (hold(p, h, a, data, err))
 			return -1;

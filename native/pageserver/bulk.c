@@ -137,10 +137,12 @@ int ps_bulk_fill(struct ps_server *s, struct ps_conn *c)
 		ps_log(s, 1, "session %llu: bulk stream complete", (unsigned long long)ss->id);
 		return ps_queue_frame(c, LR_BULK_END, 0, 0, NULL, 0);
 	}
-	int bytes = ps_queue_pages(s, c, ss->bulk_want, 0, rec, first, n);
-	if (bytes < 0)
+	uint64_t bytes;
+	if (ps_queue_pages(s, c, ss->bulk_want, 0, rec, first, n, &bytes))
 		return -1;
-	ss->bytes_bulk += (uint64_t)bytes;
+	if (c->closing)
+		return 0; /* refused: the store could not read them */
+	ss->bytes_bulk += bytes;
 	ps_bulk_mark_sent(s, ss, rec, first, n);
 	return 0;
 }

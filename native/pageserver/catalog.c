@@ -1,4 +1,4 @@
-/* catalog.c: the files a checkpoint is served as, and the pages files behind GET_PAGES. */
+/* catalog.c: the files a checkpoint is served as, and the page stores behind GET_PAGES (store.h). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -10,8 +10,6 @@
 #include <unistd.h>
 
 #include "server.h"
-
-#define LR_PAGES_ID_MAX (1u << 20)
 
 static const char *const lazyrestore_files[] = {"lazyrestore/manifest.json", "lazyrestore/index.bin"};
 
@@ -98,44 +96,32 @@ static int list_files(struct ps_server *s, struct lr_error *err)
 	return rc;
 }
 
-/* Open every pages file the index uses and check each record lies inside its file. */
-static int open_pages(struct ps_server *s, struct lr_error *err)
+/* Checksum blocks of the lazy records: what a bulk stream sends. */
+static uint64_t lazy_blocks(const struct lr_index *idx)
 {
-	const struct lr_index *idx = &s->index;
-	for (uint64_t i = 0; i < idx->hdr->record_count; i++) {
-		const struct lr_index_record *r = &idx->recs[i];
-		uint32_t id = r->pages_id;
-		if (id >= LR_PAGES_ID_MAX)
-			return lr_error_set(err, 0, "index record %" PRIu64 ": pages id %u out of range", i, id);
-		if (id >= s->npages_fds) {
-			int *fds = realloc(s->pages_fds, (id + 1) * sizeof(*fds));
-			uint64_t *sizes = fds ? realloc(s->pages_sizes, (id + 1) * sizeof(*sizes)) : NULL;
-			if (fds)
-				s->pages_fds = fds;
-			if (!sizes)
-				return lr_error_set(err, ENOMEM, "pages file table");
-			s->pages_sizes = sizes;
-			for (uint32_t k = s->npages_fds; k <= id; k++)
-				s->pages_fds[k] = -1;
-			s->npages_fds = id + 1;
-		}
-		if (s->pages_fds[id] < 0) {
-			char name[32];
-			struct stat st;
-			snprintf(name, sizeof(name), "pages-%u.img", id);
-			s->pages_fds[id] = openat(s->dirfd, name, O_RDONLY | O_CLOEXEC);
-			if (s->pages_fds[id] < 0 || fstat(s->pages_fds[id], &st))
-				return lr_error_set(err, errno, "%s/%s", s->cfg.images_dir, name);
-			s->pages_sizes[id] = (uint64_t)st.st_size;
-		}
-		uint64_t len = r->nr_pages * idx->hdr->page_size;
-		if (r->offset > s->pages_sizes[id] || len > s->pages_sizes[id] - r->offset)
-			return lr_error_set(err, 0, "%s/pages-%u.img: truncated (record %" PRIu64 " needs bytes up to %" PRIu64
-					    ", the file has %" PRIu64 ")", s->cfg.images_dir, id, i, r->offset + len,
-					    s->pages_sizes[id]);
-		if (r->flags & LR_RANGE_LAZY)
-			s->lazy_blocks += lr_block_count(r->start, len, idx->hdr->block_size);
+	uint64_t n = 0;
+	for (uint64_t i = 0; i < idx->hdr->record_count; i++)
+		if (idx->recs[i].flags & LR_RANGE_LAZY)
+			n += lr_block_count(idx->recs[i].start, idx->recs[i].nr_pages * idx->hdr->page_size,
+					    idx->hdr->block_size);
+	return n;
+}
+
+/* The stores behind GET_PAGES: the pages files, and with --live the stopped tree. */
+static int open_stores(struct ps_server *s, const char *path, struct lr_error *err)
+{
+	if (s->index.live && !s->cfg.live_pids)
+		return lr_error_set(err, 0, "%s describes a live checkpoint (%llu ranges read from the stopped tree): "
+				    "give --live PIDMAP", path, (unsigned long long)s->index.live);
+	s->images = ps_store_images_open(s->dirfd, s->cfg.images_dir, &s->index, err);
+	if (!s->images)
+		return -1;
+	if (s->cfg.live_pids) {
+		s->live = ps_store_live_open(s->cfg.live_pids, &s->index, err);
+		if (!s->live)
+			return -1;
 	}
+	s->lazy_blocks = lazy_blocks(&s->index);
 	return 0;
 }
 
@@ -152,16 +138,16 @@ int ps_catalog_open(struct ps_server *s, struct lr_error *err)
 	if (s->index.unverified)
 		return lr_error_set(err, 0, "%s has no checksums (made for a --lazy-pages dump served by CRIU's page "
 				    "server): nothing to serve from here", path);
-	return list_files(s, err) || open_pages(s, err) ? -1 : 0;
+	return list_files(s, err) || open_stores(s, path, err) ? -1 : 0;
 }
 
 void ps_catalog_close(struct ps_server *s)
 {
-	for (uint32_t i = 0; i < s->npages_fds; i++)
-		if (s->pages_fds[i] >= 0)
-			close(s->pages_fds[i]);
-	free(s->pages_fds);
-	free(s->pages_sizes);
+	if (s->images)
+		s->images->ops->close(s->images);
+	if (s->live)
+		s->live->ops->close(s->live);
+	s->images = s->live = NULL;
 	for (size_t i = 0; i < s->nfiles; i++)
 		close(s->files[i].fd);
 	free(s->files);

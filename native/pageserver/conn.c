@@ -243,8 +243,13 @@ int ps_queue_bytes(struct ps_conn *c, const void *bytes, size_t len)
 	if (!copy)
 		return -1;
 	memcpy(copy, bytes, len);
-	if (push(c, (struct ps_out){copy, -1, 0, len})) {
-		free(copy);
+	return ps_queue_owned(c, copy, len);
+}
+
+int ps_queue_owned(struct ps_conn *c, char *bytes, size_t len)
+{
+	if (push(c, (struct ps_out){bytes, -1, 0, len})) {
+		free(bytes);
 		return -1;
 	}
 	return 0;

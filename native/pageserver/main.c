@@ -82,6 +82,8 @@ static void usage(FILE *f)
 		"  -D, --images-dir DIR     checkpoint with lazyrestore/index.bin and lazyrestore/secret (read only)\n"
 		"  -l, --listen HOST:PORT   address to serve on (port 0: any free port, printed in the log and events)\n"
 		"      --secret-file FILE   the checkpoint's secret (default: IMAGES_DIR/lazyrestore/secret)\n"
+		"      --live PIDMAP        a live checkpoint: its live ranges are read from the stopped tree's memory;\n"
+		"                           PIDMAP has one line per task, \"VPID HOSTPID\"\n"
 		"      --once               exit 0 after the first session that reports DONE\n"
 		"      --status-fd N        write one '\\0' byte to fd N once listening\n"
 		"      --events-fd N        JSON lines: listening, session, delivered, session_lost, rejected\n"
@@ -111,7 +113,7 @@ static int bad_value(const char *opt, const char *val, const char *want)
 	return -1;
 }
 
-enum { OPT_SECRET = 256, OPT_ONCE, OPT_STATUS_FD, OPT_EVENTS_FD, OPT_MAX_CONNS, OPT_HANDSHAKE_MS };
+enum { OPT_SECRET = 256, OPT_ONCE, OPT_STATUS_FD, OPT_EVENTS_FD, OPT_MAX_CONNS, OPT_HANDSHAKE_MS, OPT_LIVE };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"listen", required_argument, NULL, 'l'},
@@ -119,7 +121,7 @@ static const struct option long_opts[] = {
 	{"secret-file", required_argument, NULL, OPT_SECRET}, {"once", no_argument, NULL, OPT_ONCE},
 	{"status-fd", required_argument, NULL, OPT_STATUS_FD}, {"events-fd", required_argument, NULL, OPT_EVENTS_FD},
 	{"max-conns", required_argument, NULL, OPT_MAX_CONNS}, {"handshake-ms", required_argument, NULL, OPT_HANDSHAKE_MS},
-	{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+	{"live", required_argument, NULL, OPT_LIVE}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
 static int parse_one(struct ps_config *c, int opt, const char *arg)
 {
@@ -131,6 +133,7 @@ static int parse_one(struct ps_config *c, int opt, const char *arg)
 	case 'v': c->verbose = arg ? atoi(arg) : c->verbose + 1; return 0;
 	case OPT_SECRET: c->secret_file = arg; return 0;
 	case OPT_ONCE: c->once = true; return 0;
+	case OPT_LIVE: c->live_pids = arg; return 0;
 	case OPT_STATUS_FD:
 	case OPT_EVENTS_FD:
 		if (parse_uint(arg, 0, 1 << 20, &v))
@@ -217,8 +220,9 @@ static int setup(struct ps_server *s, struct lr_error *err)
 
 static void announce(struct ps_server *s)
 {
-	ps_log(s, 0, "serving %s on %s (port %d): %zu files, %llu lazy pages", s->cfg.images_dir, s->cfg.listen, s->port,
-	       s->nfiles, (unsigned long long)s->index.hdr->lazy_pages);
+	ps_log(s, 0, "serving %s on %s (port %d): %zu files, %llu lazy pages%s", s->cfg.images_dir, s->cfg.listen, s->port,
+	       s->nfiles, (unsigned long long)s->index.hdr->lazy_pages,
+	       s->live ? " (live ranges read from the stopped tree)" : "");
 	ps_event(s, "{\"event\":\"listening\",\"port\":%d,\"pid\":%d,\"lazy_pages\":%llu}", s->port, getpid(),
 		 (unsigned long long)s->index.hdr->lazy_pages);
 	if (s->cfg.status_fd >= 0) {
@@ -308,6 +312,21 @@ static int serve(struct ps_server *s, struct lr_error *err)
 	return 0;
 }
 
+/* The peak resident set (VmHWM) in KiB, or -1: the memory serving cost, logged at exit. */
+static long peak_rss_kb(void)
+{
+	char line[256];
+	long kb = -1;
+	FILE *f = fopen("/proc/self/status", "re");
+	if (!f)
+		return -1;
+	while (kb < 0 && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmHWM: %ld kB", &kb) != 1)
+			kb = -1;
+	fclose(f);
+	return kb;
+}
+
 static void teardown(struct ps_server *s)
 {
 	for (size_t i = 0; i < s->nconns; i++)
@@ -353,6 +372,7 @@ int main(int argc, char **argv)
 	int rc = serve(&s, &err);
 	if (rc)
 		ps_log(&s, 0, "error: %s", err.msg);
+	ps_log(&s, 0, "peak resident memory %ld KiB", peak_rss_kb());
 	teardown(&s);
 	return rc ? 1 : 0;
 }

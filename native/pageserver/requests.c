@@ -118,13 +118,11 @@ static bool compress_wanted(struct ps_server *s, uint16_t want, const uint64_t *
 }
 
 /* The frame compressed (header in s->zout): its length, or 0 to send it as it is. */
-static size_t compressed(struct ps_server *s, struct ps_session *ss, const char *head, size_t hlen, int fd, uint64_t off,
+static size_t compressed(struct ps_server *s, struct ps_session *ss, const char *head, size_t hlen, const char *data,
 			 uint64_t len)
 {
 	const size_t fh = sizeof(struct lr_frame);
-	if (pread(fd, s->zin, len, (off_t)off) != (ssize_t)len)
-		return 0; /* sendfile will meet the same error and report it */
-	size_t n = lr_zpages_compress(s->zcx, head + fh, hlen, s->zin, len, s->zout + fh, s->zout_cap - fh);
+	size_t n = lr_zpages_compress(s->zcx, head + fh, hlen, data, len, s->zout + fh, s->zout_cap - fh);
 	if (!n)
 		return 0;
 	memcpy(s->zout, head, fh);
@@ -137,32 +135,62 @@ static size_t compressed(struct ps_server *s, struct ps_session *ss, const char 
 	return fh + n;
 }
 
+/* The page bytes of p in memory, to compress: in its frame when the store read them, else read into s->zin. */
+static const char *page_bytes(struct ps_server *s, const struct ps_pages *p)
+{
+	if (p->read)
+		return p->frame + p->head + (size_t)p->nblocks * 8;
+	if (pread(p->fd, s->zin, p->b - p->a, (off_t)p->off) != (ssize_t)(p->b - p->a))
+		return NULL; /* sendfile will meet the same error and report it */
+	return s->zin;
+}
+
+/* Queue p's frame (headers filled in): compressed when that is wanted and smaller, else as it is. */
+static int queue_frame(struct ps_server *s, struct ps_conn *c, uint16_t want, struct ps_pages *p)
+{
+	size_t hlen = sizeof(struct lr_pages_hdr) + (size_t)p->nblocks * 8, len = p->b - p->a;
+	const uint64_t *sums = (const uint64_t *)(p->frame + p->head);
+	const char *data = compress_wanted(s, want, sums, p->nblocks, p->a, p->b) ? page_bytes(s, p) : NULL;
+	size_t z = data ? compressed(s, c->session, p->frame, hlen, data, len) : 0;
+
+	if (z) {
+		free(p->frame);
+		return ps_queue_bytes(c, s->zout, z);
+	}
+	if (p->read)
+		return ps_queue_owned(c, p->frame, sizeof(struct lr_frame) + hlen + len);
+	if (ps_queue_owned(c, p->frame, sizeof(struct lr_frame) + hlen))
+		return -1;
+	return ps_queue_file(c, p->fd, p->off, len);
+}
+
 int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint16_t want, uint64_t req_id, uint64_t rec, uint32_t first,
-		   uint32_t nblocks)
+		   uint32_t nblocks, uint64_t *bytes)
 {
 	const struct lr_index *idx = &s->index;
-	const struct lr_index_record *r = &idx->recs[rec];
-	uint64_t a, b;
+	struct ps_pages p = {.first = first, .nblocks = nblocks, .head = sizeof(struct lr_frame) + sizeof(struct lr_pages_hdr)};
+	struct lr_error err;
 
-	if (block_range(idx, rec, first, nblocks, &a, &b))
+	*bytes = 0;
+	if (block_range(idx, rec, first, nblocks, &p.a, &p.b))
 		return -1;
-	size_t hlen = sizeof(struct lr_pages_hdr) + (size_t)nblocks * 8;
-	char *buf = malloc(sizeof(struct lr_frame) + hlen);
-	if (!buf)
+	p.rec = &idx->recs[rec];
+	struct ps_store *st = ps_store_for(s, p.rec);
+	if (st->ops->get(st, &p, &err)) {
+		if (err.errnum == ENOMEM)
+			return -1;
+		ps_conn_fail(s, c, LR_ERR_IO, "record %llu blocks %u+%u (%s store): %s", (unsigned long long)rec, first,
+			     nblocks, st->ops->name, err.msg);
+		return 0;
+	}
+	struct lr_pages_hdr h = {rec, first, nblocks, p.b - p.a};
+	size_t hlen = sizeof(h) + (size_t)nblocks * 8;
+	lr_frame_make((struct lr_frame *)p.frame, LR_PAGES, 0, (uint32_t)(hlen + (p.b - p.a)), req_id);
+	memcpy(p.frame + sizeof(struct lr_frame), &h, sizeof(h));
+	if (queue_frame(s, c, want, &p))
 		return -1;
-	struct lr_pages_hdr h = {rec, first, nblocks, b - a};
-	const uint64_t *sums = &idx->sums[r->first_checksum + first];
-	lr_frame_make((struct lr_frame *)buf, LR_PAGES, 0, (uint32_t)(hlen + (b - a)), req_id);
-	memcpy(buf + sizeof(struct lr_frame), &h, sizeof(h));
-	memcpy(buf + sizeof(struct lr_frame) + sizeof(h), sums, (size_t)nblocks * 8);
-	int fd = s->pages_fds[r->pages_id];
-	uint64_t off = r->offset + (a - r->start);
-	size_t z = compress_wanted(s, want, sums, nblocks, a, b) ? compressed(s, c->session, buf, hlen, fd, off, b - a) : 0;
-	int rc = z ? ps_queue_bytes(c, s->zout, z) : ps_queue_bytes(c, buf, sizeof(struct lr_frame) + hlen);
-	free(buf);
-	if (rc || (!z && ps_queue_file(c, fd, off, b - a)))
-		return -1;
-	return (int)(b - a > 0x7fffffff ? 0x7fffffff : b - a);
+	*bytes = p.b - p.a;
+	return 0;
 }
 
 static int on_get_pages(struct ps_server *s, struct ps_conn *c)
@@ -180,10 +208,12 @@ static int on_get_pages(struct ps_server *s, struct ps_conn *c)
 			     (unsigned long long)q.record, q.first_block, q.nblocks, LR_PAGES_MAX_DATA);
 		return 0;
 	}
-	int n = ps_queue_pages(s, c, c->hdr.flags, c->hdr.req_id, q.record, q.first_block, q.nblocks);
-	if (n < 0)
+	uint64_t n;
+	if (ps_queue_pages(s, c, c->hdr.flags, c->hdr.req_id, q.record, q.first_block, q.nblocks, &n))
 		return -1;
-	c->session->bytes_urgent += (uint64_t)n;
+	if (c->closing)
+		return 0; /* refused: the store could not read them */
+	c->session->bytes_urgent += n;
 	c->session->requests++;
 	ps_bulk_mark_sent(s, c->session, q.record, q.first_block, q.nblocks);
 	return 0;

@@ -4,9 +4,10 @@
  * One epoll loop over the listening socket and every connection. A connection
  * authenticates (handshake.c), then sends requests (requests.c) whose replies
  * are queued as byte buffers and file ranges (conn.c sends them, file ranges
- * with sendfile). A session pairs an urgent and a bulk connection; the bulk
- * one streams every lazy block once (bulk.c). The images are opened read only
- * and never written.
+ * with sendfile). Page bytes come from a page store (store.h): the pages
+ * files, or with --live the stopped source tree. A session pairs an urgent and
+ * a bulk connection; the bulk one streams every lazy block once (bulk.c). The
+ * images are opened read only and never written.
  */
 #ifndef LR_SERVER_H
 #define LR_SERVER_H
@@ -20,12 +21,14 @@
 #include "lr_proto.h"
 #include "lr_wset.h"
 #include "lr_zpages.h"
+#include "store.h"
 
 struct ps_config {
 	const char *images_dir;
 	const char *listen;       /* HOST:PORT */
 	const char *secret_file;  /* default: IMAGES/lazyrestore/secret */
 	const char *log_file;
+	const char *live_pids;    /* --live: the pid map of the stopped tree the LR_RANGE_LIVE records are read from */
 	int status_fd;            /* one '\0' once listening */
 	int events_fd;            /* JSON lines: listening, session, delivered, ... */
 	bool once;                /* exit after the first delivered session */
@@ -98,9 +101,8 @@ struct ps_server {
 	int dirfd;
 	struct ps_file *files;
 	size_t nfiles;
-	int *pages_fds;             /* by pages id; -1 when absent */
-	uint64_t *pages_sizes;
-	uint32_t npages_fds;
+	struct ps_store *images;    /* the pages files: every record not live */
+	struct ps_store *live;      /* --live: the stopped tree, for LR_RANGE_LIVE records; else NULL */
 	uint64_t lazy_blocks;       /* checksum blocks of lazy records */
 	int listen_fd, epfd;
 	int port;
@@ -131,6 +133,11 @@ const char *ps_json_text(const char *in, char *out, size_t size);
 
 /* catalog.c: what is served */
 int ps_catalog_open(struct ps_server *s, struct lr_error *err);
+/* The store of record r's bytes (ps_catalog_open opened the live one if any record needs it). */
+static inline struct ps_store *ps_store_for(const struct ps_server *s, const struct lr_index_record *r)
+{
+	return r->flags & LR_RANGE_LIVE ? s->live : s->images;
+}
 void ps_catalog_close(struct ps_server *s);
 const struct ps_file *ps_catalog_find(const struct ps_server *s, const char *name, size_t len);
 
@@ -150,6 +157,7 @@ int ps_conn_accept(struct ps_server *s, struct lr_error *err);
 int ps_conn_on_read(struct ps_server *s, struct ps_conn *c);
 int ps_conn_on_write(struct ps_server *s, struct ps_conn *c);
 int ps_queue_bytes(struct ps_conn *c, const void *bytes, size_t len);
+int ps_queue_owned(struct ps_conn *c, char *bytes, size_t len); /* bytes (malloc'ed) are the queue's, even on error */
 int ps_queue_frame(struct ps_conn *c, uint16_t type, uint16_t flags, uint64_t req_id, const void *payload, uint32_t len);
 int ps_queue_file(struct ps_conn *c, int fd, uint64_t off, uint64_t len);
 bool ps_queue_empty(const struct ps_conn *c);
@@ -165,8 +173,10 @@ int ps_handshake_frame(struct ps_server *s, struct ps_conn *c);
 
 /* requests.c */
 int ps_request_frame(struct ps_server *s, struct ps_conn *c);
+/* PAGES of blocks [first, first + nblocks) of record rec, from its store: *bytes page bytes queued, or 0 when the
+ * store could not read them and c was refused (ERROR, closing). -1 out of memory or a range outside the index. */
 int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint16_t want, uint64_t req_id, uint64_t rec, uint32_t first,
-		   uint32_t nblocks);
+		   uint32_t nblocks, uint64_t *bytes);
 
 /* bulk.c */
 struct ps_session *ps_session_new(struct ps_server *s, struct ps_conn *urgent);

@@ -79,7 +79,7 @@ static void build_index(struct lr_index *idx, const struct rec_spec *r, size_t n
 	h->eager_pages = eager;
 	uint64_t trailer = XXH3_64bits(buf, size - 8);
 	memcpy(buf + size - 8, &trailer, 8);
-	*idx = (struct lr_index){buf, size, h, recs, sums, 0};
+	*idx = (struct lr_index){buf, size, h, recs, sums, 0, 0};
 }
 
 static void free_index(struct lr_index *idx)

@@ -5,7 +5,9 @@
   the Python reader (lazyrestore.lazyindex.decode) on valid and corrupted indexes: the two must agree;
 * build/native/tests/test_wset: native/common/wset.c (merging working sets across restores, parsing);
 * build/native/tests/test_proto: native/common/proto.c's frame checksums (LR_F_SUM) and lr_recv_frame's
-  classing of damage.
+  classing of damage;
+* build/native/tests/test_live_frame: lr-lazyd's PAGES check (remote_fetch.c) for live records (the server's
+  sums, computed as it read the stopped tree) and the others (the index's), and live records' flags.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ INDEX_BIN = TESTS_DIR / "test_index"
 
 WSET_BIN = TESTS_DIR / "test_wset"
 PROTO_BIN = TESTS_DIR / "test_proto"
+LIVE_FRAME_BIN = TESTS_DIR / "test_live_frame"
 needs_spans = pytest.mark.skipif(not SPANS_BIN.exists(), reason=f"{SPANS_BIN} is not built (run `make build` or `make native`)")
 needs_index = pytest.mark.skipif(not INDEX_BIN.exists(), reason=f"{INDEX_BIN} is not built (run `make build` or `make native`)")
 
@@ -82,6 +85,11 @@ def test_working_set_merge_and_parse() -> None:
 @pytest.mark.skipif(not PROTO_BIN.exists(), reason=f"{PROTO_BIN} is not built (run `make build` or `make native`)")
 def test_frame_checksums_catch_damage_and_keep_the_stream_in_step() -> None:
     run_counted(PROTO_BIN)
+
+
+@pytest.mark.skipif(not LIVE_FRAME_BIN.exists(), reason=f"{LIVE_FRAME_BIN} is not built (run `make build` or `make native`)")
+def test_live_pages_are_checked_against_the_sums_sent_and_others_against_the_index() -> None:
+    run_counted(LIVE_FRAME_BIN)
 
 
 # ---------------------------------------------------------------- building indexes
@@ -370,7 +378,10 @@ def record_cases() -> list[tuple[str, bytes, str | None]]:
         ("same start, different pids swapped", with_entries([entry(9, 0x1000, 1), entry(8, 0x1000, 1)]), order),
         # Flags and reserved.
         *[(f"flags {f:#x}", with_entries(replaced(1, replace(base[1], flags=f))), "reject:unknown flags")
-          for f in (4, 5, 0x80000000, U32)],
+          for f in (8, 9, 0x80000000, U32)],
+        # A live record (RANGE_LIVE, 4) must be lazy and not unverified.
+        *[(f"flags {f:#x}", with_entries(replaced(1, replace(base[1], flags=f))), "reject:a live record must be lazy")
+          for f in (4, 6, 7)],
         *[(f"reserved {v:#x}", patch(data, record_at(i) + R_RESERVED, "<I", v), "reject:reserved field set")
           for i, v in ((0, 1), (5, U32))],
         # Empty, unaligned, beyond the address space.
