@@ -102,12 +102,17 @@ def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: boo
 
 
 def write_metadata(images_dir: Path, binary: criu.CriuBinary, pid: int,
-                   block_size: int = lazyindex.DEFAULT_BLOCK_SIZE, options: CriuOptions = CriuOptions()) -> Manifest:
-    """Write the lazy index, then the manifest (last: its presence marks a complete checkpoint)."""
+                   block_size: int = lazyindex.DEFAULT_BLOCK_SIZE, options: CriuOptions = CriuOptions(),
+                   live: bool = False) -> Manifest:
+    """Write the lazy index, then the manifest (last: its presence marks a complete checkpoint). live: a `criu dump
+    --lazy-pages` whose lazy pages stay in the stopped tree (RANGE_LIVE records, checksums sent as served)."""
     page_size = os.sysconf("SC_PAGE_SIZE")
     tree = read_pstree(images_dir)
     checkpoint_id = manifest.new_checkpoint_id()
-    entries = _checksummed(images_dir, plan_index(images_dir, page_size), page_size, block_size)
+    planned = plan_index(images_dir, page_size, live)
+    in_tree = [_unsummed(e, page_size, block_size) for e in planned if e.flags & lazyindex.RANGE_LIVE]
+    entries = sorted(_checksummed(images_dir, [e for e in planned if not e.flags & lazyindex.RANGE_LIVE], page_size,
+                                  block_size) + in_tree, key=lambda e: (e.pid, e.start))
     index = lazyindex.LazyIndex(page_size, block_size, len(tree), bytes.fromhex(checkpoint_id), tuple(entries))
     (images_dir / manifest.META_DIR).mkdir(exist_ok=True)
     secret.create(images_dir)
@@ -126,6 +131,12 @@ def write_metadata(images_dir: Path, binary: criu.CriuBinary, pid: int,
     )
     manifest.write(images_dir, m)
     return m
+
+
+def _unsummed(e: lazyindex.IndexEntry, page_size: int, block_size: int) -> lazyindex.IndexEntry:
+    """A live record with its checksums 0 (lr-pageserver sends them with the bytes it reads)."""
+    n = lazyindex.block_count(e.start, e.nr_pages * page_size, block_size)
+    return lazyindex.IndexEntry(e.pid, e.flags, e.start, e.nr_pages, e.pages_id, e.offset, (0,) * n)
 
 
 def _checksummed(images_dir: Path, planned: list[lazyindex.IndexEntry], page_size: int,
@@ -177,14 +188,18 @@ def checkpoint(pid: int, images_dir: Path, leave_running: bool, allow_host_pids:
         m = write_metadata(images_dir, binary, pid, options=recorded)
     except (LazyRestoreError, OSError) as exc:
         raise dumpdir.after_failed_index(images_dir, DUMP_LOG, pid, leave_running, exc)
-    t2 = time.monotonic()
+    return summary(images_dir, m, pid, t1 - t0, time.monotonic() - t1, leave_running)
+
+
+def summary(images_dir: Path, m: Manifest, pid: int, dump_s: float, index_s: float,
+            leave_running: bool) -> CheckpointSummary:
     stats = read_dump_stats(images_dir)
     return CheckpointSummary(
         images_dir=str(images_dir), checkpoint_id=m.checkpoint_id, pid=pid, processes=m.processes,
         threads=m.threads, lazy_pages=m.lazy_pages, eager_pages=m.eager_pages, page_size=m.page_size,
         images_bytes=sum(f.size for f in m.files + m.pages_files) + m.index.size,
-        frozen_s=stats.get("frozen_time", 0) / 1e6, dump_s=t1 - t0, index_s=t2 - t1, leave_running=leave_running,
-        criu_options=recorded.describe(),
+        frozen_s=stats.get("frozen_time", 0) / 1e6, dump_s=dump_s, index_s=index_s, leave_running=leave_running,
+        criu_options=m.criu_options.describe(),
     )
 
 

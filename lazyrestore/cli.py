@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 
 import os
 
-from . import checkpoint, criuopts, dumpdir, hook, inspection, lazy, remote, report, restore, secret, serve, status
+from . import checkpoint, criuopts, dumpdir, hook, inspection, lazy, migratelive, remote, report, restore, secret, serve, status
 from .criuopts import CriuOptions
 from .daemons import LazydOptions, RemoteSource
 from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, ProcessError, UsageError
@@ -379,12 +379,21 @@ def cmd_migrate(args: argparse.Namespace, rep: Reporter) -> int:
     require_process(args.pid)
     require_new_images(args.images)
     require_valid("--listen", remote.parse_address, args.listen)
-    cp, s = serve.migrate(args.pid, args.images, args.listen, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")),
-                          criu_options(args))
+    run = migratelive.migrate_live if args.live else serve.migrate
+    cp, s = run(args.pid, args.images, args.listen, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")),
+                criu_options(args))
     if not s.delivered:
         raise DaemonFailed(f"the page server stopped before a destination had every page; the checkpoint in "
                            f"{args.images} is intact: `lazyrestore serve --images {args.images} --listen {args.listen}`")
     rep.result(serve.summary_text(s), "summary", action="migrate", checkpoint=asdict(cp), **asdict(s))
+    return 0
+
+
+def cmd_abort(args: argparse.Namespace, rep: Reporter) -> int:
+    require_dir("--images", args.images, "a live migration's images directory")
+    pid = migratelive.abort(args.images, args.kill_source)
+    rep.result(f"asked the live migration of {args.images} (pid {pid}) to end and kill its source", "abort",
+               images_dir=str(args.images), migrate_pid=pid)
     return 0
 
 
@@ -527,8 +536,17 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--pid", type=pid_number, required=True, help="root of the tree (init of its own pid namespace)")
     mg.add_argument("--images", "-D", type=images_path, required=True, help="new or empty directory (tmpfs recommended)")
     mg.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
+    mg.add_argument("--live", action="store_true",
+                    help="post-copy from the stopped tree: only metadata is written, the lazy pages are served from "
+                         "the source's memory (CRIU holds it stopped until a destination has every page)")
     add_criu_options(mg, restoring=False)
     mg.set_defaults(func=cmd_migrate)
+
+    ab = sub.add_parser("abort", help="end a live migration whose destination holds the tree: kills the source")
+    ab.add_argument("--images", "-D", type=images_path, required=True, help="the live migration's images dir")
+    ab.add_argument("--kill-source", action="store_true", required=True,
+                    help="say it: the stopped source tree is killed, not resumed (a destination may run it)")
+    ab.set_defaults(func=cmd_abort)
 
     th = sub.add_parser("testhosts", help="two network-namespace test hosts (a: 10.231.0.1, b: 10.231.0.2)")
     ths = th.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -37,7 +37,10 @@ VERSION = 1
 RANGE_LAZY = 1 << 0
 # No checksums (all 0): a `criu dump --lazy-pages` whose bytes CRIU's page server sends (lr_index.h).
 RANGE_UNVERIFIED = 1 << 1
-KNOWN_RANGE_FLAGS = RANGE_LAZY | RANGE_UNVERIFIED
+# A lazy range of a live migration: lr-pageserver reads its bytes from the stopped source tree when it serves them
+# and sends each block's checksum as read; the index's are 0, its pages id and offset unused (lr_index.h).
+RANGE_LIVE = 1 << 2
+KNOWN_RANGE_FLAGS = RANGE_LAZY | RANGE_UNVERIFIED | RANGE_LIVE
 DEFAULT_BLOCK_SIZE = 16 * 1024
 HEADER = struct.Struct("<8sIIIIII QQQQ16s")
 RECORD = struct.Struct("<IIQQIIQQ")
@@ -132,14 +135,16 @@ def block_count(start: int, length: int, block_size: int) -> int:
 
 
 def plan_ranges(pagemap: Pagemap, vmas: list[Vma], page_size: int, where: str,
-                lazy_dump: bool = False) -> list[IndexEntry]:
+                lazy_dump: bool = False, live: bool = False) -> list[IndexEntry]:
     """Records for one process's pagemap, split at VMA boundaries (checksums left empty). lazy_dump: a
-    `criu dump --lazy-pages`, whose lazy pages are in CRIU's page server (every record RANGE_UNVERIFIED)."""
+    `criu dump --lazy-pages`, whose lazy pages are in CRIU's page server (every record RANGE_UNVERIFIED).
+    live: a `criu dump --lazy-pages` whose lazy pages lr-pageserver reads from the stopped tree (those records
+    RANGE_LAZY | RANGE_LIVE, pages id and offset 0; the eager ones in pages files, to be checksummed)."""
     starts = [v.start for v in vmas]
     out: list[IndexEntry] = []
     offset = 0
     for pe in pagemap.entries:
-        remote = lazy_dump and pe.lazy and not pe.present
+        remote = (lazy_dump or live) and pe.lazy and not pe.present
         if pe.flags & PE_PARENT or not (pe.present or remote):
             raise CorruptCheckpoint(where, f"pages at {pe.vaddr:#x} are not in pages-{pagemap.pages_id}.img "
                                     f"(flags {pe.flags:#x}: incremental or page-server dumps are not supported)")
@@ -150,8 +155,10 @@ def plan_ranges(pagemap: Pagemap, vmas: list[Vma], page_size: int, where: str,
                 raise CorruptCheckpoint(where, f"page {addr:#x} of pid {pagemap.pid} lies in no VMA of mm-{pagemap.pid}.img")
             stop = min(end, vmas[i].end)
             n = (stop - addr) // page_size
-            flags = (RANGE_LAZY if pe.lazy else 0) | (RANGE_UNVERIFIED if lazy_dump else 0)
-            out.append(IndexEntry(pagemap.pid, flags, addr, n, pagemap.pages_id, 0 if remote else offset))
+            flags = (RANGE_LAZY if pe.lazy else 0) | (RANGE_UNVERIFIED if lazy_dump else 0) | \
+                (RANGE_LIVE if live and remote else 0)
+            out.append(IndexEntry(pagemap.pid, flags, addr, n, 0 if live and remote else pagemap.pages_id,
+                                  0 if remote else offset))
             offset += 0 if remote else n * page_size
             addr = stop
     return out
@@ -275,6 +282,9 @@ def _decode_records(data: bytes, count: int, checksum_count: int, page_size: int
         what = f"record {i} (pid {pid}, {start:#x})"
         if flags & ~KNOWN_RANGE_FLAGS or reserved:
             raise CorruptCheckpoint(where, f"{what}: unknown flags {flags:#x} or reserved field set")
+        if flags & RANGE_LIVE and (flags & RANGE_UNVERIFIED or not flags & RANGE_LAZY):
+            raise CorruptCheckpoint(where, f"{what}: flags {flags:#x} contradict each other (a live range is lazy "
+                                    "and has its checksums sent with its bytes)")
         length = nr_pages * page_size
         if nr_pages == 0 or start % page_size or offset % page_size or start + length >= 1 << 64 \
                 or offset + length >= 1 << 64:

@@ -38,13 +38,14 @@ class PageServer:
     """One lr-pageserver serving images_dir on listen; its events arrive as dicts."""
 
     def __init__(self, images_dir: Path, listen: str, once: bool, log: Path, sanitized: bool = False,
-                 preexec: Callable[[], None] | None = None) -> None:
+                 preexec: Callable[[], None] | None = None, live_pids: Path | None = None) -> None:
         self.log = log
         binary = native_binary("san/lr-pageserver" if sanitized else "lr-pageserver")
         status_r, status_w = os.pipe()
         self.events_r, events_w = os.pipe()
         args = [str(binary), "-D", str(images_dir), "--listen", listen, "-o", str(log),
-                "--status-fd", str(status_w), "--events-fd", str(events_w)] + (["--once"] if once else [])
+                "--status-fd", str(status_w), "--events-fd", str(events_w)] + (["--once"] if once else []) + \
+            (["--live", str(live_pids)] if live_pids else [])
         self.proc = subprocess.Popen(args, pass_fds=(status_w, events_w), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=open(log, "ab"), start_new_session=True,
                                      preexec_fn=preexec)
@@ -149,6 +150,21 @@ def write_kit(kit: Path, images_dir: Path, host: str, port: int) -> Path:
 
 def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitized: bool = False,
           kit: Path | None = None) -> ServeSummary:
+    server, s = start(images_dir, listen, once, reporter, sanitized, kit)
+    try:
+        with procs.sigterm_interrupts():  # a runtime stops us with SIGTERM: stop lr-pageserver too
+            _follow(server, s, reporter)
+    except KeyboardInterrupt:
+        server.stop()
+    code = server.wait()
+    if code not in (0, -signal.SIGTERM):
+        raise DaemonFailed(f"lr-pageserver failed (exit {code}): {server.log_tail()}; log {s.log}")
+    return s
+
+
+def start(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitized: bool = False,
+          kit: Path | None = None, live_pids: Path | None = None) -> tuple[PageServer, ServeSummary]:
+    """lr-pageserver serving the checkpoint in images_dir (verified first) on listen, once it listens."""
     host, _ = parse_address(listen)
     if kit is not None and host in ("0.0.0.0", "::", ""):
         write_kit(kit, images_dir, host, 0)  # raises: says what --listen needs
@@ -159,7 +175,7 @@ def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitiz
     runs = images_dir / META_DIR / RUNS_DIR
     runs.mkdir(exist_ok=True)
     log = runs / f"serve-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    server = PageServer(images_dir, listen, once, log, sanitized)
+    server = PageServer(images_dir, listen, once, log, sanitized, live_pids=live_pids)
     s = ServeSummary(str(images_dir), m.checkpoint_id, host, server.port, log=str(log))
     cmd = destination_command(host, server.port, images_dir)
     if kit is not None:
@@ -172,47 +188,49 @@ def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitiz
         reporter.progress(f"destination kit in {kit}: copy it to the destination as the images dir of "
                           f"`runc restore --lazy-pages --image-path DIR ...` (the CRIU plugin does the rest)")
     reporter.event("listening", address=host, port=server.port, server_pid=server.proc.pid, checkpoint_id=m.checkpoint_id,
-                   lazy_pages=m.lazy_pages, command=cmd, log=str(log))
+                   lazy_pages=m.lazy_pages, command=cmd, log=str(log), live=live_pids is not None)
     reporter.progress(f"serving checkpoint {m.checkpoint_id} on {host}:{server.port} "
                       f"({'until one destination has every page' if once else 'until Ctrl-C'}); log {log}\n"
                       f"  copy {secret.secret_path(images_dir)} to the destination (keep it mode 0600), then run "
                       f"there:\n    {cmd}")
-    try:
-        with procs.sigterm_interrupts():  # a runtime stops us with SIGTERM: stop lr-pageserver too
-            _follow(server, s, reporter)
-    except KeyboardInterrupt:
-        server.stop()
-    code = server.wait()
-    if code not in (0, -signal.SIGTERM):
-        raise DaemonFailed(f"lr-pageserver failed (exit {code}): {server.log_tail()}; log {log}")
-    return s
+    return server, s
 
 
 def _follow(server: PageServer, s: ServeSummary, reporter: Reporter) -> None:
     for ev in server.events():
-        kind = ev.get("event")
-        reporter.event(f"server_{kind}", **{k: v for k, v in ev.items() if k != "event"})
-        if kind == "session":
-            s.sessions += 1
-            reporter.progress(f"session {ev.get('session')} from {ev.get('peer')}")
-        elif kind == "delivered":
-            s.delivered += 1
-            s.deliveries.append(ev)
-            reporter.progress(f"session {ev.get('session')} from {ev.get('peer')} has every page "
-                              f"({ev.get('seconds', 0):.3f} s)")
-        elif kind == "rejected":
-            s.rejected += 1
-            reporter.progress(f"rejected connection from {ev.get('peer')}: {ev.get('code')}")
-        elif kind == "session_lost":
-            s.lost += 1
-            reporter.progress(f"session {ev.get('session')} lost before DONE: {ev.get('message')}")
-        elif kind == "error":
-            reporter.progress(f"lr-pageserver error: {ev.get('message')}")
-        elif kind == "warning":
-            reporter.progress(f"warning: {ev.get('message')}")
-        elif kind == "workingset":
-            reporter.progress(f"session {ev.get('session')}: working set stored ({ev.get('pages')} pages from "
-                              f"{ev.get('restores')} restore(s)); later restores place it first")
+        record_event(ev, s, reporter)
+
+
+def record_event(ev: dict[str, Any], s: ServeSummary, reporter: Reporter) -> None:
+    """One of lr-pageserver's events: passed on (server_KIND), counted in s, and said in a line when it matters."""
+    kind = ev.get("event")
+    reporter.event(f"server_{kind}", **{k: v for k, v in ev.items() if k != "event"})
+    if kind == "session":
+        s.sessions += 1
+        reporter.progress(f"session {ev.get('session')} from {ev.get('peer')}")
+    elif kind == "delivered":
+        s.delivered += 1
+        s.deliveries.append(ev)
+        reporter.progress(f"session {ev.get('session')} from {ev.get('peer')} has every page "
+                          f"({ev.get('seconds', 0):.3f} s)")
+    elif kind == "rejected":
+        s.rejected += 1
+        reporter.progress(f"rejected connection from {ev.get('peer')}: {ev.get('code')}")
+    elif kind == "session_lost":
+        s.lost += 1
+        reporter.progress(f"session {ev.get('session')} lost before DONE: {ev.get('message')}")
+    elif kind == "error":
+        reporter.progress(f"lr-pageserver error: {ev.get('message')}")
+    elif kind == "warning":
+        reporter.progress(f"warning: {ev.get('message')}")
+    elif kind == "committed":
+        reporter.progress(f"session {ev.get('session')} committed: its restore starts, the source will not run again "
+                          "unless it aborts")
+    elif kind == "aborted":
+        reporter.progress(f"session {ev.get('session')} aborted: its tree never ran")
+    elif kind == "workingset":
+        reporter.progress(f"session {ev.get('session')}: working set stored ({ev.get('pages')} pages from "
+                          f"{ev.get('restores')} restore(s)); later restores place it first")
 
 
 def summary_text(s: ServeSummary) -> str:

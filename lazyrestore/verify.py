@@ -18,14 +18,15 @@ from .manifest import Manifest
 CRIU_IMAGES_VERSION = 2
 
 
-def plan_index(images_dir: Path, page_size: int) -> list[lazyindex.IndexEntry]:
-    """The index records the images call for (without checksums)."""
+def plan_index(images_dir: Path, page_size: int, live: bool = False) -> list[lazyindex.IndexEntry]:
+    """The index records the images call for (without checksums). live: the lazy pages of a `criu dump
+    --lazy-pages` stay in the stopped tree (RANGE_LIVE records)."""
     entries = []
     for proc in read_pstree(images_dir):
         pagemap = read_pagemap(images_dir, proc.pid)
         if pagemap is not None:
             where = str(images_dir / f"pagemap-{proc.pid}.img")
-            entries += lazyindex.plan_ranges(pagemap, read_vmas(images_dir, proc.pid), page_size, where)
+            entries += lazyindex.plan_ranges(pagemap, read_vmas(images_dir, proc.pid), page_size, where, live=live)
     # The index orders records by (pid, start); pstree.img is in depth-first order.
     entries.sort(key=lambda e: (e.pid, e.start))
     return entries

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyrestore import criu, livedump, livetree, procs
+from lazyrestore import checkpoint, criu, lazyindex, livedump, livetree, procs
 from lazyrestore.errors import CriuRefused
 from lazyrestore.images import read_pagemap, read_pstree
 
@@ -84,3 +84,24 @@ def test_a_refused_dump_is_named_and_the_tree_runs_on(workdir: Path, reaper) -> 
     with pytest.raises(CriuRefused, match="session leader"):
         dump.wait_ready(60)
     assert procs.is_running(sleeper.pid) and state(sleeper.pid) != "t"
+
+
+def test_a_live_index_leaves_lazy_ranges_to_the_tree_and_checksums_the_eager_ones(start_workload,
+                                                                                    workdir: Path) -> None:
+    w, _, images, dump = stopped_dump(start_workload, workdir)
+    try:
+        m = checkpoint.write_metadata(images, criu.find_criu(), w.pid, live=True)
+        index = lazyindex.read(images / "lazyrestore" / "index.bin")
+        live = [e for e in index.entries if e.flags & lazyindex.RANGE_LIVE]
+        eager = [e for e in index.entries if not e.lazy]
+        assert sum(e.nr_pages for e in live) * index.page_size >= 48 << 20 and m.lazy_pages == index.lazy_pages
+        assert all(e.flags == lazyindex.RANGE_LAZY | lazyindex.RANGE_LIVE and set(e.checksums) == {0}
+                   and e.pages_id == 0 and e.offset == 0 for e in live)
+        assert eager and all(any(e.checksums) for e in eager), "eager ranges are in pages files: checksummed"
+        with open(f"/proc/{w.pid}/mem", "rb") as mem:  # a live range's bytes are the stopped tree's memory
+            e = max(live, key=lambda e: e.nr_pages)
+            mem.seek(e.start)
+            assert len(mem.read(e.nr_pages * index.page_size)) == e.nr_pages * index.page_size
+        assert m.lazy_view, "the lazy view CRIU restores from is written as for any checkpoint"
+    finally:
+        dump.rollback()

@@ -134,6 +134,7 @@ CASES = [
     *bad("restore --prepare", "--from", BAD_ADDRESSES[:1], "--secret-file {secret} --images {dir}"),
     # status, inspect (a missing dir and a blank path are in test_cli.py), index
     *bad("status", "--images", existing_dir("expected a checkpoint directory")),
+    *bad("abort", "--images", existing_dir("expected a live migration's images directory"), "--kill-source"),
     *bad("status", "--workdir", existing_dir("expected a lazy restore's work dir")),
     *bad("inspect", "--images", existing_dir("expected a checkpoint directory")[1:]),
     *bad("index", "--images", existing_dir("expected a directory of CRIU images")),

@@ -21,6 +21,8 @@ from lazyrestore.lazyindex import (
     CHECKSUM,
     HEADER,
     RANGE_LAZY,
+    RANGE_LIVE,
+    RANGE_UNVERIFIED,
     RECORD,
     TRAILER,
     IndexEntry,
@@ -283,6 +285,19 @@ def test_plan_ranges_entry_spanning_three_vmas() -> None:
     assert sum(e.nr_pages for e in out) == 5
 
 
+def test_plan_ranges_of_a_live_dump_leave_lazy_pages_in_the_tree() -> None:
+    # `criu dump --lazy-pages`: lazy pages are not in the pages file (PE_LAZY without PE_PRESENT)
+    vmas = [Vma(0x10000, 0x11000, 3, 0, 0), Vma(0x11000, 0x18000, 3, 0, 0)]
+    pm = Pagemap(pid=2, pages_id=3, entries=(PagemapEntry(0x11000, 4, PE_LAZY), pe(0x10000, 1, lazy=False),
+                                             PagemapEntry(0x16000, 2, PE_LAZY)))
+    out = plan_ranges(pm, vmas, PS, "w", live=True)
+    assert [(e.start, e.nr_pages, e.flags, e.pages_id, e.offset) for e in out] == [
+        (0x11000, 4, RANGE_LAZY | RANGE_LIVE, 0, 0), (0x10000, 1, 0, 3, 0), (0x16000, 2, RANGE_LAZY | RANGE_LIVE, 0, 0)]
+    unverified = plan_ranges(pm, vmas, PS, "w", lazy_dump=True)
+    assert [e.flags for e in unverified] == [RANGE_LAZY | RANGE_UNVERIFIED, RANGE_UNVERIFIED,
+                                             RANGE_LAZY | RANGE_UNVERIFIED]
+
+
 def test_plan_ranges_empty_pagemap() -> None:
     assert plan_ranges(Pagemap(1, 1, ()), VMAS, PS, "w") == []
 
@@ -517,7 +532,9 @@ def test_adjacent_records_are_accepted() -> None:
 
 
 @pytest.mark.parametrize("offset,fmt,value,problem", [
-    (record_at(0) + 4, "<I", 4, "unknown flags"),
+    (record_at(0) + 4, "<I", 8, "unknown flags"),
+    (record_at(0) + 4, "<I", RANGE_LIVE, "contradict each other"),
+    (record_at(0) + 4, "<I", RANGE_LIVE | RANGE_LAZY | RANGE_UNVERIFIED, "contradict each other"),
     (record_at(0) + 4, "<I", RANGE_LAZY | 0x100, "unknown flags"),
     (record_at(1) + 28, "<I", 7, "reserved field set"),
     (record_at(0) + 8, "<Q", 0x1001, "unaligned"),                       # start

@@ -1,0 +1,221 @@
+"""`lazyrestore migrate` (live post-copy): the destination runs before the source's memory is copied anywhere.
+
+CRIU dumps only the tree's metadata (`criu dump --lazy-pages --ps-socket`, livedump.py) and holds the tree
+stopped; lr-pageserver --live serves the lazy pages from the stopped tasks' memory, each block checksummed as
+read. Only the small metadata checkpoint is written to disk. How it ends (livefate.py):
+  - a destination has every page (DONE): CRIU kills the source tree;
+  - a destination fails before its tree ran (ABORT, a wrong secret), or the operator stops `migrate` while
+    no destination holds the tree: the source resumes where it stopped (a rollback);
+  - once a destination holds the tree (it committed) the source never runs again: if that destination dies,
+    the page server goes on serving the stopped tree for a new `restore --from`; Ctrl-C only says so, and
+    `lazyrestore abort --images DIR --kill-source` ends the migration and kills the source;
+  - lr-pageserver dying is restarted on the same address (the destination reconnects within its
+    --source-timeout); this process dying closes CRIU's socket, and CRIU kills the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint, criu, criuopts, dumpdir, livedump, livetree, procs, serve
+from .criuopts import CriuOptions
+from .errors import CriuFailed, DaemonFailed, LazyRestoreError, ProcessError, UsageError
+from .images import read_pstree
+from .livefate import DONE, ROLLBACK, LiveFate
+from .manifest import META_DIR
+from .output import Reporter
+from .remote import parse_address
+
+KILL = "kill"
+PID_FILE = "migrate.pid"
+RESTARTS = 5          # lr-pageserver restarts within one migration
+POLL_S = 0.2
+
+
+@dataclass
+class Asked:
+    """What the operator asked by signal: stop (SIGINT, SIGTERM) or kill the source (SIGUSR1: `abort`)."""
+
+    stop: bool = False
+    kill: bool = False
+
+
+@contextmanager
+def operator_signals() -> Iterator[Asked]:
+    asked = Asked()
+    owner = os.getpid()
+
+    def on_stop(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        asked.stop = True
+
+    def on_kill(signum: int, frame: object) -> None:
+        asked.kill = True
+
+    old = {sig: signal.signal(sig, handler) for sig, handler in
+           ((signal.SIGINT, on_stop), (signal.SIGTERM, on_stop), (signal.SIGUSR1, on_kill))}
+    try:
+        yield asked
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def migrate_live(pid: int, images_dir: Path, listen: str, reporter: Reporter, sanitized: bool = False,
+                 options: CriuOptions = CriuOptions()) -> tuple[checkpoint.CheckpointSummary, serve.ServeSummary]:
+    parse_address(listen)
+    dump, cp = live_checkpoint(pid, images_dir, reporter, options)
+    pid_file = images_dir / META_DIR / PID_FILE
+    pid_file.write_text(f"{os.getpid()}\n")
+    fate = LiveFate()
+    try:
+        s, outcome = serve_stopped_tree(images_dir, listen, reporter, sanitized, fate)
+    except (LazyRestoreError, OSError) as exc:
+        s, outcome = None, exc
+    finally:
+        pid_file.unlink(missing_ok=True)
+    if outcome == DONE and s is not None:
+        dump.finish()
+        reporter.event("source_ended", pid=pid, reason="delivered")
+        reporter.progress(f"the destination has every page: source tree {pid} ended")
+        return cp, s
+    raise end_without_delivery(dump, fate, outcome, pid, images_dir, reporter)
+
+
+def live_checkpoint(pid: int, images_dir: Path, reporter: Reporter,
+                    options: CriuOptions) -> tuple[livedump.LiveDump, checkpoint.CheckpointSummary]:
+    """`criu dump --lazy-pages` of the tree (held stopped), its index (lazy ranges LIVE) and pid map."""
+    procs.require_root()
+    binary = criu.find_criu()
+    procs.check_checkpointable(pid, False)
+    recorded = checkpoint.recorded_options(pid, options, reporter)
+    checkpoint.prepare_dir(images_dir)
+    reporter.event("dumping", pid=pid, images_dir=str(images_dir), criu=binary.path, live=True,
+                   criu_options=criuopts.to_json(recorded))
+    reporter.progress(f"dumping the metadata of process tree {pid} into {images_dir} with criu {binary.version} "
+                      f"(live: its memory stays in the tree, held stopped)")
+    t0 = time.monotonic()
+    dump = livedump.LiveDump(binary, pid, images_dir, options)
+    try:
+        dump.wait_ready()
+    except CriuFailed as exc:
+        raise dumpdir.after_failed_dump(images_dir, livedump.DUMP_LOG, pid, exc)
+    t1 = time.monotonic()
+    try:
+        m = checkpoint.write_metadata(images_dir, binary, pid, options=recorded, live=True)
+        livetree.write_pid_map(images_dir, livetree.host_pids(pid, [p.pid for p in read_pstree(images_dir)]))
+    except (LazyRestoreError, OSError) as exc:
+        dump.rollback()
+        raise dumpdir.after_failed_index(images_dir, livedump.DUMP_LOG, pid, True, exc) from exc
+    cp = checkpoint.summary(images_dir, m, pid, t1 - t0, time.monotonic() - t1, leave_running=False)
+    reporter.event("checkpointed", **cp.__dict__)
+    reporter.progress(checkpoint.summary_text(cp))
+    return dump, cp
+
+
+def serve_stopped_tree(images_dir: Path, listen: str, reporter: Reporter, sanitized: bool,
+                       fate: LiveFate) -> tuple[serve.ServeSummary, str]:
+    """lr-pageserver --live until an outcome: DONE, ROLLBACK or KILL; restarted on the same address if it dies
+    while the tree is held."""
+    server, s = serve.start(images_dir, listen, True, reporter, sanitized,
+                            live_pids=livetree.pid_map_path(images_dir))
+    host = s.address
+    with operator_signals() as asked:
+        for restart in range(RESTARTS + 1):
+            outcome = follow(server, s, fate, asked, reporter)
+            if outcome is not None:
+                break
+            if restart == RESTARTS:
+                raise DaemonFailed(f"lr-pageserver exited {server.wait()} {RESTARTS + 1} times: {server.log_tail()}; "
+                                   f"log {s.log}")
+            reporter.event("server_restart", code=server.wait())
+            reporter.progress(f"lr-pageserver exited ({server.log_tail(1)}): serving again on {host}:{s.port}")
+            server, _ = serve.start(images_dir, f"[{host}]:{s.port}" if ":" in host else f"{host}:{s.port}", True,
+                                    reporter, sanitized, live_pids=livetree.pid_map_path(images_dir))
+    if outcome == DONE:
+        server.wait()
+    else:
+        server.stop()
+    return s, outcome
+
+
+def follow(server: serve.PageServer, s: serve.ServeSummary, fate: LiveFate, asked: Asked,
+           reporter: Reporter) -> str | None:
+    """Events until an outcome (DONE, ROLLBACK, KILL), or None when lr-pageserver exited without one."""
+    events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    threading.Thread(target=_pump, args=(server, events), daemon=True).start()
+    while True:
+        if asked.kill:
+            return KILL
+        if asked.stop:
+            asked.stop = False
+            if fate.can_roll_back():
+                return ROLLBACK
+            reporter.progress("a destination holds the tree (it committed, or may have run it): the source will not "
+                              "resume. Serving on for a new `restore --from`; to end the migration and kill the source "
+                              f"run `lazyrestore abort --images {s.images_dir} --kill-source`")
+        try:
+            ev = events.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+        if ev is None:
+            return None
+        serve.record_event(ev, s, reporter)
+        outcome = fate.on_event(ev)
+        if outcome is not None:
+            return outcome
+
+
+def _pump(server: serve.PageServer, events: queue.Queue[dict[str, Any] | None]) -> None:
+    try:
+        for ev in server.events():
+            events.put(ev)
+    finally:
+        events.put(None)
+
+
+def end_without_delivery(dump: livedump.LiveDump, fate: LiveFate, outcome: str | BaseException, pid: int,
+                         images_dir: Path, reporter: Reporter) -> LazyRestoreError:
+    """The migration ended before a destination had every page: roll back when no destination may run the
+    tree, else end the source (the operator's abort). The error to raise, saying which."""
+    error = outcome if isinstance(outcome, LazyRestoreError) else DaemonFailed(
+        "the operator ended the migration" if outcome == KILL else "no destination has the tree")
+    if outcome == KILL or not fate.can_roll_back():
+        dump.abandon()
+        reporter.event("source_ended", pid=pid, reason="aborted" if outcome == KILL else "a destination may run it")
+        error.add_note(f"source tree {pid} was ended, not resumed: a destination held it (two copies must never run)")
+        return error
+    dump.rollback()
+    reporter.event("rolled_back", pid=pid)
+    reporter.progress(f"rolled back: source tree {pid} resumed where it stopped")
+    error.add_note(f"rolled back: source tree {pid} runs on where it stopped; {images_dir} holds only its metadata")
+    return error
+
+
+def abort(images_dir: Path, kill_source: bool) -> int:
+    """`lazyrestore abort --images DIR --kill-source`: ask the live migration serving DIR to end and kill its
+    source. The migrating process's pid, or ProcessError when none serves DIR."""
+    if not kill_source:
+        raise UsageError("abort ends a live migration whose source a destination may already run, so it kills the "
+                         "source tree: say --kill-source (a migration no destination holds rolls back on Ctrl-C)")
+    path = images_dir / META_DIR / PID_FILE
+    try:
+        pid = int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError) as exc:
+        raise ProcessError(f"no live migration serves {images_dir} ({path}: "
+                           f"{getattr(exc, 'strerror', None) or 'unreadable'})") from exc
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError as exc:
+        raise ProcessError(f"the live migration of {images_dir} (pid {pid}) is gone") from exc
+    return pid
