@@ -23,9 +23,10 @@ void lr_wset_init(struct lr_wset *w, const struct lr_index *idx)
 	}
 }
 
+/* Room for n entries; w->v is allocated afterwards even for none (memcpy and qsort take no NULL). */
 static int reserve(struct lr_wset *w, size_t n, struct lr_error *err)
 {
-	if (n <= w->cap)
+	if (n <= w->cap && w->v)
 		return 0;
 	size_t cap = w->cap ? w->cap : 1024;
 	while (cap < n)
@@ -188,7 +189,8 @@ int lr_wset_merge(struct lr_wset *into, const struct lr_wset *add, struct lr_err
 
 void lr_wset_sort(struct lr_wset *w)
 {
-	qsort(w->v, w->n, sizeof(*w->v), by_time);
+	if (w->n)
+		qsort(w->v, w->n, sizeof(*w->v), by_time);
 }
 
 int lr_wset_encode(const struct lr_wset *w, char **out, size_t *len, struct lr_error *err)
