@@ -35,7 +35,7 @@ from .reaper import Reaper
 
 PAGE = 4096
 BLOCK = lazyindex.DEFAULT_BLOCK_SIZE
-RANGE_LIVE = 4  # lazyindex.RANGE_LIVE, lr_index.h's LR_RANGE_LIVE
+RANGE_LIVE = lazyindex.RANGE_LIVE
 LIVE = lazyindex.RANGE_LAZY | RANGE_LIVE
 HELPER_VPID = 100
 EAGER_ADDR = 0x10000  # below every mapping of the workload (vpid 1): an eager record served from pages-1.img

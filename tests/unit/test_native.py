@@ -241,6 +241,9 @@ def valid_indexes() -> list[tuple[str, LazyIndex]]:
         ))),
         ("same addresses in different pids", LazyIndex(PS, BS, 2, CID, (
             entry(10, 0x7000, 30), entry(11, 0x7000, 30), entry(12, 0x7000, 30, lazy=False)))),
+        ("live records (lazy, read from the stopped tree: no pages file)", LazyIndex(PS, BS, 2, CID, (
+            entry(1, 0x1000, 3, lazy=False), entry(1, 0x10000, 40, flags=RANGE_LAZY | lazyindex.RANGE_LIVE, pages_id=0),
+            entry(2, 0x10000, 8, flags=RANGE_LAZY | lazyindex.RANGE_LIVE, pages_id=0)))),
         ("random, 20 pids, 64 KiB blocks", random_index(rng, 20, BS)),
         ("random, 6 pids, 16 KiB blocks", random_index(rng, 6, 4 * PS)),
         ("random, 9 pids, 1 MiB blocks", random_index(rng, 9, 1 << 20)),
