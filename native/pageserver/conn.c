@@ -17,6 +17,7 @@
 #include "server.h"
 
 #define PS_QUEUE_MAX 512 /* queued pieces before a connection's requests are not read any more */
+#define PS_QUEUE_BYTES (16u << 20) /* ... or bytes queued in memory (a live store's pages: file ranges cost none) */
 #define PS_ACCEPT_PAUSE_MS 1000 /* listener off after accept ran out of descriptors */
 #define PS_EVICT_LOG_NS 1000000000ULL /* at most one log line an interval for evictions (a flood evicts many) */
 
@@ -198,12 +199,19 @@ int ps_conn_accept(struct ps_server *s, struct lr_error *err)
 	return 0;
 }
 
+/* Backpressure: a client that does not read its replies is not read either, so what it can make the server
+ * hold is bounded. */
+static bool backlogged(const struct ps_conn *c)
+{
+	return c->n - c->head >= PS_QUEUE_MAX || c->queued_bytes >= PS_QUEUE_BYTES;
+}
+
 int ps_conn_update_events(struct ps_server *s, struct ps_conn *c)
 {
 	uint32_t want = 0;
-	/* backpressure: a client that does not read its replies is not read either. EPOLLRDHUP goes with
-	 * EPOLLIN: it is level-triggered, and a hang-up nobody reads would wake every epoll_wait. */
-	if (c->n - c->head < PS_QUEUE_MAX && !c->closing)
+	/* EPOLLRDHUP goes with EPOLLIN: it is level-triggered, and a hang-up nobody reads would wake every
+	 * epoll_wait. */
+	if (!backlogged(c) && !c->closing)
 		want |= EPOLLIN | EPOLLRDHUP;
 	if (c->n > c->head || (c->session && c == c->session->bulk && c->session->bulk_started && !c->session->bulk_ended))
 		want |= EPOLLOUT;
@@ -234,6 +242,7 @@ static int push(struct ps_conn *c, struct ps_out o)
 		c->cap = n;
 	}
 	c->out[c->n++] = o;
+	c->queued_bytes += o.bytes ? o.len : 0;
 	return 0;
 }
 
@@ -311,6 +320,7 @@ static int flush(struct ps_conn *c)
 			return -1;
 		if (rc == 0)
 			return 0;
+		c->queued_bytes -= c->out[c->head].bytes ? c->out[c->head].len : 0;
 		free(c->out[c->head].bytes);
 		c->head++;
 	}
@@ -438,7 +448,7 @@ int ps_conn_on_read(struct ps_server *s, struct ps_conn *c)
 			return -1;
 		if (ps_conn_update_events(s, c))
 			return -1;
-		if (c->n - c->head >= PS_QUEUE_MAX)
+		if (backlogged(c))
 			return 0;
 	}
 	return 0;
@@ -455,6 +465,7 @@ void ps_conn_close(struct ps_server *s, struct ps_conn *c)
 	for (size_t i = c->head; i < c->n; i++)
 		free(c->out[i].bytes);
 	c->head = c->n = 0;
+	c->queued_bytes = 0;
 	if (c->session) {
 		struct ps_session *ss = c->session;
 		if (ss->urgent == c)

@@ -69,6 +69,7 @@ struct ps_conn {
 	char buf[LR_REQUEST_MAX];
 	struct ps_out *out;         /* output queue [head, n) */
 	size_t head, n, cap;
+	uint64_t queued_bytes;      /* of it, bytes held in memory (not file ranges): bounded (conn.c) */
 	uint32_t events;            /* epoll events registered */
 	bool closing;               /* close once the queue is sent (after an ERROR or DONE with --once) */
 	bool dead;                  /* closed: freed after the current batch */

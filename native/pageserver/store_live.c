@@ -7,6 +7,7 @@
  * held by a pidfd, and a read counts only if the task was still alive after it (so its pid was not reused).
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -152,6 +153,57 @@ static void live_close(struct ps_store *st)
 
 static const struct ps_store_ops live_ops = {"live", live_get, live_close};
 
+/* The state letter in the stat file of thread tid (a name in dirfd, /proc/PID/task), or 0 when it is gone. */
+static char thread_state(int dirfd, const char *tid)
+{
+	char path[300], buf[512];
+	snprintf(path, sizeof(path), "%s/stat", tid);
+	int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	const char *p = strrchr(buf, ')'); /* the name before it may hold anything */
+	return p && p[1] == ' ' ? p[2] : 0;
+}
+
+/* Every thread of the task stopped ('t': ptrace-stop, as CRIU holds it; 'T': SIGSTOP): its memory cannot change
+ * while it is served. */
+static int stopped(const struct live_task *t, struct lr_error *err)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)t->pid);
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *dir = fd >= 0 ? fdopendir(fd) : NULL;
+	if (!dir) {
+		int errnum = errno;
+		if (fd >= 0)
+			close(fd);
+		return gone(t, "open /proc/PID/task", errnum, err);
+	}
+	int rc = 0;
+	for (struct dirent *e; !rc && (e = readdir(dir));) {
+		char state = e->d_name[0] == '.' ? 't' : thread_state(dirfd(dir), e->d_name);
+		if (state && state != 't' && state != 'T')
+			rc = lr_error_set(err, 0, "task %u (pid %d): thread %s is not stopped (state %c): a live checkpoint is "
+					  "served only while its tree is stopped", t->vpid, (int)t->pid, e->d_name, state);
+	}
+	closedir(dir);
+	return rc;
+}
+
+/* The task has live records (a task without, a zombie say, need not be stopped). */
+static bool has_live(const struct lr_index *idx, uint32_t vpid)
+{
+	size_t first, n = lr_index_pid_records(idx, vpid, &first);
+	for (size_t i = first; i < first + n; i++)
+		if (idx->recs[i].flags & LR_RANGE_LIVE)
+			return true;
+	return false;
+}
+
 /* Hold the task by a pidfd, then open its memory, and check it is the same task still. */
 static int open_task(struct live_task *t, struct lr_error *err)
 {
@@ -192,7 +244,8 @@ struct ps_store *ps_store_live_open(const char *pidmap, const struct lr_index *i
 		return NULL;
 	}
 	for (ls->ntasks = 0; ls->ntasks < n; ls->ntasks++)
-		if (open_task(&ls->tasks[ls->ntasks], err)) {
+		if (open_task(&ls->tasks[ls->ntasks], err) ||
+		    (has_live(idx, ls->tasks[ls->ntasks].vpid) && stopped(&ls->tasks[ls->ntasks], err))) {
 			ls->ntasks++; /* closed with the others */
 			live_close(&ls->base);
 			return NULL;

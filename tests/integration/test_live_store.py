@@ -242,9 +242,8 @@ def expected(tree: Tree, rec: int, first: int, nblocks: int) -> tuple[tuple[int,
     return sums, data
 
 
-def requests(tree: Tree, rec: int) -> Iterator[tuple[int, int]]:
-    """(first block, nblocks) covering record rec in GET_PAGES of at most PAGES_MAX_DATA."""
-    e = tree.entries[rec]
+def requests(e: lazyindex.IndexEntry) -> Iterator[tuple[int, int]]:
+    """(first block, nblocks) covering record e in GET_PAGES of at most PAGES_MAX_DATA."""
     n = lazyindex.block_count(e.start, e.nr_pages * PAGE, BLOCK)
     per = wire.PAGES_MAX_DATA // BLOCK
     for k in range(0, n, per):
@@ -276,7 +275,7 @@ def test_every_live_byte_equals_the_task_memory_and_its_sum_is_sent(server: Live
     c = client(server, tree)
     assert sum(e.pid == HELPER_VPID for e in tree.entries) == 3  # rw, PROT_NONE, write-only: all compared below
     for rec, e in enumerate(tree.entries):
-        for first, n in requests(tree, rec):
+        for first, n in requests(e):
             sums, data = c.get_pages(rec, first, n)
             want_sums, want = expected(tree, rec, first, n)
             assert data == want, f"record {rec} blocks {first}+{n}: bytes differ from the task's memory"
@@ -386,6 +385,14 @@ def test_a_bad_pid_map_is_refused_by_name(tree: Tree, case: str) -> None:
     assert f"error: pid map {path}: {message.format(p=p)}" in log, log
 
 
+def test_a_running_task_is_refused_at_start(tree: Tree) -> None:
+    """Its memory could change while it is served: every thread of a task with live records must be stopped."""
+    os.kill(tree.helper.pid, signal.SIGCONT)
+    log = refused(tree.images, "--live", str(tree.images / "lazyrestore" / "live-pids"))
+    assert f"task {HELPER_VPID} (pid {tree.helper.pid}): thread {tree.helper.pid} is not stopped (state " in log, log
+    assert "served only while its tree is stopped" in log
+
+
 def test_a_gone_task_or_no_pid_map_is_refused_at_start(tree: Tree) -> None:
     log = refused(tree.images)
     assert "describes a live checkpoint" in log and "give --live PIDMAP" in log, log
@@ -395,8 +402,9 @@ def test_a_gone_task_or_no_pid_map_is_refused_at_start(tree: Tree) -> None:
 
 
 def test_peak_memory_stays_small_while_serving_a_large_tree(workdir: Path, reaper: Reaper) -> None:
-    """The optimized server streams a 256 MiB tree in bulk and on request: its peak RSS (VmHWM) stays a few
-    MiB, far below the tree (no copy of it is kept; one buffer per frame in flight)."""
+    """The optimized server streams a 256 MiB tree in bulk, then answers requests for all of it sent at once: its
+    peak RSS (VmHWM) stays a few MiB, far below the tree (no copy of it is kept; one buffer per frame in flight,
+    at most 16 MiB of replies queued per connection)."""
     w = sample.start(workdir, 256)
     reaper.add(w.pid)
     try:
@@ -421,6 +429,19 @@ def test_peak_memory_stays_small_while_serving_a_large_tree(workdir: Path, reape
             peak = s.peak_rss_kib()
             print(f"lr-pageserver --live: peak RSS {peak} KiB after streaming {tree_bytes >> 20} MiB")
             assert peak < 32 << 10, f"peak RSS {peak} KiB"
+            # A client that asks for the whole main region at once and reads nothing until it has asked: the
+            # server stops reading its requests once 16 MiB of replies wait (conn.c), so it never holds more.
+            main = max(range(len(entries)), key=lambda i: entries[i].nr_pages)
+            asked = list(requests(entries[main]))
+            for first, n in asked:
+                c.request(wire.GET_PAGES_T, wire.PAGE_REQ.pack(main, first, n))
+            for first, n in asked:
+                p = wire.parse_pages(c.recv().payload)
+                assert (p.record, p.first_block, p.nblocks) == (main, first, n)
+            assert len(asked) * wire.PAGES_MAX_DATA >= 200 << 20
+            peak = s.peak_rss_kib()
+            print(f"lr-pageserver --live: peak RSS {peak} KiB after {len(asked)} requests of 2 MiB sent at once")
+            assert peak < 48 << 10, f"peak RSS {peak} KiB"
             bulk.close()
             c.close()
         finally:
