@@ -1,0 +1,61 @@
+"""`migrate --live` between the two test hosts: CRIU holds the source tree stopped on A, lr-pageserver serves its
+lazy pages from the tree's memory, `restore --from` on B. Memory compared by checksum with the original."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from lazyrestore import procs, sample, testhosts
+
+from .helpers import run_cli
+from .migration import Source, checksums, finished, restore_on_b, start_on_a
+
+
+def live_source(w: sample.Workload, images: Path) -> Source:
+    return Source(["migrate", "--live", "--pid", str(w.pid), "--images", str(images),
+                   "--listen", f"{testhosts.ADDR_A}:0"])
+
+
+def wait_gone(pid: int, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while procs.is_running(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not procs.is_running(pid)
+
+
+def test_a_live_migration_moves_the_tree_and_ends_the_source(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper, mib=256, children=1)
+    before = checksums(w)
+    src = live_source(w, workdir / "images")
+    assert procs.status_fields(w.pid)["State"].startswith("t"), "CRIU holds the source stopped while it is served"
+    written = sum(f.stat().st_size for f in (workdir / "images").rglob("*") if f.is_file())
+    assert written < 16 << 20, f"{written} bytes on disk: only metadata and eager pages are written"
+    run = restore_on_b(src.address, workdir / "images", workdir / "dst")
+    restored = sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
+    summary = finished(run)
+    assert summary["drain_bytes"] + summary["fault_bytes"] >= (256 << 20) * 15 // 16
+    assert checksums(restored) == before
+    res = src.run.finish(timeout=60)
+    assert res.code == 0, res.stderr
+    assert res.last("summary")["delivered"] == 1
+    assert any(e["event"] == "source_ended" for e in src.run.events), src.run.events
+    assert wait_gone(w.pid), "after DONE the source tree is killed: two copies never run"
+
+
+def test_a_wrong_secret_before_any_commit_rolls_the_source_back(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper, mib=64)
+    before = checksums(w)
+    src = live_source(w, workdir / "images")
+    wrong = workdir / "wrong-secret"
+    wrong.write_bytes(os.urandom(32))
+    wrong.chmod(0o600)
+    res = run_cli("restore", "--from", src.address, "--secret-file", str(wrong), "--workdir", str(workdir / "bad"),
+                  host="b")
+    assert res.code != 0 and "wrong proof of the checkpoint secret" in res.last("error")["message"]
+    out = src.run.finish(timeout=60)
+    assert out.code != 0 and "rolled back" in out.last("error")["message"], out.stderr
+    assert any(e["event"] == "rolled_back" for e in src.run.events)
+    assert not procs.status_fields(w.pid)["State"].startswith("t")
+    assert checksums(w) == before, "the source runs on where it stopped, its memory unchanged"
