@@ -106,7 +106,7 @@ def lazy_bytes(images_dir: Path) -> int:
 
 def run_lr_remote(src: Source, drain_timeout: float) -> dict[str, Any]:
     images_dir, work = src.scratch / "images", src.scratch / "lr-dst"
-    mig = JsonProc(lazyrestore_cmd("migrate", "--pid", str(src.pid), "--images", str(images_dir),
+    mig = JsonProc(lazyrestore_cmd("migrate", "--via-disk", "--pid", str(src.pid), "--images", str(images_dir),
                                    "--listen", f"{src.net.src_addr}:0", "--json"),
                    src.scratch / "migrate.stderr", src.net.src_preexec())
     try:

@@ -379,7 +379,7 @@ def cmd_migrate(args: argparse.Namespace, rep: Reporter) -> int:
     require_process(args.pid)
     require_new_images(args.images)
     require_valid("--listen", remote.parse_address, args.listen)
-    run = migratelive.migrate_live if args.live else serve.migrate
+    run = serve.migrate if args.via_disk else migratelive.migrate_live
     cp, s = run(args.pid, args.images, args.listen, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")),
                 criu_options(args))
     if not s.delivered:
@@ -532,13 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--images", "-D", type=images_path, required=True, help="checkpoint directory")
     ix.set_defaults(func=cmd_index)
 
-    mg = sub.add_parser("migrate", help="checkpoint a tree and serve it until a destination has every page")
+    mg = sub.add_parser("migrate", help="live post-copy migration: serve a stopped tree until a destination has every page")
     mg.add_argument("--pid", type=pid_number, required=True, help="root of the tree (init of its own pid namespace)")
     mg.add_argument("--images", "-D", type=images_path, required=True, help="new or empty directory (tmpfs recommended)")
     mg.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
-    mg.add_argument("--live", action="store_true",
-                    help="post-copy from the stopped tree: only metadata is written, the lazy pages are served from "
-                         "the source's memory (CRIU holds it stopped until a destination has every page)")
+    mg.add_argument("--via-disk", action="store_true",
+                    help="checkpoint every page to DIR first, then serve it (a checkpoint that can also be restored "
+                         "again); default: live, only metadata is written and the lazy pages are served from the "
+                         "source's memory, CRIU holding it stopped until a destination has every page")
     add_criu_options(mg, restoring=False)
     mg.set_defaults(func=cmd_migrate)
 

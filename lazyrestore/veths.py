@@ -11,9 +11,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
 from .errors import LazyRestoreError, UsageError
 
 
@@ -39,6 +36,7 @@ def peers(pid: int) -> tuple[VethPeer, ...]:
     """The veth pairs between pid's network namespace and ours ((): it shares ours, or has none)."""
     if not own_netns(pid):
         return ()
+    from pyroute2.netlink.exceptions import NetlinkError  # pyroute2 takes 80 ms to import: only when needed
     try:
         return _peers(pid)
     except (OSError, NetlinkError) as exc:
@@ -46,6 +44,7 @@ def peers(pid: int) -> tuple[VethPeer, ...]:
 
 
 def _peers(pid: int) -> tuple[VethPeer, ...]:
+    from pyroute2 import IPRoute
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         with IPRoute() as ipr:
@@ -77,6 +76,8 @@ def missing_bridges(externals: tuple[str, ...]) -> list[str]:
     wanted = sorted({e.rsplit("@", 1)[1] for e in externals if e.startswith("veth[") and "@" in e})
     if not wanted:
         return []
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
     try:
         with IPRoute() as ipr:
             return [b for b in wanted if not ipr.link_lookup(ifname=b)]

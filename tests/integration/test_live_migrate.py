@@ -14,7 +14,7 @@ from .migration import Source, checksums, finished, restore_on_b, start_on_a
 
 
 def live_source(w: sample.Workload, images: Path) -> Source:
-    return Source(["migrate", "--live", "--pid", str(w.pid), "--images", str(images),
+    return Source(["migrate", "--pid", str(w.pid), "--images", str(images),
                    "--listen", f"{testhosts.ADDR_A}:0"])
 
 

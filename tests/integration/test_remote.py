@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 
 from lazyrestore import sample, testhosts
 
@@ -21,10 +22,11 @@ from .helpers import Background, run_cli
 from .migration import SLOW_DRAIN, Source, checkpoint_on_a, checksums, finished, restore_on_b, serve_a, start_on_a
 
 
-def test_migrate_one_process_from_a_to_b(hosts, workdir: Path, reaper) -> None:
+@pytest.mark.parametrize("mode", [[], ["--via-disk"]], ids=["live", "via-disk"])
+def test_migrate_one_process_from_a_to_b(hosts, workdir: Path, reaper, mode: list[str]) -> None:
     w = start_on_a(workdir, reaper)
     before = checksums(w)
-    src = Source(["migrate", "--pid", str(w.pid), "--images", str(workdir / "images"),
+    src = Source(["migrate", *mode, "--pid", str(w.pid), "--images", str(workdir / "images"),
                   "--listen", f"{testhosts.ADDR_A}:0"])
     assert src.listening["command"].startswith(f"lazyrestore restore --from {src.address} ")
     run = restore_on_b(src.address, workdir / "images", workdir / "dst")
