@@ -85,11 +85,11 @@ def _demo(demo: Demo, mib: int) -> int:
     match = same_lazy and same_eager
     png = _draw_report(demo, lazy_run)
     rep.result(f"time to resume, from the start of the checkpoint:\n"
-               f"  lazy  A -> B  {lazy['resume_s']:.3f} s  (every page on B {lazy['resident_s']:.3f} s later, "
+               f"  live  A -> B  {lazy['resume_s']:.3f} s  (every page on B {lazy['resident_s']:.3f} s later, "
                f"{lazy['gbps']:.2f} GB/s)\n"
                f"  eager B -> A  {eager['resume_s']:.3f} s  (checkpoint {eager['checkpoint_s']:.3f} s, copy "
                f"{eager['copy_s']:.3f} s, restore {eager['restore_s']:.3f} s)\n"
-               f"  the lazy migration resumed {eager['resume_s'] / max(lazy['resume_s'], 1e-6):.1f}x sooner; "
+               f"  the live migration resumed {eager['resume_s'] / max(lazy['resume_s'], 1e-6):.1f}x sooner; "
                f"memory checksums {'match' if match else 'DIFFER'}\n"
                f"  report of the lazy migration (faults, memory placed, fault latency): {png}",
                "summary", match=match, lazy=lazy, eager=eager, report=str(png))
@@ -102,8 +102,8 @@ def _migrate_lazily(demo: Demo, w: sample.Workload) -> tuple[int, dict[str, floa
     """The restored root pid, the timings, and the restore's run dir (its progress.jsonl and working set)."""
     rep = demo.rep
     images = demo.base / "a-images"
-    rep.progress("lazy migration A -> B: `lazyrestore migrate` on A (checkpoint, then lr-pageserver), "
-                 "`lazyrestore restore --from` on B")
+    rep.progress("live migration A -> B: `lazyrestore migrate` on A (CRIU dumps the metadata and holds the tree "
+                 "stopped; lr-pageserver serves its memory), `lazyrestore restore --from` on B")
     port, t0 = _start_migrate(demo, w.pid, images)
     timed = TimedReporter(rep)
     with testhosts.inside(testhosts.HOST_B):
@@ -112,6 +112,7 @@ def _migrate_lazily(demo: Demo, w: sample.Workload) -> tuple[int, dict[str, floa
     demo.trees.append(ls.pid)
     resume_s = timed.seen["resumed"] - t0
     _wait_delivered(demo)
+    demo.trees.remove(w.pid)  # B has every page: migrate ended the source
     gbps = (ls.drain_bytes + ls.fault_bytes) / max(ls.resident_s or 0.0, 1e-6) / 1e9
     rep.progress(f"resumed on B {resume_s:.3f} s after the checkpoint started; every page there "
                  f"{ls.resident_s:.3f} s later; {ls.faults} faults (p99 {ls.lat_p99_us:.0f} us)")
@@ -144,8 +145,7 @@ def _start_migrate(demo: Demo, pid: int, images: Path) -> tuple[int, float]:
         ev = json.loads(line)
         if ev.get("event") == "started":
             started = time.monotonic()
-        if ev.get("event") == "listening":
-            demo.trees.remove(pid)  # checkpointed: the source tree is gone
+        if ev.get("event") == "listening":  # the source is held stopped until B has every page (then ended)
             return int(ev["port"]), started
         if ev.get("event") == "error":
             raise DaemonFailed(f"lazyrestore migrate on host A failed: {ev.get('message')}")
