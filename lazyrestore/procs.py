@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import signal
@@ -121,3 +122,14 @@ def wait_pidns_init(unshare: subprocess.Popen[bytes], deadline: float, what: str
         time.sleep(0.02)
     unshare.kill()
     raise LazyRestoreError(f"unshare did not start {what} as a pid-namespace init")
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child before exec: SIGKILL when the process that started it dies (prctl PR_SET_PDEATHSIG). A live
+    migration's page server has nothing to serve once `migrate` is gone (CRIU then kills the source tree)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(127)

@@ -175,7 +175,8 @@ def start(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitiz
     runs = images_dir / META_DIR / RUNS_DIR
     runs.mkdir(exist_ok=True)
     log = runs / f"serve-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    server = PageServer(images_dir, listen, once, log, sanitized, live_pids=live_pids)
+    server = PageServer(images_dir, listen, once, log, sanitized, live_pids=live_pids,
+                        preexec=procs.die_with_parent if live_pids else None)
     s = ServeSummary(str(images_dir), m.checkpoint_id, host, server.port, log=str(log))
     cmd = destination_command(host, server.port, images_dir)
     if kit is not None:

@@ -4,13 +4,14 @@ lazy pages from the tree's memory, `restore --from` on B. Memory compared by che
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
 from lazyrestore import procs, sample, testhosts
 
 from .helpers import run_cli
-from .migration import Source, checksums, finished, restore_on_b, start_on_a
+from .migration import SLOW_DRAIN, Source, checksums, finished, restore_on_b, start_on_a
 
 
 def live_source(w: sample.Workload, images: Path) -> Source:
@@ -59,3 +60,46 @@ def test_a_wrong_secret_before_any_commit_rolls_the_source_back(hosts, workdir: 
     assert any(e["event"] == "rolled_back" for e in src.run.events)
     assert not procs.status_fields(w.pid)["State"].startswith("t")
     assert checksums(w) == before, "the source runs on where it stopped, its memory unchanged"
+
+
+def test_lr_pageserver_killed_mid_drain_is_started_again_and_the_destination_completes(hosts, workdir: Path,
+                                                                                      reaper) -> None:
+    w = start_on_a(workdir, reaper, mib=256)
+    before = checksums(w)
+    src = live_source(w, workdir / "images")
+    run = restore_on_b(src.address, workdir / "images", workdir / "dst", *SLOW_DRAIN, "--source-timeout", "30")
+    restored = sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
+    time.sleep(1.0)  # 48 MiB/s: part of the memory is placed
+    src.kill_server()
+    again = src.run.read_until("server_restart")
+    assert again is not None, src.run.events
+    finished(run)
+    assert checksums(restored) == before
+    res = src.run.finish(timeout=60)
+    assert res.code == 0 and res.last("summary")["delivered"] == 1, res.stderr
+    assert wait_gone(w.pid)
+
+
+def test_stopping_migrate_before_any_destination_rolls_back(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper, mib=64)
+    before = checksums(w)
+    src = live_source(w, workdir / "images")
+    src.run.proc.send_signal(signal.SIGINT)
+    res = src.run.finish(timeout=60)
+    assert res.code != 0 and any(e["event"] == "rolled_back" for e in src.run.events), res.stderr
+    assert checksums(w) == before
+
+
+def test_migrate_killed_lets_criu_kill_the_source_and_the_destination_fails_by_name(hosts, workdir: Path,
+                                                                                     reaper) -> None:
+    w = start_on_a(workdir, reaper, mib=256)
+    src = live_source(w, workdir / "images")
+    server_pid = src.listening["server_pid"]
+    run = restore_on_b(src.address, workdir / "images", workdir / "dst", *SLOW_DRAIN, "--source-timeout", "5")
+    restored_pid = reaper.add(run.first("resumed")["pid"])
+    src.run.proc.kill()  # SIGKILL: CRIU reads EOF on its page-server socket and kills the tree
+    assert wait_gone(w.pid), "the source never runs again"
+    assert wait_gone(server_pid), "lr-pageserver dies with migrate"
+    res = run.finish(timeout=120)
+    assert res.code != 0 and res.last("error")["error"] == "DaemonFailed", res.stderr
+    assert wait_gone(restored_pid), "the destination's half-restored tree is killed"
