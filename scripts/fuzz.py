@@ -124,9 +124,9 @@ def run_all(seconds: int, summary: Path, smoke: bool) -> int:
 # ---------------------------------------------------------------- seeds
 
 MAGIC = 0x3150524C
-VERSION = 2
+VERSION = 3
 (HELLO, CHALLENGE, AUTH, WELCOME, LIST, FILES, GET_FILE, FILE_DATA, GET_PAGES, PAGES, HINT, BULK_START, BULK_END,
- DONE, ERROR, WORKINGSET, TUNE) = range(1, 18)
+ DONE, ERROR, WORKINGSET, TUNE, COMMIT, ABORT) = range(1, 20)
 F_MORE, F_ZSTD, F_COMPRESS, F_SUM = 1, 2, 4, 8
 URGENT, BULK = 1, 2
 META, PAGES_FILE = 1, 2
@@ -243,6 +243,10 @@ def frame_seeds() -> dict[str, bytes]:
         "request-bad-sum": damaged(summed(GET_PAGES, page_req(0, 0, 2)), 30),
         "workingset-bad-sum": damaged(summed(WORKINGSET, b"LRWSET1\0" + struct.pack("<II", 2, PS), flags=F_MORE), 26)
         + summed(WORKINGSET, b"\x00" * 48, req_id=2) + summed(DONE, req_id=3),
+        "commit-then-abort": summed(COMMIT) + summed(COMMIT, req_id=2) + summed(ABORT, req_id=3)
+        + summed(DONE, req_id=4),
+        "commit-bad-sum": damaged(summed(COMMIT), 17) + summed(ABORT, req_id=2),
+        "commit-with-payload": summed(COMMIT, b"x"),
     }
 
 
@@ -278,6 +282,11 @@ def handshake_seeds() -> dict[str, bytes]:
         "request-before-auth": steps((0, hello(URGENT)), (0, frame(LIST))),
         "hang-up-after-hello": steps((HANG_UP, hello(URGENT)), (0, hello(URGENT))),
         "full-server-evicts": steps(*[(k, hello(URGENT)) for k in range(4)], (0, auth())),
+        "two-destinations-commit": steps(*urgent, (1, hello(URGENT)), (1 | GOOD_MAC, auth()),
+                                         (0, summed(COMMIT)), (1, summed(COMMIT)), (HANG_UP, summed(LIST, req_id=2)),
+                                         (1, hello(URGENT)), (1 | GOOD_MAC, auth()), (1, summed(COMMIT)),
+                                         (1, summed(ABORT, req_id=2)), (2, hello(URGENT)), (2 | GOOD_MAC, auth()),
+                                         (2, summed(COMMIT))),
         "full-server-busy": steps(*urgent, *[(k, hello(URGENT)) for k in (1, 2)], (1 | GOOD_MAC, auth()),
                                   (2 | GOOD_MAC, auth()), (3, hello(URGENT)), (3, hello(URGENT))),
     }

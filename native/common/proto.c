@@ -57,7 +57,7 @@ const char *lr_frame_name(uint32_t type)
 		[LR_LIST] = "LIST", [LR_FILES] = "FILES", [LR_GET_FILE] = "GET_FILE", [LR_FILE_DATA] = "FILE_DATA",
 		[LR_GET_PAGES] = "GET_PAGES", [LR_PAGES] = "PAGES", [LR_HINT] = "HINT", [LR_BULK_START] = "BULK_START",
 		[LR_BULK_END] = "BULK_END", [LR_DONE] = "DONE", [LR_ERROR] = "ERROR",
-		[LR_WORKINGSET] = "WORKINGSET", [LR_TUNE] = "TUNE"};
+		[LR_WORKINGSET] = "WORKINGSET", [LR_TUNE] = "TUNE", [LR_COMMIT] = "COMMIT", [LR_ABORT] = "ABORT"};
 	return type < LR_FRAME_TYPES && names[type] ? names[type] : "unknown";
 }
 
@@ -67,7 +67,7 @@ const char *lr_error_code_name(uint32_t code)
 		[LR_ERR_PROTOCOL] = "protocol", [LR_ERR_VERSION] = "version", [LR_ERR_AUTH] = "auth",
 		[LR_ERR_TOO_BIG] = "too-big", [LR_ERR_RANGE] = "range", [LR_ERR_NO_FILE] = "no-file",
 		[LR_ERR_IO] = "io", [LR_ERR_TIMEOUT] = "timeout", [LR_ERR_SESSION] = "session",
-		[LR_ERR_DAMAGED] = "damaged"};
+		[LR_ERR_DAMAGED] = "damaged", [LR_ERR_BUSY] = "busy"};
 	return code < sizeof(names) / sizeof(names[0]) && names[code] ? names[code] : "unknown";
 }
 

@@ -10,7 +10,8 @@
  *     inside the payload and the record;
  *   - lr-pageserver reading the input as requests on an authenticated urgent
  *     connection: conn.c's frame reader, then requests.c (LIST, GET_FILE, GET_PAGES,
- *     HINT, WORKINGSET (merged when its last frame parses), DONE, and the block ranges they name).
+ *     HINT, WORKINGSET (merged when its last frame parses), TUNE, DONE, COMMIT, ABORT, and the block ranges
+ *     they name).
  */
 #define _GNU_SOURCE
 #include <stdbool.h>

@@ -15,7 +15,9 @@
  *   FH_HANG_UP       the client closes its end after this step.
  * A frame flagged LR_F_SUM whose checksum held before the patch is sealed again after it.
  * After every step the server writes what it would on EPOLLOUT, the clients read
- * it, and the connection/session links are checked both ways.
+ * it, and the connection/session links are checked both ways. The server is told it
+ * serves a live tree (holder.c: one session at a time may COMMIT), and at most one
+ * session holds it after every step.
  */
 #define _GNU_SOURCE
 #include <stdbool.h>
@@ -50,6 +52,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argc;
 	(void)argv;
 	fx_server_open(&server);
+	server.cfg.live_pids = "fuzz"; /* only holder.c looks: the fixture's index has no live range */
 	return 0;
 }
 
@@ -93,9 +96,11 @@ static void write_side(struct fh_input *in)
 		fx_drain(in->peers[i]);
 }
 
-/* An authenticated connection is in its session, and a session's channels point back at it. */
+/* An authenticated connection is in its session, and a session's channels point back at it; one holder at most. */
 static void check_links(void)
 {
+	size_t holders = 0;
+
 	for (size_t i = 0; i < server.nconns; i++) {
 		const struct ps_conn *c = server.conns[i];
 		if (!c->dead && c->state == PS_READY)
@@ -105,7 +110,9 @@ static void check_links(void)
 		const struct ps_session *ss = server.sessions[i];
 		FUZZ_CHECK(ss->urgent && ss->urgent->session == ss && !ss->urgent->dead);
 		FUZZ_CHECK(!ss->bulk || (ss->bulk->session == ss && !ss->bulk->dead));
+		holders += ss->committed;
 	}
+	FUZZ_CHECK(holders <= 1);
 }
 
 /* One step of the input at p (n bytes left); returns the bytes it took, 0 to stop. */

@@ -1,6 +1,6 @@
 /*
  * lr_proto.h: the wire protocol between lr-pageserver (source) and lr-lazyd
- * (destination). Version 2. Every integer is little-endian; every struct here
+ * (destination). Version 3. Every integer is little-endian; every struct here
  * is packed by construction (fixed-width fields, no padding, sizes asserted).
  *
  * A session has two TCP connections ("channels"), each authenticated:
@@ -22,7 +22,7 @@
  * too; unflagged, `sum` is 0. TCP's checksum misses a byte a middlebox rewrites
  * and checksums again, and the index covers only page bytes, so every frame
  * built in memory is sealed: all the client sends, and the server's
- * CHALLENGE, WELCOME, FILES, FILE_DATA, ERROR, DONE and BULK_END. PAGES are not
+ * CHALLENGE, WELCOME, FILES, FILE_DATA, ERROR, DONE, BULK_END, COMMIT and ABORT. PAGES are not
  * (page bytes go out with sendfile; every block is checked against the index).
  * The receiver checks a sum once the whole frame is in, so a mismatch leaves
  * the stream in step: lr-lazyd takes no FILES or FILE_DATA without LR_F_SUM,
@@ -60,6 +60,19 @@
  *   TUNE        (no reply)     no payload; its flags (LR_F_ZSTD, LR_F_COMPRESS) replace BULK_START's for
  *                              the rest of the bulk stream (the client measured its link)
  *   DONE        -> DONE        every page is placed and verified: the checkpoint is delivered
+ *   COMMIT      -> COMMIT      no payload: "this destination starts its restore now: its tree may run from
+ *                              here on". With --live (a held source tree) the server answers only when no
+ *                              other live session holds the tree, and records this one as the holder; else
+ *                              ERROR LR_ERR_BUSY naming the holder's session. The holder stops holding when
+ *                              its session ends (urgent channel closed), so another destination may take
+ *                              over. Serving images from disk, any number of sessions commit (the
+ *                              checkpoint may be restored many times). lr-lazyd commits once the checkpoint
+ *                              is fetched, before it reports listening (CRIU is started after that).
+ *   ABORT       -> ABORT       no payload: "my tree never ran and never will" (CRIU's restore failed, or
+ *                              lr-lazyd was stopped before CRIU connected); the session holds the tree no
+ *                              more. Never sent once CRIU reported the restore finished.
+ * COMMIT and ABORT echo the request's req_id; lr-pageserver reports both on --events-fd ("committed",
+ * "aborted", with the session id).
  * LIST names lazyrestore/workingset (kind META) when the server has one: the snapshot taken at LIST is
  * what GET_FILE of that name sends on that session.
  * Bulk channel: BULK_START {struct lr_page_req: where to begin} -> PAGES..., BULK_END.
@@ -79,7 +92,8 @@
 #include <stdint.h>
 
 #define LR_PROTO_MAGIC 0x3150524cu /* "LRP1" */
-#define LR_PROTO_VERSION 2u  /* 2: LR_F_SUM, LR_ERR_DAMAGED */
+#define LR_PROTO_VERSION 3u  /* 2: LR_F_SUM, LR_ERR_DAMAGED; 3: COMMIT, ABORT, LR_ERR_BUSY (a version 2 client
+			       * never commits: a live source would take it for one whose tree cannot run) */
 #define LR_FRAME_MAX (4u << 20)    /* largest payload of any frame */
 #define LR_REQUEST_MAX 4096u       /* largest payload a client may send */
 #define LR_BULK_BYTES (1u << 20)   /* page bytes per bulk PAGES frame: this many bytes of whole blocks (one at least) */
@@ -109,6 +123,8 @@ enum lr_frame_type {
 	LR_ERROR = 15,
 	LR_WORKINGSET = 16,
 	LR_TUNE = 17,
+	LR_COMMIT = 18,
+	LR_ABORT = 19,
 	LR_FRAME_TYPES /* one past the last */
 };
 
@@ -137,6 +153,7 @@ enum lr_error_code {
 	LR_ERR_TIMEOUT = 8,  /* handshake not finished in time */
 	LR_ERR_SESSION = 9,  /* bulk channel for an unknown or already joined session */
 	LR_ERR_DAMAGED = 10, /* the request failed its LR_F_SUM checksum: damaged on the way, worth sending again */
+	LR_ERR_BUSY = 11,    /* COMMIT: another destination's session holds the live tree */
 };
 
 struct lr_frame {

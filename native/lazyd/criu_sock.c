@@ -164,6 +164,7 @@ static int read_word(struct lr_criu_conn *c, struct lr_criu_task *task, struct l
 	if (n == 0) {
 		if (c->state == LR_CONN_DONE)
 			return 3;
+		c->closed_early = true;
 		return lr_error_set(err, 0, "CRIU restore closed the lazy-pages connection before 'restore finished' "
 				    "(%u of %u tasks received): the restore failed, see CRIU's log",
 				    c->tasks_seen, c->tasks_expected);
@@ -187,10 +188,12 @@ static int read_fd(struct lr_criu_conn *c, struct lr_criu_task *task, struct lr_
 		return 0;
 	if (n < 0)
 		return -1;
-	if (n == 0)
+	if (n == 0) {
+		c->closed_early = true;
 		return lr_error_set(err, 0,
 				    "CRIU restore closed the lazy-pages connection before sending the uffd of pid %d",
 				    c->cur.pid);
+	}
 	if (nfds != 1 || !is_userfaultfd(fds[0])) {
 		close_all(fds, nfds);
 		return lr_error_set(err, 0, "expected one userfaultfd for pid %d, got %d descriptor(s) of another kind",

@@ -13,6 +13,7 @@
 #ifndef LR_CRIU_SOCK_H
 #define LR_CRIU_SOCK_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -41,6 +42,8 @@ struct lr_criu_conn {
 	unsigned char buf[4];
 	size_t have;
 	struct lr_criu_task cur;
+	bool closed_early;  /* CRIU closed the connection before "restore finished": the restore failed, and
+			     * CRIU killed the tasks it made before any ran */
 };
 
 /* Bind and listen on LR_LAZY_SOCK_NAME in the current directory (replacing a stale socket). */

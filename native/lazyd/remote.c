@@ -371,7 +371,7 @@ int lr_remote_start(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	r->inflight = calloc(d->index.hdr->checksum_count ? d->index.hdr->checksum_count : 1, 1);
-	r->urgent.buf = malloc(LR_CHAN_BUF);
+	r->urgent.buf = r->urgent.buf ? r->urgent.buf : malloc(LR_CHAN_BUF); /* COMMIT may have made it */
 	r->bulk.buf = malloc(LR_CHAN_BUF);
 	if (!r->inflight || !r->urgent.buf || !r->bulk.buf)
 		return lr_error_set(err, ENOMEM, "remote page source buffers");
@@ -592,6 +592,34 @@ static int send_wset(struct lr_lazyd *d, const struct lr_wset *w, struct lr_erro
 	return rc;
 }
 
+int lr_remote_await(struct lr_lazyd *d, uint16_t type, uint64_t req_id, uint64_t until_ns, bool *refused,
+		    struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	struct lr_chan *c = &r->urgent;
+
+	while (lr_now_ns() < until_ns) { /* replies to earlier requests may still come first */
+		struct pollfd p = {c->rec.fd, POLLIN, 0};
+		if (poll(&p, 1, 100) < 0 && errno != EINTR)
+			return lr_error_set(err, errno, "poll");
+		int rc = chan_next(c, err);
+		if (rc < 0)
+			return -1;
+		if (rc == 0 || (c->hdr.type != type && c->hdr.type != LR_ERROR))
+			continue;
+		if (lr_frame_sum_check(&c->hdr, c->payload, err))
+			return -1;
+		if (c->hdr.type == LR_ERROR) {
+			if (refused)
+				*refused = !retryable_refusal(c);
+			return peer_error(c, err);
+		}
+		if (c->hdr.req_id == req_id)
+			return 0;
+	}
+	return lr_error_set(err, ETIMEDOUT, "no %s from the page server", lr_frame_name(type));
+}
+
 int lr_remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
@@ -601,21 +629,7 @@ int lr_remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error 
 		return lr_error_set(err, 0, "not connected to the page server");
 	if ((w && w->n && send_wset(d, w, err)) || send_frame(d, r->urgent.rec.fd, LR_DONE, NULL, 0, err))
 		return -1;
-	while (lr_now_ns() < until) { /* replies to earlier requests may still come first */
-		struct pollfd p = {r->urgent.rec.fd, POLLIN, 0};
-		if (poll(&p, 1, 100) < 0 && errno != EINTR)
-			return lr_error_set(err, errno, "poll");
-		int rc = chan_next(&r->urgent, err);
-		if (rc < 0)
-			return -1;
-		if (rc == 0)
-			continue;
-		if (r->urgent.hdr.type == LR_DONE)
-			return 0;
-		if (r->urgent.hdr.type == LR_ERROR)
-			return peer_error(&r->urgent, err);
-	}
-	return lr_error_set(err, ETIMEDOUT, "no DONE from the page server");
+	return lr_remote_await(d, LR_DONE, r->next_req, until, NULL, err);
 }
 
 void lr_remote_close(struct lr_lazyd *d)

@@ -66,6 +66,7 @@ struct lr_remote {
 	uint64_t bulk_wire, bulk_t0; /* ... the bulk stream's bytes counted, when the running stretch began ... */
 	uint64_t bulk_active_ns;   /* ... and how long it ran before that stretch */
 	uint64_t wire_bytes;       /* PAGES payload bytes as they crossed the link */
+	bool committed;            /* the server answered COMMIT: this restore's tree may run (commit.c) */
 };
 
 /* Connect, authenticate and fetch the checkpoint into cfg.images_dir (before the index is opened). */
@@ -93,6 +94,26 @@ int lr_remote_wait_ms(const struct lr_lazyd *d);
 struct lr_wset;
 int lr_remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err);
 void lr_remote_close(struct lr_lazyd *d);
+/* Blocking: read the urgent channel until a frame of type `type` answering req_id arrives (other frames, such
+ * as PAGES asked for earlier, are skipped), by until_ns. An ERROR is an error; *refused (unless NULL) tells a
+ * refusal by the server's word from one of a request damaged on the way. */
+int lr_remote_await(struct lr_lazyd *d, uint16_t type, uint64_t req_id, uint64_t until_ns, bool *refused,
+		    struct lr_error *err);
+
+/*
+ * commit.c: this restore's tree and the page server. COMMIT once the checkpoint is fetched, before lr-lazyd
+ * reports listening (CRIU's restore starts only after that): the server answers when no other destination
+ * holds the tree. A lost connection is made again and COMMIT sent again within --source-timeout; a refusal
+ * (ERROR busy) is an error. Nothing to do without a page server.
+ */
+int lr_remote_commit(struct lr_lazyd *d, struct lr_error *err);
+/*
+ * Best effort, before exiting: ABORT ("this tree never ran and never will") when this restore committed and
+ * its tree cannot have run: CRIU's restore closed its connection before "restore finished", or CRIU never
+ * connected (none waits to be accepted either). Never once "restore finished" arrived. Waits up to
+ * LR_ABORT_WAIT_MS for the answer; why is logged with it.
+ */
+void lr_remote_abort_unrun(struct lr_lazyd *d, const char *why);
 
 #define LR_MEASURE_BYTES (16u << 20)        /* the link is measured over this much page data */
 #define LR_COMPRESS_BELOW_BPS (250ULL << 20) /* zstd -1 packs pages faster than this on one core */

@@ -54,6 +54,7 @@ void ps_session_end(struct ps_server *s, struct ps_session *ss, const char *why)
 		ps_conn_close(s, bulk);
 	}
 	ps_log(s, ss->done ? 1 : 0, "session %llu ended: %s", (unsigned long long)ss->id, why);
+	ps_holder_release(s, ss);
 	if (!ss->done) {
 		char text[600];
 		ps_event(s, "{\"event\":\"session_lost\",\"session\":%llu,\"message\":\"%s\"}", (unsigned long long)ss->id,

@@ -287,6 +287,10 @@ int ps_request_frame(struct ps_server *s, struct ps_conn *c)
 	}
 	if (urgent && t == LR_DONE && !c->session->done)
 		return on_done(s, c);
+	if (urgent && t == LR_COMMIT)
+		return ps_commit_frame(s, c);
+	if (urgent && t == LR_ABORT)
+		return ps_abort_frame(s, c);
 	ps_conn_fail(s, c, LR_ERR_PROTOCOL, "%s is not a request the %s channel takes now", lr_frame_name(t),
 		     urgent ? "urgent" : "bulk");
 	return 0;

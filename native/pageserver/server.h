@@ -30,7 +30,7 @@ struct ps_config {
 	const char *log_file;
 	const char *live_pids;    /* --live: the pid map of the stopped tree the LR_RANGE_LIVE records are read from */
 	int status_fd;            /* one '\0' once listening */
-	int events_fd;            /* JSON lines: listening, session, delivered, ... */
+	int events_fd;            /* JSON lines: listening, session, committed, aborted, delivered, ... */
 	bool once;                /* exit after the first delivered session */
 	int verbose;
 	unsigned max_conns;
@@ -93,6 +93,7 @@ struct ps_session {
 	size_t wset_in_len;
 	bool wset_in_done;          /* the last one arrived: no more this session */
 	bool wset_in_bad;           /* one failed its checksum: the rest is read and dropped */
+	bool committed;             /* COMMIT answered, no ABORT since: this session's tree may run (holder.c) */
 };
 
 struct ps_server {
@@ -178,6 +179,12 @@ int ps_request_frame(struct ps_server *s, struct ps_conn *c);
  * store could not read them and c was refused (ERROR, closing). -1 out of memory or a range outside the index. */
 int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint16_t want, uint64_t req_id, uint64_t rec, uint32_t first,
 		   uint32_t nblocks, uint64_t *bytes);
+
+/* holder.c: COMMIT and ABORT; which session holds a live tree */
+int ps_commit_frame(struct ps_server *s, struct ps_conn *c);
+int ps_abort_frame(struct ps_server *s, struct ps_conn *c);
+/* ss ends: it holds the tree no more. */
+void ps_holder_release(struct ps_server *s, struct ps_session *ss);
 
 /* bulk.c */
 struct ps_session *ps_session_new(struct ps_server *s, struct ps_conn *urgent);
