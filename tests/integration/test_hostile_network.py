@@ -408,7 +408,8 @@ def test_replayed_handshake_is_refused(server: Watched, images: Path, channel: i
     replayed_handshake(server, images, channel)
 
 
-@pytest.mark.parametrize("version,tail", [(0, b""), (1, b""), (3, bytes(16)), ((1 << 32) - 1, b"")])
+@pytest.mark.parametrize("version,tail", [(0, b""), (1, b""), (2, b""), (wire.VERSION + 1, bytes(16)),
+                                          ((1 << 32) - 1, b"")])
 def test_other_protocol_version_is_refused_by_name(server: Watched, images: Path, version: int, tail: bytes) -> None:
     other_version(server, images, version, tail)
 
