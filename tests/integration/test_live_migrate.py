@@ -103,3 +103,39 @@ def test_migrate_killed_lets_criu_kill_the_source_and_the_destination_fails_by_n
     res = run.finish(timeout=120)
     assert res.code != 0 and res.last("error")["error"] == "DaemonFailed", res.stderr
     assert wait_gone(restored_pid), "the destination's half-restored tree is killed"
+
+
+def test_a_destination_that_aborts_before_its_tree_ran_rolls_the_source_back(hosts, workdir: Path,
+                                                                            reaper) -> None:
+    """A metadata image changed on A while it is served: B commits, its verification fails, lr-lazyd sends
+    ABORT before CRIU ran; the source resumes where it stopped, its memory unchanged."""
+    w = start_on_a(workdir, reaper, mib=64)
+    before = checksums(w)
+    src = live_source(w, workdir / "images")
+    core = sorted((workdir / "images").glob("core-*.img"))[0]
+    with open(core, "r+b") as f:  # in place: lr-pageserver holds it open and sends what it reads
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last ^ 0xFF]))
+    run = restore_on_b(src.address, workdir / "images", workdir / "dst", until=())
+    result = run.finish(timeout=120)
+    assert result.code != 0 and not [e for e in run.events + result.events if e["event"] == "resumed"]
+    out = src.run.finish(timeout=60)
+    kinds = [e["event"] for e in src.run.events]
+    assert "server_committed" in kinds and "server_aborted" in kinds and kinds[-2:] == ["rolled_back", "error"], kinds
+    assert out.code != 0 and checksums(w) == before
+
+
+def test_a_second_destination_cannot_take_a_tree_another_holds(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper, mib=256)
+    before = checksums(w)
+    src = live_source(w, workdir / "images")
+    first = restore_on_b(src.address, workdir / "images", workdir / "dst1", *SLOW_DRAIN)
+    restored = sample.Workload(reaper.add(first.first("resumed")["pid"]), w.log, w.roles)
+    second = run_cli("restore", "--from", src.address, "--secret-file", str(workdir / "images/lazyrestore/secret"),
+                     "--workdir", str(workdir / "dst2"), host="b")
+    assert second.code != 0 and "another destination holds the tree" in second.last("error")["message"]
+    finished(first)
+    assert checksums(restored) == before
+    assert src.run.finish(timeout=60).code == 0
