@@ -162,3 +162,12 @@ def pipe_max_size(size: int) -> Iterator[None]:
         yield
     finally:
         path.write_text(old)
+
+
+def flip_last_byte(path: Path) -> None:
+    """Invert the file's last byte in place (a page server holding it open sends what it reads)."""
+    with open(path, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last ^ 0xFF]))

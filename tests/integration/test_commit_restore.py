@@ -23,7 +23,7 @@ import pytest
 from lazyrestore.paths import native_binary
 from lazyrestore.procs import ready_byte
 
-from .helpers import small_checkpoint
+from .helpers import flip_last_byte, small_checkpoint
 from .migration import checkpoint_on_a, finished, restore_on_b, serve_a, start_on_a
 from .test_commit import Live, event, session_of
 
@@ -172,11 +172,7 @@ def test_restore_from_whose_checkpoint_fails_verification_aborts(hosts, workdir:
     checkpoint_on_a(w, workdir / "images")
     src = serve_a(workdir / "images")
     core = sorted((workdir / "images").glob("core-*.img"))[0]
-    with open(core, "r+b") as f:  # in place: lr-pageserver holds it open and sends what it reads
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)[0]
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last ^ 0xFF]))
+    flip_last_byte(core)  # in place: lr-pageserver holds it open and sends what it reads
     try:
         run = restore_on_b(src.address, workdir / "images", workdir / "dst", until=())
         result = run.finish(timeout=120)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lazyrestore import procs, sample, testhosts
 
-from .helpers import run_cli
+from .helpers import flip_last_byte, run_cli
 from .migration import SLOW_DRAIN, Source, checksums, finished, restore_on_b, start_on_a
 
 
@@ -113,11 +113,7 @@ def test_a_destination_that_aborts_before_its_tree_ran_rolls_the_source_back(hos
     before = checksums(w)
     src = live_source(w, workdir / "images")
     core = sorted((workdir / "images").glob("core-*.img"))[0]
-    with open(core, "r+b") as f:  # in place: lr-pageserver holds it open and sends what it reads
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)[0]
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last ^ 0xFF]))
+    flip_last_byte(core)  # in place: lr-pageserver holds it open and sends what it reads
     run = restore_on_b(src.address, workdir / "images", workdir / "dst", until=())
     result = run.finish(timeout=120)
     assert result.code != 0 and not [e for e in run.events + result.events if e["event"] == "resumed"]
