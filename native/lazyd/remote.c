@@ -507,7 +507,25 @@ int lr_remote_wait_ms(const struct lr_lazyd *d)
 	return r->retry_at_ns > now ? (int)((r->retry_at_ns - now) / 1000000ULL) + 1 : 0;
 }
 
-static int reconnect(struct lr_lazyd *d, struct lr_error *err)
+/*
+ * A committed restore commits again on its new session: the server dropped it as holder when the old one
+ * ended. *refused: another destination took the tree meanwhile (this one must not run it any more).
+ */
+static int recommit(struct lr_lazyd *d, bool *refused, struct lr_error *err)
+{
+	struct lr_remote *r = d->remote;
+	uint64_t id = ++r->next_req, until = lr_now_ns() + 1000 * 1000000ULL;
+
+	if (!r->committed)
+		return 0;
+	if (lr_send_frame(r->urgent.rec.fd, LR_COMMIT, 0, id, NULL, 0, until, err) ||
+	    lr_remote_await(d, LR_COMMIT, id, until, refused, err))
+		return -1;
+	lr_log(d, 0, "committed again on session %llu", (unsigned long long)r->session);
+	return 0;
+}
+
+static int reconnect(struct lr_lazyd *d, bool *refused, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	const uint8_t *cid = d->index.hdr->checkpoint_id;
@@ -515,8 +533,9 @@ static int reconnect(struct lr_lazyd *d, struct lr_error *err)
 	r->urgent.rec.fd = lr_remote_handshake(r, LR_CHANNEL_URGENT, cid, 1000, err);
 	if (r->urgent.rec.fd < 0)
 		return -1;
-	r->bulk.rec.fd = lr_remote_handshake(r, LR_CHANNEL_BULK, cid, 1000, err);
-	if (r->bulk.rec.fd < 0) {
+	r->urgent.start = r->urgent.end = 0;
+	if (recommit(d, refused, err) ||
+	    (r->bulk.rec.fd = lr_remote_handshake(r, LR_CHANNEL_BULK, cid, 1000, err)) < 0) {
 		close(r->urgent.rec.fd);
 		r->urgent.rec.fd = -1;
 		return -1;
@@ -553,12 +572,16 @@ int lr_remote_tick(struct lr_lazyd *d, struct lr_error *err)
 	if (!r || r->connected || now < r->retry_at_ns)
 		return 0;
 	uint64_t lost_for_ns = now - r->lost_at_ns;
-	if (!reconnect(d, err)) {
+	bool refused = false;
+	if (!reconnect(d, &refused, err)) {
 		r->reconnects++;
 		lr_log(d, 0, "reconnected to the page server %s after %.3f s (session %llu)", r->addr.text,
 		       (double)lost_for_ns / 1e9, (unsigned long long)r->session);
 		return d->finished ? lr_remote_bulk_start(d, err) : 0;
 	}
+	if (refused)
+		return lr_error_set(err, 0, "the page server %s let another destination take the tree while this one was "
+				    "disconnected (%s): this restore's tree must not run on", r->addr.text, err->msg);
 	bool damage = err->errnum == EBADMSG || err->errnum == EPROTO; /* a handshake frame damaged on the way */
 	if (!damage && (strstr(err->msg, "another checkpoint") || strstr(err->msg, "secret") ||
 			strstr(err->msg, "server refused")))

@@ -78,6 +78,9 @@ def test_lr_pageserver_killed_mid_drain_is_started_again_and_the_destination_com
     res = src.run.finish(timeout=60)
     assert res.code == 0 and res.last("summary")["delivered"] == 1, res.stderr
     assert wait_gone(w.pid)
+    # the restarted server holds no one: the destination commits again on its new session
+    assert "committed again on session" in (workdir / "dst" / "run" / "lazyd.log").read_text(errors="replace")
+    assert len([e for e in src.run.events if e["event"] == "server_committed"]) == 2
 
 
 def test_stopping_migrate_before_any_destination_rolls_back(hosts, workdir: Path, reaper) -> None:
