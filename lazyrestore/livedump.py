@@ -6,8 +6,8 @@ pipe-max-size change is needed because nothing asks it for pages (lr-pageserver 
 memory itself). The other end is the handle on the tree's fate (CRIU 4.2.1, criu/page-xfer.c and cr-dump.c):
   - PS_IOV_CLOSE: CRIU answers a 4-byte status, kills the tasks and exits 0 (the migration is done);
   - any unknown command: "Lazy pages transfer FAILED", CRIU resumes the tasks where they stopped and exits 1
-    (a rollback); CRIU skips undoing its network lock on that path: after a --tcp-established rollback the
-    caller must unlock the tree's network;
+    (a rollback); CRIU skips undoing its network lock and TCP repair mode on that path: after a
+    --tcp-established rollback netrelease.py does it;
   - EOF (every holder of the end closed it, e.g. this process killed): CRIU kills the tasks and exits 0.
 """
 
@@ -19,7 +19,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from . import criu, criuopts
+from . import criu, criuopts, netrelease
 from .criuopts import CriuOptions
 from .errors import CriuFailed, DaemonFailed
 from .procs import ready_byte
@@ -48,7 +48,8 @@ class LiveDump:
 
     def __init__(self, binary: criu.CriuBinary, pid: int, images_dir: Path,
                  options: CriuOptions = CriuOptions()) -> None:
-        self.pid, self.images_dir = pid, images_dir
+        self.pid, self.images_dir, self.options = pid, images_dir, options
+        self.released: list[str] = []  # what was undone after a rollback (netrelease)
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         status_r, status_w = os.pipe()
         env = {**os.environ, "LAZYRESTORE_PLUGIN": "off"}  # lazyrestore indexes this dump itself
@@ -94,7 +95,11 @@ class LiveDump:
                              criu.log_excerpt(self.log))
 
     def rollback(self, timeout: float = EXIT_TIMEOUT_S) -> None:
-        """No destination runs the tree: CRIU resumes the source tree where it stopped (and exits 1)."""
+        """No destination runs the tree: CRIU resumes the source tree where it stopped (and exits 1); with
+        --tcp-established, what CRIU would leave holding on that path is released first, while the tree is still
+        stopped (netrelease.py: a task resumed with its socket in repair mode gets EPERM from its pending recv)."""
+        if self.options.tcp_established and not self.ended:
+            self.released = netrelease.release(self.pid)
         self._send(PS_ROLLBACK)
         code = self._wait(timeout)
         if code != 1:

@@ -74,16 +74,17 @@ def operator_signals() -> Iterator[Asked]:
 def migrate_live(pid: int, images_dir: Path, listen: str, reporter: Reporter, sanitized: bool = False,
                  options: CriuOptions = CriuOptions()) -> tuple[checkpoint.CheckpointSummary, serve.ServeSummary]:
     parse_address(listen)
-    dump, cp = live_checkpoint(pid, images_dir, reporter, options)
-    pid_file = images_dir / META_DIR / PID_FILE
-    pid_file.write_text(f"{os.getpid()}\n")
-    fate = LiveFate()
-    try:
-        s, outcome = serve_stopped_tree(images_dir, listen, reporter, sanitized, fate)
-    except (LazyRestoreError, OSError) as exc:
-        s, outcome = None, exc
-    finally:
-        pid_file.unlink(missing_ok=True)
+    with operator_signals() as asked:  # from the start: a Ctrl-C must never just drop CRIU's socket
+        dump, cp = live_checkpoint(pid, images_dir, reporter, options)
+        pid_file = images_dir / META_DIR / PID_FILE
+        pid_file.write_text(f"{os.getpid()}\n")
+        fate = LiveFate()
+        try:
+            s, outcome = serve_stopped_tree(images_dir, listen, reporter, sanitized, fate, asked)
+        except (LazyRestoreError, OSError) as exc:
+            s, outcome = None, exc
+        finally:
+            pid_file.unlink(missing_ok=True)
     if outcome == DONE and s is not None:
         dump.finish()
         reporter.event("source_ended", pid=pid, reason="delivered")
@@ -123,25 +124,24 @@ def live_checkpoint(pid: int, images_dir: Path, reporter: Reporter,
     return dump, cp
 
 
-def serve_stopped_tree(images_dir: Path, listen: str, reporter: Reporter, sanitized: bool,
-                       fate: LiveFate) -> tuple[serve.ServeSummary, str]:
+def serve_stopped_tree(images_dir: Path, listen: str, reporter: Reporter, sanitized: bool, fate: LiveFate,
+                       asked: Asked) -> tuple[serve.ServeSummary, str]:
     """lr-pageserver --live until an outcome: DONE, ROLLBACK or KILL; restarted on the same address if it dies
     while the tree is held."""
     server, s = serve.start(images_dir, listen, True, reporter, sanitized,
                             live_pids=livetree.pid_map_path(images_dir))
     host = s.address
-    with operator_signals() as asked:
-        for restart in range(RESTARTS + 1):
-            outcome = follow(server, s, fate, asked, reporter)
-            if outcome is not None:
-                break
-            if restart == RESTARTS:
-                raise DaemonFailed(f"lr-pageserver exited {server.wait()} {RESTARTS + 1} times: {server.log_tail()}; "
-                                   f"log {s.log}")
-            reporter.event("server_restart", code=server.wait())
-            reporter.progress(f"lr-pageserver exited ({server.log_tail(1)}): serving again on {host}:{s.port}")
-            server, _ = serve.start(images_dir, f"[{host}]:{s.port}" if ":" in host else f"{host}:{s.port}", True,
-                                    reporter, sanitized, live_pids=livetree.pid_map_path(images_dir))
+    for restart in range(RESTARTS + 1):
+        outcome = follow(server, s, fate, asked, reporter)
+        if outcome is not None:
+            break
+        if restart == RESTARTS:
+            raise DaemonFailed(f"lr-pageserver exited {server.wait()} {RESTARTS + 1} times: {server.log_tail()}; "
+                               f"log {s.log}")
+        reporter.event("server_restart", code=server.wait())
+        reporter.progress(f"lr-pageserver exited ({server.log_tail(1)}): serving again on {host}:{s.port}")
+        server, _ = serve.start(images_dir, f"[{host}]:{s.port}" if ":" in host else f"{host}:{s.port}", True,
+                                reporter, sanitized, live_pids=livetree.pid_map_path(images_dir))
     if outcome == DONE:
         server.wait()
     else:
@@ -196,7 +196,9 @@ def end_without_delivery(dump: livedump.LiveDump, fate: LiveFate, outcome: str |
         error.add_note(f"source tree {pid} was ended, not resumed: a destination held it (two copies must never run)")
         return error
     dump.rollback()
-    reporter.event("rolled_back", pid=pid)
+    for line in dump.released:
+        reporter.progress(f"released after the rollback: {line}")
+    reporter.event("rolled_back", pid=pid, released=dump.released)
     reporter.progress(f"rolled back: source tree {pid} resumed where it stopped")
     error.add_note(f"rolled back: source tree {pid} runs on where it stopped; {images_dir} holds only its metadata")
     return error

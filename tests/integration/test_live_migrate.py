@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
 from lazyrestore import procs, sample, testhosts
 
+from . import apps
 from .helpers import flip_last_byte, run_cli
 from .migration import SLOW_DRAIN, Source, checksums, finished, restore_on_b, start_on_a
 
@@ -138,3 +140,59 @@ def test_a_second_destination_cannot_take_a_tree_another_holds(hosts, workdir: P
     finished(first)
     assert checksums(restored) == before
     assert src.run.finish(timeout=60).code == 0
+
+
+# A connected pair inside one tree that shares host A's network namespace: CRIU locks each connection with its
+# own iptables rules there (not a chain of a namespace of the tree's own). The client counts answers in a file.
+PAIR = r"""
+import os, socket, time
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen()
+port = server.getsockname()[1]
+if os.fork() == 0:
+    conn = socket.create_connection(("127.0.0.1", port))
+    n = 0
+    while True:
+        conn.sendall(b"ping\n")
+        if not conn.recv(64):
+            break
+        n += 1
+        with open("count.tmp", "w") as f:
+            f.write(str(n))
+        os.replace("count.tmp", "count")
+        time.sleep(0.02)
+else:
+    conn, _ = server.accept()
+    while True:
+        data = conn.recv(64)
+        if not data:
+            break
+        conn.sendall(data)
+while True:
+    time.sleep(1)
+"""
+
+
+def count(tree: Path) -> int:
+    try:
+        return int((tree / "count").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def test_a_rolled_back_tree_in_the_hosts_namespace_keeps_its_connection(hosts, workdir: Path, reaper) -> None:
+    tree = workdir / "pair"
+    tree.mkdir()
+    (tree / "pair.py").write_text(PAIR)
+    pid = apps.start_tree(testhosts.HOST_A, tree, [sys.executable, str(tree / "pair.py")], reaper)
+    apps.wait_for("the pair exchanging", lambda: count(tree) > 5)
+    src = Source(["migrate", "--tcp-established", "--pid", str(pid), "--images", str(workdir / "images"),
+                  "--listen", f"{testhosts.ADDR_A}:0"])
+    src.run.proc.send_signal(signal.SIGINT)
+    res = src.run.finish(timeout=60)
+    rolled = [e for e in src.run.events if e["event"] == "rolled_back"]
+    assert res.code != 0 and rolled, res.stderr
+    assert any("rule removed" in line for line in rolled[0]["released"]), rolled[0]["released"]
+    after = count(tree)
+    apps.wait_for("the pair exchanging again after the rollback", lambda: count(tree) > after + 10, timeout=10)

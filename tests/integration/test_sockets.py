@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import socket
 import sys
 import time
@@ -162,3 +163,23 @@ def _veth_master(name: str) -> str:
         link = ipr.get_links(ipr.link_lookup(ifname=name)[0])[0]
         master = link.get("IFLA_MASTER")
         return ipr.get_links(master)[0].get("IFLA_IFNAME") if master else ""
+
+
+def test_a_live_migration_rolled_back_keeps_open_connections_working(service, workdir: Path) -> None:
+    """--tcp-established: CRIU locks the network and puts the connections in repair mode while it holds the
+    tree; a rollback (no destination came) must give both back, so the client's connection answers again."""
+    client = Client(service.address)
+    assert client.ask("before") == b"1 before\n"
+    mig = run_cli_background_migrate(service.pid, workdir / "images", "--tcp-established")
+    mig.run.proc.send_signal(signal.SIGINT)
+    res = mig.run.finish(timeout=60)
+    rolled = [e for e in mig.run.events if e["event"] == "rolled_back"]
+    assert res.code != 0 and rolled, res.stderr
+    assert rolled[0]["released"], "the connection's repair mode and CRIU's lock are released"
+    client.sock.settimeout(10)
+    assert client.ask("after") == b"2 after\n"
+    client.close()
+    fresh = Client(service.address)
+    assert fresh.ask("new") == b"1 new\n"
+    fresh.close()
+

@@ -19,6 +19,7 @@ from lazyrestore.output import Reporter
 class FakeDump:
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.released = ["TCP repair mode off: pid 42 fd 3"]
 
     def rollback(self) -> None:
         self.calls.append("rollback")
@@ -36,6 +37,7 @@ def end(fate: LiveFate, outcome: object) -> tuple[FakeDump, str, list[dict]]:
 def test_nothing_committed_rolls_back() -> None:
     dump, text, events = end(LiveFate(), ROLLBACK)
     assert dump.calls == ["rollback"] and "rolled back" in text and events[-1]["event"] == "rolled_back"
+    assert events[-1]["released"] == ["TCP repair mode off: pid 42 fd 3"]
 
 
 def test_a_failure_while_a_destination_holds_the_tree_ends_the_source() -> None:
