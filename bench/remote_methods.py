@@ -18,6 +18,7 @@ CRIU's daemon still placing pages at the drain time limit raises RemoteTimedOut 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -104,17 +105,25 @@ def lazy_bytes(images_dir: Path) -> int:
 
 # --- lazyrestore migrate + restore --from ---------------------------------------
 
-def run_lr_remote(src: Source, drain_timeout: float) -> dict[str, Any]:
+def run_lr_live(src: Source, drain_timeout: float) -> dict[str, Any]:
+    """`migrate` (live: the source held stopped, its memory served from there) + `restore --from`."""
+    return run_lr_remote(src, drain_timeout, live=True)
+
+
+def run_lr_remote(src: Source, drain_timeout: float, live: bool = False) -> dict[str, Any]:
     images_dir, work = src.scratch / "images", src.scratch / "lr-dst"
-    mig = JsonProc(lazyrestore_cmd("migrate", "--via-disk", "--pid", str(src.pid), "--images", str(images_dir),
-                                   "--listen", f"{src.net.src_addr}:0", "--json"),
+    mig = JsonProc(lazyrestore_cmd("migrate", *([] if live else ["--via-disk"]), "--pid", str(src.pid),
+                                   "--images", str(images_dir), "--listen", f"{src.net.src_addr}:0", "--json"),
                    src.scratch / "migrate.stderr", src.net.src_preexec())
     try:
         listening = wait_event(mig, "listening", time.monotonic() + TIMEOUT_S)
         started, cp = mig.first("started"), mig.first("checkpointed")
         if listening is None or started is None or cp is None:
             raise MethodFailed(f"lazyrestore migrate: {mig.error_text()}")
-        src.source_gone()
+        if live:
+            src.note_log_size()  # frozen by CRIU until the destination has every page
+        else:
+            src.source_gone()
         src.rewind_log()
         rst = JsonProc(lazyrestore_cmd("restore", "--from", f"{src.net.src_addr}:{listening[1]['port']}",
                                        "--secret-file", str(images_dir / META_DIR / SECRET_NAME),
@@ -129,9 +138,21 @@ def run_lr_remote(src: Source, drain_timeout: float) -> dict[str, Any]:
         if figures["source_exit"] != 0:
             raise MethodFailed(f"lazyrestore migrate: exit {figures['source_exit']} after the destination had "
                                f"every page: {mig.error_text()}", figures["pid"])
+        if live and not wait_gone(src.pid, 60.0):
+            raise MethodFailed(f"the live source {src.pid} still runs after the destination had every page")
+        figures["server_peak_kib"] = server_peak_kib(Path(listening[1].get("log", "")))
         return figures
     finally:
         mig.close()
+
+
+def server_peak_kib(log: Path) -> int | None:
+    """lr-pageserver's peak resident memory (its exit line in the serve log), or None."""
+    try:
+        found = re.findall(r"peak resident memory (\d+) KiB", log.read_text(errors="replace"))
+    except OSError:
+        return None
+    return int(found[-1]) if found else None
 
 
 def _lr_figures(rst: JsonProc, code: int | None, limit: float, t0: float,
@@ -321,12 +342,14 @@ def _eager_figures(t0: float, cp: tuple[float, dict[str, Any]], copy: tuple[floa
 
 
 METHODS: dict[str, Callable[[Source, float], dict[str, Any]]] = {
+    "lr-live": run_lr_live,
     "lr-remote": run_lr_remote,
     "criu-remote": run_criu_remote,
     "eager-copy": run_eager_copy,
 }
 LABELS = {
-    "lr-remote": "lazyrestore migrate → restore --from",
+    "lr-live": "lazyrestore migrate (live) → restore --from",
+    "lr-remote": "lazyrestore migrate --via-disk → restore --from",
     "criu-remote": "CRIU remote lazy-pages",
     "eager-copy": "eager: checkpoint + copy + restore",
 }
