@@ -237,13 +237,18 @@ def _close(*socks: socket.socket) -> None:
         s.close()
 
 
+# The migration mode a test_faults scenario runs in ("" for a checkpoint on disk, " (live)" for a live source):
+# its fixture sets it, so that each mode's figures are reported apart.
+MODE_SUFFIX = {"value": ""}
+
+
 def record(scenario: str, **figures: object) -> None:
     """Append one scenario's figures to $LAZYRESTORE_RELIABILITY_LOG (written by `make reliability`)."""
     path = os.environ.get("LAZYRESTORE_RELIABILITY_LOG")
     if not path:
         return
     with open(path, "a") as f:
-        f.write(json.dumps({"scenario": scenario, "time": time.time(), **figures}) + "\n")
+        f.write(json.dumps({"scenario": scenario + MODE_SUFFIX["value"], "time": time.time(), **figures}) + "\n")
 
 
 def mismatches(got: dict[str, str], expected: dict[str, str]) -> int:

@@ -22,7 +22,7 @@ from lazyrestore import procs, sample, testhosts
 
 from . import faults
 from .helpers import Background
-from .migration import (SLOW_DRAIN, checkpoint_on_a, checksums, finished, restore_on_b, serve_a,
+from .migration import (SLOW_DRAIN, Source, checkpoint_on_a, checksums, finished, restore_on_b, serve_a,
                         start_on_a)
 
 MIB = 128
@@ -42,15 +42,20 @@ def wait_dead(pid: int, timeout: float = 20.0) -> float:
 
 
 class Migration:
-    """A workload on A, checkpointed and served there; restores of it on B."""
+    """A workload on A served there, checkpointed on disk (`serve`) or live (`migrate`: CRIU holds the tree
+    stopped, lr-pageserver serves its memory); restores of it on B."""
 
-    def __init__(self, workdir: Path, reaper, mib: int = MIB, scanners: int = 0) -> None:
-        self.workdir, self.reaper = workdir, reaper
+    def __init__(self, workdir: Path, reaper, mib: int = MIB, scanners: int = 0, live: bool = False) -> None:
+        self.workdir, self.reaper, self.live = workdir, reaper, live
         self.w = start_on_a(workdir, reaper, mib, scanners=scanners)
         self.before = checksums(self.w)
-        checkpoint_on_a(self.w, workdir / "images")
-        self.log_size = self.w.log.stat().st_size  # CRIU restores the tree's log at this size
-        self.src = serve_a(workdir / "images")
+        if live:
+            self.src = Source(["migrate", "--pid", str(self.w.pid), "--images", str(workdir / "images"),
+                               "--listen", f"{testhosts.ADDR_A}:0"])
+        else:
+            checkpoint_on_a(self.w, workdir / "images")
+            self.src = serve_a(workdir / "images")
+        self.log_size = self.w.log.stat().st_size  # CRIU restores the tree's log at this size (live: frozen)
         self.port = self.src.listening["port"]
         self.runs = 0
 
@@ -66,13 +71,18 @@ class Migration:
         return sample.Workload(self.reaper.add(run.first("resumed")["pid"]), self.w.log, self.w.roles)
 
     def restart_server(self) -> None:
+        """`serve` again on the same port; a live `migrate` starts lr-pageserver again itself."""
+        if self.live:
+            assert self.src.run.read_until("server_restart") is not None, self.src.run.events[-5:]
+            return
         self.src = serve_a(self.workdir / "images", self.port)
 
     def kill_server(self) -> float:
-        """SIGKILL lr-pageserver (and stop `serve`): when it died."""
+        """SIGKILL lr-pageserver (and stop `serve`; a live `migrate` goes on and starts it again): when it died."""
         self.src.kill_server()
         died = time.monotonic()
-        self.src.stop()
+        if not self.live:
+            self.src.stop()
         return died
 
     def mismatches(self, restored: sample.Workload) -> int:
@@ -89,11 +99,28 @@ class Migration:
         return bad
 
     def close(self) -> None:
-        self.src.stop()
+        if self.live and self.src.run.proc.poll() is None:
+            self.src.run.proc.kill()  # CRIU reads EOF and kills the held tree (a destination may have run it)
+            self.src.run.finish(timeout=30)
+        elif not self.live:
+            self.src.stop()
+
+
+@pytest.fixture(params=["via-disk", "live"])
+def migration(request, hosts, workdir: Path, reaper):
+    """Both sources: a checkpoint on disk, and a live migration's stopped tree."""
+    live = request.param == "live"
+    faults.MODE_SUFFIX["value"] = " (live)" if live else ""
+    m = Migration(workdir, reaper, live=live)
+    yield m
+    m.close()
+    faults.MODE_SUFFIX["value"] = ""
 
 
 @pytest.fixture
-def migration(hosts, workdir: Path, reaper):
+def disk_migration(hosts, workdir: Path, reaper):
+    """A checkpoint on disk only: for scenarios a live source has no counterpart of (its page server gone for
+    good, a pages file on the source)."""
     m = Migration(workdir, reaper)
     yield m
     m.close()
@@ -156,8 +183,9 @@ def test_page_server_killed_and_restarted_within_the_timeout(migration: Migratio
         wait_for(log_says(m.dst, "lost the page server"), 30)
         detect = time.monotonic() - killed  # an upper bound: it includes the test's own polling
         reader = Checksums(restored)  # faults on missing pages now wait for the page server
-        time.sleep(1.0)
-        assert procs.is_running(restored.pid) and reader.is_alive(), lazyd_log(m.dst)[-3000:]
+        if not m.live:  # a live `migrate` starts lr-pageserver again at once; `serve` stays down until restarted
+            time.sleep(1.0)
+            assert procs.is_running(restored.pid) and reader.is_alive(), lazyd_log(m.dst)[-3000:]
         m.restart_server()
         recover = wait_for(log_says(m.dst, "reconnected to the page server"), 30)
         reader.join(60)
@@ -172,8 +200,8 @@ def test_page_server_killed_and_restarted_within_the_timeout(migration: Migratio
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_page_server_gone_past_the_timeout(migration: Migration, point: str) -> None:
-    m = migration
+def test_page_server_gone_past_the_timeout(disk_migration: Migration, point: str) -> None:
+    m = disk_migration
     run, killed = start_with_server_killed(m, point, 2)
     pid = m.reaper.add(run.first("resumed")["pid"]) if point != "before-restore" else None
     res = run.finish(timeout=120)
@@ -385,8 +413,8 @@ def test_a_file_damaged_in_every_copy_aborts_with_a_named_error(migration: Migra
     assert bad == 0
 
 
-def test_bit_flip_in_a_pages_file_on_the_source(migration: Migration) -> None:
-    m = migration
+def test_bit_flip_in_a_pages_file_on_the_source(disk_migration: Migration) -> None:
+    m = disk_migration
     pages = max((m.workdir / "images").glob("pages-*.img"), key=lambda p: p.stat().st_size)
     data = bytearray(pages.read_bytes())
     at = len(data) * 3 // 4
