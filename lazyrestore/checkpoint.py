@@ -41,6 +41,7 @@ class CheckpointSummary:
     index_s: float
     leave_running: bool
     criu_options: str = ""  # what its restores apply, as CRIU's options ("" when none)
+    live: bool = False  # a live migration's: the tree stays frozen until a destination has every page
 
 
 def prepare_dir(images_dir: Path) -> None:
@@ -192,14 +193,14 @@ def checkpoint(pid: int, images_dir: Path, leave_running: bool, allow_host_pids:
 
 
 def summary(images_dir: Path, m: Manifest, pid: int, dump_s: float, index_s: float,
-            leave_running: bool) -> CheckpointSummary:
+            leave_running: bool, live: bool = False) -> CheckpointSummary:
     stats = read_dump_stats(images_dir)
     return CheckpointSummary(
         images_dir=str(images_dir), checkpoint_id=m.checkpoint_id, pid=pid, processes=m.processes,
         threads=m.threads, lazy_pages=m.lazy_pages, eager_pages=m.eager_pages, page_size=m.page_size,
         images_bytes=sum(f.size for f in m.files + m.pages_files) + m.index.size,
         frozen_s=stats.get("frozen_time", 0) / 1e6, dump_s=dump_s, index_s=index_s, leave_running=leave_running,
-        criu_options=m.criu_options.describe(),
+        criu_options=m.criu_options.describe(), live=live,
     )
 
 
@@ -212,6 +213,7 @@ def summary_text(s: CheckpointSummary) -> str:
         f"  memory    {human_bytes((s.lazy_pages + s.eager_pages) * ps)} in pages: "
         f"{s.lazy_pages} lazy ({human_bytes(s.lazy_pages * ps)}), {s.eager_pages} eager\n"
         f"  images    {human_bytes(s.images_bytes)}\n"
-        f"  frozen    {s.frozen_s:.3f} s (CRIU); dump {s.dump_s:.3f} s, index {s.index_s:.3f} s"
+        + (f"  frozen    until a destination has every page (live); dump {s.dump_s:.3f} s, index {s.index_s:.3f} s"
+           if s.live else f"  frozen    {s.frozen_s:.3f} s (CRIU); dump {s.dump_s:.3f} s, index {s.index_s:.3f} s")
         + (f"\n  restores  apply {s.criu_options}" if s.criu_options else "")
     )

@@ -118,7 +118,7 @@ def live_checkpoint(pid: int, images_dir: Path, reporter: Reporter,
     except (LazyRestoreError, OSError) as exc:
         dump.rollback()
         raise dumpdir.after_failed_index(images_dir, livedump.DUMP_LOG, pid, True, exc) from exc
-    cp = checkpoint.summary(images_dir, m, pid, t1 - t0, time.monotonic() - t1, leave_running=False)
+    cp = checkpoint.summary(images_dir, m, pid, t1 - t0, time.monotonic() - t1, leave_running=False, live=True)
     reporter.event("checkpointed", **cp.__dict__)
     reporter.progress(checkpoint.summary_text(cp))
     return dump, cp

@@ -56,8 +56,8 @@ def repair_off(root: int) -> tuple[list[str], list[Conn]]:
                     conns.append(conn)
                 if sock.getsockopt(socket.IPPROTO_TCP, TCP_REPAIR):
                     sock.setsockopt(socket.IPPROTO_TCP, TCP_REPAIR, 0)
-                    done.append(f"TCP repair mode off: pid {pid} fd {fd}"
-                                + (f" ({conn.local[0]}:{conn.local[1]} - {conn.peer[0]}:{conn.peer[1]})" if conn else ""))
+                    ends = f" ({conn.local[0]}:{conn.local[1]} - {conn.peer[0]}:{conn.peer[1]})" if conn else ""
+                    done.append(f"TCP repair mode off: pid {pid} fd {fd}{ends}")
     return done, conns
 
 
