@@ -14,7 +14,7 @@ bootstrap:
 
 build: bootstrap native plugin
 
-native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index $(NATIVE)/tests/test_wset $(NATIVE)/tests/test_proto $(NATIVE)/tests/test_live_frame
+native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index $(NATIVE)/tests/test_wset $(NATIVE)/tests/test_proto $(NATIVE)/tests/test_live_frame $(NATIVE)/tests/test_uffd_place
 
 WORKLOAD_SRC := native/workload/lr-workload.c native/workload/writers.c native/workload/serve.c
 
@@ -151,6 +151,10 @@ $(NATIVE)/tests/test_spans: native/tests/test_spans.c native/lazyd/spans.c nativ
 $(NATIVE)/tests/test_index: native/tests/test_index.c native/common/index.c native/common/error.c $(LAZYD_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_index.c native/common/index.c native/common/error.c -lxxhash
+
+$(NATIVE)/tests/test_uffd_place: native/tests/test_uffd_place.c native/lazyd/uffd.c native/common/error.c native/tests/check.h $(LAZYD_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_uffd_place.c native/lazyd/uffd.c native/common/error.c
 
 $(NATIVE)/tests/test_wset: native/tests/test_wset.c native/common/wset.c native/common/error.c native/tests/check.h $(LAZYD_HDR)
 	@mkdir -p $(@D)

@@ -9,8 +9,9 @@ Layout (little-endian, fixed; the C view is native/include/lr_index.h):
 
 A record is a run of pages of one process that CRIU stored in pages-<pages_id>.img
 at byte ``offset``; it never crosses a VMA boundary (UFFDIO_COPY works within one
-VMA). Records flagged RANGE_LAZY are the ones lr-lazyd places on demand; the others
-(eager) are restored by CRIU itself and are indexed so all page data is verifiable.
+VMA). A live record (RANGE_LIVE) may span holes of its VMA: their bytes read
+as zeros. Records flagged RANGE_LAZY are the ones lr-lazyd places on demand; the
+others (eager) are restored by CRIU itself and are indexed so all page data is verifiable.
 
 Checksums are per block, not per record: the blocks of a record are the
 ``block_size``-aligned windows of the address space, clipped to the record. A
@@ -40,6 +41,9 @@ RANGE_UNVERIFIED = 1 << 1
 # A lazy range of a live migration: lr-pageserver reads its bytes from the stopped source tree when it serves them
 # and sends each block's checksum as read; the index's are 0, its pages id and offset unused (lr_index.h).
 RANGE_LIVE = 1 << 2
+# CRIU 4.2.1's vma_entry_can_be_lazy (criu/include/vma.h): private anonymous, neither locked nor hugetlb.
+_PRIVATE_ANON = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+_NOT_LAZY = mmap.MAP_SHARED | 0x2000 | 0x40000  # MAP_LOCKED, MAP_HUGETLB (asm-generic/mman*.h)
 KNOWN_RANGE_FLAGS = RANGE_LAZY | RANGE_UNVERIFIED | RANGE_LIVE
 DEFAULT_BLOCK_SIZE = 16 * 1024
 HEADER = struct.Struct("<8sIIIIII QQQQ16s")
@@ -139,29 +143,42 @@ def plan_ranges(pagemap: Pagemap, vmas: list[Vma], page_size: int, where: str,
     """Records for one process's pagemap, split at VMA boundaries (checksums left empty). lazy_dump: a
     `criu dump --lazy-pages`, whose lazy pages are in CRIU's page server (every record RANGE_UNVERIFIED).
     live: a `criu dump --lazy-pages` whose lazy pages lr-pageserver reads from the stopped tree (those records
-    RANGE_LAZY | RANGE_LIVE, pages id and offset 0; the eager ones in pages files, to be checksummed)."""
+    RANGE_LAZY | RANGE_LIVE, pages id and offset 0; the eager ones in pages files, to be checksummed). A live range
+    that follows another in the same private anonymous VMA joins it, holes included (_joins): the records, and
+    with them the cost of indexing, grow with the VMAs, not with the holes."""
     starts = [v.start for v in vmas]
-    out: list[IndexEntry] = []
+    rows: list[list[int]] = []  # [flags, start, end, pages_id, offset, VMA index]: IndexEntry made once per record
     offset = 0
     for pe in pagemap.entries:
         remote = (lazy_dump or live) and pe.lazy and not pe.present
         if pe.flags & PE_PARENT or not (pe.present or remote):
             raise CorruptCheckpoint(where, f"pages at {pe.vaddr:#x} are not in pages-{pagemap.pages_id}.img "
                                     f"(flags {pe.flags:#x}: incremental or page-server dumps are not supported)")
+        flags = (RANGE_LAZY if pe.lazy else 0) | (RANGE_UNVERIFIED if lazy_dump else 0) | \
+            (RANGE_LIVE if live and remote else 0)
         addr, end = pe.vaddr, pe.vaddr + pe.nr_pages * page_size
         while addr < end:
             i = bisect_right(starts, addr) - 1
             if i < 0 or vmas[i].end <= addr:
                 raise CorruptCheckpoint(where, f"page {addr:#x} of pid {pagemap.pid} lies in no VMA of mm-{pagemap.pid}.img")
             stop = min(end, vmas[i].end)
-            n = (stop - addr) // page_size
-            flags = (RANGE_LAZY if pe.lazy else 0) | (RANGE_UNVERIFIED if lazy_dump else 0) | \
-                (RANGE_LIVE if live and remote else 0)
-            out.append(IndexEntry(pagemap.pid, flags, addr, n, 0 if live and remote else pagemap.pages_id,
-                                  0 if remote else offset))
-            offset += 0 if remote else n * page_size
+            if flags & RANGE_LIVE and rows and _joins(rows[-1], addr, i, vmas[i]):
+                rows[-1][2] = stop
+            else:
+                rows.append([flags, addr, stop, 0 if flags & RANGE_LIVE else pagemap.pages_id,
+                             0 if remote else offset, i])
+            offset += 0 if remote else stop - addr
             addr = stop
-    return out
+    return [IndexEntry(pagemap.pid, f, a, (b - a) // page_size, pid, off) for f, a, b, pid, off, _ in rows]
+
+
+def _joins(prev: list[int], addr: int, vma_index: int, vma: Vma) -> bool:
+    """A live range at addr in VMA vma_index extends the record prev (a plan_ranges row) across the hole between
+    them: prev is a live range of the same VMA ending at or before addr, and the VMA is private anonymous memory,
+    the only kind CRIU 4.2.1 dumps lazily (vma_entry_can_be_lazy), so the hole's bytes, never touched, read as
+    zeros from the stopped tree (lr-lazyd places all-zero pages as zero pages, allocating nothing)."""
+    return (prev[0] & RANGE_LIVE and prev[5] == vma_index and prev[2] <= addr
+            and vma.flags & _PRIVATE_ANON == _PRIVATE_ANON and not vma.flags & _NOT_LAZY)
 
 
 def checksum_entries(entries: list[IndexEntry], pages_path: Path, page_size: int, block_size: int) -> list[IndexEntry]:

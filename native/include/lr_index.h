@@ -44,7 +44,9 @@
 /* Live (with LR_RANGE_LAZY only): the bytes are read from the source tree's memory while it is stopped, by
  * lr-pageserver --live, which checksums them as it reads them and sends those sums in each PAGES frame. The
  * record's checksums are 0 and its pages_id and offset unused (written 0): no pages file holds it. Only
- * lr-pageserver --live serves such records and only lr-lazyd --source restores them; others refuse them. */
+ * lr-pageserver --live serves such records and only lr-lazyd --source restores them; others refuse them. A live
+ * record may span never-touched holes of its (private anonymous) VMA: they read as zeros, and lr-lazyd maps
+ * all-zero pages as zero pages (lr_uffd_place), so they stay unallocated. */
 #define LR_RANGE_LIVE (1u << 2)
 
 struct lr_index_header {

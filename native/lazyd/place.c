@@ -15,10 +15,14 @@ int lr_place_from(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo,
 	if (!lr_spans_run_in(&t->spans, si, lo, hi, &run))
 		return LR_UFFD_OK;
 	do {
+		const char *src = data + (run.page - first) * ps;
 		uint64_t dst = sp.addr + run.page * ps, done;
-		int rc = lr_uffd_copy(t->rec.fd, dst, data + (run.page - first) * ps, run.npages * ps, &done, err);
+		bool zero;
+		int rc = lr_uffd_place(t->rec.fd, dst, src, run.npages * ps, ps, &done, &zero, err);
 		if (rc < 0)
 			return -1;
+		if (zero)
+			d->stats.zero_pages += done / ps;
 		lr_spans_clear(&t->spans, dst, done);
 		*placed += done;
 		if (rc == LR_UFFD_EXISTS) {

@@ -23,7 +23,7 @@ struct lr_stats {
 	uint64_t data_faults;        /* of those, the first on a page still to be placed: bytes had to be read (remote:
 				      * asked of the page server) while a thread waited */
 	uint64_t fault_bytes;        /* bytes placed to serve faults (fault-around included) */
-	uint64_t zero_pages;         /* faults served with a zero page (holes, discarded pages) */
+	uint64_t zero_pages;         /* pages placed as zero pages (holes, discarded or all-zero pages) */
 	uint64_t drain_bytes;        /* bytes placed by the background drain */
 	uint64_t near_bytes;         /* of those, placed right after a fault's window (locality) */
 	uint64_t prefetch_bytes;     /* bytes of the working set placed before anyone asked (prefetch.h) */

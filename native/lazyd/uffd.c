@@ -1,6 +1,7 @@
 /* uffd.c: UFFDIO_COPY / ZEROPAGE / WAKE and the one place errno is classified. */
 #include <errno.h>
 #include <linux/userfaultfd.h>
+#include <string.h>
 #include <sys/ioctl.h>
 
 #include "uffd.h"
@@ -59,6 +60,35 @@ int lr_uffd_zero(int uffd, uint64_t dst, uint64_t len, uint64_t *done, struct lr
 		return classify(e == EINTR ? EAGAIN : e, uffd, "UFFDIO_ZEROPAGE", z.range.start, err);
 	}
 	return LR_UFFD_OK;
+}
+
+/* The page at p holds only zero bytes. */
+static bool page_zero(const char *p, uint64_t ps)
+{
+	return !p[0] && !memcmp(p, p + 1, ps - 1);
+}
+
+/* How many of the n pages from p on are of the first one's kind, all zero (*zero) or not. */
+static uint64_t same_kind(const char *p, uint64_t n, uint64_t ps, bool *zero)
+{
+	uint64_t k = 1;
+	*zero = page_zero(p, ps);
+	while (k < n && page_zero(p + k * ps, ps) == *zero)
+		k++;
+	return k;
+}
+
+int lr_uffd_place(int uffd, uint64_t dst, const char *src, uint64_t len, uint64_t ps, uint64_t *done, bool *zero,
+		  struct lr_error *err)
+{
+	uint64_t n = same_kind(src, len / ps, ps, zero) * ps;
+	if (*zero) {
+		int rc = lr_uffd_zero(uffd, dst, n, done, err);
+		if (rc >= 0 || err->errnum != EINVAL || *done)
+			return rc;
+		*zero = false; /* a mapping that takes no zero pages (hugetlb): the bytes are copied */
+	}
+	return lr_uffd_copy(uffd, dst, src, n, done, err);
 }
 
 int lr_uffd_wake(int uffd, uint64_t start, uint64_t len, struct lr_error *err)

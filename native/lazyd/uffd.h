@@ -12,6 +12,7 @@
 #ifndef LR_UFFD_H
 #define LR_UFFD_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "lr_error.h"
@@ -29,6 +30,14 @@ enum lr_uffd_rc {
 int lr_uffd_copy(int uffd, uint64_t dst, const void *src, uint64_t len, uint64_t *done, struct lr_error *err);
 /* Map zero pages at [dst, dst + len). */
 int lr_uffd_zero(int uffd, uint64_t dst, uint64_t len, uint64_t *done, struct lr_error *err);
+/*
+ * Place the first pages of the len bytes (whole pages of ps) at src at dst: the leading run of all-zero pages as
+ * zero pages (*zero: UFFDIO_ZEROPAGE allocates nothing; a live record spans its VMA's never-touched holes, which
+ * arrive as zeros), else the leading run of other pages copied. Returns as lr_uffd_copy, *done the bytes placed
+ * of that run: the caller goes on from dst + *done while bytes are left.
+ */
+int lr_uffd_place(int uffd, uint64_t dst, const char *src, uint64_t len, uint64_t ps, uint64_t *done, bool *zero,
+		  struct lr_error *err);
 /* Wake threads waiting on [start, start + len). */
 int lr_uffd_wake(int uffd, uint64_t start, uint64_t len, struct lr_error *err);
 

@@ -47,6 +47,30 @@ def test_a_live_migration_moves_the_tree_and_ends_the_source(hosts, workdir: Pat
     assert wait_gone(w.pid), "after DONE the source tree is killed: two copies never run"
 
 
+def anonymous_kib(pid: int) -> int:
+    """The process's anonymous memory in kB (/proc/PID/smaps_rollup): zero-page mappings count none."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Anonymous line in /proc/{pid}/smaps_rollup")
+
+
+def test_the_holes_of_a_live_tree_stay_unallocated_on_the_destination(hosts, workdir: Path, reaper) -> None:
+    """lr-workload leaves every 16th page untouched. A live record spans those holes of its VMA: they arrive as
+    zeros and lr-lazyd maps all-zero pages as zero pages, so the tree allocates no more on B than it had on A."""
+    w = start_on_a(workdir, reaper, mib=256)
+    before, source_kib = checksums(w), anonymous_kib(w.pid)
+    src = live_source(w, workdir / "images")
+    run = restore_on_b(src.address, workdir / "images", workdir / "dst")
+    restored = sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
+    summary = finished(run)
+    holes = (256 << 20) // 4096 // 16
+    assert summary["zero_pages"] >= holes, summary
+    assert anonymous_kib(restored.pid) < source_kib + holes * 4 // 2, "the holes were allocated on B"
+    assert checksums(restored) == before
+    assert src.run.finish(timeout=60).code == 0
+
+
 def test_a_wrong_secret_before_any_commit_rolls_the_source_back(hosts, workdir: Path, reaper) -> None:
     w = start_on_a(workdir, reaper, mib=64)
     before = checksums(w)

@@ -17,6 +17,7 @@ import xxhash
 from lazyrestore import lazyindex
 from lazyrestore.errors import CorruptCheckpoint
 from lazyrestore.images import PE_LAZY, PE_PARENT, PE_PRESENT, Pagemap, PagemapEntry, Vma
+from lazyrestore.lazyview import view_entries
 from lazyrestore.lazyindex import (
     CHECKSUM,
     HEADER,
@@ -355,6 +356,70 @@ def expected_checksums(data: bytes, e: IndexEntry, ps: int, bs: int) -> tuple[in
         pos = e.offset + (lo - e.start)
         sums.append(xxhash.xxh3_64_intdigest(data[pos:pos + (hi - lo)]))
     return tuple(sums)
+
+
+def lz(vaddr: int, nr_pages: int) -> PagemapEntry:
+    """A lazy entry of a `criu dump --lazy-pages` (not in the pages file)."""
+    return PagemapEntry(vaddr, nr_pages, PE_LAZY)
+
+
+ANON = Vma(0x10000, 0x20000, 3, 0x22, 0)         # MAP_PRIVATE | MAP_ANONYMOUS
+ANON2 = Vma(0x20000, 0x30000, 3, 0x22, 0)        # adjacent to ANON
+FILE_PRIVATE = Vma(0x40000, 0x50000, 3, 0x02, 0)  # MAP_PRIVATE of a file
+SHARED_ANON = Vma(0x50000, 0x60000, 3, 0x21, 0)   # MAP_SHARED | MAP_ANONYMOUS
+HUGETLB = Vma(0x60000, 0x70000, 3, 0x40022, 0)     # MAP_HUGETLB | MAP_PRIVATE | MAP_ANONYMOUS
+
+
+def live_records(entries: tuple[PagemapEntry, ...], vmas: list[Vma]) -> list[tuple[int, int, int]]:
+    out = plan_ranges(Pagemap(pid=2, pages_id=3, entries=entries), vmas, PS, "w", live=True)
+    return [(e.start, e.nr_pages, e.flags) for e in out]
+
+
+LIVE = RANGE_LAZY | RANGE_LIVE
+
+
+def test_live_ranges_of_one_anonymous_vma_join_across_holes() -> None:
+    # lr-workload's layout: a hole every 16 pages; one record for the VMA, not one per entry
+    entries = tuple(lz(0x10000 + k * 4 * PS, 3) for k in range(4))
+    assert live_records(entries, [ANON]) == [(0x10000, 15, LIVE)]
+
+
+def test_live_ranges_never_join_across_a_vma_boundary() -> None:
+    # two adjacent anonymous VMAs, and one entry crossing their boundary: split there, joined on each side
+    entries = (lz(0x1D000, 1), lz(0x1F000, 2), lz(0x22000, 1))
+    assert live_records(entries, [ANON, ANON2]) == [(0x1D000, 3, LIVE), (0x20000, 3, LIVE)]
+
+
+def test_live_ranges_never_join_across_an_eager_entry() -> None:
+    entries = (lz(0x10000, 1), pe(0x12000, 1, lazy=False), lz(0x14000, 1))
+    assert live_records(entries, [ANON]) == [(0x10000, 1, LIVE), (0x12000, 1, 0), (0x14000, 1, LIVE)]
+
+
+def test_live_ranges_never_join_present_lazy_entries() -> None:
+    # a lazy entry whose pages are in the pages file (PE_PRESENT) is checksummed from it, not read from the tree
+    entries = (pe(0x10000, 1, lazy=True), pe(0x12000, 1, lazy=True), lz(0x14000, 1), lz(0x16000, 1))
+    assert live_records(entries, [ANON]) == [
+        (0x10000, 1, RANGE_LAZY), (0x12000, 1, RANGE_LAZY), (0x14000, 3, LIVE)]
+
+
+def test_live_ranges_of_file_shared_or_hugetlb_vmas_stay_apart() -> None:
+    # never lazy in CRIU 4.2.1 (vma_entry_can_be_lazy); if they were, a hole of a file mapping is the file's bytes
+    entries = (lz(0x40000, 1), lz(0x42000, 1), lz(0x50000, 1), lz(0x52000, 1), lz(0x60000, 1), lz(0x62000, 1))
+    assert live_records(entries, [FILE_PRIVATE, SHARED_ANON, HUGETLB]) == [
+        (0x40000, 1, LIVE), (0x42000, 1, LIVE), (0x50000, 1, LIVE), (0x52000, 1, LIVE), (0x60000, 1, LIVE),
+        (0x62000, 1, LIVE)]
+
+
+def test_live_ranges_out_of_address_order_stay_apart() -> None:
+    assert live_records((lz(0x14000, 1), lz(0x10000, 1)), [ANON]) == [(0x14000, 1, LIVE), (0x10000, 1, LIVE)]
+
+
+def test_joined_live_ranges_keep_the_lazy_view_entries() -> None:
+    # the lazy view merges lazy records within a VMA: the same entries whether the index joined them or not
+    entries = tuple(lz(0x10000 + k * 4 * PS, 3) for k in range(4)) + (lz(0x20000, 2),)
+    joined = plan_ranges(Pagemap(pid=2, pages_id=3, entries=entries), [ANON, ANON2], PS, "w", live=True)
+    apart = [IndexEntry(2, LIVE, e.vaddr, e.nr_pages, 0, 0) for e in entries]
+    assert view_entries(joined, [ANON, ANON2], PS) == view_entries(apart, [ANON, ANON2], PS)
 
 
 def fake_pages(tmp_path: Path, n_pages: int, seed: int = 1) -> tuple[Path, bytes]:

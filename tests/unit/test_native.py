@@ -7,7 +7,9 @@
 * build/native/tests/test_proto: native/common/proto.c's frame checksums (LR_F_SUM) and lr_recv_frame's
   classing of damage;
 * build/native/tests/test_live_frame: lr-lazyd's PAGES check (remote_fetch.c) for live records (the server's
-  sums, computed as it read the stopped tree) and the others (the index's), and live records' flags.
+  sums, computed as it read the stopped tree) and the others (the index's), and live records' flags;
+* build/native/tests/test_uffd_place: lazyd/uffd.c's lr_uffd_place on a userfaultfd of its own: all-zero pages
+  mapped as zero pages (no Rss), the others copied.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ INDEX_BIN = TESTS_DIR / "test_index"
 WSET_BIN = TESTS_DIR / "test_wset"
 PROTO_BIN = TESTS_DIR / "test_proto"
 LIVE_FRAME_BIN = TESTS_DIR / "test_live_frame"
+UFFD_PLACE_BIN = TESTS_DIR / "test_uffd_place"
 needs_spans = pytest.mark.skipif(not SPANS_BIN.exists(), reason=f"{SPANS_BIN} is not built (run `make build` or `make native`)")
 needs_index = pytest.mark.skipif(not INDEX_BIN.exists(), reason=f"{INDEX_BIN} is not built (run `make build` or `make native`)")
 
@@ -90,6 +93,11 @@ def test_frame_checksums_catch_damage_and_keep_the_stream_in_step() -> None:
 @pytest.mark.skipif(not LIVE_FRAME_BIN.exists(), reason=f"{LIVE_FRAME_BIN} is not built (run `make build` or `make native`)")
 def test_live_pages_are_checked_against_the_sums_sent_and_others_against_the_index() -> None:
     run_counted(LIVE_FRAME_BIN)
+
+
+@pytest.mark.skipif(not UFFD_PLACE_BIN.exists(), reason=f"{UFFD_PLACE_BIN} is not built (run `make build` or `make native`)")
+def test_all_zero_pages_are_placed_as_zero_pages_allocating_nothing() -> None:
+    run_counted(UFFD_PLACE_BIN)
 
 
 # ---------------------------------------------------------------- building indexes
