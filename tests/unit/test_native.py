@@ -80,22 +80,27 @@ def test_spans_unit_and_model(seed: str) -> None:
     assert f"seed {int(seed, 0):#x}" in out, out  # the seed from argv was used
 
 
-@pytest.mark.skipif(not WSET_BIN.exists(), reason=f"{WSET_BIN} is not built (run `make build` or `make native`)")
+def built(binary: Path):  # noqa: ANN201 (a pytest mark)
+    """Skip a test of a C test binary that `make native` has not built here, saying so."""
+    return pytest.mark.skipif(not binary.exists(), reason=f"{binary} is not built (run `make build` or `make native`)")
+
+
+@built(WSET_BIN)
 def test_working_set_merge_and_parse() -> None:
     run_counted(WSET_BIN)
 
 
-@pytest.mark.skipif(not PROTO_BIN.exists(), reason=f"{PROTO_BIN} is not built (run `make build` or `make native`)")
+@built(PROTO_BIN)
 def test_frame_checksums_catch_damage_and_keep_the_stream_in_step() -> None:
     run_counted(PROTO_BIN)
 
 
-@pytest.mark.skipif(not LIVE_FRAME_BIN.exists(), reason=f"{LIVE_FRAME_BIN} is not built (run `make build` or `make native`)")
+@built(LIVE_FRAME_BIN)
 def test_live_pages_are_checked_against_the_sums_sent_and_others_against_the_index() -> None:
     run_counted(LIVE_FRAME_BIN)
 
 
-@pytest.mark.skipif(not UFFD_PLACE_BIN.exists(), reason=f"{UFFD_PLACE_BIN} is not built (run `make build` or `make native`)")
+@built(UFFD_PLACE_BIN)
 def test_all_zero_pages_are_placed_as_zero_pages_allocating_nothing() -> None:
     run_counted(UFFD_PLACE_BIN)
 
