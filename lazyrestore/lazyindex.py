@@ -31,7 +31,7 @@ from pathlib import Path
 import xxhash
 
 from .errors import CorruptCheckpoint
-from .images import Pagemap, Vma, PE_PARENT
+from .images import PE_LAZY, PE_PARENT, PE_PRESENT, Pagemap, Vma
 
 MAGIC = b"LRINDEX\0"
 VERSION = 1
@@ -144,41 +144,62 @@ def plan_ranges(pagemap: Pagemap, vmas: list[Vma], page_size: int, where: str,
     `criu dump --lazy-pages`, whose lazy pages are in CRIU's page server (every record RANGE_UNVERIFIED).
     live: a `criu dump --lazy-pages` whose lazy pages lr-pageserver reads from the stopped tree (those records
     RANGE_LAZY | RANGE_LIVE, pages id and offset 0; the eager ones in pages files, to be checksummed). A live range
-    that follows another in the same private anonymous VMA joins it, holes included (_joins): the records, and
-    with them the cost of indexing, grow with the VMAs, not with the holes."""
-    starts = [v.start for v in vmas]
-    rows: list[list[int]] = []  # [flags, start, end, pages_id, offset, VMA index]: IndexEntry made once per record
+    that follows another in the same private anonymous VMA joins it, holes included (_joinable): the records, and
+    with them the cost of indexing, grow with the VMAs, not with the holes. A few operations per pagemap entry
+    (the VMA is looked up only when an entry leaves the last one): a live tree stays frozen while this runs."""
+    plan = _Plan(vmas, pagemap, where)
     offset = 0
-    for pe in pagemap.entries:
-        remote = (lazy_dump or live) and pe.lazy and not pe.present
-        if pe.flags & PE_PARENT or not (pe.present or remote):
-            raise CorruptCheckpoint(where, f"pages at {pe.vaddr:#x} are not in pages-{pagemap.pages_id}.img "
-                                    f"(flags {pe.flags:#x}: incremental or page-server dumps are not supported)")
-        flags = (RANGE_LAZY if pe.lazy else 0) | (RANGE_UNVERIFIED if lazy_dump else 0) | \
+    for vaddr, nr_pages, pe_flags in pagemap.runs:
+        remote = (lazy_dump or live) and pe_flags & PE_LAZY and not pe_flags & PE_PRESENT
+        if pe_flags & PE_PARENT or not (pe_flags & PE_PRESENT or remote):
+            raise CorruptCheckpoint(where, f"pages at {vaddr:#x} are not in pages-{pagemap.pages_id}.img "
+                                    f"(flags {pe_flags:#x}: incremental or page-server dumps are not supported)")
+        flags = (RANGE_LAZY if pe_flags & PE_LAZY else 0) | (RANGE_UNVERIFIED if lazy_dump else 0) | \
             (RANGE_LIVE if live and remote else 0)
-        addr, end = pe.vaddr, pe.vaddr + pe.nr_pages * page_size
+        addr, end = vaddr, vaddr + nr_pages * page_size
         while addr < end:
-            i = bisect_right(starts, addr) - 1
-            if i < 0 or vmas[i].end <= addr:
-                raise CorruptCheckpoint(where, f"page {addr:#x} of pid {pagemap.pid} lies in no VMA of mm-{pagemap.pid}.img")
-            stop = min(end, vmas[i].end)
-            if flags & RANGE_LIVE and rows and _joins(rows[-1], addr, i, vmas[i]):
-                rows[-1][2] = stop
-            else:
-                rows.append([flags, addr, stop, 0 if flags & RANGE_LIVE else pagemap.pages_id,
-                             0 if remote else offset, i])
+            stop = min(end, plan.vma_end(addr))
+            plan.add(flags, addr, stop, 0 if remote else offset)
             offset += 0 if remote else stop - addr
             addr = stop
-    return [IndexEntry(pagemap.pid, f, a, (b - a) // page_size, pid, off) for f, a, b, pid, off, _ in rows]
+    return [IndexEntry(pagemap.pid, f, a, (b - a) // page_size, pid, off) for f, a, b, pid, off, _ in plan.rows]
 
 
-def _joins(prev: list[int], addr: int, vma_index: int, vma: Vma) -> bool:
-    """A live range at addr in VMA vma_index extends the record prev (a plan_ranges row) across the hole between
-    them: prev is a live range of the same VMA ending at or before addr, and the VMA is private anonymous memory,
-    the only kind CRIU 4.2.1 dumps lazily (vma_entry_can_be_lazy), so the hole's bytes, never touched, read as
-    zeros from the stopped tree (lr-lazyd places all-zero pages as zero pages, allocating nothing)."""
-    return (prev[0] & RANGE_LIVE and prev[5] == vma_index and prev[2] <= addr
-            and vma.flags & _PRIVATE_ANON == _PRIVATE_ANON and not vma.flags & _NOT_LAZY)
+class _Plan:
+    """plan_ranges' rows [flags, start, end, pages_id, offset, VMA index] (IndexEntry made once per record) and the
+    VMA the last address fell in."""
+
+    def __init__(self, vmas: list[Vma], pagemap: Pagemap, where: str) -> None:
+        self.vmas, self.pagemap, self.where = vmas, pagemap, where
+        self.starts = [v.start for v in vmas]
+        self.rows: list[list[int]] = []
+        self.i, self.start, self.end = -1, 0, 0
+
+    def vma_end(self, addr: int) -> int:
+        """The end of the VMA holding addr (which becomes the current one); CorruptCheckpoint if none does."""
+        if not self.start <= addr < self.end:
+            i = bisect_right(self.starts, addr) - 1
+            if i < 0 or self.vmas[i].end <= addr:
+                raise CorruptCheckpoint(self.where, f"page {addr:#x} of pid {self.pagemap.pid} lies in no VMA of "
+                                        f"mm-{self.pagemap.pid}.img")
+            self.i, self.start, self.end = i, self.vmas[i].start, self.vmas[i].end
+        return self.end
+
+    def add(self, flags: int, addr: int, stop: int, offset: int) -> None:
+        """A range in the current VMA: a live one extends the previous live record of that VMA across the hole
+        between them when the VMA is private anonymous memory, the only kind CRIU 4.2.1 dumps lazily
+        (vma_entry_can_be_lazy), so the hole's bytes, never touched, read as zeros from the stopped tree (lr-lazyd
+        places all-zero pages as zero pages, allocating nothing)."""
+        rows = self.rows
+        if flags & RANGE_LIVE and rows and rows[-1][0] & RANGE_LIVE and rows[-1][5] == self.i \
+                and rows[-1][2] <= addr and _joinable(self.vmas[self.i]):
+            rows[-1][2] = stop
+        else:
+            rows.append([flags, addr, stop, 0 if flags & RANGE_LIVE else self.pagemap.pages_id, offset, self.i])
+
+
+def _joinable(vma: Vma) -> bool:
+    return vma.flags & _PRIVATE_ANON == _PRIVATE_ANON and not vma.flags & _NOT_LAZY
 
 
 def checksum_entries(entries: list[IndexEntry], pages_path: Path, page_size: int, block_size: int) -> list[IndexEntry]:

@@ -108,19 +108,19 @@ def count_vma_visits(monkeypatch: pytest.MonkeyPatch) -> list[CountedVmas]:
 
 
 def count_decodes(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
-    """How often each image file is decoded (pycriu's dicts or protobuf messages)."""
+    """How often each image file is decoded (pycriu's dicts, or read for protobuf messages)."""
     decoded: Counter[str] = Counter()
-    load_image, load_messages = images.load_image, images.load_messages
+    load_image, image_bytes = images.load_image, images._image_bytes
 
     def counted_image(path: Path) -> list[dict[str, Any]]:
         decoded[path.name] += 1
         return load_image(path)
 
-    def counted_messages(path: Path, *args: Any) -> Any:
+    def counted_bytes(path: Path, magic: str) -> tuple[bytes, int]:
         decoded[path.name] += 1
-        return load_messages(path, *args)
+        return image_bytes(path, magic)
     monkeypatch.setattr(images, "load_image", counted_image)
-    monkeypatch.setattr(images, "load_messages", counted_messages)
+    monkeypatch.setattr(images, "_image_bytes", counted_bytes)
     return decoded
 
 

@@ -255,7 +255,7 @@ def pe(vaddr: int, nr_pages: int, lazy: bool) -> PagemapEntry:
 
 
 def test_plan_ranges_splits_at_vma_boundary_and_accumulates_offset() -> None:
-    pm = Pagemap(pid=9, pages_id=4, entries=(
+    pm = Pagemap(pid=9, pages_id=4, runs=(
         pe(0x10000, 2, lazy=False),   # eager, within A
         pe(0x13000, 3, lazy=True),    # lazy, crosses A|B -> two records
         pe(0x30000, 1, lazy=True),    # lazy, within C
@@ -272,14 +272,14 @@ def test_plan_ranges_splits_at_vma_boundary_and_accumulates_offset() -> None:
 
 def test_plan_ranges_offsets_follow_pagemap_order_not_address_order() -> None:
     # CRIU stores pages in pagemap order; offsets must follow that order.
-    pm = Pagemap(pid=9, pages_id=1, entries=(pe(0x30000, 1, lazy=False), pe(0x10000, 3, lazy=True)))
+    pm = Pagemap(pid=9, pages_id=1, runs=(pe(0x30000, 1, lazy=False), pe(0x10000, 3, lazy=True)))
     out = plan_ranges(pm, VMAS, PS, "w")
     assert [(e.start, e.offset) for e in out] == [(0x30000, 0), (0x10000, PS)]
 
 
 def test_plan_ranges_entry_spanning_three_vmas() -> None:
     vmas = [Vma(0x10000, 0x11000, 3, 0, 0), Vma(0x11000, 0x13000, 3, 0, 0), Vma(0x13000, 0x18000, 3, 0, 0)]
-    pm = Pagemap(pid=2, pages_id=3, entries=(pe(0x10000, 1, lazy=False), pe(0x11000, 4, lazy=True)))
+    pm = Pagemap(pid=2, pages_id=3, runs=(pe(0x10000, 1, lazy=False), pe(0x11000, 4, lazy=True)))
     out = plan_ranges(pm, vmas, PS, "w")
     assert [(e.start, e.nr_pages, e.offset, e.lazy) for e in out] == [
         (0x10000, 1, 0, False), (0x11000, 2, PS, True), (0x13000, 2, 3 * PS, True)]
@@ -289,7 +289,7 @@ def test_plan_ranges_entry_spanning_three_vmas() -> None:
 def test_plan_ranges_of_a_live_dump_leave_lazy_pages_in_the_tree() -> None:
     # `criu dump --lazy-pages`: lazy pages are not in the pages file (PE_LAZY without PE_PRESENT)
     vmas = [Vma(0x10000, 0x11000, 3, 0, 0), Vma(0x11000, 0x18000, 3, 0, 0)]
-    pm = Pagemap(pid=2, pages_id=3, entries=(PagemapEntry(0x11000, 4, PE_LAZY), pe(0x10000, 1, lazy=False),
+    pm = Pagemap(pid=2, pages_id=3, runs=(PagemapEntry(0x11000, 4, PE_LAZY), pe(0x10000, 1, lazy=False),
                                              PagemapEntry(0x16000, 2, PE_LAZY)))
     out = plan_ranges(pm, vmas, PS, "w", live=True)
     assert [(e.start, e.nr_pages, e.flags, e.pages_id, e.offset) for e in out] == [
@@ -311,7 +311,7 @@ def test_plan_ranges_empty_pagemap() -> None:
 ])
 def test_plan_ranges_page_outside_every_vma(vaddr: int, nr_pages: int, bad: int) -> None:
     where = "/ckpt/pagemap-9.img"
-    pm = Pagemap(pid=9, pages_id=1, entries=(pe(0x10000, 1, lazy=False), pe(vaddr, nr_pages, lazy=True)))
+    pm = Pagemap(pid=9, pages_id=1, runs=(pe(0x10000, 1, lazy=False), pe(vaddr, nr_pages, lazy=True)))
     with pytest.raises(CorruptCheckpoint) as info:
         plan_ranges(pm, VMAS, PS, where)
     msg = str(info.value)
@@ -335,7 +335,7 @@ def test_plan_ranges_no_vmas_at_all() -> None:
 ])
 def test_plan_ranges_rejects_parent_or_absent_pages(flags: int) -> None:
     where = "/ckpt/pagemap-3.img"
-    pm = Pagemap(pid=3, pages_id=6, entries=(pe(0x10000, 1, lazy=False), PagemapEntry(0x11000, 2, flags)))
+    pm = Pagemap(pid=3, pages_id=6, runs=(pe(0x10000, 1, lazy=False), PagemapEntry(0x11000, 2, flags)))
     with pytest.raises(CorruptCheckpoint) as info:
         plan_ranges(pm, VMAS, PS, where)
     assert info.value.path == where
@@ -371,7 +371,7 @@ HUGETLB = Vma(0x60000, 0x70000, 3, 0x40022, 0)     # MAP_HUGETLB | MAP_PRIVATE |
 
 
 def live_records(entries: tuple[PagemapEntry, ...], vmas: list[Vma]) -> list[tuple[int, int, int]]:
-    out = plan_ranges(Pagemap(pid=2, pages_id=3, entries=entries), vmas, PS, "w", live=True)
+    out = plan_ranges(Pagemap(pid=2, pages_id=3, runs=entries), vmas, PS, "w", live=True)
     return [(e.start, e.nr_pages, e.flags) for e in out]
 
 
@@ -417,7 +417,7 @@ def test_live_ranges_out_of_address_order_stay_apart() -> None:
 def test_joined_live_ranges_keep_the_lazy_view_entries() -> None:
     # the lazy view merges lazy records within a VMA: the same entries whether the index joined them or not
     entries = tuple(lz(0x10000 + k * 4 * PS, 3) for k in range(4)) + (lz(0x20000, 2),)
-    joined = plan_ranges(Pagemap(pid=2, pages_id=3, entries=entries), [ANON, ANON2], PS, "w", live=True)
+    joined = plan_ranges(Pagemap(pid=2, pages_id=3, runs=entries), [ANON, ANON2], PS, "w", live=True)
     apart = [IndexEntry(2, LIVE, e.vaddr, e.nr_pages, 0, 0) for e in entries]
     assert view_entries(joined, [ANON, ANON2], PS) == view_entries(apart, [ANON, ANON2], PS)
 
@@ -431,7 +431,7 @@ def fake_pages(tmp_path: Path, n_pages: int, seed: int = 1) -> tuple[Path, bytes
 
 def planned_entries() -> list[IndexEntry]:
     vmas = [Vma(0x10000, 0x14000, 3, 0, 0), Vma(0x14000, 0x40000, 3, 0, 0), Vma(0x7F0000000000, 0x7F0000100000, 3, 0, 0)]
-    pm = Pagemap(pid=9, pages_id=4, entries=(
+    pm = Pagemap(pid=9, pages_id=4, runs=(
         pe(0x11000, 2, lazy=False),
         pe(0x13000, 9, lazy=True),            # crosses VMA boundary at 0x14000
         pe(0x7F0000003000, 20, lazy=True),    # unaligned, several 16 KiB blocks
