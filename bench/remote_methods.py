@@ -1,4 +1,4 @@
-"""The three ways to move a running workload to another host, measured from the checkpoint's start.
+"""The ways to move a running workload to another host, measured from the checkpoint's start.
 
 Every method migrates a fresh Source (a migration consumes its source tree) and
 returns a dict of figures with the restored root's pid; all times are seconds on
@@ -6,7 +6,9 @@ the bench's monotonic clock from t0, the start of the checkpoint:
   resume_s  until the restored tree runs,
   total_s   until every page is resident on the destination (eager: = resume_s).
 
-  lr-remote    `lazyrestore migrate` on the source, `lazyrestore restore --from` on the destination
+  lr-live      `lazyrestore migrate` (live) on the source, then `lazyrestore restore --from` on the destination
+  lr-live-first  the same, the destination started first with a shared secret (it waits for the source)
+  lr-remote    `lazyrestore migrate --via-disk` on the source, `lazyrestore restore --from` on the destination
   criu-remote  CRIU's own remote lazy mode (criu dump --lazy-pages + page server, criu lazy-pages
                --page-server, criu restore --lazy-pages), with fs.pipe-max-size raised for it only
   eager-copy   `lazyrestore checkpoint`, a copy of the images dir, `lazyrestore restore --images`
@@ -106,44 +108,72 @@ def lazy_bytes(images_dir: Path) -> int:
 # --- lazyrestore migrate + restore --from ---------------------------------------
 
 def run_lr_live(src: Source, drain_timeout: float) -> dict[str, Any]:
-    """`migrate` (live: the source held stopped, its memory served from there) + `restore --from`."""
+    """`migrate` (live: the source held stopped, its memory served from there), then `restore --from`."""
     return run_lr_remote(src, drain_timeout, live=True)
 
 
-def run_lr_remote(src: Source, drain_timeout: float, live: bool = False) -> dict[str, Any]:
+def run_lr_live_first(src: Source, drain_timeout: float) -> dict[str, Any]:
+    """`restore --from` started first, waiting for the source; `migrate --secret-file` (shared) serves it: both
+    ends started at once, as an orchestrator would, so the destination's start-up overlaps the checkpoint."""
+    return run_lr_remote(src, drain_timeout, live=True, destination_first=True)
+
+
+def run_lr_remote(src: Source, drain_timeout: float, live: bool = False,
+                  destination_first: bool = False) -> dict[str, Any]:
     images_dir, work = src.scratch / "images", src.scratch / "lr-dst"
+    shared = src.scratch / "shared-secret"
+    listen, secret_args = f"{src.net.src_addr}:0", []
+    rst = None
+    if destination_first:
+        fd = os.open(shared, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, os.urandom(32))
+        os.close(fd)
+        listen, secret_args = f"{src.net.src_addr}:{src.net.free_port()}", ["--secret-file", str(shared)]
+        src.note_log_size()  # the tree runs on until CRIU freezes it, then holds it stopped until DONE
+        rst = _restore_from(src, listen, shared, work)
     mig = JsonProc(lazyrestore_cmd("migrate", *([] if live else ["--via-disk"]), "--pid", str(src.pid),
-                                   "--images", str(images_dir), "--listen", f"{src.net.src_addr}:0", "--json"),
+                                   "--images", str(images_dir), "--listen", listen, *secret_args, "--json"),
                    src.scratch / "migrate.stderr", src.net.src_preexec())
     try:
         listening = wait_event(mig, "listening", time.monotonic() + TIMEOUT_S)
         started, cp = mig.first("started"), mig.first("checkpointed")
         if listening is None or started is None or cp is None:
             raise MethodFailed(f"lazyrestore migrate: {mig.error_text()}")
-        if live:
-            src.note_log_size()  # frozen by CRIU until the destination has every page
-        else:
-            src.source_gone()
-        src.rewind_log()
-        rst = JsonProc(lazyrestore_cmd("restore", "--from", f"{src.net.src_addr}:{listening[1]['port']}",
-                                       "--secret-file", str(images_dir / META_DIR / SECRET_NAME),
-                                       "--workdir", str(work), "--json"),
-                       src.scratch / "restore.stderr", src.net.dst_preexec())
-        try:
-            code = finish(rst, time.monotonic() + drain_timeout, (mig,))
-            figures = _lr_figures(rst, code, drain_timeout, started[0], cp, listening[0])
-        finally:
-            rst.close()
-        figures["source_exit"] = finish(mig, time.monotonic() + SOURCE_EXIT_TIMEOUT_S)
-        if figures["source_exit"] != 0:
-            raise MethodFailed(f"lazyrestore migrate: exit {figures['source_exit']} after the destination had "
-                               f"every page: {mig.error_text()}", figures["pid"])
+        if rst is None:
+            if live:
+                src.note_log_size()  # frozen by CRIU until the destination has every page
+            else:
+                src.source_gone()
+            rst = _restore_from(src, f"{src.net.src_addr}:{listening[1]['port']}",
+                                images_dir / META_DIR / SECRET_NAME, work)
+        figures = _lr_drain(src, rst, mig, drain_timeout, started[0], cp, listening[0], destination_first)
         if live and not wait_gone(src.pid, 60.0):
             raise MethodFailed(f"the live source {src.pid} still runs after the destination had every page")
         figures["server_peak_kib"] = server_peak_kib(Path(listening[1].get("log", "")))
         return figures
     finally:
         mig.close()
+        if rst is not None:
+            rst.close()
+
+
+def _restore_from(src: Source, address: str, secret_file: Path, work: Path) -> JsonProc:
+    return JsonProc(lazyrestore_cmd("restore", "--from", address, "--secret-file", str(secret_file),
+                                    "--workdir", str(work), "--json"),
+                    src.scratch / "restore.stderr", src.net.dst_preexec())
+
+
+def _lr_drain(src: Source, rst: JsonProc, mig: JsonProc, drain_timeout: float, t0: float,
+              cp: tuple[float, dict[str, Any]], served_at: float, waited: bool) -> dict[str, Any]:
+    """The destination to its end (every page resident), then the source's exit; the figures."""
+    src.rewind_log()
+    code = finish(rst, time.monotonic() + drain_timeout, (mig,))
+    figures = _lr_figures(rst, code, drain_timeout, t0, cp, served_at, waited)
+    figures["source_exit"] = finish(mig, time.monotonic() + SOURCE_EXIT_TIMEOUT_S)
+    if figures["source_exit"] != 0:
+        raise MethodFailed(f"lazyrestore migrate: exit {figures['source_exit']} after the destination had "
+                           f"every page: {mig.error_text()}", figures["pid"])
+    return figures
 
 
 def server_peak_kib(log: Path) -> int | None:
@@ -156,7 +186,9 @@ def server_peak_kib(log: Path) -> int | None:
 
 
 def _lr_figures(rst: JsonProc, code: int | None, limit: float, t0: float,
-                cp: tuple[float, dict[str, Any]], served_at: float) -> dict[str, Any]:
+                cp: tuple[float, dict[str, Any]], served_at: float, waited: bool = False) -> dict[str, Any]:
+    """waited: the destination was started first and waited for the source (its start-up is no part of the time;
+    its fetch is from the source's "listening" to its own, before CRIU's restore)."""
     resumed, summary, ready = rst.first("resumed"), rst.last("summary"), rst.first("listening")
     pid = resumed[1]["pid"] if resumed else None
     if code is None:
@@ -173,8 +205,10 @@ def _lr_figures(rst: JsonProc, code: int | None, limit: float, t0: float,
         "faults": s["faults"], "fault_bytes": s["fault_bytes"], "drain_bytes": s["drain_bytes"],
         "daemon_cpu_s": s["daemon_cpu_s"],
         "breakdown": {"dump_s": cp[1]["dump_s"], "index_s": cp[1]["index_s"], "checkpoint_s": cp[0] - t0,
-                      "serve_start_s": served_at - cp[0], "fetch_s": s["verify_s"],
-                      "restore_start_s": ready[0] - served_at - s["verify_s"], "criu_resume_s": s["resume_s"],
+                      "serve_start_s": served_at - cp[0],
+                      "fetch_s": ready[0] - served_at if waited else s["verify_s"],
+                      "restore_start_s": None if waited else ready[0] - served_at - s["verify_s"],
+                      "criu_resume_s": s["resume_s"],
                       "resident_after_resume_s": s["resident_s"]},
         "resumed_event_s": resumed[0] - t0 if resumed else None,  # printed after the tool's liveness wait
     }
@@ -343,12 +377,14 @@ def _eager_figures(t0: float, cp: tuple[float, dict[str, Any]], copy: tuple[floa
 
 METHODS: dict[str, Callable[[Source, float], dict[str, Any]]] = {
     "lr-live": run_lr_live,
+    "lr-live-first": run_lr_live_first,
     "lr-remote": run_lr_remote,
     "criu-remote": run_criu_remote,
     "eager-copy": run_eager_copy,
 }
 LABELS = {
     "lr-live": "lazyrestore migrate (live) → restore --from",
+    "lr-live-first": "restore --from started first → migrate (live, shared secret)",
     "lr-remote": "lazyrestore migrate --via-disk → restore --from",
     "criu-remote": "CRIU remote lazy-pages",
     "eager-copy": "eager: checkpoint + copy + restore",

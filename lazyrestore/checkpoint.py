@@ -104,9 +104,10 @@ def dump(binary: criu.CriuBinary, pid: int, images_dir: Path, leave_running: boo
 
 def write_metadata(images_dir: Path, binary: criu.CriuBinary, pid: int,
                    block_size: int = lazyindex.DEFAULT_BLOCK_SIZE, options: CriuOptions = CriuOptions(),
-                   live: bool = False) -> Manifest:
+                   live: bool = False, secret_from: Path | None = None) -> Manifest:
     """Write the lazy index, then the manifest (last: its presence marks a complete checkpoint). live: a `criu dump
-    --lazy-pages` whose lazy pages stay in the stopped tree (RANGE_LIVE records, checksums sent as served)."""
+    --lazy-pages` whose lazy pages stay in the stopped tree (RANGE_LIVE records, checksums sent as served).
+    secret_from: a pre-shared secret file to serve with instead of a new secret."""
     page_size = os.sysconf("SC_PAGE_SIZE")
     tree = read_pstree(images_dir)
     checkpoint_id = manifest.new_checkpoint_id()
@@ -116,7 +117,10 @@ def write_metadata(images_dir: Path, binary: criu.CriuBinary, pid: int,
                                   block_size) + in_tree, key=lambda e: (e.pid, e.start))
     index = lazyindex.LazyIndex(page_size, block_size, len(tree), bytes.fromhex(checkpoint_id), tuple(entries))
     (images_dir / manifest.META_DIR).mkdir(exist_ok=True)
-    secret.create(images_dir)
+    if secret_from is None:
+        secret.create(images_dir)
+    else:
+        secret.install(images_dir, secret_from)
     index_path = images_dir / manifest.META_DIR / manifest.INDEX_NAME
     lazyindex.write(index_path, index)
     view = lazyview.write(images_dir, index)
@@ -167,7 +171,8 @@ def recorded_options(pid: int, options: CriuOptions, reporter: Reporter) -> Criu
 
 
 def checkpoint(pid: int, images_dir: Path, leave_running: bool, allow_host_pids: bool,
-               reporter: Reporter, options: CriuOptions = CriuOptions()) -> CheckpointSummary:
+               reporter: Reporter, options: CriuOptions = CriuOptions(),
+               secret_from: Path | None = None) -> CheckpointSummary:
     procs.require_root()
     binary = criu.find_criu()
     procs.check_checkpointable(pid, allow_host_pids)
@@ -186,7 +191,7 @@ def checkpoint(pid: int, images_dir: Path, leave_running: bool, allow_host_pids:
     reporter.event("dumped", seconds=round(t1 - t0, 6))
     reporter.progress(f"dumped in {t1 - t0:.2f} s; indexing and checksumming pages")
     try:
-        m = write_metadata(images_dir, binary, pid, options=recorded)
+        m = write_metadata(images_dir, binary, pid, options=recorded, secret_from=secret_from)
     except (LazyRestoreError, OSError) as exc:
         raise dumpdir.after_failed_index(images_dir, DUMP_LOG, pid, leave_running, exc)
     return summary(images_dir, m, pid, t1 - t0, time.monotonic() - t1, leave_running)

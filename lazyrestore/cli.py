@@ -184,6 +184,8 @@ def require_valid(option: str, check: Callable[[T], object], value: T, expected:
 
 
 SECRET_EXPECTED = f"a copy of the checkpoint's lazyrestore/secret: {secret.SECRET_SIZE} bytes, mode 0600"
+SECRET_EXPECTED_SHARED = (f"a secret shared with the destination: {secret.SECRET_SIZE} random bytes, mode 0600 "
+                          f"(umask 077; head -c {secret.SECRET_SIZE} /dev/urandom > FILE)")
 
 
 def cmd_checkpoint(args: argparse.Namespace, rep: Reporter) -> int:
@@ -379,9 +381,11 @@ def cmd_migrate(args: argparse.Namespace, rep: Reporter) -> int:
     require_process(args.pid)
     require_new_images(args.images)
     require_valid("--listen", remote.parse_address, args.listen)
+    if args.secret_file is not None:
+        require_valid("--secret-file", secret.check_file, args.secret_file, SECRET_EXPECTED_SHARED)
     run = serve.migrate if args.via_disk else migratelive.migrate_live
     cp, s = run(args.pid, args.images, args.listen, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")),
-                criu_options(args))
+                criu_options(args), args.secret_file)
     if not s.delivered:
         raise DaemonFailed(f"the page server stopped before a destination had every page; the checkpoint in "
                            f"{args.images} is intact: `lazyrestore serve --images {args.images} --listen {args.listen}`")
@@ -540,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoint every page to DIR first, then serve it (a checkpoint that can also be restored "
                          "again); default: live, only metadata is written and the lazy pages are served from the "
                          "source's memory, CRIU holding it stopped until a destination has every page")
+    mg.add_argument("--secret-file", type=file_path, default=None,
+                    help="serve with this pre-shared secret (32 bytes, mode 0600) instead of a new one: a destination "
+                         "holding a copy can run `restore --from` before this command serves (it waits for it)")
     add_criu_options(mg, restoring=False)
     mg.set_defaults(func=cmd_migrate)
 

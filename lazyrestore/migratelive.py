@@ -72,10 +72,11 @@ def operator_signals() -> Iterator[Asked]:
 
 
 def migrate_live(pid: int, images_dir: Path, listen: str, reporter: Reporter, sanitized: bool = False,
-                 options: CriuOptions = CriuOptions()) -> tuple[checkpoint.CheckpointSummary, serve.ServeSummary]:
+                 options: CriuOptions = CriuOptions(),
+                 secret_from: Path | None = None) -> tuple[checkpoint.CheckpointSummary, serve.ServeSummary]:
     parse_address(listen)
     with operator_signals() as asked:  # from the start: a Ctrl-C must never just drop CRIU's socket
-        dump, cp = live_checkpoint(pid, images_dir, reporter, options)
+        dump, cp = live_checkpoint(pid, images_dir, reporter, options, secret_from)
         pid_file = images_dir / META_DIR / PID_FILE
         pid_file.write_text(f"{os.getpid()}\n")
         fate = LiveFate()
@@ -93,8 +94,8 @@ def migrate_live(pid: int, images_dir: Path, listen: str, reporter: Reporter, sa
     raise end_without_delivery(dump, fate, outcome, pid, images_dir, reporter)
 
 
-def live_checkpoint(pid: int, images_dir: Path, reporter: Reporter,
-                    options: CriuOptions) -> tuple[livedump.LiveDump, checkpoint.CheckpointSummary]:
+def live_checkpoint(pid: int, images_dir: Path, reporter: Reporter, options: CriuOptions,
+                    secret_from: Path | None = None) -> tuple[livedump.LiveDump, checkpoint.CheckpointSummary]:
     """`criu dump --lazy-pages` of the tree (held stopped), its index (lazy ranges LIVE) and pid map."""
     procs.require_root()
     binary = criu.find_criu()
@@ -113,7 +114,7 @@ def live_checkpoint(pid: int, images_dir: Path, reporter: Reporter,
         raise dumpdir.after_failed_dump(images_dir, livedump.DUMP_LOG, pid, exc)
     t1 = time.monotonic()
     try:
-        m = checkpoint.write_metadata(images_dir, binary, pid, options=recorded, live=True)
+        m = checkpoint.write_metadata(images_dir, binary, pid, options=recorded, live=True, secret_from=secret_from)
         livetree.write_pid_map(images_dir, livetree.host_pids(pid, [p.pid for p in read_pstree(images_dir)]))
     except (LazyRestoreError, OSError) as exc:
         dump.rollback()

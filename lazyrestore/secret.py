@@ -24,12 +24,22 @@ def secret_path(images_dir: Path) -> Path:
 
 def create(images_dir: Path) -> Path:
     """A fresh secret for the checkpoint in images_dir (replacing an older one)."""
+    return _write(images_dir, os.urandom(SECRET_SIZE))
+
+
+def install(images_dir: Path, given: Path) -> Path:
+    """The secret file given (a pre-shared one, checked by check_file) as the checkpoint's secret: a destination
+    holding a copy can be started before the checkpoint exists."""
+    return _write(images_dir, check_file(given).read_bytes())
+
+
+def _write(images_dir: Path, key: bytes) -> Path:
     path = secret_path(images_dir)
     tmp = path.with_name(SECRET_NAME + ".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
-        os.write(fd, os.urandom(SECRET_SIZE))
+        os.write(fd, key)
     finally:
         os.close(fd)
     tmp.rename(path)

@@ -240,10 +240,11 @@ def summary_text(s: ServeSummary) -> str:
 
 
 def migrate(pid: int, images_dir: Path, listen: str, reporter: Reporter, sanitized: bool = False,
-            options: CriuOptions = CriuOptions()) -> tuple[checkpoint.CheckpointSummary, ServeSummary]:
+            options: CriuOptions = CriuOptions(),
+            secret_from: Path | None = None) -> tuple[checkpoint.CheckpointSummary, ServeSummary]:
     """Checkpoint the tree rooted at pid into images_dir, then serve it until one destination has every page."""
     parse_address(listen)
-    cp = checkpoint.checkpoint(pid, images_dir, False, False, reporter, options)
+    cp = checkpoint.checkpoint(pid, images_dir, False, False, reporter, options, secret_from)
     reporter.event("checkpointed", **cp.__dict__)
     reporter.progress(checkpoint.summary_text(cp))
     try:

@@ -19,6 +19,8 @@
 #define LR_FETCH_TRY_MS 2000        /* one connection attempt before the fetch */
 #define LR_FETCH_BACKOFF_MIN_MS 100
 #define LR_FETCH_BACKOFF_MAX_MS 1000
+#define LR_FETCH_POLL_MS 10         /* between connections the source's host refused (nothing listens yet): a
+				     * destination started before `migrate` serves is in within 10 ms of it */
 #define LR_FETCH_BAD_MAX 8          /* times one eager range, the file list or one file may fail its checksum in
 				     * transit; and connections the fetch may begin again on after damaged frames */
 
@@ -386,12 +388,13 @@ static bool transient(const struct lr_error *err)
 	}
 }
 
-/* The first (urgent) channel: a page server that is not up yet, or restarting, gets until the source timeout. */
+/* The first (urgent) channel: a page server that is not up yet, or restarting, gets until the source timeout; a
+ * refusing host is asked again every LR_FETCH_POLL_MS, other failures back off. */
 static int first_handshake(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	unsigned long long start = lr_net_now_ns(), spent_ms = 0;
-	unsigned backoff_ms = LR_FETCH_BACKOFF_MIN_MS;
+	unsigned backoff_ms = LR_FETCH_BACKOFF_MIN_MS, logged = 0;
 
 	for (;;) {
 		int left = (int)(r->timeout_ms - spent_ms);
@@ -403,12 +406,14 @@ static int first_handshake(struct lr_lazyd *d, struct lr_error *err)
 		if (spent_ms + backoff_ms >= r->timeout_ms)
 			return lr_error_set(err, 0, "page server %s unreachable for %llu s (last: %s)", r->addr.text,
 					    (unsigned long long)(r->timeout_ms / 1000), err->msg);
-		if (backoff_ms == LR_FETCH_BACKOFF_MIN_MS)
+		if (!logged++)
 			lr_log(d, 0, "page server %s not reachable yet (%s); trying for up to %llu s", r->addr.text,
 			       err->msg, (unsigned long long)(r->timeout_ms / 1000));
-		usleep(backoff_ms * 1000);
-		spent_ms += backoff_ms;
-		backoff_ms = backoff_ms * 2 > LR_FETCH_BACKOFF_MAX_MS ? LR_FETCH_BACKOFF_MAX_MS : backoff_ms * 2;
+		unsigned wait_ms = err->errnum == ECONNREFUSED ? LR_FETCH_POLL_MS : backoff_ms;
+		usleep(wait_ms * 1000);
+		spent_ms += wait_ms;
+		if (wait_ms == backoff_ms)
+			backoff_ms = backoff_ms * 2 > LR_FETCH_BACKOFF_MAX_MS ? LR_FETCH_BACKOFF_MAX_MS : backoff_ms * 2;
 	}
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from lazyrestore import procs, sample, testhosts
 
 from . import apps
-from .helpers import flip_last_byte, run_cli
+from .helpers import Background, flip_last_byte, run_cli
 from .migration import SLOW_DRAIN, Source, checksums, finished, restore_on_b, start_on_a
 
 
@@ -69,6 +70,38 @@ def test_the_holes_of_a_live_tree_stay_unallocated_on_the_destination(hosts, wor
     assert anonymous_kib(restored.pid) < source_kib + holes * 4 // 2, "the holes were allocated on B"
     assert checksums(restored) == before
     assert src.run.finish(timeout=60).code == 0
+
+
+def free_port_on_a() -> int:
+    with testhosts.inside(testhosts.HOST_A), socket.socket() as s:
+        s.bind((testhosts.ADDR_A, 0))
+        return s.getsockname()[1]
+
+
+def test_a_destination_started_first_with_a_shared_secret_takes_the_tree_when_it_is_served(hosts, workdir: Path,
+                                                                                           reaper) -> None:
+    """`restore --from` runs before `migrate --secret-file` serves (orchestrators start both ends at once): lr-lazyd
+    asks the refusing host again until the page server listens, then fetches, resumes and drains as usual."""
+    w = start_on_a(workdir, reaper, mib=128)
+    before = checksums(w)
+    shared = workdir / "shared-secret"
+    shared.write_bytes(os.urandom(32))
+    shared.chmod(0o600)
+    address = f"{testhosts.ADDR_A}:{free_port_on_a()}"
+    run = Background(["restore", "--from", address, "--secret-file", str(shared), "--workdir", str(workdir / "dst")],
+                     ("started",), host="b")
+    time.sleep(1.0)  # B waits on a refusing host
+    assert run.proc.poll() is None, run.stderr_now()
+    src = Source(["migrate", "--pid", str(w.pid), "--images", str(workdir / "images"), "--listen", address,
+                  "--secret-file", str(shared)])
+    assert (workdir / "images/lazyrestore/secret").read_bytes() == shared.read_bytes()
+    assert run.read_until("resumed") is not None, run.events
+    restored = sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
+    finished(run)
+    assert checksums(restored) == before
+    assert src.run.finish(timeout=60).code == 0
+    assert wait_gone(w.pid)
+    assert "not reachable yet" in (workdir / "dst" / "run" / "lazyd.log").read_text(errors="replace")
 
 
 def test_a_wrong_secret_before_any_commit_rolls_the_source_back(hosts, workdir: Path, reaper) -> None:

@@ -151,6 +151,10 @@ CASES = [
     *bad("migrate", "--pid", [*NOT_A_PID, *NO_SUCH_PID], f"--images {{missing}} {LISTEN}"),
     *bad("migrate", "--images", NEW_IMAGES, f"--pid {{self_pid}} {LISTEN}"),
     *bad("migrate", "--listen", BAD_ADDRESSES[:6], "--pid {self_pid} --images {missing}"),
+    *bad("migrate", "--secret-file", [("missing", "{missing}", "expected a secret shared with the destination"),
+                                      ("readable-by-others", "{open_secret}", "expected 0600"),
+                                      ("wrong-size", "{short_secret}", "expected 32")],
+         f"--pid {{self_pid}} --images {{missing}} {LISTEN}"),
     # testhosts
     *bad("testhosts up", "--delay", numbers("milliseconds from 0 to 10000", ("negative", "-1"), ("text", "abc"),
                                             ("nan", "nan"), ("infinite", "inf"), ("too-long", "10001"), ("empty", ""))),
