@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,22 +44,49 @@ def test_migrate_one_process_from_a_to_b(hosts, workdir: Path, reaper, mode: lis
     assert res.last("summary")["delivered"] == 1
 
 
+@pytest.fixture(params=["live", "via-disk"])
+def live(request: pytest.FixtureRequest) -> bool:
+    """The source of a drain test: `migrate` (live: the stopped tree's memory served) or a checkpoint served."""
+    return request.param == "live"
+
+
+def source_on_a(w: sample.Workload, images: Path, live: bool) -> Source:
+    if live:
+        return Source(["migrate", "--pid", str(w.pid), "--images", str(images), "--listen", f"{testhosts.ADDR_A}:0"])
+    checkpoint_on_a(w, images)
+    return serve_a(images)
+
+
+def end_source(src: Source, live: bool) -> None:
+    """serve: stopped. migrate: it ends by itself once the destination has every page; if the test failed before,
+    SIGKILL (CRIU then kills the stopped source tree)."""
+    if not live:
+        src.stop()
+        return
+    try:
+        src.run.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        src.run.proc.kill()
+        src.run.proc.wait(timeout=30)
+
+
 @contextmanager
-def slow_migration(w: sample.Workload, workdir: Path, reaper) -> Iterator[tuple[Background, sample.Workload]]:
-    """Checkpoint w on A, serve it there, restore it on B with a slow drain: (the restore, the restored tree)."""
-    checkpoint_on_a(w, workdir / "images")
-    src = serve_a(workdir / "images")
+def slow_migration(w: sample.Workload, workdir: Path, reaper,
+                   live: bool = False) -> Iterator[tuple[Background, sample.Workload]]:
+    """Serve w from A (live, or checkpointed first), restore it on B with a slow drain: (the restore, the restored
+    tree)."""
+    src = source_on_a(w, workdir / "images", live)
     try:
         run = restore_on_b(src.address, workdir / "images", workdir / "dst", *SLOW_DRAIN)
         yield run, sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
     finally:
-        src.stop()
+        end_source(src, live)
 
 
-def test_threads_touch_memory_during_a_remote_drain(hosts, workdir: Path, reaper) -> None:
+def test_threads_touch_memory_during_a_remote_drain(hosts, workdir: Path, reaper, live: bool) -> None:
     w = start_on_a(workdir, reaper, threads=2, scanners=4)
     before = checksums(w)
-    with slow_migration(w, workdir, reaper) as (run, restored):
+    with slow_migration(w, workdir, reaper, live) as (run, restored):
         during = checksums(restored)
         summary = finished(run)
     assert summary["faults"] > 0, "the scanners must have faulted on missing pages"
@@ -67,10 +95,10 @@ def test_threads_touch_memory_during_a_remote_drain(hosts, workdir: Path, reaper
     assert not w.bad_lines()
 
 
-def test_fork_and_dontneed_during_a_remote_drain(hosts, workdir: Path, reaper) -> None:
+def test_fork_and_dontneed_during_a_remote_drain(hosts, workdir: Path, reaper, live: bool) -> None:
     w = start_on_a(workdir, reaper, children=1, scanners=2)
     before = checksums(w)
-    with slow_migration(w, workdir, reaper) as (run, restored):
+    with slow_migration(w, workdir, reaper, live) as (run, restored):
         assert restored.op("fork") == "op fork done"
         for op in ("dontneed", "mremap", "munmap"):
             line = restored.op(op)
