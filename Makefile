@@ -113,11 +113,13 @@ $(NATIVE)/san/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 # Eager restore, CRIU's local lazy mode and lr-lazyd side by side; writes BENCHMARKS.md.
 # About 20 minutes, 6 of them waiting on CRIU's 4 GiB scanning case; `make bench BENCH_ARGS=--quick` for a smoke run.
 BENCH_ARGS ?= --repeat 3 --drain-timeout 120
-# Then remote migration (lazyrestore migrate/restore --from, CRIU's remote lazy mode, eager checkpoint + copy +
-# restore) at 1 and 4 GiB on loopback and between the test hosts; rewrites only BENCHMARKS.md's remote section and
-# bench/remote_results.json. About 30 minutes (CRIU's remote drain runs into its 120 s limit at 4 GiB);
-# REMOTE_BENCH_ARGS=--quick for a smoke run (256 MiB, 1 repeat, loopback).
-REMOTE_BENCH_ARGS ?= --repeat 3
+# Then remote migration (lazyrestore migrate live / destination first / --via-disk + restore --from, CRIU's remote
+# lazy mode, eager checkpoint + copy + restore) at 256 MiB, 1, 4 and 8 GiB on loopback and at 1 GiB between the test
+# hosts, idle and scanning workloads (the tmpfs-copy methods only up to --disk-max 4096 MiB); rewrites only
+# BENCHMARKS.md's remote section and bench/remote_results.json. About an hour (CRIU's remote drain of the scanning
+# workload runs into its 120 s limit at 4 and 8 GiB); REMOTE_BENCH_ARGS=--quick for a smoke run (256 MiB, 1 repeat,
+# loopback, both workloads).
+REMOTE_BENCH_ARGS ?= --repeat 3 --drain-timeout 120
 # Then the cold start (`make coldstart` alone): one checkpoint of a serving 1 GiB workload restored 5 times lazily
 # with --prefetch off, 5 times with auto and once eagerly, between the test hosts; time to the first correct answer
 # and remote faults until it. Rewrites only BENCHMARKS.md's cold-start section and bench/coldstart_results.json.

@@ -40,6 +40,8 @@ from lazyrestore.restore import SETTLE_S
 from lazyrestore.secret import SECRET_NAME
 
 SCANNERS = 2  # the "scanning" workload of run_bench.py: faults happen during the drain
+WORKLOADS = {"idle": 0, "scanning": SCANNERS}  # workload -> scanner threads
+DISK_METHODS = ("lr-remote", "eager-copy")  # keep a full copy of the memory on tmpfs beside source and destination
 REPORT_TIMEOUT_S = 300.0
 SOURCE_EXIT_TIMEOUT_S = 60.0
 CRIU_DUMP_LOG = "dump.log"
@@ -83,10 +85,15 @@ class Source:
         os.truncate(self.log, self.log_size)
 
 
-def start_source(size_mib: int, net: Network, scratch: Path) -> Source:
-    """The sample workload with SCANNERS scanner threads, started in the source's network namespace."""
+def methods_at(size_mib: int, methods: list[str], disk_max_mib: int) -> list[str]:
+    """The methods run at this size: those of DISK_METHODS only up to disk_max_mib."""
+    return [m for m in methods if size_mib <= disk_max_mib or m not in DISK_METHODS]
+
+
+def start_source(size_mib: int, net: Network, scratch: Path, scanners: int = SCANNERS) -> Source:
+    """The sample workload with `scanners` scanner threads, started in the source's network namespace."""
     with net.inside_src():
-        w = sample.start(scratch, size_mib, scanners=SCANNERS, timeout=TIMEOUT_S)
+        w = sample.start(scratch, size_mib, scanners=scanners, timeout=TIMEOUT_S)
     try:
         before = w.request_report(timeout=REPORT_TIMEOUT_S)
     except BaseException:

@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """`make bench`, part 2: migrating a running workload to another host, lazily and eagerly, side by side.
 
-For each size, repeat, network (loopback; the two test hosts A -> B) and method
-(lazyrestore migrate + restore --from; CRIU's own remote lazy mode; eager
-checkpoint + copy + restore), in an order that rotates between repeats: start a
-fresh sample workload with 2 scanner threads, take its checksum, migrate it,
-check the restored memory against the checksum, kill the tree. Writes the
+For each size, repeat, network (loopback at every size; the two test hosts A -> B
+at --hosts-sizes), workload (idle: no scanner thread; scanning: 2 scanner threads
+reading all of the memory, so the restored tree faults during the drain) and method
+(lazyrestore migrate + restore --from, live or via disk, destination started after
+or first; CRIU's own remote lazy mode; eager checkpoint + copy + restore), in an
+order that rotates between repeats: start a fresh sample workload, take its
+checksum, migrate it, check the restored memory against the checksum, kill the
+tree. The methods that keep a full copy of the memory on tmpfs (lr-remote,
+eager-copy) are skipped above --disk-max MiB. Writes the
 "Remote migration" section of BENCHMARKS.md (between its markers; the rest of
 the file is left alone) and bench/remote_results.json. Exits 1 if any migration
 failed or any checksum differed, 130 on Ctrl-C (or SIGTERM), after killing every
@@ -25,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -33,7 +38,7 @@ import remote_report
 from bench_markers import write_section
 from bench_methods import MethodFailed
 from bench_procs import become_subreaper, kill_and_wait, kill_descendants
-from remote_methods import LABELS, METHODS, RemoteTimedOut, Source, start_source
+from remote_methods import LABELS, METHODS, WORKLOADS, RemoteTimedOut, Source, methods_at, start_source
 from remote_procs import CRIU_PIPE_MAX, HOSTS, LOOPBACK, NETWORKS, PIPE_MAX_SIZE, Network, hosts_up, loopback, shielded
 
 from pyroute2 import netns
@@ -50,7 +55,9 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 SHM = Path("/dev/shm")
 SCRATCH_PREFIX = "lazyrestore-remote-bench-"
-DEFAULT_SIZES = (1024, 4096)
+DEFAULT_SIZES = (256, 1024, 4096, 8192)
+DEFAULT_HOSTS_SIZES = (1024,)
+DISK_MAX_MIB = 4096  # 24 GiB: an 8 GiB source and its destination fit, a tmpfs copy of it beside them does not
 DRAIN_TIMEOUT_S = 120
 REPORT_TIMEOUT_S = 300.0
 ERRORS = (LazyRestoreError, subprocess.SubprocessError, TimeoutError, OSError, KeyError, ValueError, TypeError)
@@ -73,22 +80,72 @@ def csv_choice(choices: tuple[str, ...]) -> Any:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sizes", type=csv_ints, default=list(DEFAULT_SIZES), help="workload sizes in MiB (1024,4096)")
-    p.add_argument("--networks", type=csv_choice(NETWORKS), default=list(NETWORKS),
-                   help="loopback (127.0.0.1) and/or hosts (test hosts A -> B) (both)")
+    p.add_argument("--sizes", type=csv_ints, default=list(DEFAULT_SIZES),
+                   help=f"workload sizes in MiB ({','.join(map(str, DEFAULT_SIZES))})")
+    p.add_argument("--networks", type=csv_choice(NETWORKS), default=None,
+                   help="loopback (127.0.0.1) and/or hosts (test hosts A -> B) (both; hosts only at --hosts-sizes)")
+    p.add_argument("--hosts-sizes", type=csv_ints, default=list(DEFAULT_HOSTS_SIZES),
+                   help=f"the sizes also run between the test hosts ({','.join(map(str, DEFAULT_HOSTS_SIZES))})")
+    p.add_argument("--workloads", type=csv_choice(tuple(WORKLOADS)), default=list(WORKLOADS),
+                   help="idle (no scanner thread) and/or scanning (2 scanner threads fault during the drain) (both)")
     p.add_argument("--methods", type=csv_choice(tuple(METHODS)), default=list(METHODS),
                    help=f"methods ({','.join(METHODS)})")
+    p.add_argument("--disk-max", type=positive, default=DISK_MAX_MIB,
+                   help=f"largest size in MiB for the methods keeping a full copy on tmpfs ({DISK_MAX_MIB})")
     p.add_argument("--repeat", type=positive, default=1, help="migrations per size, network and method (median)")
     p.add_argument("--drain-timeout", type=positive, default=DRAIN_TIMEOUT_S,
                    help="seconds from a lazy restore's start until every page must be resident (120); past it "
                         "CRIU's daemon gets a bound, lazyrestore a failure")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report (its remote section only)")
     p.add_argument("--json-out", type=Path, default=BENCH_DIR / "remote_results.json", help="raw results")
-    p.add_argument("--quick", action="store_true", help="smoke run: 256 MiB, 1 repeat, loopback only")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 256 MiB, 1 repeat, loopback only (both workloads unless --workloads)")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.repeat, args.networks = [256], 1, [LOOPBACK]
+    if args.networks is None:
+        args.networks = [LOOPBACK] + ([HOSTS] if set(args.sizes) & set(args.hosts_sizes) else [])
+    elif HOSTS in args.networks and not set(args.sizes) & set(args.hosts_sizes):
+        p.error(f"--networks hosts: none of --sizes {args.sizes} is in --hosts-sizes {args.hosts_sizes}")
     return args
+
+
+# --- the plan -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    """One migration of the run."""
+
+    size: int
+    network: str
+    workload: str
+    method: str
+    repeat: int
+    order: int
+
+
+def schedule(nets: list[str], workloads: list[str], methods: list[str], rep: int) -> list[tuple[str, str, str]]:
+    """Every (network, workload, method) once; methods rotate, networks and workloads alternate between repeats."""
+    shift = rep % len(methods)
+    order_m = methods[shift:] + methods[:shift]
+    order_n = nets if rep % 2 == 0 else nets[::-1]
+    order_w = workloads if rep % 2 == 0 else workloads[::-1]
+    return [(n, w, m) for n in order_n for w in order_w for m in order_m]
+
+
+def plan(args: argparse.Namespace) -> list[Step]:
+    """Every migration in run order: sizes in turn; the test hosts only at --hosts-sizes; the disk methods
+    only up to --disk-max."""
+    steps = []
+    for size in args.sizes:
+        nets = [n for n in args.networks if n != HOSTS or size in args.hosts_sizes]
+        methods = methods_at(size, args.methods, args.disk_max)
+        if not nets or not methods:
+            continue
+        for rep in range(args.repeat):
+            steps += [Step(size, n, w, m, rep, order)
+                      for order, (n, w, m) in enumerate(schedule(nets, args.workloads, methods, rep))]
+    return steps
 
 
 # --- one migration ----------------------------------------------------------------
@@ -106,16 +163,15 @@ def check_memory(src: Source, pid: int) -> tuple[str, dict[str, str]]:
     return ("; ".join(problems) or "ok"), got
 
 
-def migrate_once(rec: dict[str, Any], size: int, net: Network, method: str, scratch: Path,
-                 drain_timeout: float) -> int | None:
+def migrate_once(rec: dict[str, Any], step: Step, net: Network, scratch: Path, drain_timeout: float) -> int | None:
     """Fill rec with one migration's figures and outcome; the restored root's pid (None if there is none)."""
     try:
-        src = start_source(size, net, scratch)
+        src = start_source(step.size, net, scratch, WORKLOADS[step.workload])
     except ERRORS as exc:
         rec["error"] = f"workload did not start: {type(exc).__name__}: {exc}"
         return None
     try:
-        figures = METHODS[method](src, drain_timeout)
+        figures = METHODS[step.method](src, drain_timeout)
     except RemoteTimedOut as exc:
         rec.update(exc.figures, timed_out=True, checksum="not checked (timed out)", note=str(exc))
         return rec.pop("pid", exc.pid)
@@ -134,13 +190,14 @@ def migrate_once(rec: dict[str, Any], size: int, net: Network, method: str, scra
     return pid
 
 
-def measure(size: int, net: Network, method: str, repeat: int, order: int, drain_timeout: float) -> dict[str, Any]:
-    rec: dict[str, Any] = {"size_mib": size, "network": net.name, "method": method, "repeat": repeat,
-                           "order": order, "error": None, "checksum": None}
+def measure(step: Step, net: Network, drain_timeout: float) -> dict[str, Any]:
+    rec: dict[str, Any] = {"size_mib": step.size, "network": net.name, "workload": step.workload,
+                           "method": step.method, "repeat": step.repeat, "order": step.order, "error": None,
+                           "checksum": None}
     scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=SHM))
     pid = None
     try:
-        pid = migrate_once(rec, size, net, method, scratch, drain_timeout)
+        pid = migrate_once(rec, step, net, scratch, drain_timeout)
     finally:
         with shielded():
             if pid is not None and not kill_and_wait(pid):
@@ -153,7 +210,7 @@ def measure(size: int, net: Network, method: str, repeat: int, order: int, drain
 
 
 def describe(rec: dict[str, Any]) -> str:
-    head = f"[{rec['size_mib']} MiB {rec['network']}] #{rec['repeat']} {rec['method']:<11}"
+    head = f"[{rec['size_mib']} MiB {rec['network']} {rec['workload']}] #{rec['repeat']} {rec['method']:<13}"
     f = remote_report.fmt
     if rec["error"]:
         return f"{head} FAILED: {rec['error']}"
@@ -163,17 +220,12 @@ def describe(rec: dict[str, Any]) -> str:
     lat = "" if rec.get("lat_p50_us") is None else \
         f", faults {rec['faults']} p50/p99 {rec['lat_p50_us']:.1f}/{rec['lat_p99_us']:.1f} us"
     drain = "" if rec.get("drain_gbps") is None else f", drain {f(rec['drain_gbps'], 2)} GB/s"
-    parts = ", ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in rec.get("breakdown", {}).items())
+    if rec.get("server_peak_kib") is not None:
+        drain += f", source server peak RSS {rec['server_peak_kib'] / 1024:.1f} MiB"
+    parts = ", ".join(f"{k.removesuffix('_s')} {v:.3f}" for k, v in rec.get("breakdown", {}).items()
+                      if v is not None)
     return (f"{head} resume {f(rec['resume_s'])} s, resident {f(rec['total_s'])} s{drain}{lat}; "
             f"memory {rec['checksum']}\n    ({parts})")
-
-
-def schedule(nets: list[Network], methods: list[str], rep: int) -> list[tuple[Network, str]]:
-    """Every (network, method) once; methods rotate and networks alternate between repeats."""
-    shift = rep % len(methods)
-    order_m = methods[shift:] + methods[:shift]
-    order_n = nets if rep % 2 == 0 else nets[::-1]
-    return [(n, m) for n in order_n for m in order_m]
 
 
 # --- main ---------------------------------------------------------------------
@@ -215,14 +267,16 @@ def setup_networks(names: list[str], meta: dict[str, Any]) -> list[Network]:
 
 
 def run_all(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    nets = setup_networks(args.networks, meta)
-    for size in args.sizes:
-        for rep in range(args.repeat):
-            for order, (net, method) in enumerate(schedule(nets, args.methods, rep)):
-                log(f"[{size} MiB {net.name}] #{rep} {LABELS[method]} ...")
-                rec = measure(size, net, method, rep, order, args.drain_timeout)
-                records.append(rec)
-                log(describe(rec))
+    steps = plan(args)
+    used = {s.network for s in steps}
+    nets = {n.name: n for n in setup_networks([n for n in args.networks if n in used], meta)}
+    log(f"{len(steps)} migrations")
+    for i, step in enumerate(steps, 1):
+        log(f"({i}/{len(steps)}) [{step.size} MiB {step.network} {step.workload}] #{step.repeat} "
+            f"{LABELS[step.method]} ...")
+        rec = measure(step, nets[step.network], args.drain_timeout)
+        records.append(rec)
+        log(describe(rec))
 
 
 def cleanup(hosts: bool) -> None:
@@ -238,9 +292,10 @@ def cleanup(hosts: bool) -> None:
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
     med = remote_report.medians(records)
     write_section(args.out, "remote-bench", remote_report.render(meta, records, med))
-    medians_json = [{"size_mib": s, "network": n, "method": m, **v} for (s, n, m), v in sorted(med.items())]
+    medians_json = [{"size_mib": s, "network": n, "workload": w, "method": m, **v}
+                    for (s, n, w, m), v in sorted(med.items())]
     args.json_out.write_text(json.dumps({"meta": meta, "runs": records, "medians": medians_json}, indent=2) + "\n")
-    lines, _ = remote_report.goals(med, meta["sizes"], meta["networks"])
+    lines, _ = remote_report.goals(med, meta)
     for line in lines:
         if line:
             log(line)
@@ -250,7 +305,9 @@ def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[
 def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[str, Any]:
     command = shlex.join([os.path.relpath(sys.executable, REPO), os.path.relpath(__file__, REPO), *argv])
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": args.sizes,
-            "methods": args.methods, "repeat": args.repeat, "drain_timeout_s": args.drain_timeout,
+            "methods": args.methods, "workloads": args.workloads, "scanners": WORKLOADS,
+            "disk_max_mib": args.disk_max, "hosts_sizes": args.hosts_sizes, "repeat": args.repeat,
+            "drain_timeout_s": args.drain_timeout,
             "command": command, "machine": remote_report.machine(criu_path, REPO),
             "pipe_max_size": int(PIPE_MAX_SIZE.read_text()), "criu_pipe_max": CRIU_PIPE_MAX,
             "criu_log_level": criu.log_level(), "settle_s": SETTLE_S, "hosts": None,
@@ -266,7 +323,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     meta = new_meta(args, argv, criu_path)
     records: list[dict[str, Any]] = []
-    log(f"sizes {args.sizes} MiB, networks {args.networks}, methods {args.methods}, {args.repeat} repeat(s)")
+    log(f"sizes {args.sizes} MiB, networks {args.networks} (hosts at {args.hosts_sizes} MiB), workloads "
+        f"{args.workloads}, methods {args.methods} (disk ones up to {args.disk_max} MiB), {args.repeat} repeat(s)")
     try:
         run_all(args, meta, records)
     except LazyRestoreError as exc:
