@@ -2,10 +2,14 @@
 pipelined overlapping requests, out-of-range requests, slow-loris and non-reading clients, connection floods.
 
 The checkpoint is synthetic (no CRIU run): a lazy record of 66 checksum blocks, unaligned at both ends, so
-block ranges can overlap and a request can ask for more than LR_PAGES_MAX_DATA. The server is lr-pageserver,
-or its ASan/UBSan build when LAZYRESTORE_SANITIZED is set (test_pageserver.Server, which always runs the
-sanitized build, is reused with the build chosen here). Every refusal must carry a named ERROR (or, when the
-peer cannot read one, a log line), and after every attack an honest client is still served. The memory and
+block ranges can overlap and a request can ask for more than LR_PAGES_MAX_DATA. Every test runs against both
+page stores: "images", every record in pages-1.img, and "live" (--live PIDMAP), the lazy records read from the
+memory of two stopped helper processes mapped at the records' exact addresses (the eager record stays in
+pages-1.img); the pages a client gets are checked against pages-1.img or that memory, their sums against the
+index or XXH3 of that memory. The server is lr-pageserver, or its ASan/UBSan build when LAZYRESTORE_SANITIZED
+is set (test_pageserver.Server, which always runs the sanitized build, is reused with the build chosen here).
+Every refusal must carry a named ERROR (or, when the peer cannot read one, a log line), and after every attack
+an honest client is still served (the files, and the right first block of every record). The memory and
 descriptor figures are printed (pytest -s shows them).
 """
 
@@ -19,22 +23,26 @@ import selectors
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import xxhash
 
-from lazyrestore import lazyindex, secret
-from lazyrestore.lazyindex import RANGE_LAZY, IndexEntry, LazyIndex
+from lazyrestore import lazyindex, livetree, secret
+from lazyrestore.lazyindex import RANGE_LAZY, RANGE_LIVE, IndexEntry, LazyIndex
 from lazyrestore.paths import native_binary
 
 from . import test_pageserver, wire
-from .test_pageserver import Server, assert_still_serving, honest, secret_of
+from .test_live_store import memory, stop
+from .test_pageserver import Server
 
 SANITIZED = bool(os.environ.get("LAZYRESTORE_SANITIZED"))
 PS, BS = 4096, 64 * 1024
@@ -43,32 +51,128 @@ MIB = 1 << 20
 LAYOUT = ((1, True, 0x10003000, 1040), (1, False, 0x20000000, 3), (1, True, 0x30000000, 1), (2, True, 0x10000000, 16))
 BIG, EAGER, ONE_PAGE, ALIGNED = range(4)
 BIG_BLOCKS = 66
+TASKS = tuple(sorted({pid for pid, *_ in LAYOUT}))  # the live store reads each from a helper process of its own
+LIVE = RANGE_LAZY | RANGE_LIVE
 GENEROUS = 30.0  # seconds: waits that only end early, never a measure of speed
 
+# A task of the live store: maps anonymous memory at the exact (address, bytes) of its argv, fills it with random
+# bytes, says "ready", then waits to be stopped (MAP_FIXED_NOREPLACE: nothing of its own is moved out of the way).
+HELPER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+for arg in sys.argv[1:]:
+    addr, size = (int(x, 0) for x in arg.split(":"))
+    got = libc.mmap(addr, size, 3, 0x22 | 0x100000, -1, 0)  # rw, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE
+    if got != addr:
+        sys.exit(f"mmap at {addr:#x}: got {got}, errno {ctypes.get_errno()}")
+    ctypes.memmove(addr, os.urandom(size), size)
+print("ready", flush=True)
+while True:
+    time.sleep(60)
+"""
 
-def build_checkpoint(images: Path) -> Path:
-    """A checkpoint lr-pageserver serves: pages-1.img, lazyrestore/{index.bin,manifest.json,secret}, tiny.img."""
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The synthetic checkpoint as one store serves it, and what PAGES for any block range must carry: the
+    index's checksums and pages-1.img's bytes, or for a live record the helper's memory and XXH3 of it."""
+
+    path: Path
+    store: str  # "images" or "live"
+    server_args: tuple[str, ...]
+    index: LazyIndex = field(repr=False)
+    data: tuple[bytes, ...] = field(repr=False)  # each record's bytes: pages-1.img's, or its stopped task's memory
+
+    def blocks(self, rec: int, first: int, n: int) -> list[bytes]:
+        e = self.index.entries[rec]
+        return [self.data[rec][addr - e.start:][:length]
+                for addr, length in lazyindex.block_spans(e.start, e.nr_pages * PS, BS)[first:first + n]]
+
+    def sums(self, rec: int, first: int, n: int) -> tuple[int, ...]:
+        e = self.index.entries[rec]
+        if e.flags & RANGE_LIVE:  # the index holds 0s: the server sums the bytes as it reads them
+            return tuple(xxhash.xxh3_64_intdigest(b) for b in self.blocks(rec, first, n))
+        return e.checksums[first:first + n]
+
+    def check(self, p: wire.Pages, want: tuple[int, int, int]) -> None:
+        assert (p.record, p.first_block, p.nblocks) == want
+        assert p.checksums == self.sums(*want)
+        pos = 0
+        for want_block, want_sum in zip(self.blocks(*want), p.checksums):
+            block = p.data[pos:pos + len(want_block)]
+            assert xxhash.xxh3_64_intdigest(block) == want_sum
+            assert block == want_block, f"{self.store}: record {p.record}: bytes differ at {pos}"
+            pos += len(want_block)
+        assert pos == len(p.data)
+
+
+def build_checkpoint(images: Path, live: bool) -> LazyIndex:
+    """A checkpoint lr-pageserver serves: pages-1.img, lazyrestore/{index.bin,manifest.json,secret}, tiny.img.
+    live: the lazy records are RANGE_LIVE (pages id, offset and checksums 0), only the eager one is in pages-1.img."""
     entries, offset = [], 0
     for pid, lazy, start, n in LAYOUT:
-        entries.append(IndexEntry(pid, RANGE_LAZY if lazy else 0, start, n, 1, offset))
-        offset += n * PS
+        if lazy and live:
+            entries.append(IndexEntry(pid, LIVE, start, n, 0, 0, (0,) * lazyindex.block_count(start, n * PS, BS)))
+        else:
+            entries.append(IndexEntry(pid, RANGE_LAZY if lazy else 0, start, n, 1, offset))
+            offset += n * PS
     (images / "lazyrestore").mkdir(parents=True)
     (images / "pages-1.img").write_bytes(os.urandom(offset))
-    entries = lazyindex.checksum_entries(entries, images / "pages-1.img", PS, BS)
-    lazyindex.write(images / "lazyrestore" / "index.bin", LazyIndex(PS, BS, 2, os.urandom(16), tuple(entries)))
+    summed = iter(lazyindex.checksum_entries([e for e in entries if not e.flags & RANGE_LIVE],
+                                             images / "pages-1.img", PS, BS))
+    index = LazyIndex(PS, BS, len(TASKS), os.urandom(16),
+                      tuple(e if e.flags & RANGE_LIVE else next(summed) for e in entries))
+    lazyindex.write(images / "lazyrestore" / "index.bin", index)
     (images / "lazyrestore" / "manifest.json").write_text("{}\n")
     (images / "tiny.img").write_bytes(b"ok")
     secret.create(images)
-    return images
+    return index
 
 
-@pytest.fixture(scope="module")
-def images() -> Iterator[Path]:
+def start_tasks(procs: list[subprocess.Popen]) -> dict[int, int]:
+    """A stopped helper per task holding its lazy records at their addresses (each added to procs as it starts,
+    for kill_tasks); returns vpid -> host pid."""
+    for vpid in TASKS:
+        ranges = [f"{start:#x}:{n * PS}" for pid, lazy, start, n in LAYOUT if pid == vpid and lazy]
+        procs.append(subprocess.Popen([sys.executable, "-c", HELPER, *ranges], stdout=subprocess.PIPE, text=True,
+                                      stdin=subprocess.DEVNULL))
+        line = procs[-1].stdout.readline()
+        assert line == "ready\n", f"the helper of task {vpid} said {line!r}"
+        stop(procs[-1].pid)  # the live store serves only a stopped tree
+    return {vpid: p.pid for vpid, p in zip(TASKS, procs)}
+
+
+def kill_tasks(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.kill()
+        proc.wait(timeout=20)
+        proc.stdout.close()
+
+
+def record_bytes(images: Path, entries: tuple[IndexEntry, ...], hosts: dict[int, int]) -> tuple[bytes, ...]:
+    """Each record's bytes: a live record's from its task's memory (hosts: vpid -> host pid), others' from
+    pages-1.img."""
+    pages = (images / "pages-1.img").read_bytes()
+    return tuple(memory(hosts[e.pid], e.start, e.nr_pages * PS) if e.flags & RANGE_LIVE
+                 else pages[e.offset:e.offset + e.nr_pages * PS] for e in entries)
+
+
+@pytest.fixture(scope="module", params=["images", "live"])
+def images(request: pytest.FixtureRequest) -> Iterator[Checkpoint]:
     assert os.sysconf("SC_PAGE_SIZE") == PS
     base = Path(tempfile.mkdtemp(prefix="lazyrestore-hostile-", dir="/dev/shm"))
+    live = request.param == "live"
+    tasks: list[subprocess.Popen] = []
     try:
-        yield build_checkpoint(base / "images")
+        hosts = start_tasks(tasks) if live else {}
+        path = base / "images"
+        index = build_checkpoint(path, live)
+        args = ("--live", str(livetree.write_pid_map(path, hosts))) if live else ()
+        yield Checkpoint(path, request.param, args, index, record_bytes(path, index.entries, hosts))
     finally:
+        kill_tasks(tasks)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -136,8 +240,8 @@ class Watched(Server):
 
 
 @contextmanager
-def serving(images: Path, *extra: str) -> Iterator[Watched]:
-    s = Watched(images, *extra)
+def serving(images: Checkpoint, *extra: str) -> Iterator[Watched]:
+    s = Watched(images.path, *images.server_args, *extra)
     try:
         yield s
     finally:
@@ -148,9 +252,30 @@ def serving(images: Path, *extra: str) -> Iterator[Watched]:
 
 
 @pytest.fixture
-def server(images: Path) -> Iterator[Watched]:
+def server(images: Checkpoint) -> Iterator[Watched]:
     with serving(images) as s:
         yield s
+
+
+def secret_of(images: Checkpoint) -> bytes:
+    return test_pageserver.secret_of(images.path)
+
+
+def honest(s: Watched, images: Checkpoint) -> wire.Client:
+    return test_pageserver.honest(s, images.path)
+
+
+def assert_still_serving(s: Watched, images: Checkpoint) -> None:
+    """An honest client is served: the files (as test_pageserver.assert_still_serving), and the first block of
+    every record, checked against the store's bytes."""
+    c = honest(s, images)
+    assert "lazyrestore/manifest.json" in c.list_files()
+    for record in range(len(LAYOUT)):
+        c.request(wire.GET_PAGES_T, wire.PAGE_REQ.pack(record, 0, 1))
+        f = c.recv()
+        assert f.type == wire.PAGES_T, f
+        images.check(wire.parse_pages(f.payload), (record, 0, 1))
+    c.close()
 
 
 @contextmanager
@@ -168,7 +293,7 @@ def clients(n: int, port: int, paced: Watched | None = None) -> Iterator[list[wi
         yield out
 
 
-def served_after_flood(s: Watched, images: Path) -> None:
+def served_after_flood(s: Watched, images: Checkpoint) -> None:
     """An honest client is served once the flood has drained: connections the kernel still completes late
     (their SYN-ACK retried after the backlog overflowed) may keep arriving for a while, and each evicts the
     oldest connection that has not authenticated at --max-conns, an honest one mid-handshake too (its ERROR
@@ -207,31 +332,10 @@ def hello(version: int = wire.VERSION) -> bytes:
     return wire.frame(wire.HELLO_T, wire.HELLO.pack(version, wire.URGENT, 0, os.urandom(32)))
 
 
-class Checker:
-    """What PAGES for any block range must carry: the index's checksums and the pages file's bytes."""
-
-    def __init__(self, images: Path) -> None:
-        self.index = lazyindex.read(images / "lazyrestore" / "index.bin")
-        self.pages = (images / "pages-1.img").read_bytes()
-
-    def check(self, p: wire.Pages, want: tuple[int, int, int]) -> None:
-        assert (p.record, p.first_block, p.nblocks) == want
-        e = self.index.entries[p.record]
-        assert p.checksums == e.checksums[p.first_block:p.first_block + p.nblocks]
-        pos = 0
-        for (addr, length), want_sum in zip(lazyindex.block_spans(e.start, e.nr_pages * PS, BS)[p.first_block:],
-                                            p.checksums):
-            block = p.data[pos:pos + length]
-            assert xxhash.xxh3_64_intdigest(block) == want_sum
-            assert block == self.pages[e.offset + addr - e.start:][:length]
-            pos += length
-        assert pos == len(p.data)
-
-
 # --- attacks: each leaves the server as it found it, and checks an honest client is served after it ---------
 
 
-def replayed_handshake(s: Watched, images: Path, channel: int = wire.URGENT) -> None:
+def replayed_handshake(s: Watched, images: Checkpoint, channel: int = wire.URGENT) -> None:
     """An honest client's HELLO + AUTH, replayed verbatim on a new connection: the server's fresh nonce voids it."""
     original = wire.Client(s.port, record=True)
     original.handshake(secret_of(images))
@@ -250,7 +354,7 @@ def replayed_handshake(s: Watched, images: Path, channel: int = wire.URGENT) -> 
     assert_still_serving(s, images)
 
 
-def other_version(s: Watched, images: Path, version: int = 1, tail: bytes = b"") -> None:
+def other_version(s: Watched, images: Checkpoint, version: int = 1, tail: bytes = b"") -> None:
     c = wire.Client(s.port)
     c.send(wire.HELLO_T, wire.HELLO.pack(version, wire.URGENT, 0, os.urandom(32)) + tail)
     message = refused(c, wire.ERR_VERSION)
@@ -258,7 +362,7 @@ def other_version(s: Watched, images: Path, version: int = 1, tail: bytes = b"")
     assert_still_serving(s, images)
 
 
-def truncated_frame(s: Watched, images: Path, authenticated: bool = True, cut: str = "payload",
+def truncated_frame(s: Watched, images: Checkpoint, authenticated: bool = True, cut: str = "payload",
                     half_close: bool = True) -> None:
     """A frame cut in its header or payload, then the end of the stream (shutdown, or a whole close)."""
     c = honest(s, images) if authenticated else wire.Client(s.port)
@@ -279,7 +383,7 @@ def truncated_frame(s: Watched, images: Path, authenticated: bool = True, cut: s
     assert_still_serving(s, images)
 
 
-def pipelined_pages(s: Watched, images: Path, count: int = 120) -> None:
+def pipelined_pages(s: Watched, images: Checkpoint, count: int = 120) -> None:
     """Overlapping and duplicate GET_PAGES, sent in one write before reading: each answered, with the right data."""
     rng = random.Random(count)
     wants = [(BIG, 1, 32), (BIG, 0, 32), (BIG, 34, 32), (BIG, 65, 1), (BIG, 0, 1), (BIG, 0, 1), (EAGER, 0, 1),
@@ -289,11 +393,11 @@ def pipelined_pages(s: Watched, images: Path, count: int = 120) -> None:
         wants.append((BIG, first, rng.randint(1, min(8, BIG_BLOCKS - first))))
     c = honest(s, images)
     c.sock.sendall(b"".join(pages_req(*w, req_id=i + 1) for i, w in enumerate(wants)))
-    checker, answered = Checker(images), set()
+    answered = set()
     for _ in wants:
         f = c.recv()
         assert f.type == wire.PAGES_T and 1 <= f.req_id <= len(wants) and f.req_id not in answered, f.req_id
-        checker.check(wire.parse_pages(f.payload), wants[f.req_id - 1])
+        images.check(wire.parse_pages(f.payload), wants[f.req_id - 1])
         answered.add(f.req_id)
     c.close()
 
@@ -303,7 +407,7 @@ OUT_OF_RANGE = [  # (record, first_block, nblocks)
     (BIG, (1 << 32) - 1, 1), ((1 << 64) - 1, 0, 1), (len(LAYOUT), 0, 1), (BIG, 1, 33), (BIG, 0, 34)]
 
 
-def out_of_range(s: Watched, images: Path, record: int = (1 << 64) - 1, first: int = 0, n: int = 1) -> None:
+def out_of_range(s: Watched, images: Checkpoint, record: int = (1 << 64) - 1, first: int = 0, n: int = 1) -> None:
     c = honest(s, images)
     c.sock.sendall(pages_req(record, first, n, 5))
     message = refused(c, wire.ERR_RANGE)
@@ -311,7 +415,7 @@ def out_of_range(s: Watched, images: Path, record: int = (1 << 64) - 1, first: i
     assert_still_serving(s, images)
 
 
-def slow_loris(s: Watched, images: Path, n: int = 200, handshake_ms: int = 0) -> float:
+def slow_loris(s: Watched, images: Checkpoint, n: int = 200, handshake_ms: int = 0) -> float:
     """n connections that send one byte of a HELLO a second: each dropped with ERROR timeout (after handshake_ms,
     when given). While they are all connected (the handshake time must leave room for that: 3 s or more), an
     honest client is served; returns the seconds it took."""
@@ -350,7 +454,7 @@ def slow_loris(s: Watched, images: Path, n: int = 200, handshake_ms: int = 0) ->
     return served_in
 
 
-def never_reads(s: Watched, images: Path) -> int:
+def never_reads(s: Watched, images: Checkpoint) -> int:
     """An authenticated client that pipelines requests (2 MiB of pages each, lists, files) and reads nothing:
     the server stops reading it, its memory stays bounded, others are served. Returns the RSS growth."""
     start = s.rss()
@@ -371,7 +475,7 @@ def never_reads(s: Watched, images: Path) -> int:
     return grown
 
 
-def half_closed_after_error(s: Watched, images: Path) -> None:
+def half_closed_after_error(s: Watched, images: Checkpoint) -> None:
     """Requests, then a malformed frame, then shutdown(SHUT_WR), reading nothing: the ERROR cannot be sent
     behind the replies. The server must neither spin on the hung-up socket nor keep it past the handshake time."""
     base = s.fds()
@@ -390,7 +494,21 @@ def half_closed_after_error(s: Watched, images: Path) -> None:
     assert_still_serving(s, images)
 
 
-def connection_flood(s: Watched, images: Path, n: int = 500) -> None:
+# A bug of lr-pageserver, not of the test: kept failing (strict) until it is fixed.
+HALF_CLOSED_LIVE_BUG = (
+    "lr-pageserver, live store: the half-closed client's 32 pipelined GET_PAGES of 2 MiB are read into memory, and "
+    "after 8 of them the replies fill PS_QUEUE_BYTES (16 MiB, conn.c), so the connection is not read any more: the "
+    "malformed frame and the SHUT_WR behind them are never seen, no ERROR, and the authenticated connection that "
+    "reads nothing is kept past --handshake-ms, holding 16 MiB, for as long as the peer keeps it open (the image "
+    "store queues file ranges that cost nothing; it does the same only past 512 queued pieces, 256 requests)")
+
+
+def known_live_bug(request: pytest.FixtureRequest, images: Checkpoint, reason: str) -> None:
+    if images.store == "live":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
+def connection_flood(s: Watched, images: Checkpoint, n: int = 500) -> None:
     """n connections at once that close without a byte (half of them with a reset)."""
     base = s.fds()
     with clients(n, s.port) as flood:
@@ -404,64 +522,67 @@ def connection_flood(s: Watched, images: Path, n: int = 500) -> None:
 
 
 @pytest.mark.parametrize("channel", [wire.URGENT, wire.BULK])
-def test_replayed_handshake_is_refused(server: Watched, images: Path, channel: int) -> None:
+def test_replayed_handshake_is_refused(server: Watched, images: Checkpoint, channel: int) -> None:
     replayed_handshake(server, images, channel)
 
 
 @pytest.mark.parametrize("version,tail", [(0, b""), (1, b""), (2, b""), (wire.VERSION + 1, bytes(16)),
                                           ((1 << 32) - 1, b"")])
-def test_other_protocol_version_is_refused_by_name(server: Watched, images: Path, version: int, tail: bytes) -> None:
+def test_other_protocol_version_is_refused_by_name(server: Watched, images: Checkpoint, version: int,
+                                                   tail: bytes) -> None:
     other_version(server, images, version, tail)
 
 
 @pytest.mark.parametrize("half_close", [True, False], ids=["shutdown", "close"])
 @pytest.mark.parametrize("cut", ["header", "payload"])
 @pytest.mark.parametrize("authenticated", [False, True], ids=["before-auth", "after-auth"])
-def test_truncated_frame_is_refused(server: Watched, images: Path, authenticated: bool, cut: str,
+def test_truncated_frame_is_refused(server: Watched, images: Checkpoint, authenticated: bool, cut: str,
                                     half_close: bool) -> None:
     base = server.fds()
     truncated_frame(server, images, authenticated, cut, half_close)
     assert server.wait_fds(base) == base
 
 
-def test_overlapping_and_duplicate_requests_get_the_right_pages(server: Watched, images: Path) -> None:
+def test_overlapping_and_duplicate_requests_get_the_right_pages(server: Watched, images: Checkpoint) -> None:
     pipelined_pages(server, images)
     assert_still_serving(server, images)
 
 
 @pytest.mark.parametrize("record,first,n", OUT_OF_RANGE)
-def test_out_of_range_requests_are_refused(server: Watched, images: Path, record: int, first: int, n: int) -> None:
+def test_out_of_range_requests_are_refused(server: Watched, images: Checkpoint, record: int, first: int,
+                                           n: int) -> None:
     out_of_range(server, images, record, first, n)
 
 
-def test_hint_out_of_range_is_refused(server: Watched, images: Path) -> None:
+def test_hint_out_of_range_is_refused(server: Watched, images: Checkpoint) -> None:
     c = honest(server, images)
     c.sock.sendall(pages_req(BIG, BIG_BLOCKS, 1, 3, wire.HINT_T))
     assert f"record {BIG} block {BIG_BLOCKS}: outside the index" in refused(c, wire.ERR_RANGE)
     assert_still_serving(server, images)
 
 
-def test_slow_loris_is_dropped_while_others_are_served(images: Path) -> None:
+def test_slow_loris_is_dropped_while_others_are_served(images: Checkpoint) -> None:
     with serving(images, "--handshake-ms", "4000") as s:
         served_in = slow_loris(s, images, 200, 4000)
     print(f"\nslow loris: 200 connections, an honest client served in {served_in:.3f} s during the attack")
 
 
-def test_client_that_never_reads_is_bounded(server: Watched, images: Path) -> None:
+def test_client_that_never_reads_is_bounded(server: Watched, images: Checkpoint) -> None:
     grown = never_reads(server, images)
     print(f"\nnever-reading client: RSS grew by {grown / MIB:.1f} MiB")
 
 
-def test_half_closed_client_after_an_error_is_dropped(images: Path) -> None:
+def test_half_closed_client_after_an_error_is_dropped(images: Checkpoint, request: pytest.FixtureRequest) -> None:
+    known_live_bug(request, images, HALF_CLOSED_LIVE_BUG)
     with serving(images, "--handshake-ms", "1500") as s:
         half_closed_after_error(s, images)
 
 
-def test_connection_flood(server: Watched, images: Path) -> None:
+def test_connection_flood(server: Watched, images: Checkpoint) -> None:
     connection_flood(server, images)
 
 
-def test_silent_connection_flood_is_dropped(images: Path) -> None:
+def test_silent_connection_flood_is_dropped(images: Checkpoint) -> None:
     """500 connections that send nothing: at --max-conns each new one evicts the oldest (a log line a second at
     most), and the last --max-conns are dropped after the handshake time."""
     with serving(images, "--handshake-ms", "1500", "--max-conns", "16") as s:
@@ -477,7 +598,7 @@ def test_silent_connection_flood_is_dropped(images: Path) -> None:
 EVICTED = "evicted: the server is full ({} connections, --max-conns) and this connection had not authenticated"
 
 
-def test_slow_loris_past_max_conns_is_evicted_for_an_honest_client(images: Path) -> None:
+def test_slow_loris_past_max_conns_is_evicted_for_an_honest_client(images: Checkpoint) -> None:
     """40 connections that send a byte of HELLO now and then, at --max-conns 16 with a minute to authenticate:
     each new connection evicts the oldest that has not authenticated, with a named ERROR, so an honest client is
     served while the attack holds every slot, long before the handshake time ends."""
@@ -506,7 +627,7 @@ def test_slow_loris_past_max_conns_is_evicted_for_an_honest_client(images: Path)
           f"an honest client served in {served_in:.3f} s")
 
 
-def test_a_server_full_of_authenticated_clients_refuses_with_busy(images: Path) -> None:
+def test_a_server_full_of_authenticated_clients_refuses_with_busy(images: Checkpoint) -> None:
     with serving(images, "--max-conns", "2") as s:
         base = s.fds()
         holders = [honest(s, images) for _ in range(2)]
@@ -524,7 +645,7 @@ def test_a_server_full_of_authenticated_clients_refuses_with_busy(images: Path) 
         assert "server busy: 2 connections, all authenticated" in s.log_text()
 
 
-def test_out_of_descriptors_is_survived(images: Path) -> None:
+def test_out_of_descriptors_is_survived(images: Checkpoint) -> None:
     """More connections than the process may open descriptors: accept fails with EMFILE, the server lives."""
     with serving(images, "--max-conns", "4096") as s:
         base = s.fds()
@@ -536,7 +657,7 @@ def test_out_of_descriptors_is_survived(images: Path) -> None:
         assert_still_serving(s, images)
 
 
-ATTACKS: list[tuple[str, Callable[[Watched, Path], object]]] = [
+ATTACKS: list[tuple[str, Callable[[Watched, Checkpoint], object]]] = [
     ("replay", replayed_handshake),
     ("replay bulk", lambda s, i: replayed_handshake(s, i, wire.BULK)),
     ("version", other_version),
@@ -552,7 +673,8 @@ ATTACKS: list[tuple[str, Callable[[Watched, Path], object]]] = [
 ]
 
 
-def test_memory_and_descriptors_return_after_every_attack(images: Path) -> None:
+def test_memory_and_descriptors_return_after_every_attack(images: Checkpoint, request: pytest.FixtureRequest) -> None:
+    known_live_bug(request, images, "one of the attacks is the half-closed client: " + HALF_CLOSED_LIVE_BUG)
     with serving(images, "--handshake-ms", "3000") as s:
         fds0 = s.fds()
         assert_still_serving(s, images)
