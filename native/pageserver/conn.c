@@ -200,8 +200,8 @@ int ps_conn_accept(struct ps_server *s, struct lr_error *err)
 }
 
 /* Backpressure: a client that does not read its replies is not read either, so what it can make the server
- * hold is bounded. */
-static bool backlogged(const struct ps_conn *c)
+ * hold is bounded; past --stall-ms without a byte taken it is dropped (main.c). */
+bool ps_conn_backlogged(const struct ps_conn *c)
 {
 	return c->n - c->head >= PS_QUEUE_MAX || c->queued_bytes >= PS_QUEUE_BYTES;
 }
@@ -211,7 +211,7 @@ int ps_conn_update_events(struct ps_server *s, struct ps_conn *c)
 	uint32_t want = 0;
 	/* EPOLLRDHUP goes with EPOLLIN: it is level-triggered, and a hang-up nobody reads would wake every
 	 * epoll_wait. */
-	if (!backlogged(c) && !c->closing)
+	if (!ps_conn_backlogged(c) && !c->closing)
 		want |= EPOLLIN | EPOLLRDHUP;
 	if (c->n > c->head || (c->session && c == c->session->bulk && c->session->bulk_started && !c->session->bulk_ended))
 		want |= EPOLLOUT;
@@ -241,6 +241,8 @@ static int push(struct ps_conn *c, struct ps_out o)
 		c->out = v;
 		c->cap = n;
 	}
+	if (c->head == c->n) /* the queue starts anew: it has not stalled yet */
+		c->sent_ns = lr_net_now_ns();
 	c->out[c->n++] = o;
 	c->queued_bytes += o.bytes ? o.len : 0;
 	return 0;
@@ -297,6 +299,7 @@ static int send_piece(struct ps_conn *c, struct ps_out *o)
 		ssize_t n = send(c->fd, o->bytes + o->off, o->len - o->off, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (n < 0)
 			return errno == EAGAIN || errno == EINTR ? 0 : -1;
+		c->sent_ns = lr_net_now_ns();
 		o->off += (uint64_t)n;
 		return o->off == o->len;
 	}
@@ -306,6 +309,7 @@ static int send_piece(struct ps_conn *c, struct ps_out *o)
 		return errno == EAGAIN || errno == EINTR ? 0 : -1;
 	if (n == 0)
 		return -1; /* the file is shorter than the index said: it changed under us */
+	c->sent_ns = lr_net_now_ns();
 	o->off = (uint64_t)off;
 	o->len -= (uint64_t)n;
 	return o->len == 0;
@@ -448,7 +452,7 @@ int ps_conn_on_read(struct ps_server *s, struct ps_conn *c)
 			return -1;
 		if (ps_conn_update_events(s, c))
 			return -1;
-		if (backlogged(c))
+		if (ps_conn_backlogged(c))
 			return 0;
 	}
 	return 0;

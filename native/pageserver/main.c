@@ -20,6 +20,7 @@
 
 #define LR_EXIT_USAGE 2
 #define PS_BATCH 64
+#define PS_STALL_MS 30000 /* --stall-ms: far above an honest client's pauses (--drain-rate, a short partition) */
 
 static volatile sig_atomic_t stop_signal;
 
@@ -92,10 +93,12 @@ static void usage(FILE *f)
 		"      --max-conns N        connections at once (default 256); when full, a new one closes the oldest\n"
 		"                           that has not authenticated, or gets ERROR busy if all have\n"
 		"      --handshake-ms MS    time a connection has to authenticate (default %d)\n"
+		"      --stall-ms MS        an authenticated client whose replies fill its queue and that takes none of\n"
+		"                           them for this long is dropped (default %d)\n"
 		"  -o, --log-file FILE      log here instead of stderr\n"
 		"  -v, --verbose[=N]        more log\n"
 		"Exit: 0 stopped by a signal, or delivered with --once; 1 error; 2 usage.\n",
-		LR_HANDSHAKE_MS);
+		LR_HANDSHAKE_MS, PS_STALL_MS);
 }
 
 static int parse_uint(const char *arg, unsigned lo, unsigned hi, unsigned *out)
@@ -115,7 +118,7 @@ static int bad_value(const char *opt, const char *val, const char *want)
 	return -1;
 }
 
-enum { OPT_SECRET = 256, OPT_ONCE, OPT_STATUS_FD, OPT_EVENTS_FD, OPT_MAX_CONNS, OPT_HANDSHAKE_MS, OPT_LIVE };
+enum { OPT_SECRET = 256, OPT_ONCE, OPT_STATUS_FD, OPT_EVENTS_FD, OPT_MAX_CONNS, OPT_HANDSHAKE_MS, OPT_LIVE, OPT_STALL_MS };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"listen", required_argument, NULL, 'l'},
@@ -123,7 +126,8 @@ static const struct option long_opts[] = {
 	{"secret-file", required_argument, NULL, OPT_SECRET}, {"once", no_argument, NULL, OPT_ONCE},
 	{"status-fd", required_argument, NULL, OPT_STATUS_FD}, {"events-fd", required_argument, NULL, OPT_EVENTS_FD},
 	{"max-conns", required_argument, NULL, OPT_MAX_CONNS}, {"handshake-ms", required_argument, NULL, OPT_HANDSHAKE_MS},
-	{"live", required_argument, NULL, OPT_LIVE}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+	{"live", required_argument, NULL, OPT_LIVE}, {"stall-ms", required_argument, NULL, OPT_STALL_MS},
+	{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
 static int parse_one(struct ps_config *c, int opt, const char *arg)
 {
@@ -146,6 +150,8 @@ static int parse_one(struct ps_config *c, int opt, const char *arg)
 		return parse_uint(arg, 1, 65536, &c->max_conns) ? bad_value("--max-conns", arg, "1 to 65536") : 0;
 	case OPT_HANDSHAKE_MS:
 		return parse_uint(arg, 10, 600000, &c->handshake_ms) ? bad_value("--handshake-ms", arg, "10 to 600000") : 0;
+	case OPT_STALL_MS:
+		return parse_uint(arg, 100, 3600000, &c->stall_ms) ? bad_value("--stall-ms", arg, "100 to 3600000") : 0;
 	default:
 		return -1;
 	}
@@ -154,7 +160,7 @@ static int parse_one(struct ps_config *c, int opt, const char *arg)
 static int parse_args(int argc, char **argv, struct ps_config *c)
 {
 	*c = (struct ps_config){.status_fd = -1, .events_fd = -1, .verbose = 1, .max_conns = 256,
-				.handshake_ms = LR_HANDSHAKE_MS};
+				.handshake_ms = LR_HANDSHAKE_MS, .stall_ms = PS_STALL_MS};
 	int opt;
 	while ((opt = getopt_long(argc, argv, "D:l:o:v::h", long_opts, NULL)) != -1) {
 		if (opt == 'h') {
@@ -235,25 +241,42 @@ static void announce(struct ps_server *s)
 	}
 }
 
+/* When c must have moved on (authenticated, read its ERROR, taken a reply), or 0 when nothing is due. */
+static uint64_t deadline_of(const struct ps_server *s, const struct ps_conn *c)
+{
+	if (c->dead)
+		return 0;
+	if (c->state != PS_READY || c->closing)
+		return c->deadline_ns;
+	return ps_conn_backlogged(c) ? c->sent_ns + (uint64_t)s->cfg.stall_ms * 1000000ULL : 0;
+}
+
 /*
  * Connections that did not authenticate in time are refused; refused ones that did not take their ERROR
- * in time are dropped. Returns ms until the next such deadline (or the listener's pause ends).
+ * in time are dropped; authenticated ones whose full queue took no byte for --stall-ms are dropped (what
+ * they pin, up to PS_QUEUE_BYTES of a live store's pages, is given back). Returns ms until the next such
+ * deadline (or the listener's pause ends).
  */
 static int expire_deadlines(struct ps_server *s)
 {
 	uint64_t now = lr_net_now_ns(), next = s->accept_paused_until ? s->accept_paused_until : UINT64_MAX;
 	for (size_t i = 0; i < s->nconns; i++) {
 		struct ps_conn *c = s->conns[i];
-		if (c->dead || (c->state == PS_READY && !c->closing))
+		uint64_t due = deadline_of(s, c);
+		if (!due)
 			continue;
-		if (now >= c->deadline_ns && c->closing) {
+		if (now < due) {
+			next = due < next ? due : next;
+		} else if (c->closing) {
 			ps_log(s, 0, "conn %u (%s): dropped: it did not read its ERROR within %u ms", c->id, c->peer,
 			       s->cfg.handshake_ms);
 			ps_conn_close(s, c);
-		} else if (now >= c->deadline_ns) {
+		} else if (c->state == PS_READY) {
+			ps_log(s, 0, "conn %u (%s): dropped: it took none of its replies for %u ms (%llu bytes queued)",
+			       c->id, c->peer, s->cfg.stall_ms, (unsigned long long)c->queued_bytes);
+			ps_conn_close(s, c);
+		} else {
 			ps_conn_fail(s, c, LR_ERR_TIMEOUT, "did not authenticate within %u ms", s->cfg.handshake_ms);
-		} else if (c->deadline_ns < next) {
-			next = c->deadline_ns;
 		}
 	}
 	return next == UINT64_MAX ? 1000 : next <= now ? 0 : (int)((next - now) / 1000000ULL) + 1;

@@ -35,6 +35,7 @@ struct ps_config {
 	int verbose;
 	unsigned max_conns;
 	unsigned handshake_ms;
+	unsigned stall_ms;        /* an authenticated connection not reading its replies is dropped after this */
 };
 
 struct ps_file {
@@ -70,6 +71,7 @@ struct ps_conn {
 	struct ps_out *out;         /* output queue [head, n) */
 	size_t head, n, cap;
 	uint64_t queued_bytes;      /* of it, bytes held in memory (not file ranges): bounded (conn.c) */
+	uint64_t sent_ns;           /* when the queue last sent a byte, or got its first piece while empty */
 	uint32_t events;            /* epoll events registered */
 	bool closing;               /* close once the queue is sent (after an ERROR or DONE with --once) */
 	bool dead;                  /* closed: freed after the current batch */
@@ -163,6 +165,8 @@ int ps_queue_owned(struct ps_conn *c, char *bytes, size_t len); /* bytes (malloc
 int ps_queue_frame(struct ps_conn *c, uint16_t type, uint16_t flags, uint64_t req_id, const void *payload, uint32_t len);
 int ps_queue_file(struct ps_conn *c, int fd, uint64_t off, uint64_t len);
 bool ps_queue_empty(const struct ps_conn *c);
+/* Its queue is full (a client that does not read its replies): it is not read either. */
+bool ps_conn_backlogged(const struct ps_conn *c);
 void ps_conn_fail(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 void ps_conn_close(struct ps_server *s, struct ps_conn *c);
