@@ -9,6 +9,7 @@ memory itself). The other end is the handle on the tree's fate (CRIU 4.2.1, criu
     (a rollback); CRIU skips undoing its network lock and TCP repair mode on that path: after a
     --tcp-established rollback netrelease.py does it;
   - EOF (every holder of the end closed it, e.g. this process killed): CRIU kills the tasks and exits 0.
+If CRIU itself dies, the tree stays stopped all the same (livehold.py): each ending then does without it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import struct
 import subprocess
 from pathlib import Path
 
-from . import criu, criuopts, netrelease
+from . import criu, criuopts, livehold, netrelease
 from .criuopts import CriuOptions
 from .errors import CriuFailed, DaemonFailed
 from .procs import ready_byte
@@ -50,6 +51,8 @@ class LiveDump:
                  options: CriuOptions = CriuOptions()) -> None:
         self.pid, self.images_dir, self.options = pid, images_dir, options
         self.released: list[str] = []  # what was undone after a rollback (netrelease)
+        self.held: livehold.Hold | None = None  # once CRIU holds the tree: its SIGSTOP (livehold.py)
+        self._stopped_before = livehold.stopped_now(pid)
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         status_r, status_w = os.pipe()
         env = {**os.environ, "LAZYRESTORE_PLUGIN": "off"}  # lazyrestore indexes this dump itself
@@ -72,6 +75,7 @@ class LiveDump:
         """Until CRIU has dumped the metadata and holds the tree stopped; CriuFailed when the dump failed (the tree
         then runs on: CRIU resumes it)."""
         if ready_byte(self._status_r, timeout):
+            self.held = livehold.hold(self.pid, self._stopped_before)
             return
         if self.proc.poll() is None:
             self.proc.kill()
@@ -80,8 +84,14 @@ class LiveDump:
         raise criu.failure("dump", CriuExit(f"criu dump --lazy-pages exited {code} before it was ready"), self.log,
                            self.pid)
 
+    def criu_gone(self) -> int | None:
+        """CRIU's exit code when it died without being told how the migration ends (the tree stays stopped)."""
+        return None if self.ended else self.proc.poll()
+
     def finish(self, timeout: float = EXIT_TIMEOUT_S) -> None:
-        """The migration is done: CRIU kills the source tree and exits 0."""
+        """The migration is done: CRIU kills the source tree and exits 0 (without CRIU: the tree is killed here)."""
+        if self.criu_gone() is not None:
+            return self._end_without_criu()
         self._send(PS_IOV_CLOSE)
         try:
             self.ctl.settimeout(timeout)
@@ -93,23 +103,46 @@ class LiveDump:
             raise CriuFailed("dump", f"criu dump --lazy-pages did not end as asked (exit {code}) after the migration "
                              f"completed: check that process {self.pid} is gone", str(self.log),
                              criu.log_excerpt(self.log))
+        self._drop_hold()
 
     def rollback(self, timeout: float = EXIT_TIMEOUT_S) -> None:
         """No destination runs the tree: CRIU resumes the source tree where it stopped (and exits 1); with
         --tcp-established, what CRIU would leave holding on that path is released first, while the tree is still
         stopped (netrelease.py: a task resumed with its socket in repair mode gets EPERM from its pending recv)."""
-        if self.options.tcp_established and not self.ended:
+        gone = self.criu_gone() is not None
+        if self.options.tcp_established and (gone or not self.ended):
             self.released = netrelease.release(self.pid)
-        self._send(PS_ROLLBACK)
-        code = self._wait(timeout)
-        if code != 1:
-            raise CriuFailed("dump", f"criu dump --lazy-pages exited {code} when asked to resume the source tree: "
-                             f"check whether process {self.pid} runs", str(self.log), criu.log_excerpt(self.log))
+        if not gone:
+            self._send(PS_ROLLBACK)
+            code = self._wait(timeout)
+            if code != 1:
+                raise CriuFailed("dump", f"criu dump --lazy-pages exited {code} when asked to resume the source tree: "
+                                 f"check whether process {self.pid} runs", str(self.log), criu.log_excerpt(self.log))
+        self.ended = True
+        if self.held is not None:  # CRIU let go of it, or is gone: the pending SIGSTOP stopped it
+            livehold.release(self.held)
+            self.held = None
 
     def abandon(self) -> None:
-        """Our end closed without a word (CRIU reads EOF: it kills the tree). Only for a tree already lost."""
+        """Our end closed without a word (CRIU reads EOF: it kills the tree; without CRIU it is killed here)."""
+        if self.criu_gone() is not None:
+            return self._end_without_criu()
         self.ctl.close()
         self._wait(EXIT_TIMEOUT_S)
+        self._drop_hold()
+
+    def _end_without_criu(self) -> None:
+        code = self._wait(0)
+        if self.held is None or not livehold.end(self.held):
+            raise CriuFailed("dump", f"criu dump --lazy-pages died (exit {code}) and source tree {self.pid} could not "
+                             f"be ended: kill it (it is stopped; two copies must never run)", str(self.log),
+                             criu.log_excerpt(self.log))
+        self.held = None
+
+    def _drop_hold(self) -> None:
+        if self.held is not None:
+            self.held.close()
+            self.held = None
 
     def _send(self, cmd: int) -> None:
         if self.ended:

@@ -10,7 +10,9 @@ read. Only the small metadata checkpoint is written to disk. How it ends (livefa
     the page server goes on serving the stopped tree for a new `restore --from`; Ctrl-C only says so, and
     `lazyrestore abort --images DIR --kill-source` ends the migration and kills the source;
   - lr-pageserver dying is restarted on the same address (the destination reconnects within its
-    --source-timeout); this process dying closes CRIU's socket, and CRIU kills the tree.
+    --source-timeout); this process dying closes CRIU's socket, and CRIU kills the tree;
+  - CRIU dying leaves the tree stopped all the same (livehold.py: a SIGSTOP pending while CRIU holds it):
+    with no destination holding it, a rollback; else it is served on and killed here at the end.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def migrate_live(pid: int, images_dir: Path, listen: str, reporter: Reporter, sa
         pid_file.write_text(f"{os.getpid()}\n")
         fate = LiveFate()
         try:
-            s, outcome = serve_stopped_tree(images_dir, listen, reporter, sanitized, fate, asked)
+            s, outcome = serve_stopped_tree(images_dir, listen, reporter, sanitized, Watch(fate, asked, dump))
         except (LazyRestoreError, OSError) as exc:
             s, outcome = None, exc
         finally:
@@ -125,15 +127,25 @@ def live_checkpoint(pid: int, images_dir: Path, reporter: Reporter, options: Cri
     return dump, cp
 
 
-def serve_stopped_tree(images_dir: Path, listen: str, reporter: Reporter, sanitized: bool, fate: LiveFate,
-                       asked: Asked) -> tuple[serve.ServeSummary, str]:
+@dataclass
+class Watch:
+    """What the serving loop watches besides lr-pageserver: the sessions' fate, the operator, CRIU."""
+
+    fate: LiveFate
+    asked: Asked
+    dump: livedump.LiveDump
+    criu_lost: bool = False
+
+
+def serve_stopped_tree(images_dir: Path, listen: str, reporter: Reporter, sanitized: bool,
+                       watch: Watch) -> tuple[serve.ServeSummary, str]:
     """lr-pageserver --live until an outcome: DONE, ROLLBACK or KILL; restarted on the same address if it dies
     while the tree is held."""
     server, s = serve.start(images_dir, listen, True, reporter, sanitized,
                             live_pids=livetree.pid_map_path(images_dir))
     host = s.address
     for restart in range(RESTARTS + 1):
-        outcome = follow(server, s, fate, asked, reporter)
+        outcome = follow(server, s, watch, reporter)
         if outcome is not None:
             break
         if restart == RESTARTS:
@@ -150,12 +162,16 @@ def serve_stopped_tree(images_dir: Path, listen: str, reporter: Reporter, saniti
     return s, outcome
 
 
-def follow(server: serve.PageServer, s: serve.ServeSummary, fate: LiveFate, asked: Asked,
-           reporter: Reporter) -> str | None:
+def follow(server: serve.PageServer, s: serve.ServeSummary, watch: Watch, reporter: Reporter) -> str | None:
     """Events until an outcome (DONE, ROLLBACK, KILL), or None when lr-pageserver exited without one."""
     events: queue.Queue[dict[str, Any] | None] = queue.Queue()
     threading.Thread(target=_pump, args=(server, events), daemon=True).start()
+    fate, asked = watch.fate, watch.asked
     while True:
+        if not watch.criu_lost and watch.dump.criu_gone() is not None:
+            watch.criu_lost = True
+            if criu_lost(watch, reporter):
+                return ROLLBACK
         if asked.kill:
             return KILL
         if asked.stop:
@@ -175,6 +191,21 @@ def follow(server: serve.PageServer, s: serve.ServeSummary, fate: LiveFate, aske
         outcome = fate.on_event(ev)
         if outcome is not None:
             return outcome
+
+
+def criu_lost(watch: Watch, reporter: Reporter) -> bool:
+    """CRIU's dump died: say so; True when the source may roll back (no destination holds it). Either way the tree
+    stays stopped (livehold.py) until the migration ends."""
+    code = watch.dump.criu_gone()
+    reporter.event("criu_lost", code=code)
+    if watch.fate.can_roll_back():
+        reporter.progress(f"criu dump --lazy-pages ended (exit {code}) before a destination held the tree: rolling "
+                          f"back")
+        return True
+    reporter.progress(f"criu dump --lazy-pages ended (exit {code}) while a destination holds the tree: the source "
+                      f"tree stays stopped (held by lazyrestore) and is served on; it is killed once a destination "
+                      f"has every page")
+    return False
 
 
 def _pump(server: serve.PageServer, events: queue.Queue[dict[str, Any] | None]) -> None:

@@ -142,6 +142,54 @@ def test_lr_pageserver_killed_mid_drain_is_started_again_and_the_destination_com
     assert len([e for e in src.run.events if e["event"] == "server_committed"]) == 2
 
 
+def criu_of(src: Source) -> int:
+    """The pid of the `criu dump --lazy-pages` that `migrate` runs."""
+    found = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+             and _parent_and_comm(int(p.name)) == (src.run.proc.pid, "criu")]
+    assert len(found) == 1, found
+    return found[0]
+
+
+def _parent_and_comm(pid: int) -> tuple[int, str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2:].split()[1]), stat[stat.index("(") + 1:stat.rindex(")")]
+
+
+def test_criu_killed_after_a_destination_ran_leaves_the_source_stopped_and_the_drain_completes(
+        hosts, workdir: Path, reaper) -> None:
+    """Without lazyrestore's own hold, CRIU's death would detach its ptrace and the source would run beside the
+    destination, under a page server reading its moving memory."""
+    w = start_on_a(workdir, reaper, mib=256)
+    before = checksums(w)
+    src = live_source(w, workdir / "images")
+    run = restore_on_b(src.address, workdir / "images", workdir / "dst", *SLOW_DRAIN)
+    restored = sample.Workload(reaper.add(run.first("resumed")["pid"]), w.log, w.roles)
+    os.kill(criu_of(src), signal.SIGKILL)
+    assert src.run.read_until("criu_lost") is not None, src.run.events
+    for _ in range(20):
+        assert procs.status_fields(w.pid)["State"].startswith(("T", "t")), "the source ran after CRIU died"
+        time.sleep(0.05)
+    finished(run)
+    assert checksums(restored) == before
+    res = src.run.finish(timeout=60)
+    assert res.code == 0 and res.last("summary")["delivered"] == 1, res.stderr
+    assert wait_gone(w.pid), "after DONE the source is killed, CRIU or not"
+
+
+def test_criu_killed_before_any_destination_rolls_the_source_back(hosts, workdir: Path, reaper) -> None:
+    w = start_on_a(workdir, reaper, mib=64)
+    before = checksums(w)
+    src = live_source(w, workdir / "images")
+    os.kill(criu_of(src), signal.SIGKILL)
+    res = src.run.finish(timeout=60)
+    kinds = [e["event"] for e in src.run.events]
+    assert res.code != 0 and "criu_lost" in kinds and "rolled_back" in kinds, (kinds, res.stderr)
+    assert checksums(w) == before, "the source runs on where it stopped"
+
+
 def test_stopping_migrate_before_any_destination_rolls_back(hosts, workdir: Path, reaper) -> None:
     w = start_on_a(workdir, reaper, mib=64)
     before = checksums(w)
