@@ -389,6 +389,14 @@ repeats.
   (timed), `lazyrestore restore --images DST` (verifies every page's checksum, then CRIU places every page
   before the tree runs). resume = total = `verified` event + `restore_s` − the tool's fixed {settle:.1f} s
   liveness wait.
+- **the dump and fs.pipe-max-size**: `criu dump --lazy-pages` vmsplices every lazy page into its page pipes
+  while the tree is frozen (criu/mem.c, drain_pages), in pipes as large as fs.pipe-max-size lets it make them.
+  CRIU's remote mode runs with the 4 MiB it needs, lazyrestore with the machine's value: the same `criu dump
+  --lazy-pages --ps-socket` of the 4 GiB workload took 0.24 s at 4 MiB and 0.42 s at 1 MiB here (measured side
+  by side outside this run). That is most of the gap between `lr-live-first` and CRIU at 4 and 8 GiB, and it
+  grows with memory for every method: no method here resumes in a time flat in memory.
+- **drain at 4 and 8 GiB**: first touch of fresh memory is slow in this VM (eager's CRIU restore places 4 GiB
+  in about 10 s): the destination's pages are new memory, so the drain falls with size for every method.
 - **disk max**: `lr-remote` and eager keep a full copy of the memory on tmpfs beside the source and the
   destination, so they run only up to `--disk-max` {disk_max} MiB ({skipped}): this machine has {memory}; an
   8 GiB source and its destination fit, a third 8 GiB copy on tmpfs beside them does not.

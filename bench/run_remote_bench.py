@@ -98,6 +98,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "CRIU's daemon gets a bound, lazyrestore a failure")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report (its remote section only)")
     p.add_argument("--json-out", type=Path, default=BENCH_DIR / "remote_results.json", help="raw results")
+    p.add_argument("--render-only", action="store_true",
+                   help="run nothing: write the section again from --json-out's runs (after a change of the report)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 256 MiB, 1 repeat, loopback only (both workloads unless --workloads)")
     args = p.parse_args(argv)
@@ -317,6 +319,10 @@ def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        saved = json.loads(args.json_out.read_text())
+        write_outputs(args, saved["meta"], saved["runs"])
+        return 0
     criu_path = check_machine()
     become_subreaper()
     signal.signal(signal.SIGTERM, _on_signal)
