@@ -157,6 +157,8 @@ def plan_ranges(pagemap: Pagemap, vmas: list[Vma], page_size: int, where: str,
         flags = (RANGE_LAZY if pe_flags & PE_LAZY else 0) | (RANGE_UNVERIFIED if lazy_dump else 0) | \
             (RANGE_LIVE if live and remote else 0)
         addr, end = vaddr, vaddr + nr_pages * page_size
+        if flags & RANGE_LIVE and plan.extends_last(addr, end):
+            continue  # the common case of a live tree: one more run of its VMA's last live record
         while addr < end:
             stop = min(end, plan.vma_end(addr))
             plan.add(flags, addr, stop, 0 if remote else offset)
@@ -173,7 +175,7 @@ class _Plan:
         self.vmas, self.pagemap, self.where = vmas, pagemap, where
         self.starts = [v.start for v in vmas]
         self.rows: list[list[int]] = []
-        self.i, self.start, self.end = -1, 0, 0
+        self.i, self.start, self.end, self.joinable = -1, 0, 0, False
 
     def vma_end(self, addr: int) -> int:
         """The end of the VMA holding addr (which becomes the current one); CorruptCheckpoint if none does."""
@@ -183,7 +185,17 @@ class _Plan:
                 raise CorruptCheckpoint(self.where, f"page {addr:#x} of pid {self.pagemap.pid} lies in no VMA of "
                                         f"mm-{self.pagemap.pid}.img")
             self.i, self.start, self.end = i, self.vmas[i].start, self.vmas[i].end
+            self.joinable = _joinable(self.vmas[i])
         return self.end
+
+    def extends_last(self, addr: int, end: int) -> bool:
+        """The live range [addr, end) lies in the current VMA after its last live record, which now ends at end."""
+        last = self.rows[-1] if self.rows else None
+        if last is None or not (self.joinable and last[5] == self.i and last[0] & RANGE_LIVE
+                                and last[2] <= addr and end <= self.end):
+            return False
+        last[2] = end
+        return True
 
     def add(self, flags: int, addr: int, stop: int, offset: int) -> None:
         """A range in the current VMA: a live one extends the previous live record of that VMA across the hole
@@ -192,7 +204,7 @@ class _Plan:
         places all-zero pages as zero pages, allocating nothing)."""
         rows = self.rows
         if flags & RANGE_LIVE and rows and rows[-1][0] & RANGE_LIVE and rows[-1][5] == self.i \
-                and rows[-1][2] <= addr and _joinable(self.vmas[self.i]):
+                and rows[-1][2] <= addr and self.joinable:
             rows[-1][2] = stop
         else:
             rows.append([flags, addr, stop, 0 if flags & RANGE_LIVE else self.pagemap.pages_id, offset, self.i])
