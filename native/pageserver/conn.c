@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -466,10 +467,14 @@ void ps_conn_close(struct ps_server *s, struct ps_conn *c)
 	close(c->fd);
 	c->dead = true;
 	s->nopen--;
+	bool held_bytes = c->queued_bytes > 0;
 	for (size_t i = c->head; i < c->n; i++)
 		free(c->out[i].bytes);
 	c->head = c->n = 0;
 	c->queued_bytes = 0;
+	if (held_bytes) /* a live store's replies it never took (up to PS_QUEUE_BYTES): back to the system, not kept
+			 * by malloc for the next peer (glibc's mmap threshold grows after large frees) */
+		malloc_trim(0);
 	if (c->session) {
 		struct ps_session *ss = c->session;
 		if (ss->urgent == c)
