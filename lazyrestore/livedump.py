@@ -112,13 +112,14 @@ class LiveDump:
         gone = self.criu_gone() is not None
         if self.options.tcp_established and (gone or not self.ended):
             self.released = netrelease.release(self.pid)
-        if not gone:
+        if gone:
+            self._wait(0)  # reaped, our end of its socket closed
+        else:
             self._send(PS_ROLLBACK)
             code = self._wait(timeout)
             if code != 1:
                 raise CriuFailed("dump", f"criu dump --lazy-pages exited {code} when asked to resume the source tree: "
                                  f"check whether process {self.pid} runs", str(self.log), criu.log_excerpt(self.log))
-        self.ended = True
         if self.held is not None:  # CRIU let go of it, or is gone: the pending SIGSTOP stopped it
             livehold.release(self.held)
             self.held = None
