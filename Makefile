@@ -66,6 +66,9 @@ PLUGIN_INC := -I$(CRIU_TREE)/compel/include/uapi -iquote $(CRIU_TREE)/include -i
 CRIU_VERSION_H := $(CRIU_TREE)/criu/include/version.h
 PLUGIN_STAMP   := $(NATIVE)/lazyrestore_plugin.criu
 PLUGIN_CFLAGS  ?=
+# 1 when the tree's restore starts plugins before it reads --lazy-pages: the plugin may then make a restore of a served
+# checkpoint lazy by itself (criu-plugin/plugins-first.sh; overridable for tests: PLUGINS_FIRST=0).
+PLUGINS_FIRST  ?= $(shell sh criu-plugin/plugins-first.sh $(CRIU_TREE))
 # Installed whenever it differs from this checkout's build: the plugin runs the lazyrestore of the checkout that
 # installed it last.
 .PHONY: plugin FORCE
@@ -77,10 +80,10 @@ $(PLUGIN_STAMP): $(CRIU_VERSION_H) FORCE
 	@printf '%s %s\n' "$$(readlink -f $(CRIU_TREE))" "$$(sed -n 's/^#define CRIU_VERSION "\(.*\)"$$/\1/p' $<)" > $@.new
 	@if cmp -s $@.new $@; then rm -f $@.new; else mv $@.new $@; fi
 
-$(NATIVE)/lazyrestore_plugin.so: criu-plugin/lazyrestore_plugin.c $(CRIU_VERSION_H) $(PLUGIN_STAMP)
+$(NATIVE)/lazyrestore_plugin.so: criu-plugin/lazyrestore_plugin.c criu-plugin/plugins-first.sh $(CRIU_VERSION_H) $(PLUGIN_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -shared -fPIC $(PLUGIN_INC) -DLR_HOOK_COMMAND='"$(CURDIR)/$(VENV)/bin/lazyrestore"' \
-		$(PLUGIN_CFLAGS) -o $@ $<
+		-DLR_CRIU_PLUGINS_FIRST=$(PLUGINS_FIRST) $(PLUGIN_CFLAGS) -o $@ $<
 
 # --- lr-pageserver -----------------------------------------------------------
 PS_SRC := $(wildcard native/pageserver/*.c) native/common/error.c native/common/index.c native/common/auth.c \

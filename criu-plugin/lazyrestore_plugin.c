@@ -6,10 +6,13 @@
  * hook` (lazyrestore/hook.py does the work: C never parses CRIU's images):
  *
  *   restore start (init, stage RESTORE): when the images dir or the work dir
- *     holds lazyrestore/source.json, the restore must be lazy (--lazy-pages):
- *     an eager one would read pages that are not there, so it is refused. Then
- *     the hook starts lr-lazyd for that source unless a daemon already listens
- *     on lazy-pages.socket, and returns once it listens. CRIU connects to the
+ *     holds lazyrestore/source.json, the restore must be lazy: its pages are
+ *     not in the images. A restore asked without --lazy-pages (any runtime
+ *     but runc has no way to ask) is made lazy here: CRIU first reads the
+ *     option in prepare_lazy_pages_socket(), after the plugins' init (checked
+ *     in the tree built against: LR_CRIU_PLUGINS_FIRST). Then the hook starts
+ *     lr-lazyd for that source unless a daemon already listens on
+ *     lazy-pages.socket, and returns once it listens. CRIU connects to the
  *     socket right after the plugins' init, before any action script runs.
  *   after a dump (fini, stage DUMP, success, not --lazy-pages): the hook
  *     writes the lazy index, view, secret and manifest into the images dir.
@@ -50,6 +53,9 @@
 #ifndef LR_HOOK_COMMAND
 #error "build with -DLR_HOOK_COMMAND=\"/path/to/lazyrestore\""
 #endif
+#ifndef LR_CRIU_PLUGINS_FIRST /* 1: CRIU's restore starts plugins before it reads opts.lazy_pages */
+#error "build with -DLR_CRIU_PLUGINS_FIRST=0 or 1 (criu-plugin/plugins-first.sh CRIU_TREE)"
+#endif
 #ifndef LR_CRIU_BUILT_FOR /* overridable for tests: -DLR_CRIU_BUILT_FOR='"0.0.0"' */
 #define LR_CRIU_BUILT_FOR CRIU_VERSION
 #endif
@@ -68,11 +74,11 @@ static const char *hook_command(void)
 	return c && *c ? c : LR_HOOK_COMMAND;
 }
 
-/* In the child: stdout and stderr into the pipe, CRIU's action-script variables set, then the hook. */
+/* In the child: stdout and stderr into the pipe, CRIU's action-script variables set, then the hook (JSON events). */
 static void exec_hook(int out, const char *action)
 {
 	char dir[64];
-	char *argv[] = {(char *)hook_command(), "hook", NULL};
+	char *argv[] = {(char *)hook_command(), "hook", "--json", NULL};
 	sigset_t none;
 
 	snprintf(dir, sizeof(dir), "/proc/%d/fd/%d", getppid(), criu_get_image_dir());
@@ -84,6 +90,14 @@ static void exec_hook(int out, const char *action)
 	dprintf(STDERR_FILENO, "lazyrestore: error: cannot run %s: %s (set LAZYRESTORE_HOOK_COMMAND?)\n", argv[0],
 		strerror(errno));
 	_exit(127);
+}
+
+/* exec_hook for a restore this plugin made lazy: the hook says so in its summary. */
+static void exec_hook_made_lazy(int out, const char *action)
+{
+	if (setenv("LAZYRESTORE_MADE_LAZY", "1", 1))
+		_exit(126);
+	exec_hook(out, action);
 }
 
 /* Every line the hook prints, into CRIU's log: errors as errors. */
@@ -131,11 +145,11 @@ static pid_t spawn_piped(const char *what, void (*child)(int out, const char *ar
 	return pid;
 }
 
-/* Run `lazyrestore hook` for action and wait for it: 0 when it exited 0. */
-static int run_hook(const char *action)
+/* Run `lazyrestore hook` for action (made_lazy: this plugin turned the restore lazy) and wait: 0 when it exited 0. */
+static int run_hook(const char *action, bool made_lazy)
 {
 	int in, status;
-	pid_t pid = spawn_piped("the hook", exec_hook, action, &in);
+	pid_t pid = spawn_piped("the hook", made_lazy ? exec_hook_made_lazy : exec_hook, action, &in);
 
 	if (pid < 0)
 		return -1;
@@ -259,21 +273,28 @@ int lazyrestore_plugin_init(int stage)
 		return 0;
 	if (!built_for_this_criu())
 		return refuse_restore();
-	if (!opts.lazy_pages) {
-		pr_err("the images or work dir holds %s: its pages come from a page server, so it restores only with "
+	if (opts.lazy_pages) {
+		pr_info("%s found: starting lr-lazyd for this restore\n", SOURCE_FILE);
+		return run_hook("pre-restore", false);
+	}
+	if (!LR_CRIU_PLUGINS_FIRST) {
+		pr_err("the images or work dir holds %s: its pages come from a page server, but CRIU %s reads "
+		       "--lazy-pages before it starts plugins, so this plugin cannot make the restore lazy; restore with "
 		       "--lazy-pages (runc restore --lazy-pages); refusing an eager restore that would read absent pages\n",
-		       SOURCE_FILE);
+		       SOURCE_FILE, LR_CRIU_BUILT_FOR);
 		return -1;
 	}
-	pr_info("%s found: starting lr-lazyd for this restore\n", SOURCE_FILE);
-	return run_hook("pre-restore");
+	opts.lazy_pages = true;
+	pr_info("%s found, restore asked without --lazy-pages: made lazy; starting lr-lazyd for this restore\n",
+		SOURCE_FILE);
+	return run_hook("pre-restore", true);
 }
 
 void lazyrestore_plugin_fini(int stage, int ret)
 {
 	if (stage != CR_PLUGIN_STAGE__DUMP || ret || plugin_off() || !built_for_this_criu() || opts.lazy_pages)
 		return;
-	if (run_hook("post-dump"))
+	if (run_hook("post-dump", false))
 		pr_warn("the checkpoint is complete for CRIU but not indexed for lazyrestore: run `lazyrestore index "
 			"--images DIR`\n");
 }

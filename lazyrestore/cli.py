@@ -286,8 +286,12 @@ def cmd_hook(args: argparse.Namespace, rep: Reporter) -> int:
     action = env.get("CRTOOLS_SCRIPT_ACTION", "")
     if action not in hook.ACTIONS:
         return 0  # CRIU runs action scripts at every action; only some concern us
-    res = hook.run(action, hook.images_dir_from_env(env), Path.cwd(), hook.pid_from_env(env))
-    rep.result(f"lazyrestore hook {res.action}: {res.outcome}: {res.detail}", "summary", **asdict(res))
+    res = hook.run(action, hook.images_dir_from_env(env), Path.cwd(), hook.pid_from_env(env),
+                   hook.made_lazy_from_env(env))
+    text = f"lazyrestore hook {res.action}: {res.outcome}: {res.detail}"
+    if rep.json_mode:  # the plugin's call: both go to CRIU's log, the line for people and the event for runtimes
+        rep.err.write(text + "\n")
+    rep.result(text, "summary", **asdict(res))
     return 0
 
 

@@ -46,6 +46,7 @@ class HookResult:
     detail: str
     images_dir: str
     work_dir: str
+    made_lazy: bool = False  # CRIU was not asked for --lazy-pages; the plugin turned the restore lazy
 
 
 def images_dir_from_env(env: dict[str, str]) -> Path:
@@ -60,11 +61,11 @@ def images_dir_from_env(env: dict[str, str]) -> Path:
     return path
 
 
-def run(action: str, images_dir: Path, work_dir: Path, pid: int | None) -> HookResult:
+def run(action: str, images_dir: Path, work_dir: Path, pid: int | None, made_lazy: bool = False) -> HookResult:
     if action == "post-dump":
         return post_dump(images_dir, work_dir, pid)
     if action == "pre-restore":
-        return pre_restore(images_dir, work_dir)
+        return pre_restore(images_dir, work_dir, made_lazy)
     return HookResult(action, "skipped", "nothing to do at this action", str(images_dir), str(work_dir))
 
 
@@ -215,9 +216,12 @@ def _held_in(inode: str, work_dir: Path, absolute: bool) -> bool:
     return False
 
 
-def pre_restore(images_dir: Path, work_dir: Path) -> HookResult:
+def pre_restore(images_dir: Path, work_dir: Path, made_lazy: bool = False) -> HookResult:
+    """made_lazy: the plugin turned a restore asked without --lazy-pages lazy (LAZYRESTORE_MADE_LAZY=1)."""
     def result(outcome: str, detail: str) -> HookResult:
-        return HookResult("pre-restore", outcome, detail, str(images_dir), str(work_dir))
+        if made_lazy:
+            detail += "; the restore was asked without --lazy-pages and the plugin made it lazy"
+        return HookResult("pre-restore", outcome, detail, str(images_dir), str(work_dir), made_lazy)
     path = sourcefile.find(images_dir, work_dir)
     if path is None:
         return result("skipped", f"no {manifest.META_DIR}/{sourcefile.SOURCE_NAME} in the images or work dir")
@@ -257,6 +261,11 @@ def start_lazyd(src: sourcefile.SourceFile, images_dir: Path, work_dir: Path) ->
         daemon.stop()
         raise
     return daemon
+
+
+def made_lazy_from_env(env: dict[str, str]) -> bool:
+    """LAZYRESTORE_MADE_LAZY=1: the plugin set CRIU's --lazy-pages itself for this restore."""
+    return env.get("LAZYRESTORE_MADE_LAZY") == "1"
 
 
 def pid_from_env(env: dict[str, str]) -> int | None:

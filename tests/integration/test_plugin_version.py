@@ -22,9 +22,10 @@ REPO = Path(__file__).resolve().parents[2]
 SOURCE = {"lazyrestore_source": 1, "kind": "criu", "address": "127.0.0.1:9"}
 
 
-def build_plugin(dest: Path, built_for: str | None = None) -> Path:
+def build_plugin(dest: Path, built_for: str | None = None, *make_vars: str) -> Path:
     """The plugin built by the Makefile's own rule into dest (alone there: CRIU loads every .so of -L DIR)."""
-    args = ["make", "-s", "--no-print-directory", "-C", str(REPO), f"NATIVE={dest}", f"{dest}/lazyrestore_plugin.so"]
+    args = ["make", "-s", "--no-print-directory", "-C", str(REPO), f"NATIVE={dest}", f"{dest}/lazyrestore_plugin.so",
+            *make_vars]
     if built_for is not None:
         args.append(f"PLUGIN_CFLAGS=-DLR_CRIU_BUILT_FOR='\"{built_for}\"'")
     res = subprocess.run(args, capture_output=True, text=True, timeout=120)
@@ -100,3 +101,17 @@ def test_in_another_criu_a_lazyrestore_restore_fails_and_others_restore(workdir:
     restored = sample.Workload(reaper.add(int(pidfile.read_text())), w.log, w.roles)
     assert "disabled; rebuild it" not in log  # the version is asked only when the plugin would read opts
     assert restored.request_report()["main"].checksum == before
+
+
+def test_a_criu_that_reads_lazy_pages_before_plugins_gets_no_eager_restore(workdir: Path, reaper) -> None:
+    """Built for a CRIU whose restore read --lazy-pages before starting plugins (PLUGINS_FIRST=0), the plugin cannot
+    turn a restore lazy: it fails a restore of a served checkpoint asked without --lazy-pages, saying why."""
+    libdir = build_plugin(workdir / "plugin-late", None, "PLUGINS_FIRST=0")
+    images, _, _, _ = dump(workdir, reaper, libdir)
+    (images / "lazyrestore" / "source.json").write_text(json.dumps(SOURCE))
+    pidfile = workdir / "restored.pid"
+    res = criu_run("restore", "-D", str(images), "-d", "--pidfile", str(pidfile), "-o", "refused.log", libdir=libdir)
+    log = (images / "refused.log").read_text()
+    assert res.returncode != 0, log[-3000:]
+    assert "reads --lazy-pages before it starts plugins" in log and "refusing an eager restore" in log
+    assert "made lazy" not in log and not pidfile.exists()
