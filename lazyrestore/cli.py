@@ -13,7 +13,8 @@ from typing import Callable, TypeVar
 
 import os
 
-from . import checkpoint, criuopts, dumpdir, hook, inspection, lazy, migratelive, remote, report, restore, secret, serve, status
+from . import (checkpoint, criuopts, dumpdir, hook, inspection, lazy, manifest, migratelive, remote, report, restore,
+               secret, serve, status)
 from .criuopts import CriuOptions
 from .daemons import LazydOptions, RemoteSource
 from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, ProcessError, UsageError
@@ -306,12 +307,53 @@ def cmd_index(args: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, rep: Reporter) -> int:
-    require_dir("--images", args.images, "a checkpoint directory")
     require_valid("--listen", remote.parse_address, args.listen)
+    if args.podman_archive is not None:
+        return serve_podman(args, rep)
+    if args.images is None:
+        raise UsageError("serve needs --images DIR (a checkpoint directory) or --podman-archive FILE (`podman "
+                         "container checkpoint --export`)")
+    if args.unpack is not None:
+        raise UsageError("serve --unpack: only with --podman-archive (where to unpack the archive)")
+    require_dir("--images", args.images, "a checkpoint directory")
     if args.kit is not None:
         require_empty_dir("--kit", args.kit, UsageError)
     s = serve.serve(args.images, args.listen, args.once, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")),
                     args.kit)
+    rep.result(serve.summary_text(s), "summary", action="serve", **asdict(s))
+    return 0
+
+
+def serve_podman(args: argparse.Namespace, rep: Reporter) -> int:
+    """serve --podman-archive IN.tar [--unpack DIR] [--kit OUT.tar]: unpack, index if need be, serve DIR/checkpoint;
+    the kit is Podman's archive without the pages."""
+    from . import podman
+    if args.images is not None:
+        raise UsageError("serve: give --images DIR or --podman-archive FILE, not both (the archive's checkpoint is "
+                         "served from --unpack DIR/checkpoint)")
+    if not args.podman_archive.is_file():
+        raise UsageError(f"--podman-archive {args.podman_archive}: no such file; expected the archive of `podman "
+                         "container checkpoint --export FILE`")
+    unpacked = args.unpack or podman.default_unpack_dir(args.podman_archive)
+    require_empty_dir("--unpack", unpacked, UsageError)
+    if args.kit is not None and (args.kit.exists() or not args.kit.parent.is_dir()):
+        raise UsageError(f"--kit {args.kit}: expected a new file in an existing directory (the destination's "
+                         "archive for `podman container restore --import`)")
+    podman.compression(args.podman_archive)
+    rep.progress(f"unpacking {args.podman_archive} into {unpacked}")
+    images = podman.unpack(args.podman_archive, unpacked)
+    if not (images / manifest.META_DIR / manifest.MANIFEST_NAME).exists():
+        cid, lazy_pages, _ = hook.index_existing(images)
+        rep.progress(f"indexed checkpoint {cid} ({lazy_pages} lazy pages): the plugin was not installed when it "
+                     "was made")
+    sanitized = bool(os.environ.get("LAZYRESTORE_SANITIZED"))
+    if args.kit is None:
+        s = serve.serve(images, args.listen, args.once, rep, sanitized)
+    else:
+        kit = args.kit
+        with tempfile.TemporaryDirectory(prefix=".lazyrestore-kit-", dir=kit.parent) as tmp:
+            s = serve.serve(images, args.listen, args.once, rep, sanitized, Path(tmp) / "checkpoint",
+                            lambda d: podman.pack_kit(unpacked, d, kit))
     rep.result(serve.summary_text(s), "summary", action="serve", **asdict(s))
     return 0
 
@@ -523,13 +565,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     sv = sub.add_parser("serve", help="serve a checkpoint to remote lazy restores (lr-pageserver)")
-    sv.add_argument("--images", "-D", type=images_path, required=True, help="checkpoint directory (read only)")
+    sv.add_argument("--images", "-D", type=images_path, default=None, help="checkpoint directory (read only)")
+    sv.add_argument("--podman-archive", type=file_path, default=None, metavar="FILE",
+                    help="instead of --images: serve the checkpoint in this archive of `podman container checkpoint "
+                         "--export` (or CRI-O's), unpacked first into --unpack DIR")
+    sv.add_argument("--unpack", type=images_path, default=None, metavar="DIR",
+                    help="with --podman-archive: a new or empty directory to unpack it into (default: beside it, "
+                         "NAME.unpacked)")
     sv.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
     sv.add_argument("--once", action="store_true", help="stop after the first destination has every page")
     sv.add_argument("--kit", type=images_path, default=None, metavar="DIR",
                     help="write a destination kit into DIR (inventory.img, pstree.img, ids-*.img, "
                          "lazyrestore/source.json and the secret): copied to the destination, it is the images dir "
-                         "for `runc restore --lazy-pages`")
+                         "for `runc restore`; with --podman-archive a new FILE, the archive for `podman container "
+                         "restore --import FILE`")
     sv.set_defaults(func=cmd_serve)
 
     hk = sub.add_parser("hook", help="run by CRIU (plugin or action-script): index after a dump, start lr-lazyd "

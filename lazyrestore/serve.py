@@ -149,8 +149,9 @@ def write_kit(kit: Path, images_dir: Path, host: str, port: int) -> Path:
 
 
 def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitized: bool = False,
-          kit: Path | None = None) -> ServeSummary:
-    server, s = start(images_dir, listen, once, reporter, sanitized, kit)
+          kit: Path | None = None, pack_kit: Callable[[Path], Path] | None = None) -> ServeSummary:
+    """pack_kit: turns the kit directory into what the destination takes (podman.pack_kit: Podman's archive)."""
+    server, s = start(images_dir, listen, once, reporter, sanitized, kit, pack_kit=pack_kit)
     try:
         with procs.sigterm_interrupts():  # a runtime stops us with SIGTERM: stop lr-pageserver too
             _follow(server, s, reporter)
@@ -163,7 +164,8 @@ def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitiz
 
 
 def start(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitized: bool = False,
-          kit: Path | None = None, live_pids: Path | None = None) -> tuple[PageServer, ServeSummary]:
+          kit: Path | None = None, live_pids: Path | None = None,
+          pack_kit: Callable[[Path], Path] | None = None) -> tuple[PageServer, ServeSummary]:
     """lr-pageserver serving the checkpoint in images_dir (verified first) on listen, once it listens."""
     host, _ = parse_address(listen)
     if kit is not None and host in ("0.0.0.0", "::", ""):
@@ -182,12 +184,18 @@ def start(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitiz
     if kit is not None:
         try:
             desc = write_kit(kit, images_dir, host, server.port)
+            shown = pack_kit(kit) if pack_kit is not None else kit
         except (LazyRestoreError, OSError):
             server.stop()
             raise
-        reporter.event("kit", kit=str(kit), source_file=str(desc))
-        reporter.progress(f"destination kit in {kit}: copy it to the destination as the images dir of "
-                          f"`runc restore --lazy-pages --image-path DIR ...` (the CRIU plugin does the rest)")
+        reporter.event("kit", kit=str(shown), source_file=str(desc))
+        if pack_kit is not None:
+            reporter.progress(f"destination archive {shown}: copy it to the destination (it holds the secret) and "
+                              f"run there `podman container restore --import {shown.name}` (the CRIU plugin does "
+                              "the rest)")
+        else:
+            reporter.progress(f"destination kit in {kit}: copy it to the destination as the images dir of "
+                              f"`runc restore --image-path DIR ...` (the CRIU plugin does the rest)")
     reporter.event("listening", address=host, port=server.port, server_pid=server.proc.pid, checkpoint_id=m.checkpoint_id,
                    lazy_pages=m.lazy_pages, command=cmd, log=str(log), live=live_pids is not None)
     reporter.progress(f"serving checkpoint {m.checkpoint_id} on {host}:{server.port} "

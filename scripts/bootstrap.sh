@@ -31,7 +31,9 @@ APT_PACKAGES=(
 )
 # Real programs the integration tests migrate (tests/integration/test_apps.py). Installed with their services
 # kept stopped: the tests start their own instances.
-APP_PACKAGES=(redis-server redis-tools nginx-light)
+APP_PACKAGES=(redis-server redis-tools nginx-light
+  podman                    # tests/integration/test_podman.py: checkpoint --export / restore --import through runc
+)
 
 # Install packages without letting their maintainer scripts start services (policy-rc.d 101: action forbidden).
 install_stopped() {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -168,3 +169,10 @@ def _rmdir(path: Path) -> None:
             return
         except OSError:
             time.sleep(0.05)
+
+
+def placed_bytes(lazyd_log: str) -> int:
+    """Bytes lr-lazyd placed through userfaultfd, by fault and by drain, from its "every page placed: ..." line."""
+    m = re.search(r"every page placed: .* ([0-9]+) bytes by fault, ([0-9]+) by drain", lazyd_log)
+    assert m, lazyd_log[-2000:]
+    return int(m[1]) + int(m[2])

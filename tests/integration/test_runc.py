@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,7 @@ import pytest
 
 from lazyrestore import procs, sample, testhosts
 
-from .containers import (RUNC_PATH, RUNC_ROOT, Bundle, cgroup_of, container_name, make_bundle, remove,
+from .containers import (RUNC_PATH, RUNC_ROOT, Bundle, cgroup_of, container_name, make_bundle, placed_bytes, remove,
                          remove_parent_cgroups, report, runc, wait_filled)
 from .helpers import Background, pipe_max_size
 
@@ -111,13 +110,6 @@ def test_runc_restores_lazily_through_the_plugin(hosts, workdir: Path, container
     lazyd_log = (workdir / "work-dst" / "lazyd.log").read_text()
     assert "every page placed" in lazyd_log and "the page server acknowledged DONE" in lazyd_log
     assert report(dest, DST).checksum == before.checksum  # still right with every page placed
-
-
-def placed_bytes(lazyd_log: str) -> int:
-    """Bytes lr-lazyd placed, by fault and by drain, from its "every page placed: ..." line."""
-    m = re.search(r"every page placed: .* ([0-9]+) bytes by fault, ([0-9]+) by drain", lazyd_log)
-    assert m, lazyd_log[-2000:]
-    return int(m[1]) + int(m[2])
 
 
 def hook_events(restore_log: str) -> list[dict]:
