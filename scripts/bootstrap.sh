@@ -33,6 +33,7 @@ APT_PACKAGES=(
 # kept stopped: the tests start their own instances.
 APP_PACKAGES=(redis-server redis-tools nginx-light
   podman                    # tests/integration/test_podman.py: checkpoint --export / restore --import through runc
+  containerd                # tests/integration/test_containerd.py: ctr checkpoint / restore through runc (own instance)
 )
 
 # Install packages without letting their maintainer scripts start services (policy-rc.d 101: action forbidden).
