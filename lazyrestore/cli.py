@@ -308,13 +308,13 @@ def cmd_index(args: argparse.Namespace, rep: Reporter) -> int:
 
 def cmd_serve(args: argparse.Namespace, rep: Reporter) -> int:
     require_valid("--listen", remote.parse_address, args.listen)
-    if args.podman_archive is not None:
-        return serve_podman(args, rep)
+    if args.podman_in is not None or args.containerd_in is not None:
+        return serve_archive(args, rep)
     if args.images is None:
-        raise UsageError("serve needs --images DIR (a checkpoint directory) or --podman-archive FILE (`podman "
-                         "container checkpoint --export`)")
+        raise UsageError("serve needs --images DIR (a checkpoint directory), --podman-archive FILE (`podman "
+                         "container checkpoint --export`) or --containerd-image FILE (`ctr images export`)")
     if args.unpack is not None:
-        raise UsageError("serve --unpack: only with --podman-archive (where to unpack the archive)")
+        raise UsageError("serve --unpack: only with --podman-archive or --containerd-image (where to unpack it)")
     require_dir("--images", args.images, "a checkpoint directory")
     if args.kit is not None:
         require_empty_dir("--kit", args.kit, UsageError)
@@ -324,36 +324,34 @@ def cmd_serve(args: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
-def serve_podman(args: argparse.Namespace, rep: Reporter) -> int:
-    """serve --podman-archive IN.tar [--unpack DIR] [--kit OUT.tar]: unpack, index if need be, serve DIR/checkpoint;
-    the kit is Podman's archive without the pages."""
-    from . import podman
-    if args.images is not None:
-        raise UsageError("serve: give --images DIR or --podman-archive FILE, not both (the archive's checkpoint is "
-                         "served from --unpack DIR/checkpoint)")
-    if not args.podman_archive.is_file():
-        raise UsageError(f"--podman-archive {args.podman_archive}: no such file; expected the archive of `podman "
-                         "container checkpoint --export FILE`")
-    unpacked = args.unpack or podman.default_unpack_dir(args.podman_archive)
+def serve_archive(args: argparse.Namespace, rep: Reporter) -> int:
+    """serve --podman-archive|--containerd-image IN [--unpack DIR] [--kit OUT]: CRIU's images out of the runtime's
+    archive into DIR, served; the kit is the same kind of archive without the pages (archives.py)."""
+    from . import archives
+    given = [k for k in archives.KINDS if getattr(args, k.replace("-", "_") + "_in") is not None]
+    if len(given) > 1 or args.images is not None:
+        raise UsageError("serve: give one of --images DIR, --podman-archive FILE or --containerd-image FILE")
+    kind = given[0]
+    option, archive = archives.KINDS[kind], getattr(args, kind + "_in")
+    if not archive.is_file():
+        raise UsageError(f"{option} {archive}: no such file; expected the archive of " + (
+            "`podman container checkpoint --export FILE`" if kind == "podman" else
+            "`ctr images export --skip-manifest-json FILE REF` of a checkpoint image"))
+    unpacked = args.unpack or archives.default_unpack_dir(archive)
     require_empty_dir("--unpack", unpacked, UsageError)
     if args.kit is not None and (args.kit.exists() or not args.kit.parent.is_dir()):
-        raise UsageError(f"--kit {args.kit}: expected a new file in an existing directory (the destination's "
-                         "archive for `podman container restore --import`)")
-    podman.compression(args.podman_archive)
-    rep.progress(f"unpacking {args.podman_archive} into {unpacked}")
-    images = podman.unpack(args.podman_archive, unpacked)
-    if not (images / manifest.META_DIR / manifest.MANIFEST_NAME).exists():
-        cid, lazy_pages, _ = hook.index_existing(images)
-        rep.progress(f"indexed checkpoint {cid} ({lazy_pages} lazy pages): the plugin was not installed when it "
-                     "was made")
+        raise UsageError(f"--kit {args.kit}: expected a new file in an existing directory (with {option}: the "
+                         "destination's archive)")
+    archives.check(kind, archive)
+    u = archives.unpack(kind, archive, unpacked, rep)
     sanitized = bool(os.environ.get("LAZYRESTORE_SANITIZED"))
     if args.kit is None:
-        s = serve.serve(images, args.listen, args.once, rep, sanitized)
+        s = serve.serve(u.images, args.listen, args.once, rep, sanitized)
     else:
         kit = args.kit
         with tempfile.TemporaryDirectory(prefix=".lazyrestore-kit-", dir=kit.parent) as tmp:
-            s = serve.serve(images, args.listen, args.once, rep, sanitized, Path(tmp) / "checkpoint",
-                            lambda d: podman.pack_kit(unpacked, d, kit))
+            s = serve.serve(u.images, args.listen, args.once, rep, sanitized, Path(tmp) / "kit",
+                            lambda d: u.pack_kit(d, kit), archives.DEST_COMMAND[kind].format(kit=kit.name))
     rep.result(serve.summary_text(s), "summary", action="serve", **asdict(s))
     return 0
 
@@ -566,19 +564,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="serve a checkpoint to remote lazy restores (lr-pageserver)")
     sv.add_argument("--images", "-D", type=images_path, default=None, help="checkpoint directory (read only)")
-    sv.add_argument("--podman-archive", type=file_path, default=None, metavar="FILE",
+    sv.add_argument("--podman-archive", dest="podman_in", type=file_path, default=None, metavar="FILE",
                     help="instead of --images: serve the checkpoint in this archive of `podman container checkpoint "
                          "--export` (or CRI-O's), unpacked first into --unpack DIR")
+    sv.add_argument("--containerd-image", dest="containerd_in", type=file_path, default=None, metavar="FILE",
+                    help="instead of --images: serve the checkpoint in this containerd checkpoint image (`ctr "
+                         "images export --skip-manifest-json FILE REF` of `ctr containers checkpoint --task`), "
+                         "unpacked first into --unpack DIR")
     sv.add_argument("--unpack", type=images_path, default=None, metavar="DIR",
-                    help="with --podman-archive: a new or empty directory to unpack it into (default: beside it, "
-                         "NAME.unpacked)")
+                    help="with --podman-archive or --containerd-image: a new or empty directory to unpack CRIU's "
+                         "images into (default: beside the archive, NAME.unpacked)")
     sv.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to serve on (port 0: any free one)")
     sv.add_argument("--once", action="store_true", help="stop after the first destination has every page")
     sv.add_argument("--kit", type=images_path, default=None, metavar="DIR",
                     help="write a destination kit into DIR (inventory.img, pstree.img, ids-*.img, "
                          "lazyrestore/source.json and the secret): copied to the destination, it is the images dir "
-                         "for `runc restore`; with --podman-archive a new FILE, the archive for `podman container "
-                         "restore --import FILE`")
+                         "for `runc restore`; with --podman-archive or --containerd-image a new FILE: the same kind of "
+                         "archive without the pages, for `podman container restore --import FILE` or `ctr images "
+                         "import`")
     sv.set_defaults(func=cmd_serve)
 
     hk = sub.add_parser("hook", help="run by CRIU (plugin or action-script): index after a dump, start lr-lazyd "

@@ -102,12 +102,3 @@ def pack_kit(unpacked: Path, kit: Path, out: Path) -> Path:
         raise
     return out
 
-
-def default_unpack_dir(archive: Path) -> Path:
-    """Beside the archive: NAME.tar[.gz|.zst] -> NAME.unpacked."""
-    name = archive.name
-    for suffix in (".tar.zst", ".tar.gz", ".tgz", ".tar"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return archive.with_name(name + ".unpacked")

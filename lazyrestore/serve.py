@@ -149,9 +149,12 @@ def write_kit(kit: Path, images_dir: Path, host: str, port: int) -> Path:
 
 
 def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitized: bool = False,
-          kit: Path | None = None, pack_kit: Callable[[Path], Path] | None = None) -> ServeSummary:
-    """pack_kit: turns the kit directory into what the destination takes (podman.pack_kit: Podman's archive)."""
-    server, s = start(images_dir, listen, once, reporter, sanitized, kit, pack_kit=pack_kit)
+          kit: Path | None = None, pack_kit: Callable[[Path], Path] | None = None,
+          dest_command: str = "") -> ServeSummary:
+    """pack_kit: turns the kit directory into what the destination takes (archives.py: a runtime's archive), which
+    dest_command restores."""
+    server, s = start(images_dir, listen, once, reporter, sanitized, kit, pack_kit=pack_kit,
+                      dest_command=dest_command)
     try:
         with procs.sigterm_interrupts():  # a runtime stops us with SIGTERM: stop lr-pageserver too
             _follow(server, s, reporter)
@@ -165,7 +168,8 @@ def serve(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitiz
 
 def start(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitized: bool = False,
           kit: Path | None = None, live_pids: Path | None = None,
-          pack_kit: Callable[[Path], Path] | None = None) -> tuple[PageServer, ServeSummary]:
+          pack_kit: Callable[[Path], Path] | None = None,
+          dest_command: str = "") -> tuple[PageServer, ServeSummary]:
     """lr-pageserver serving the checkpoint in images_dir (verified first) on listen, once it listens."""
     host, _ = parse_address(listen)
     if kit is not None and host in ("0.0.0.0", "::", ""):
@@ -191,8 +195,7 @@ def start(images_dir: Path, listen: str, once: bool, reporter: Reporter, sanitiz
         reporter.event("kit", kit=str(shown), source_file=str(desc))
         if pack_kit is not None:
             reporter.progress(f"destination archive {shown}: copy it to the destination (it holds the secret) and "
-                              f"run there `podman container restore --import {shown.name}` (the CRIU plugin does "
-                              "the rest)")
+                              f"run there `{dest_command}` (the CRIU plugin does the rest)")
         else:
             reporter.progress(f"destination kit in {kit}: copy it to the destination as the images dir of "
                               f"`runc restore --image-path DIR ...` (the CRIU plugin does the rest)")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyrestore import sample, testhosts
+from lazyrestore import containerd, sample, testhosts
 from lazyrestore.paths import native_binary
 
 from .containers import (BUSYBOX, CGROUP_PARENT, RUNC_PATH, Bundle, container_name, placed_bytes, remove,
@@ -44,7 +44,6 @@ MIB = 256
 NAMESPACE = CGROUP_PARENT
 IMAGE = "localhost/lr-workload:1"
 SRC, DST = container_name("ctr-src"), container_name("ctr-dst")
-CRIU_TAR = "application/vnd.containerd.container.criu.checkpoint.criu.tar"
 TASKS = "io.containerd.runtime.v2.task"
 
 
@@ -191,36 +190,6 @@ def workload_image() -> bytes:
     return _archive(dict([layer_f, config_f, manifest_f]), IMAGE, manifest_d)
 
 
-def read_archive(path: Path) -> tuple[dict[str, bytes], dict]:
-    """`ctr images export`'s archive of a checkpoint: its files, and the checkpoint's index."""
-    with tarfile.open(path) as t:
-        files = {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}  # type: ignore[union-attr]
-    [top] = json.loads(files["index.json"])["manifests"]
-    return files, json.loads(files["blobs/sha256/" + top["digest"].split(":")[1]])
-
-
-def criu_tar(files: dict[str, bytes], index: dict) -> bytes:
-    found = [m for m in index["manifests"] if m["mediaType"] == CRIU_TAR]
-    # containerd 1.6 drops the task from `ctr containers checkpoint --task` without a word when the container's spec
-    # is already in the content store (a second checkpoint of one container: AlreadyExists, ignored)
-    assert len(found) == 1, f"the checkpoint holds no CRIU images: {index}"
-    return files["blobs/sha256/" + found[0]["digest"].split(":")[1]]
-
-
-def kit_image(files: dict[str, bytes], index: dict, kit: Path, ref: str) -> bytes:
-    """The checkpoint image with its CRIU tar replaced by a tar of the kit: what the destination imports."""
-    kit_tar = _tar([_entry(str(p.relative_to(kit)), None if p.is_dir() else p.read_bytes(), mode=p.stat().st_mode & 0o777)
-                    for p in sorted(kit.rglob("*"))])
-    kit_d, kit_f = _blob(kit_tar, CRIU_TAR)
-    manifests = [{**m, "digest": kit_d["digest"], "size": kit_d["size"]} if m["mediaType"] == CRIU_TAR else m
-                 for m in index["manifests"]]
-    index_d, index_f = _blob(json.dumps({**index, "manifests": manifests}).encode(),
-                             "application/vnd.oci.image.index.v1+json")
-    dropped = {"blobs/sha256/" + m["digest"].split(":")[1] for m in index["manifests"] if m["mediaType"] == CRIU_TAR}
-    blobs = {k: v for k, v in files.items() if k.startswith("blobs/") and k not in dropped}
-    return _archive(dict([*blobs.items(), kit_f, index_f]), ref, index_d)
-
-
 def report(c: Containerd, ctr: str, timeout: float = 60) -> sample.Report:
     """SIGUSR1 to the container's process; its fresh report line (memory checksum) from app.log."""
     pid = c.pid(ctr)
@@ -245,24 +214,20 @@ def test_ctr_restores_lazily_through_the_plugin(ctrd: dict[str, Containerd], wor
     a.ctr("tasks", "delete", "--force", SRC)  # killed and reaped: a migration's source does not run again
     exported = workdir / "ckpt.tar"
     a.ctr("images", "export", "--skip-manifest-json", str(exported), "lrc/ckpt:1")  # without: "invalid character"
-    files, index = read_archive(exported)
-    images = workdir / "images"
-    images.mkdir()
-    with tarfile.open(fileobj=io.BytesIO(criu_tar(files, index))) as t:
-        t.extractall(images)
     # The plugin indexed the dump inside containerd's temporary images dir: it is in the content store's tar.
-    manifest = json.loads((images / "lazyrestore" / "manifest.json").read_text())
+    img = containerd.read(exported)
+    with tarfile.open(exported) as outer, tarfile.open(fileobj=outer.extractfile(img.criu_blob)) as inner:
+        manifest = json.loads(inner.extractfile("lazyrestore/manifest.json").read())  # type: ignore[union-attr]
     assert manifest["lazy_pages"] >= MIB * 256 * 15 // 16 - 64
-    server = Background(["serve", "--images", str(images), "--listen", f"{testhosts.ADDR_A}:0", "--once",
-                         "--kit", str(workdir / "kit")], ("listening",), host="a")
+    kit = workdir / "kit.tar"
+    server = Background(["serve", "--containerd-image", str(exported), "--listen", f"{testhosts.ADDR_A}:0", "--once",
+                         "--kit", str(kit)], ("listening",), host="a")
     try:
-        assert server.first("listening")["port"] > 0
-        kit = workdir / "kit.tar"
-        kit.write_bytes(kit_image(files, index, workdir / "kit", "lrc/ckpt-kit:1"))
+        assert server.first("kit")["kit"] == str(kit)
         assert kit.stat().st_size < (MIB << 20) // 8  # the pages stay on host A
         # Host B: import the kit image (--no-unpack: a checkpoint index is no image to unpack) and restore it.
         b.ctr("images", "import", "--no-unpack", str(kit))
-        res = b.ctr("containers", "restore", "--rw", "--live", DST, "lrc/ckpt-kit:1", check=False)
+        res = b.ctr("containers", "restore", "--rw", "--live", DST, "lrc/ckpt:1", check=False)
         restore_log = (b.work_dir(DST) / "restore.log").read_text()
         assert res.returncode == 0, f"{res.stderr}\n{restore_log[-3000:]}"
         assert "restore asked without --lazy-pages: made lazy" in restore_log

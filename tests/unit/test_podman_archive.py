@@ -4,7 +4,6 @@ archive written with Podman's files and only the kit under checkpoint/."""
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import tarfile
 from pathlib import Path
@@ -12,24 +11,14 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from lazyrestore import podman
+from lazyrestore import archives, podman
 from lazyrestore.errors import ImagesDirError, UsageError
+
+from .tarballs import small_kit, tar_bytes
 
 FILES = {"config.dump": b"{}", "spec.dump": b"{}", "rootfs-diff.tar": b"x" * 10,
          "checkpoint/inventory.img": b"inv", "checkpoint/pages-1.img": b"p" * 8192,
          "checkpoint/lazyrestore/secret": b"s" * 32}
-
-
-def tar_bytes(files: dict[str, bytes], extra: list[tarfile.TarInfo] | None = None) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for info in extra or []:
-            tar.addfile(info)
-    return buf.getvalue()
 
 
 def write_archive(path: Path, data: bytes, kind: str) -> Path:
@@ -97,10 +86,7 @@ def test_the_kit_keeps_podmans_files_and_only_the_kit_as_checkpoint(tmp_path: Pa
     archive = write_archive(tmp_path / "a.tar", tar_bytes(FILES), "zstd")
     unpacked = tmp_path / "out"
     podman.unpack(archive, unpacked)
-    kit = tmp_path / "kit"
-    (kit / "lazyrestore").mkdir(parents=True)
-    (kit / "inventory.img").write_bytes(b"inv")
-    (kit / "lazyrestore" / "source.json").write_text("{}")
+    kit = small_kit(tmp_path / "kit")
     out = podman.pack_kit(unpacked, kit, tmp_path / "kit.tar")
     assert oct(out.stat().st_mode & 0o777) == "0o600"
     with tarfile.open(out) as tar:
@@ -111,6 +97,6 @@ def test_the_kit_keeps_podmans_files_and_only_the_kit_as_checkpoint(tmp_path: Pa
 
 
 def test_default_unpack_dir() -> None:
-    assert podman.default_unpack_dir(Path("/m/web.tar.zst")) == Path("/m/web.unpacked")
-    assert podman.default_unpack_dir(Path("/m/web.tar")) == Path("/m/web.unpacked")
-    assert podman.default_unpack_dir(Path("/m/web")) == Path("/m/web.unpacked")
+    assert archives.default_unpack_dir(Path("/m/web.tar.zst")) == Path("/m/web.unpacked")
+    assert archives.default_unpack_dir(Path("/m/web.tar")) == Path("/m/web.unpacked")
+    assert archives.default_unpack_dir(Path("/m/web")) == Path("/m/web.unpacked")
