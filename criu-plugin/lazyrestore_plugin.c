@@ -406,6 +406,19 @@ static int make_dump_live(const char *address)
 		       "page server): ask for one or the other\n", LIVE_ENV, address);
 		return -1;
 	}
+	if (opts.final_state != TASK_DEAD) {
+		pr_err("%s=%s asks for a live dump, whose tree is killed once a destination has every page, but this dump "
+		       "is to leave it %s (--leave-running or --leave-stopped): two copies would run; refusing the dump\n",
+		       LIVE_ENV, address, opts.final_state == TASK_ALIVE ? "running" : "stopped");
+		return -1;
+	}
+	if (opts.img_parent || opts.use_page_server) {
+		pr_err("%s=%s asks for a live dump, served from the tree's memory, but this dump %s: refusing the dump\n",
+		       LIVE_ENV, address,
+		       opts.img_parent ? "has a parent (--prev-images-dir after a pre-dump): not supported live"
+				       : "sends its pages to a page server (--page-server)");
+		return -1;
+	}
 	if (h.root <= 0) {
 		pr_err("%s: no tree to dump (root pid %d)\n", LIVE_ENV, h.root);
 		return -1;
