@@ -73,6 +73,9 @@
 #ifndef LR_CRIU_PLUGINS_FIRST /* 1: CRIU's restore starts plugins before it reads opts.lazy_pages */
 #error "build with -DLR_CRIU_PLUGINS_FIRST=0 or 1 (criu-plugin/plugins-first.sh CRIU_TREE)"
 #endif
+#ifndef LR_CRIU_DUMP_LIVE /* 1: CRIU's dump starts plugins before it reads --lazy-pages, --ps-socket, --status-fd */
+#error "build with -DLR_CRIU_DUMP_LIVE=0 or 1 (criu-plugin/dump-live.sh CRIU_TREE)"
+#endif
 #ifndef LR_CRIU_BUILT_FOR /* overridable for tests: -DLR_CRIU_BUILT_FOR='"0.0.0"' */
 #define LR_CRIU_BUILT_FOR CRIU_VERSION
 #endif
@@ -391,14 +394,22 @@ static void close_fd(int fd)
  */
 static int make_dump_live(const char *address)
 {
-	struct live_hook h = {.criu = getpid(), .root = root_item ? root_item->pid->real : -1, .ps = -1, .status = -1,
-			      .status_out = opts.status_fd, .out = -1, .err = -1};
+	struct live_hook h = {.criu = getpid(), .root = -1, .ps = -1, .status = -1, .status_out = -1, .out = -1,
+			      .err = -1};
 	int sk[2] = {-1, -1}, st[2] = {-1, -1};
 	int ret = -1;
 
-	if (!built_for_this_criu()) {
+	if (!built_for_this_criu()) { /* first: opts and root_item are laid out as in the CRIU built for */
 		pr_err("%s=%s asks for a live dump, but this plugin was not built for this CRIU and cannot set its "
 		       "options: refusing the dump\n", LIVE_ENV, address);
+		return -1;
+	}
+	h.root = root_item ? root_item->pid->real : -1;
+	h.status_out = opts.status_fd;
+	if (!LR_CRIU_DUMP_LIVE) {
+		pr_err("%s=%s asks for a live dump, but CRIU %s reads --lazy-pages, --ps-socket or --status-fd before it "
+		       "starts plugins, or serves lazy pages after their fini (criu-plugin/dump-live.sh): refusing the dump\n",
+		       LIVE_ENV, address, LR_CRIU_BUILT_FOR);
 		return -1;
 	}
 	if (opts.lazy_pages) {

@@ -592,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     hk = sub.add_parser("hook", help="run by CRIU (plugin or action-script): index after a dump, start lr-lazyd "
-                                     "before a lazy restore (reads CRTOOLS_SCRIPT_ACTION, CRTOOLS_IMAGE_DIR)")
+                                     "before a lazy restore, serve a dump the plugin made live (LAZYRESTORE_LIVE) "
+                                     "(reads CRTOOLS_SCRIPT_ACTION, CRTOOLS_IMAGE_DIR)")
     hk.set_defaults(func=cmd_hook)
 
     ix = sub.add_parser("index", help="index a checkpoint CRIU wrote itself (lazy index, view, secret, manifest)")

@@ -61,6 +61,15 @@ def test_a_plugin_built_for_another_criu_refuses_a_live_dump(workdir: Path, reap
     assert w.request_report()["main"].checksum == before
 
 
+def test_a_plugin_built_for_a_criu_that_reads_the_options_early_refuses_a_live_dump(workdir: Path, reaper) -> None:
+    libdir = build_plugin(workdir / "plugin-late", None, "DUMP_LIVE=0")
+    w, before = start(workdir, reaper)
+    code, log, _ = live_dump(workdir, w, libdir)
+    assert code != 0, log[-3000:]
+    assert "reads --lazy-pages, --ps-socket or --status-fd before it starts plugins" in log, log[-3000:]
+    assert w.request_report()["main"].checksum == before
+
+
 def test_a_live_dump_that_cannot_serve_rolls_back(workdir: Path, reaper, plugin: Path) -> None:
     """The address is checked once CRIU holds the tree (before, a rollback could not undo CRIU's lock): a bad one
     rolls back, CRIU resumes the tree and fails the dump."""

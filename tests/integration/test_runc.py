@@ -342,7 +342,9 @@ def test_a_live_runc_checkpoint_is_restored_by_a_plain_runc_restore(hosts, workd
         assert_kit_complete(kit, images)
         # Only the metadata was written: the memory stays in the stopped container.
         assert sum(f.stat().st_size for f in images.iterdir() if f.is_file()) < (MIB << 20) // 8
-        assert state(SRC)["status"] != "stopped"  # runc's checkpoint is still under way
+        st = state(SRC)
+        assert st["status"] != "stopped"  # runc's checkpoint is still under way
+        assert procs.status_fields(st["pid"])["State"][0] in "tT"  # the source stays stopped while it is served
         dest = src.copy(workdir / "dst", cgroup_of(DST))
         dst_images = workdir / "dst-images"
         shutil.copytree(kit, dst_images)
