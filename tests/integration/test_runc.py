@@ -384,7 +384,8 @@ def test_a_live_runc_checkpoint_no_destination_takes_rolls_back(hosts, workdir: 
         stop_live(ck, images)
     assert code != 0, "runc checkpoint succeeded though no destination took the container"
     rolled = wait_event(images, "rolled_back", ck, timeout=30)
-    assert rolled["pid"] > 0
+    # CRIU skips undoing its lock of the container's network namespace when the lazy transfer fails: undone here.
+    assert "iptables: CRIU's lock chain removed" in rolled["released"], rolled
     events = live_events(images)
     assert not [e for e in events if e["event"] == "source_ended"], events
     if how == "timeout":
