@@ -7,14 +7,17 @@ fail the dump and leave the tree running with its memory as it was; a live dump 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from lazyrestore import sample
+from lazyrestore import criu, procs, sample
 
-from .test_plugin_version import build_plugin, criu_run
+from .test_plugin_version import build_plugin, criu_env, criu_run
 
 LIVE = {"LAZYRESTORE_LIVE": "127.0.0.1:0"}
 
@@ -86,4 +89,30 @@ def test_a_live_dump_that_cannot_serve_rolls_back(workdir: Path, reaper, plugin:
     names = [e["event"] for e in events]
     assert "checkpointed" in names and "rolled_back" in names and names[-1] == "error", events
     assert "no-such-address" in events[-1]["message"]
+    assert w.request_report()["main"].checksum == before
+
+
+def test_a_live_dump_says_ready_on_the_runtime_s_status_fd_once_it_serves(workdir: Path, reaper, plugin: Path) -> None:
+    """A runtime's own --status-fd gets its byte once the kit is written and the tree served (not when CRIU is
+    ready: the destination needs the kit); stopped then, the dump rolls back and CRIU fails it."""
+    w, before = start(workdir, reaper)
+    images = workdir / "images"
+    images.mkdir()
+    r, wfd = os.pipe()
+    dump = subprocess.Popen([criu.find_criu().path, "dump", "-t", str(w.pid), "-D", str(images), "-o", "dump.log",
+                             "-v4", "--status-fd", str(wfd), "-L", str(plugin)], pass_fds=(wfd,), env=criu_env(LIVE),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    os.close(wfd)
+    try:
+        assert procs.ready_byte(r, 60), (images / "dump.log").read_text()[-3000:]
+        events = [json.loads(line) for line in (images / "lazyrestore" / "live.jsonl").read_text().splitlines()]
+        assert "listening" in [e["event"] for e in events], events
+        assert (images / "lazyrestore" / "kit" / "lazyrestore" / "source.json").is_file()
+        os.kill(int((images / "lazyrestore" / "migrate.pid").read_text()), signal.SIGTERM)
+        assert dump.wait(timeout=60) != 0
+    finally:
+        if dump.poll() is None:
+            dump.kill()
+            dump.wait()
+    assert "Lazy pages transfer FAILED" in (images / "dump.log").read_text()
     assert w.request_report()["main"].checksum == before
