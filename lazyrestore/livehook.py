@@ -88,7 +88,7 @@ def live_dump(env: dict[str, str], images_dir: Path, work_dir: Path, reporter: R
                        listen=listen)
         reporter.progress(f"live dump of process tree {dump.pid} by CRIU {dump.proc.pid} into {images_dir}: "
                           f"waiting for its metadata")
-        t0 = time.monotonic()
+        t0 = time.monotonic() - seconds_since_start(dump.proc.pid)  # the dump's time counts from CRIU's start
         try:
             dump.wait_ready()
         except CriuFailed as exc:
@@ -108,6 +108,17 @@ def live_dump(env: dict[str, str], images_dir: Path, work_dir: Path, reporter: R
         status_out = int(env.get(STATUS_OUT_ENV) or -1)
         return migratelive.serve_live(dump, listen, reporter, sanitized, asked, kit_dir(images_dir),
                                       on_listening=lambda: _say_ready(status_out))
+
+
+def seconds_since_start(pid: int) -> float:
+    """How long process pid has run (its start time in /proc/PID/stat against /proc/uptime); 0 when unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime; fields[0] is field 3
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - started)
 
 
 def _stop_after(reporter: Reporter, timeout: float) -> None:

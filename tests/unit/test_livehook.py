@@ -107,3 +107,9 @@ def test_a_bad_timeout_is_refused(raw: str) -> None:
 def test_without_the_plugin_s_environment_the_hook_refuses(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=f"{livehook.PS_FD_ENV}=None: the CRIU plugin sets it"):
         livehook.adopt({}, tmp_path, tmp_path)
+
+
+def test_how_long_a_process_has_run(fake_criu: subprocess.Popen[bytes]) -> None:
+    assert 0 <= livehook.seconds_since_start(fake_criu.pid) < 30
+    assert livehook.seconds_since_start(1) > livehook.seconds_since_start(fake_criu.pid)
+    assert livehook.seconds_since_start(2**22 + 1) == 0.0  # no such process
