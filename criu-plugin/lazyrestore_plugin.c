@@ -407,9 +407,9 @@ static int make_dump_live(const char *address)
 	h.root = root_item ? root_item->pid->real : -1;
 	h.status_out = opts.status_fd;
 	if (!LR_CRIU_DUMP_LIVE) {
-		pr_err("%s=%s asks for a live dump, but CRIU %s reads --lazy-pages, --ps-socket or --status-fd before it "
-		       "starts plugins, or serves lazy pages after their fini (criu-plugin/dump-live.sh): refusing the dump\n",
-		       LIVE_ENV, address, LR_CRIU_BUILT_FOR);
+		pr_err("%s=%s asks for a live dump, but CRIU %s reads --lazy-pages, --ps-socket or --status-fd before "
+		       "it starts plugins, or serves lazy pages after their fini (criu-plugin/dump-live.sh): refusing "
+		       "the dump\n", LIVE_ENV, address, LR_CRIU_BUILT_FOR);
 		return -1;
 	}
 	if (opts.lazy_pages) {
@@ -426,8 +426,9 @@ static int make_dump_live(const char *address)
 	if (opts.img_parent || opts.use_page_server) {
 		pr_err("%s=%s asks for a live dump, served from the tree's memory, but this dump %s: refusing the dump\n",
 		       LIVE_ENV, address,
-		       opts.img_parent ? "has a parent (--prev-images-dir after a pre-dump): not supported live"
-				       : "sends its pages to a page server (--page-server)");
+		       opts.img_parent
+			       ? "has a parent (a pre-dump: --prev-images-dir, runc --parent-path): not supported live"
+			       : "sends its pages to a page server (--page-server)");
 		return -1;
 	}
 	if (h.root <= 0) {
