@@ -69,6 +69,10 @@ PLUGIN_CFLAGS  ?=
 # 1 when the tree's restore starts plugins before it reads --lazy-pages: the plugin may then make a restore of a served
 # checkpoint lazy by itself (criu-plugin/plugins-first.sh; overridable for tests: PLUGINS_FIRST=0).
 PLUGINS_FIRST  ?= $(shell sh criu-plugin/plugins-first.sh $(CRIU_TREE))
+# 1 when the tree's dump starts plugins before it reads --lazy-pages, --ps-socket and --status-fd, and serves lazy pages
+# before the plugins' fini: the plugin may then make a dump live (LAZYRESTORE_LIVE; criu-plugin/dump-live.sh;
+# overridable for tests: DUMP_LIVE=0).
+DUMP_LIVE      ?= $(shell sh criu-plugin/dump-live.sh $(CRIU_TREE))
 # Installed whenever it differs from this checkout's build: the plugin runs the lazyrestore of the checkout that
 # installed it last.
 .PHONY: plugin FORCE
@@ -80,10 +84,11 @@ $(PLUGIN_STAMP): $(CRIU_VERSION_H) FORCE
 	@printf '%s %s\n' "$$(readlink -f $(CRIU_TREE))" "$$(sed -n 's/^#define CRIU_VERSION "\(.*\)"$$/\1/p' $<)" > $@.new
 	@if cmp -s $@.new $@; then rm -f $@.new; else mv $@.new $@; fi
 
-$(NATIVE)/lazyrestore_plugin.so: criu-plugin/lazyrestore_plugin.c criu-plugin/plugins-first.sh $(CRIU_VERSION_H) $(PLUGIN_STAMP)
+$(NATIVE)/lazyrestore_plugin.so: criu-plugin/lazyrestore_plugin.c criu-plugin/plugins-first.sh criu-plugin/dump-live.sh \
+		$(CRIU_VERSION_H) $(PLUGIN_STAMP)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -shared -fPIC $(PLUGIN_INC) -DLR_HOOK_COMMAND='"$(CURDIR)/$(VENV)/bin/lazyrestore"' \
-		-DLR_CRIU_PLUGINS_FIRST=$(PLUGINS_FIRST) $(PLUGIN_CFLAGS) -o $@ $<
+		-DLR_CRIU_PLUGINS_FIRST=$(PLUGINS_FIRST) -DLR_CRIU_DUMP_LIVE=$(DUMP_LIVE) $(PLUGIN_CFLAGS) -o $@ $<
 
 # --- lr-pageserver -----------------------------------------------------------
 PS_SRC := $(wildcard native/pageserver/*.c) native/common/error.c native/common/index.c native/common/auth.c \

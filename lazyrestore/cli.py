@@ -13,8 +13,8 @@ from typing import Callable, TypeVar
 
 import os
 
-from . import (checkpoint, criuopts, dumpdir, hook, inspection, lazy, manifest, migratelive, remote, report, restore,
-               secret, serve, status)
+from . import (checkpoint, criuopts, dumpdir, hook, inspection, lazy, livehook, manifest, migratelive, remote, report,
+               restore, secret, serve, status)
 from .criuopts import CriuOptions
 from .daemons import LazydOptions, RemoteSource
 from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, ProcessError, UsageError
@@ -285,6 +285,8 @@ def cmd_hook(args: argparse.Namespace, rep: Reporter) -> int:
     """CRIU's plugin or action script: CRTOOLS_SCRIPT_ACTION says what CRIU is doing."""
     env = dict(os.environ)
     action = env.get("CRTOOLS_SCRIPT_ACTION", "")
+    if action == livehook.ACTION:
+        return cmd_live_dump(env, rep)
     if action not in hook.ACTIONS:
         return 0  # CRIU runs action scripts at every action; only some concern us
     res = hook.run(action, hook.images_dir_from_env(env), Path.cwd(), hook.pid_from_env(env),
@@ -293,6 +295,14 @@ def cmd_hook(args: argparse.Namespace, rep: Reporter) -> int:
     if rep.json_mode:  # the plugin's call: both go to CRIU's log, the line for people and the event for runtimes
         rep.err.write(text + "\n")
     rep.result(text, "summary", **asdict(res))
+    return 0
+
+
+def cmd_live_dump(env: dict[str, str], rep: Reporter) -> int:
+    """The plugin's live dump (LAZYRESTORE_LIVE): served until a destination has every page, else rolled back."""
+    images = hook.images_dir_from_env(env)
+    s = livehook.live_dump(env, images, Path.cwd(), rep, bool(env.get("LAZYRESTORE_SANITIZED")))
+    rep.result(serve.summary_text(s), "summary", action=livehook.ACTION, **asdict(s))
     return 0
 
 
@@ -585,7 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=cmd_serve)
 
     hk = sub.add_parser("hook", help="run by CRIU (plugin or action-script): index after a dump, start lr-lazyd "
-                                     "before a lazy restore (reads CRTOOLS_SCRIPT_ACTION, CRTOOLS_IMAGE_DIR)")
+                                     "before a lazy restore, serve a dump the plugin made live (LAZYRESTORE_LIVE) "
+                                     "(reads CRTOOLS_SCRIPT_ACTION, CRTOOLS_IMAGE_DIR)")
     hk.set_defaults(func=cmd_hook)
 
     ix = sub.add_parser("index", help="index a checkpoint CRIU wrote itself (lazy index, view, secret, manifest)")

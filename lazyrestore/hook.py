@@ -12,6 +12,10 @@ pre-restore  at the start of a restore: when the images dir or work dir holds a
              on WORKDIR/lazy-pages.socket, start lr-lazyd (with its guardian,
              detached) for that source and return once it listens.
 
+live-dump    (plugin only, with LAZYRESTORE_LIVE=HOST:PORT in CRIU's environment)
+             serve a dump the plugin made live until a destination has it:
+             livehook.py.
+
 The CRIU plugin (criu-plugin/lazyrestore.c) runs `lazyrestore hook` at exactly
 those points, with CRTOOLS_SCRIPT_ACTION and CRTOOLS_IMAGE_DIR set the way
 CRIU's action scripts get them, and the work dir as current directory. As an

@@ -10,15 +10,23 @@ memory itself). The other end is the handle on the tree's fate (CRIU 4.2.1, criu
     --tcp-established rollback netrelease.py does it;
   - EOF (every holder of the end closed it, e.g. this process killed): CRIU kills the tasks and exits 0.
 If CRIU itself dies, the tree stays stopped all the same (livehold.py): each ending then does without it.
+
+LiveDump.adopt takes over such a dump started by someone else: the CRIU plugin makes a runtime's dump live
+(LAZYRESTORE_LIVE, livehook.py) and hands this process the other end of the socket, the status pipe and CRIU's
+pid. That CRIU is not our child: it is watched by pidfd, and its exit code (the runtime reads it) is unknown
+here, so the endings are checked by what CRIU answers and by the tree instead.
 """
 
 from __future__ import annotations
 
 import os
+import select
+import signal
 import socket
 import struct
 import subprocess
 from pathlib import Path
+from typing import Protocol
 
 from . import criu, criuopts, livehold, netrelease
 from .criuopts import CriuOptions
@@ -44,15 +52,73 @@ def dump_args(binary: criu.CriuBinary, pid: int, images_dir: Path, ps_fd: int, s
             "--lazy-pages", "--ps-socket", str(ps_fd), "--status-fd", str(status_fd), *criuopts.to_cli(options)]
 
 
+class CriuProcess(Protocol):
+    """What LiveDump needs of its CRIU: subprocess.Popen's pid, poll, wait and kill."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def kill(self) -> None: ...
+
+
+EXIT_UNKNOWN = -1000  # an adopted CRIU's exit code: not ours to read (its parent, the runtime, reads it)
+
+
+class AdoptedCriu:
+    """A CRIU this process did not start, watched by pidfd (a reused pid is never signalled)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pidfd = os.pidfd_open(pid)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self.wait(0) if self.returncode is None and _readable(self.pidfd, 0) else self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            if not _readable(self.pidfd, timeout):
+                raise subprocess.TimeoutExpired(f"criu (pid {self.pid})", timeout or 0)
+            self.returncode = EXIT_UNKNOWN
+            os.close(self.pidfd)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _readable(fd: int, timeout: float | None) -> bool:
+    """A pidfd reads as ready once its process has exited."""
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
 class LiveDump:
     """One `criu dump --lazy-pages` of the tree rooted at pid into images_dir (metadata and eager pages only)."""
 
-    def __init__(self, binary: criu.CriuBinary, pid: int, images_dir: Path,
+    proc: CriuProcess
+    ctl: socket.socket  # our end of CRIU's --ps-socket
+    _status_r: int      # the read end of CRIU's --status-fd
+
+    def __init__(self, binary: criu.CriuBinary | None, pid: int, images_dir: Path,
                  options: CriuOptions = CriuOptions()) -> None:
+        """binary None: no CRIU started (adopt)."""
         self.pid, self.images_dir, self.options = pid, images_dir, options
         self.released: list[str] = []  # what was undone after a rollback (netrelease)
         self.held: livehold.Hold | None = None  # once CRIU holds the tree: its SIGSTOP (livehold.py)
         self._stopped_before = livehold.stopped_now(pid)
+        self.ended = False
+        self.own = binary is not None  # our child: its exit codes are checked
+        self.release_net = options.tcp_established  # undo CRIU's network lock after a rollback (netrelease.py)
+        self.criu_log = self.images_dir / DUMP_LOG
+        if binary is None:
+            return
         self.ctl, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         status_r, status_w = os.pipe()
         env = {**os.environ, "LAZYRESTORE_PLUGIN": "off"}  # lazyrestore indexes this dump itself
@@ -65,11 +131,22 @@ class LiveDump:
             theirs.close()
             os.close(status_w)
         self._status_r = status_r
-        self.ended = False
+
+    @classmethod
+    def adopt(cls, ctl: socket.socket, status_r: int, criu_pid: int, pid: int, images_dir: Path,
+              criu_log: Path) -> LiveDump:
+        """The live dump of the tree rooted at pid that CRIU criu_pid makes (started by a runtime, made live by the
+        CRIU plugin): ctl, the other end of its --ps-socket; status_r, the read end of its --status-fd; criu_log,
+        its log. A rollback also undoes CRIU's network lock: the runtime's options are not known here, and a
+        container's own network namespace is locked whatever they are."""
+        dump = cls(None, pid, images_dir)
+        dump.ctl, dump._status_r, dump.proc, dump.criu_log = ctl, status_r, AdoptedCriu(criu_pid), criu_log
+        dump.release_net = True
+        return dump
 
     @property
     def log(self) -> Path:
-        return self.images_dir / DUMP_LOG
+        return self.criu_log
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Until CRIU has dumped the metadata and holds the tree stopped; CriuFailed when the dump failed (the tree
@@ -99,7 +176,7 @@ class LiveDump:
         except OSError:
             answer = b""
         code = self._wait(timeout)
-        if code != 0 or len(answer) != 4:
+        if len(answer) != 4 or (code != 0 if self.own else struct.unpack("<i", answer)[0] != 0):
             raise CriuFailed("dump", f"criu dump --lazy-pages did not end as asked (exit {code}) after the migration "
                              f"completed: check that process {self.pid} is gone", str(self.log),
                              criu.log_excerpt(self.log))
@@ -110,14 +187,14 @@ class LiveDump:
         --tcp-established, what CRIU would leave holding on that path is released first, while the tree is still
         stopped (netrelease.py: a task resumed with its socket in repair mode gets EPERM from its pending recv)."""
         gone = self.criu_gone() is not None
-        if self.options.tcp_established and (gone or not self.ended):
+        if self.release_net and (gone or not self.ended):
             self.released = netrelease.release(self.pid)
         if gone:
             self._wait(0)  # reaped, our end of its socket closed
         else:
             self._send(PS_ROLLBACK)
             code = self._wait(timeout)
-            if code != 1:
+            if code != 1 and self.own:
                 raise CriuFailed("dump", f"criu dump --lazy-pages exited {code} when asked to resume the source tree: "
                                  f"check whether process {self.pid} runs", str(self.log), criu.log_excerpt(self.log))
         if self.held is not None:  # CRIU let go of it, or is gone: the pending SIGSTOP stopped it

@@ -22,7 +22,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,20 +79,30 @@ def migrate_live(pid: int, images_dir: Path, listen: str, reporter: Reporter, sa
     parse_address(listen)
     with operator_signals() as asked:  # from the start: a Ctrl-C must never just drop CRIU's socket
         dump, cp = live_checkpoint(pid, images_dir, reporter, options, secret_from)
-        pid_file = images_dir / META_DIR / PID_FILE
-        pid_file.write_text(f"{os.getpid()}\n")
-        fate = LiveFate()
-        try:
-            s, outcome = serve_stopped_tree(images_dir, listen, reporter, sanitized, Watch(fate, asked, dump))
-        except (LazyRestoreError, OSError) as exc:
-            s, outcome = None, exc
-        finally:
-            pid_file.unlink(missing_ok=True)
+        return cp, serve_live(dump, listen, reporter, sanitized, asked)
+
+
+def serve_live(dump: livedump.LiveDump, listen: str, reporter: Reporter, sanitized: bool, asked: Asked,
+               kit: Path | None = None, on_listening: Callable[[], None] | None = None) -> serve.ServeSummary:
+    """Serve the stopped, indexed tree of dump on listen (kit: write a destination kit there, serve.write_kit;
+    on_listening: called once the server listens) until a destination has every page: CRIU then kills the tree.
+    Else the migration ends as end_without_delivery says, and its error is raised."""
+    images_dir, pid = dump.images_dir, dump.pid
+    pid_file = images_dir / META_DIR / PID_FILE
+    pid_file.write_text(f"{os.getpid()}\n")
+    fate = LiveFate()
+    try:
+        s, outcome = serve_stopped_tree(images_dir, listen, reporter, sanitized, Watch(fate, asked, dump), kit,
+                                        on_listening)
+    except (LazyRestoreError, OSError) as exc:
+        s, outcome = None, exc
+    finally:
+        pid_file.unlink(missing_ok=True)
     if outcome == DONE and s is not None:
         dump.finish()
         reporter.event("source_ended", pid=pid, reason="delivered")
         reporter.progress(f"the destination has every page: source tree {pid} ended")
-        return cp, s
+        return s
     raise end_without_delivery(dump, fate, outcome, pid, images_dir, reporter)
 
 
@@ -114,17 +124,26 @@ def live_checkpoint(pid: int, images_dir: Path, reporter: Reporter, options: Cri
         dump.wait_ready()
     except CriuFailed as exc:
         raise dumpdir.after_failed_dump(images_dir, livedump.DUMP_LOG, pid, exc)
-    t1 = time.monotonic()
+    return dump, index_live(dump, binary, reporter, time.monotonic() - t0, recorded, secret_from)
+
+
+def index_live(dump: livedump.LiveDump, binary: criu.CriuBinary, reporter: Reporter, dump_s: float,
+               options: CriuOptions = CriuOptions(), secret_from: Path | None = None) -> checkpoint.CheckpointSummary:
+    """The index of a live dump CRIU holds ready (its lazy ranges LIVE) and its pid map; when that fails, the tree
+    is rolled back and the error raised."""
+    images_dir, pid, t1 = dump.images_dir, dump.pid, time.monotonic()
     try:
-        m = checkpoint.write_metadata(images_dir, binary, pid, options=recorded, live=True, secret_from=secret_from)
+        m = checkpoint.write_metadata(images_dir, binary, pid, options=options, live=True, secret_from=secret_from)
         livetree.write_pid_map(images_dir, livetree.host_pids(pid, [p.pid for p in read_pstree(images_dir)]))
     except (LazyRestoreError, OSError) as exc:
         dump.rollback()
-        raise dumpdir.after_failed_index(images_dir, livedump.DUMP_LOG, pid, True, exc) from exc
-    cp = checkpoint.summary(images_dir, m, pid, t1 - t0, time.monotonic() - t1, leave_running=False, live=True)
+        if dump.own:
+            raise dumpdir.after_failed_index(images_dir, livedump.DUMP_LOG, pid, True, exc) from exc
+        raise
+    cp = checkpoint.summary(images_dir, m, pid, dump_s, time.monotonic() - t1, leave_running=False, live=True)
     reporter.event("checkpointed", **cp.__dict__)
     reporter.progress(checkpoint.summary_text(cp))
-    return dump, cp
+    return cp
 
 
 @dataclass
@@ -138,11 +157,15 @@ class Watch:
 
 
 def serve_stopped_tree(images_dir: Path, listen: str, reporter: Reporter, sanitized: bool,
-                       watch: Watch) -> tuple[serve.ServeSummary, str]:
+                       watch: Watch, kit: Path | None = None,
+                       on_listening: Callable[[], None] | None = None) -> tuple[serve.ServeSummary, str]:
     """lr-pageserver --live until an outcome: DONE, ROLLBACK or KILL; restarted on the same address if it dies
-    while the tree is held."""
-    server, s = serve.start(images_dir, listen, True, reporter, sanitized,
+    while the tree is held. kit: a destination kit written there once it listens (serve.write_kit), then
+    on_listening called."""
+    server, s = serve.start(images_dir, listen, True, reporter, sanitized, kit=kit,
                             live_pids=livetree.pid_map_path(images_dir))
+    if on_listening is not None:
+        on_listening()
     host = s.address
     for restart in range(RESTARTS + 1):
         outcome = follow(server, s, watch, reporter)

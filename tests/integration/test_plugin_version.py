@@ -33,11 +33,16 @@ def build_plugin(dest: Path, built_for: str | None = None, *make_vars: str) -> P
     return dest
 
 
-def criu_run(*args: str, libdir: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`criu ARGS -L libdir`: only the plugin in libdir, enabled as a runtime's CRIU would have it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LAZYRESTORE_PLUGIN", "CRIU_LIBS_DIR")}
+def criu_run(*args: str, libdir: Path, timeout: float = 120,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`criu ARGS -L libdir`: only the plugin in libdir, enabled as a runtime's CRIU would have it (env: more)."""
     return subprocess.run([criu.find_criu().path, *args, "-L", str(libdir)], capture_output=True, text=True,
-                          timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+                          timeout=timeout, env=criu_env(env), stdin=subprocess.DEVNULL)
+
+
+def criu_env(more: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with the plugin enabled and loaded from -L only, and more."""
+    return {**{k: v for k, v in os.environ.items() if k not in ("LAZYRESTORE_PLUGIN", "CRIU_LIBS_DIR")}, **(more or {})}
 
 
 def dump(workdir: Path, reaper, libdir: Path) -> tuple[Path, str, sample.Workload, str]:

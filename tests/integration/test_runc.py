@@ -13,15 +13,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from lazyrestore import procs, sample, testhosts
 
 from .containers import (RUNC_PATH, RUNC_ROOT, Bundle, cgroup_of, container_name, make_bundle, placed_bytes, remove,
-                         remove_parent_cgroups, report, runc, wait_filled)
+                         remove_parent_cgroups, report, runc, state, wait_filled)
 from .helpers import Background, pipe_max_size
 
 MIB = 256
@@ -269,3 +271,125 @@ def test_runc_lazy_page_server_checkpoint_served_to_lr_lazyd(hosts, workdir: Pat
     assert f"connected to CRIU's page server {testhosts.ADDR_A}:{port}" in log
     assert "every page placed" in log and "closed with status 0" in log
     assert report(dest, DST).checksum == before.checksum
+
+
+# --- a runc checkpoint made live by the plugin (LAZYRESTORE_LIVE=HOST:PORT in runc's environment): the source
+# container stays stopped and is served from its memory, as `lazyrestore migrate` serves a tree; a plain
+# `runc restore` of the kit runs it on B.
+
+def live_checkpoint(workdir: Path, name: str, **env: str) -> tuple[subprocess.Popen[str], Path]:
+    """`LAZYRESTORE_LIVE=ADDR_A:0 runc checkpoint` in host A, in the background: it returns once the tree's fate
+    is decided."""
+    images = workdir / "images"
+    ck = subprocess.Popen(["runc", "--root", RUNC_ROOT, "checkpoint", "--image-path", str(images), "--work-path",
+                           str(workdir / "work-src"), name], text=True, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          env={**os.environ, "PATH": RUNC_PATH, "LAZYRESTORE_LIVE": f"{testhosts.ADDR_A}:0", **env},
+                          preexec_fn=testhosts.enter(testhosts.HOST_A))
+    return ck, images
+
+
+def live_events(images: Path) -> list[dict[str, Any]]:
+    path = images / "lazyrestore" / "live.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def wait_event(images: Path, name: str, ck: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e for e in live_events(images) if e["event"] == name]
+        if found:
+            return found[-1]
+        log = images / "lazyrestore" / "live.log"
+        assert time.monotonic() < deadline, (f"no {name!r} event in {timeout} s: {live_events(images)[-5:]}\n"
+                                             f"{log.read_text()[-3000:] if log.exists() else '(no live.log)'}")
+        if ck.poll() is not None and name != "rolled_back":
+            pytest.fail(f"runc checkpoint exited {ck.returncode} before {name!r}: "
+                        f"{ck.stderr.read() if ck.stderr else ''}\n{live_events(images)[-5:]}")
+        time.sleep(0.1)
+
+
+def checkpoint_result(ck: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:
+    _, err = ck.communicate(timeout=timeout)
+    return ck.returncode, err
+
+
+def stop_live(ck: subprocess.Popen[str], images: Path) -> None:
+    """After a failed test: stop the live dump (SIGTERM: it rolls back unless a destination holds the tree), then
+    runc and its CRIU."""
+    pid_file = images / "lazyrestore" / "migrate.pid"
+    if ck.poll() is None and pid_file.exists():
+        try:
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+            ck.communicate(timeout=60)
+        except (ProcessLookupError, ValueError, subprocess.TimeoutExpired):
+            pass
+    stop_checkpoint(ck)
+
+
+def test_a_live_runc_checkpoint_is_restored_by_a_plain_runc_restore(hosts, workdir: Path,
+                                                                    containers: list[str]) -> None:
+    src, before = run_source(workdir, containers)
+    ck, images = live_checkpoint(workdir, SRC)
+    try:
+        listening = wait_event(images, "listening", ck)
+        assert listening["live"] is True and listening["port"] > 0
+        kit = images / "lazyrestore" / "kit"
+        assert_kit_complete(kit, images)
+        # Only the metadata was written: the memory stays in the stopped container.
+        assert sum(f.stat().st_size for f in images.iterdir() if f.is_file()) < (MIB << 20) // 8
+        st = state(SRC)
+        assert st["status"] != "stopped"  # runc's checkpoint is still under way
+        assert procs.status_fields(st["pid"])["State"][0] in "tT"  # the source stays stopped while it is served
+        dest = src.copy(workdir / "dst", cgroup_of(DST))
+        dst_images = workdir / "dst-images"
+        shutil.copytree(kit, dst_images)
+        containers.append(DST)
+        res = restore_dest(dest, dst_images, workdir / "work-dst", DST)  # no --lazy-pages: the plugin makes it lazy
+        log = (workdir / "work-dst" / "restore.log").read_text()
+        assert res.returncode == 0, f"{res.stderr}\n{log[-3000:]}"
+        assert "made lazy" in log
+        assert report(dest, DST).checksum == before.checksum
+        # The destination has every page: CRIU kills the source and runc's checkpoint succeeds.
+        code, err = checkpoint_result(ck)
+        assert code == 0, f"{err}\n{live_events(images)[-5:]}"
+    finally:
+        stop_live(ck, images)
+    events = live_events(images)
+    assert [e["reason"] for e in events if e["event"] == "source_ended"] == ["delivered"], events[-5:]
+    summary = events[-1]
+    assert summary["event"] == "summary" and summary["action"] == "live-dump" and summary["delivered"] == 1, summary
+    assert state(SRC) is None  # runc removed the checkpointed container
+    lazyd = (workdir / "work-dst" / "lazyd.log").read_text()
+    assert "every page placed" in lazyd
+    assert placed_bytes(lazyd) >= (MIB << 20) * 15 // 16
+    assert report(dest, DST).checksum == before.checksum
+
+
+@pytest.mark.parametrize("how", ["sigterm", "timeout"])
+def test_a_live_runc_checkpoint_no_destination_takes_rolls_back(hosts, workdir: Path, containers: list[str],
+                                                                how: str) -> None:
+    src, before = run_source(workdir, containers)
+    ck, images = live_checkpoint(workdir, SRC, **({"LAZYRESTORE_LIVE_TIMEOUT": "3"} if how == "timeout" else {}))
+    try:
+        wait_event(images, "listening", ck)
+        if how == "sigterm":  # the operator stops the live dump
+            os.kill(int((images / "lazyrestore" / "migrate.pid").read_text()), signal.SIGTERM)
+        code, err = checkpoint_result(ck)
+    finally:
+        stop_live(ck, images)
+    assert code != 0, "runc checkpoint succeeded though no destination took the container"
+    rolled = wait_event(images, "rolled_back", ck, timeout=30)
+    # CRIU skips undoing its lock of the container's network namespace when the lazy transfer fails: undone here.
+    assert "iptables: CRIU's lock chain removed" in rolled["released"], rolled
+    events = live_events(images)
+    assert not [e for e in events if e["event"] == "source_ended"], events
+    if how == "timeout":
+        assert [e for e in events if e["event"] == "timeout"], events
+    st = state(SRC)
+    assert st is not None and st["status"] == "running", st
+    assert report(src, SRC).checksum == before.checksum  # it runs on where it stopped, memory intact
