@@ -392,20 +392,15 @@ static void close_fd(int fd)
  * dump fails, the tree runs on) rather than done otherwise: an explicit setting never falls back to a dump that
  * stops the tree.
  */
-static int make_dump_live(const char *address)
+/* 0 when this dump may be made live (built for this CRIU, which allows it, and a dump that kills its tree), else -1
+ * with the reason in CRIU's log. */
+static int live_refused(const char *address)
 {
-	struct live_hook h = {.criu = getpid(), .root = -1, .ps = -1, .status = -1, .status_out = -1, .out = -1,
-			      .err = -1};
-	int sk[2] = {-1, -1}, st[2] = {-1, -1};
-	int ret = -1;
-
 	if (!built_for_this_criu()) { /* first: opts and root_item are laid out as in the CRIU built for */
 		pr_err("%s=%s asks for a live dump, but this plugin was not built for this CRIU and cannot set its "
 		       "options: refusing the dump\n", LIVE_ENV, address);
 		return -1;
 	}
-	h.root = root_item ? root_item->pid->real : -1;
-	h.status_out = opts.status_fd;
 	if (!LR_CRIU_DUMP_LIVE) {
 		pr_err("%s=%s asks for a live dump, but CRIU %s reads --lazy-pages, --ps-socket or --status-fd before "
 		       "it starts plugins, or serves lazy pages after their fini (criu-plugin/dump-live.sh): refusing "
@@ -431,6 +426,27 @@ static int make_dump_live(const char *address)
 			       : "sends its pages to a page server (--page-server)");
 		return -1;
 	}
+	return 0;
+}
+
+/*
+ * LAZYRESTORE_LIVE=address: make this dump live (see the top of this file). CRIU has not read --lazy-pages,
+ * --ps-socket or --status-fd yet: cr_dump_tasks() runs the plugins' init first, the page server reads ps_socket in
+ * cr_page_server() and status_fd in status_ready() (run_tcp_server), both from cr_lazy_mem_dump(). Refused (the
+ * dump fails, the tree runs on) rather than done otherwise: an explicit setting never falls back to a dump that
+ * stops the tree.
+ */
+static int make_dump_live(const char *address)
+{
+	struct live_hook h = {.criu = getpid(), .root = -1, .ps = -1, .status = -1, .status_out = -1, .out = -1,
+			      .err = -1};
+	int sk[2] = {-1, -1}, st[2] = {-1, -1};
+	int ret = -1;
+
+	if (live_refused(address))
+		return -1;
+	h.root = root_item ? root_item->pid->real : -1;
+	h.status_out = opts.status_fd;
 	if (h.root <= 0) {
 		pr_err("%s: no tree to dump (root pid %d)\n", LIVE_ENV, h.root);
 		return -1;
