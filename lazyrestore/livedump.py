@@ -28,7 +28,7 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
-from . import criu, criuopts, livehold, netrelease
+from . import criu, criuopts, fatekeeper, livehold, netrelease
 from .criuopts import CriuOptions
 from .errors import CriuFailed, DaemonFailed
 from .procs import ready_byte
@@ -112,6 +112,7 @@ class LiveDump:
         self.pid, self.images_dir, self.options = pid, images_dir, options
         self.released: list[str] = []  # what was undone after a rollback (netrelease)
         self.held: livehold.Hold | None = None  # once CRIU holds the tree: its SIGSTOP (livehold.py)
+        self.keeper: fatekeeper.Keeper | None = None  # once served: who ends the dump if this process dies
         self._stopped_before = livehold.stopped_now(pid)
         self.ended = False
         self.own = binary is not None  # our child: its exit codes are checked
@@ -161,12 +162,25 @@ class LiveDump:
         raise criu.failure("dump", CriuExit(f"criu dump --lazy-pages exited {code} before it was ready"), self.log,
                            self.pid)
 
+    def keep_fate(self) -> None:
+        """From now until this process ends the dump itself, a keeper ends it if this process dies first: a rollback
+        while no destination may run the tree (fatekeeper.py)."""
+        self.keeper = fatekeeper.Keeper(self.images_dir, self.pid, self.proc.pid, self._stopped_before,
+                                        self.release_net, self.ctl.fileno(), self.criu_log)
+
+    def _ending(self) -> None:
+        """This process ends the dump: its keeper stands down (and closes its copy of our end)."""
+        if self.keeper is not None:
+            self.keeper.stand_down()
+            self.keeper = None
+
     def criu_gone(self) -> int | None:
         """CRIU's exit code when it died without being told how the migration ends (the tree stays stopped)."""
         return None if self.ended else self.proc.poll()
 
     def finish(self, timeout: float = EXIT_TIMEOUT_S) -> None:
         """The migration is done: CRIU kills the source tree and exits 0 (without CRIU: the tree is killed here)."""
+        self._ending()
         if self.criu_gone() is not None:
             return self._end_without_criu()
         self._send(PS_IOV_CLOSE)
@@ -186,6 +200,7 @@ class LiveDump:
         """No destination runs the tree: CRIU resumes the source tree where it stopped (and exits 1); with
         --tcp-established, what CRIU would leave holding on that path is released first, while the tree is still
         stopped (netrelease.py: a task resumed with its socket in repair mode gets EPERM from its pending recv)."""
+        self._ending()
         gone = self.criu_gone() is not None
         if self.release_net and (gone or not self.ended):
             self.released = netrelease.release(self.pid)
@@ -203,6 +218,7 @@ class LiveDump:
 
     def abandon(self) -> None:
         """Our end closed without a word (CRIU reads EOF: it kills the tree; without CRIU it is killed here)."""
+        self._ending()
         if self.criu_gone() is not None:
             return self._end_without_criu()
         self.ctl.close()
@@ -210,6 +226,7 @@ class LiveDump:
         self._drop_hold()
 
     def _end_without_criu(self) -> None:
+        self._ending()
         code = self._wait(0)
         if self.held is None or not livehold.end(self.held):
             raise CriuFailed("dump", f"criu dump --lazy-pages died (exit {code}) and source tree {self.pid} could not "

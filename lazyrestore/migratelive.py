@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, criu, criuopts, dumpdir, livedump, livetree, procs, serve
+from . import checkpoint, criu, criuopts, dumpdir, fatekeeper, livedump, livetree, procs, serve
 from .criuopts import CriuOptions
 from .errors import CriuFailed, DaemonFailed, LazyRestoreError, ProcessError, UsageError
 from .images import read_pstree
@@ -132,6 +132,8 @@ def index_live(dump: livedump.LiveDump, binary: criu.CriuBinary, reporter: Repor
     """The index of a live dump CRIU holds ready (its lazy ranges LIVE) and its pid map; when that fails, the tree
     is rolled back and the error raised."""
     images_dir, pid, t1 = dump.images_dir, dump.pid, time.monotonic()
+    fatekeeper.held_path(images_dir).unlink(missing_ok=True)  # a fresh dump: no destination holds it yet
+    dump.keep_fate()
     try:
         m = checkpoint.write_metadata(images_dir, binary, pid, options=options, live=True, secret_from=secret_from)
         livetree.write_pid_map(images_dir, livetree.host_pids(pid, [p.pid for p in read_pstree(images_dir)]))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, procs, secret, sourcefile
+from . import checkpoint, fatekeeper, procs, secret, sourcefile
 from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, UsageError
 from .manifest import META_DIR
 from .criuopts import CriuOptions
@@ -39,13 +39,15 @@ class PageServer:
 
     def __init__(self, images_dir: Path, listen: str, once: bool, log: Path, sanitized: bool = False,
                  preexec: Callable[[], None] | None = None, live_pids: Path | None = None) -> None:
+        """live_pids: serve a live checkpoint (its pid map); lr-pageserver then keeps IMAGES/lazyrestore/held while
+        a destination may run the tree (fatekeeper.py)."""
         self.log = log
         binary = native_binary("san/lr-pageserver" if sanitized else "lr-pageserver")
         status_r, status_w = os.pipe()
         self.events_r, events_w = os.pipe()
         args = [str(binary), "-D", str(images_dir), "--listen", listen, "-o", str(log),
                 "--status-fd", str(status_w), "--events-fd", str(events_w)] + (["--once"] if once else []) + \
-            (["--live", str(live_pids)] if live_pids else [])
+            (["--live", str(live_pids), "--held-file", str(fatekeeper.held_path(images_dir))] if live_pids else [])
         self.proc = subprocess.Popen(args, pass_fds=(status_w, events_w), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=open(log, "ab"), start_new_session=True,
                                      preexec_fn=preexec)

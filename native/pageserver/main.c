@@ -86,6 +86,9 @@ static void usage(FILE *f)
 		"      --live PIDMAP        a live checkpoint: its live ranges are read from the stopped tree's memory;\n"
 		"                           one session at a time may COMMIT (hold the tree)\n"
 		"                           PIDMAP has one line per task, \"VPID HOSTPID\"\n"
+		"      --held-file FILE     with --live: FILE is created before a COMMIT is answered and removed on an\n"
+		"                           ABORT, so it exists while a destination may run the tree (a watcher that\n"
+		"                           outlives this server reads it); found at start, it is never removed\n"
 		"      --once               exit 0 after the first session that reports DONE\n"
 		"      --status-fd N        write one '\\0' byte to fd N once listening\n"
 		"      --events-fd N        JSON lines: listening, session, committed, aborted, delivered, session_lost,\n"
@@ -118,7 +121,7 @@ static int bad_value(const char *opt, const char *val, const char *want)
 	return -1;
 }
 
-enum { OPT_SECRET = 256, OPT_ONCE, OPT_STATUS_FD, OPT_EVENTS_FD, OPT_MAX_CONNS, OPT_HANDSHAKE_MS, OPT_LIVE, OPT_STALL_MS };
+enum { OPT_SECRET = 256, OPT_ONCE, OPT_STATUS_FD, OPT_EVENTS_FD, OPT_MAX_CONNS, OPT_HANDSHAKE_MS, OPT_LIVE, OPT_STALL_MS, OPT_HELD_FILE };
 
 static const struct option long_opts[] = {
 	{"images-dir", required_argument, NULL, 'D'}, {"listen", required_argument, NULL, 'l'},
@@ -127,6 +130,7 @@ static const struct option long_opts[] = {
 	{"status-fd", required_argument, NULL, OPT_STATUS_FD}, {"events-fd", required_argument, NULL, OPT_EVENTS_FD},
 	{"max-conns", required_argument, NULL, OPT_MAX_CONNS}, {"handshake-ms", required_argument, NULL, OPT_HANDSHAKE_MS},
 	{"live", required_argument, NULL, OPT_LIVE}, {"stall-ms", required_argument, NULL, OPT_STALL_MS},
+	{"held-file", required_argument, NULL, OPT_HELD_FILE},
 	{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 
 static int parse_one(struct ps_config *c, int opt, const char *arg)
@@ -140,6 +144,7 @@ static int parse_one(struct ps_config *c, int opt, const char *arg)
 	case OPT_SECRET: c->secret_file = arg; return 0;
 	case OPT_ONCE: c->once = true; return 0;
 	case OPT_LIVE: c->live_pids = arg; return 0;
+	case OPT_HELD_FILE: c->held_file = arg; return 0;
 	case OPT_STATUS_FD:
 	case OPT_EVENTS_FD:
 		if (parse_uint(arg, 0, 1 << 20, &v))
@@ -174,6 +179,10 @@ static int parse_args(int argc, char **argv, struct ps_config *c)
 		return bad_value("arguments", argv[optind], "options only");
 	if (!c->images_dir || !c->listen) {
 		fprintf(stderr, "lr-pageserver: -D/--images-dir and --listen are required\n");
+		return -1;
+	}
+	if (c->held_file && !c->live_pids) {
+		fprintf(stderr, "lr-pageserver: --held-file is for a live checkpoint: give --live PIDMAP too\n");
 		return -1;
 	}
 	return 0;
@@ -212,7 +221,7 @@ static int setup(struct ps_server *s, struct lr_error *err)
 	if (lr_secret_load(s->cfg.secret_file, s->secret, err))
 		return -1;
 	s->cfg.secret_file = NULL; /* secret_path goes out of scope */
-	if (ps_catalog_open(s, err) || lr_addr_parse(s->cfg.listen, &addr, err))
+	if (ps_catalog_open(s, err) || ps_holder_start(s, err) || lr_addr_parse(s->cfg.listen, &addr, err))
 		return -1;
 	ps_wset_open(s);
 	ps_zstd_open(s);

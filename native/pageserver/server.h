@@ -29,6 +29,7 @@ struct ps_config {
 	const char *secret_file;  /* default: IMAGES/lazyrestore/secret */
 	const char *log_file;
 	const char *live_pids;    /* --live: the pid map of the stopped tree the LR_RANGE_LIVE records are read from */
+	const char *held_file;    /* --held-file: exists while a destination may run the live tree (holder.c) */
 	int status_fd;            /* one '\0' once listening */
 	int events_fd;            /* JSON lines: listening, session, committed, aborted, delivered, ... */
 	bool once;                /* exit after the first delivered session */
@@ -126,6 +127,7 @@ struct ps_server {
 	struct lr_zero_sum zero;    /* the checksum of an all-zero block */
 	struct lr_wset wset;        /* the checkpoint's working set (lazyrestore/workingset), merged as sessions end */
 	bool stopping;              /* --once: delivered, finishing */
+	bool may_have_run;          /* a session that held the tree ended without DONE (or --held-file was there) */
 	uint64_t start_ns;
 };
 
@@ -134,6 +136,9 @@ void ps_log(const struct ps_server *s, int level, const char *fmt, ...) __attrib
 void ps_event(const struct ps_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* in, JSON-escaped into out (for ps_event's strings). */
 const char *ps_json_text(const char *in, char *out, size_t size);
+
+/* holder.c: who may run a live tree. --held-file found at start: a destination of an earlier server may have run it. */
+int ps_holder_start(struct ps_server *s, struct lr_error *err);
 
 /* catalog.c: what is served */
 int ps_catalog_open(struct ps_server *s, struct lr_error *err);

@@ -171,3 +171,11 @@ def flip_last_byte(path: Path) -> None:
         last = f.read(1)[0]
         f.seek(-1, os.SEEK_END)
         f.write(bytes([last ^ 0xFF]))
+
+
+def wait_text(path: Path, text: str, timeout: float = 30) -> str:
+    """path's text once it holds text (or what it holds at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while text not in (found := path.read_text() if path.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found

@@ -13,7 +13,7 @@ from pathlib import Path
 from lazyrestore import procs, sample, testhosts
 
 from . import apps
-from .helpers import Background, flip_last_byte, run_cli
+from .helpers import Background, flip_last_byte, run_cli, wait_text
 from .migration import SLOW_DRAIN, Source, checksums, finished, restore_on_b, start_on_a
 
 
@@ -200,6 +200,21 @@ def test_stopping_migrate_before_any_destination_rolls_back(hosts, workdir: Path
     assert checksums(w) == before
 
 
+def test_migrate_killed_before_any_destination_rolls_the_source_back(hosts, workdir: Path, reaper) -> None:
+    """SIGKILL (or the OOM killer) of migrate while no destination holds the tree: its fate keeper rolls the tree
+    back instead of letting CRIU read EOF and kill the only copy."""
+    w = start_on_a(workdir, reaper, mib=64)
+    before = checksums(w)
+    src = live_source(w, workdir / "images")
+    server_pid = src.listening["server_pid"]
+    src.run.proc.kill()
+    src.run.finish(timeout=60)
+    assert wait_gone(server_pid), "lr-pageserver dies with migrate"
+    log = wait_text(workdir / "images" / "lazyrestore" / "fatekeeper.log", "rolled back")
+    assert "rolling it back" in log and "rolled back" in log, log
+    assert checksums(w) == before, "the source runs on where it stopped"
+
+
 def test_migrate_killed_lets_criu_kill_the_source_and_the_destination_fails_by_name(hosts, workdir: Path,
                                                                                      reaper) -> None:
     w = start_on_a(workdir, reaper, mib=256)
@@ -207,8 +222,9 @@ def test_migrate_killed_lets_criu_kill_the_source_and_the_destination_fails_by_n
     server_pid = src.listening["server_pid"]
     run = restore_on_b(src.address, workdir / "images", workdir / "dst", *SLOW_DRAIN, "--source-timeout", "5")
     restored_pid = reaper.add(run.first("resumed")["pid"])
-    src.run.proc.kill()  # SIGKILL: CRIU reads EOF on its page-server socket and kills the tree
+    src.run.proc.kill()  # SIGKILL: a destination holds the tree, so the keeper lets CRIU read EOF and kill it
     assert wait_gone(w.pid), "the source never runs again"
+    assert "may run tree" in (workdir / "images" / "lazyrestore" / "fatekeeper.log").read_text()
     assert wait_gone(server_pid), "lr-pageserver dies with migrate"
     res = run.finish(timeout=120)
     assert res.code != 0 and res.last("error")["error"] == "DaemonFailed", res.stderr
@@ -230,6 +246,7 @@ def test_a_destination_that_aborts_before_its_tree_ran_rolls_the_source_back(hos
     out = src.run.finish(timeout=60)
     kinds = [e["event"] for e in src.run.events]
     assert "server_committed" in kinds and "server_aborted" in kinds and kinds[-2:] == ["rolled_back", "error"], kinds
+    assert not (workdir / "images" / "lazyrestore" / "held").exists(), "the ABORT removed lr-pageserver's held file"
     assert out.code != 0 and checksums(w) == before
 
 

@@ -24,7 +24,7 @@ from lazyrestore import procs, sample, testhosts
 
 from .containers import (RUNC_PATH, RUNC_ROOT, Bundle, cgroup_of, container_name, make_bundle, placed_bytes, remove,
                          remove_parent_cgroups, report, runc, state, wait_filled)
-from .helpers import Background, pipe_max_size
+from .helpers import Background, pipe_max_size, wait_text
 
 MIB = 256
 SRC, DST = container_name("src"), container_name("dst")
@@ -370,22 +370,27 @@ def test_a_live_runc_checkpoint_is_restored_by_a_plain_runc_restore(hosts, workd
     assert report(dest, DST).checksum == before.checksum
 
 
-@pytest.mark.parametrize("how", ["sigterm", "timeout"])
+@pytest.mark.parametrize("how", ["sigterm", "timeout", "sigkill"])
 def test_a_live_runc_checkpoint_no_destination_takes_rolls_back(hosts, workdir: Path, containers: list[str],
                                                                 how: str) -> None:
     src, before = run_source(workdir, containers)
     ck, images = live_checkpoint(workdir, SRC, **({"LAZYRESTORE_LIVE_TIMEOUT": "3"} if how == "timeout" else {}))
     try:
         wait_event(images, "listening", ck)
-        if how == "sigterm":  # the operator stops the live dump
-            os.kill(int((images / "lazyrestore" / "migrate.pid").read_text()), signal.SIGTERM)
+        live_pid = int((images / "lazyrestore" / "migrate.pid").read_text())
+        if how != "timeout":  # the operator stops the live dump, or it dies (SIGKILL, the OOM killer)
+            os.kill(live_pid, signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
         code, err = checkpoint_result(ck)
     finally:
         stop_live(ck, images)
     assert code != 0, "runc checkpoint succeeded though no destination took the container"
-    rolled = wait_event(images, "rolled_back", ck, timeout=30)
-    # CRIU skips undoing its lock of the container's network namespace when the lazy transfer fails: undone here.
-    assert "iptables: CRIU's lock chain removed" in rolled["released"], rolled
+    if how == "sigkill":  # its fate keeper rolled the container back (else CRIU, reading EOF, would have killed it)
+        keeper = wait_text(images / "lazyrestore" / "fatekeeper.log", "rolled back")
+        assert "rolling it back" in keeper and "iptables: CRIU's lock chain removed" in keeper, keeper
+    else:
+        rolled = wait_event(images, "rolled_back", ck, timeout=30)
+        # CRIU skips undoing its lock of the container's network namespace when the lazy transfer fails: undone here.
+        assert "iptables: CRIU's lock chain removed" in rolled["released"], rolled
     events = live_events(images)
     assert not [e for e in events if e["event"] == "source_ended"], events
     if how == "timeout":
