@@ -21,7 +21,7 @@ from .manifest import META_DIR
 
 HELD_NAME = "held"
 LOG_NAME = "fatekeeper.log"
-STAND_DOWN = b"x"
+STAND_DOWN = b"x"  # keeper_run.STAND_DOWN
 STAND_DOWN_TIMEOUT_S = 10.0
 
 

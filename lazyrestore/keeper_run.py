@@ -6,14 +6,10 @@ may run the tree), else our end of CRIU's socket closed (CRIU kills the tree, as
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
-from pathlib import Path
 
-from . import livedump, livehold
-from .errors import LazyRestoreError
-from .fatekeeper import STAND_DOWN, held_path
+STAND_DOWN = b"x"  # fatekeeper.STAND_DOWN; nothing else is imported until the word arrives (a fast, light start)
 
 
 def say(text: str) -> None:
@@ -33,15 +29,27 @@ def main(argv: list[str]) -> int:
     images, root, criu_pid, stopped, net, ctl_fd, watch, criu_log = argv
     if wait_for_word(int(watch)) == STAND_DOWN:
         return 0
-    images_dir, pid = Path(images), int(root)
+    return end_dump(images, int(root), int(criu_pid), stopped, net == "1", int(ctl_fd), criu_log)
+
+
+def end_dump(images: str, pid: int, criu_pid: int, stopped: str, release_net: bool, ctl_fd: int,
+             criu_log: str) -> int:
+    """The server died without a word: a rollback, or EOF to CRIU when a destination may run the tree."""
+    import socket
+    from pathlib import Path
+
+    from . import livedump, livehold
+    from .errors import LazyRestoreError
+    from .fatekeeper import held_path
+    images_dir = Path(images)
     stopped_before = {int(p) for p in stopped.split(",") if p}
-    ctl = socket.socket(fileno=int(ctl_fd))
+    ctl = socket.socket(fileno=ctl_fd)
     try:
-        dump = livedump.LiveDump.adopt(ctl, -1, int(criu_pid), pid, images_dir, Path(criu_log))
+        dump = livedump.LiveDump.adopt(ctl, -1, criu_pid, pid, images_dir, Path(criu_log))
     except ProcessLookupError:
         say(f"the live dump's server died, and so did CRIU {criu_pid}: tree {pid} stays as CRIU left it")
         return 1
-    dump.release_net = net == "1"
+    dump.release_net = release_net
     dump.held = livehold.hold(pid, stopped_before)
     held = held_path(images_dir)
     try:
