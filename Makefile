@@ -47,6 +47,12 @@ ZDTM_RECORD  ?=
 zdtm: build
 	$(VENV)/bin/python scripts/zdtm.py --modes $(ZDTM_MODES) --daemons $(ZDTM_DAEMONS) $(if $(ZDTM_RECORD),--record)
 
+# Circles between files (Python imports in lazyrestore/, C calls in native/lazyd and native/pageserver): exit 1
+# while there is one (issue 19). See scripts/cycles.py.
+.PHONY: cycles
+cycles:
+	$(VENV)/bin/python scripts/cycles.py
+
 demo: build
 	$(VENV)/bin/lazyrestore demo
 
