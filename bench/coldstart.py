@@ -43,7 +43,7 @@ from remote_procs import HOSTS, LOOPBACK, JsonProc, Network, hosts_up, loopback,
 
 from lazyrestore import daemons, sample, testhosts, workingset  # noqa: E402
 from lazyrestore.errors import LazyRestoreError  # noqa: E402
-from lazyrestore.remote import RUN_SUBDIR  # noqa: E402
+from lazyrestore.layout import RUN_SUBDIR  # noqa: E402
 from lazyrestore.restore import SETTLE_S  # noqa: E402
 
 SCRATCH_PREFIX = "lazyrestore-coldstart-"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import containerd, hook, manifest, podman
+from . import containerd, dumpindex, manifest, podman
 from .output import Reporter
 
 KINDS = {"podman": "--podman-archive", "containerd": "--containerd-image"}
@@ -47,7 +47,7 @@ def unpack(kind: str, archive: Path, dest: Path, reporter: Reporter) -> Unpacked
         images = containerd.unpack(img, dest)
         pack = lambda kit, out: containerd.pack_kit(img, kit, out)  # noqa: E731
     if not (images / manifest.META_DIR / manifest.MANIFEST_NAME).exists():
-        cid, lazy_pages, _ = hook.index_existing(images)
+        cid, lazy_pages, _ = dumpindex.index_existing(images)
         reporter.progress(f"indexed checkpoint {cid} ({lazy_pages} lazy pages): the plugin was not installed when "
                           "it was made")
     return Unpacked(kind, images, pack)

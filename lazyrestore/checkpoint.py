@@ -19,8 +19,8 @@ from .images import read_dump_stats, read_pagemap, read_pstree
 from .manifest import Manifest
 from .output import Reporter, human_bytes
 from .verify import plan_index
+from .layout import DUMP_LOG
 
-DUMP_LOG = "dump.log"
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from typing import Callable, TypeVar
 
 import os
 
-from . import (checkpoint, criuopts, dumpdir, hook, inspection, lazy, livehook, manifest, migratelive, remote, report,
-               restore, secret, serve, status)
+from . import (address, checkpoint, criuenv, criuopts, dumpdir, dumpindex, hook, inspection, lazy, lazypages_args,
+               livehook, manifest, migratelive, remote, report, restore, secret, serve, settings, status)
 from .criuopts import CriuOptions
 from .daemons import LazydOptions, RemoteSource
 from .errors import DaemonFailed, ImagesDirError, LazyRestoreError, ProcessError, UsageError
@@ -250,7 +250,7 @@ def external_value(text: str) -> str:
 def lazyd_options(args: argparse.Namespace) -> LazydOptions:
     return LazydOptions(fault_around=args.fault_around, chunk=args.chunk, drain_rate=args.drain_rate,
                         prefetch=args.prefetch, compress=args.compress,
-                        sanitized=bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+                        sanitized=args.settings.sanitized)
 
 
 def restore_from(args: argparse.Namespace, rep: Reporter) -> int:
@@ -258,7 +258,7 @@ def restore_from(args: argparse.Namespace, rep: Reporter) -> int:
     if args.secret_file is None or args.workdir is None:
         raise UsageError("--from HOST:PORT needs --secret-file FILE (the checkpoint's secret, mode 0600) and "
                          "--workdir DIR (where the checkpoint's metadata is fetched)")
-    require_valid("--from", remote.check_destination, args.source)
+    require_valid("--from", address.check_destination, args.source)
     require_valid("--secret-file", secret.check_file, args.secret_file, SECRET_EXPECTED)
     require_makeable_dir("--workdir", args.workdir)
     source = RemoteSource(args.source, args.secret_file, args.source_timeout)
@@ -273,10 +273,11 @@ def prepare_restore(args: argparse.Namespace, rep: Reporter) -> int:
     if args.source is None or args.secret_file is None or args.images is None:
         raise UsageError("--prepare needs --from HOST:PORT, --secret-file FILE and --images DIR (the directory the "
                          "runtime will restore from)")
-    require_valid("--from", remote.check_destination, args.source)
+    require_valid("--from", address.check_destination, args.source)
     require_valid("--secret-file", secret.check_file, args.secret_file, SECRET_EXPECTED)
     require_empty_dir("--images", args.images, UsageError)
-    s = remote.prepare(RemoteSource(args.source, args.secret_file, args.source_timeout), args.images, rep)
+    s = remote.prepare(RemoteSource(args.source, args.secret_file, args.source_timeout), args.images, rep,
+                       args.settings.sanitized)
     rep.result(remote.prepare_text(s), "summary", action="prepare", **s)
     return 0
 
@@ -286,11 +287,11 @@ def cmd_hook(args: argparse.Namespace, rep: Reporter) -> int:
     env = dict(os.environ)
     action = env.get("CRTOOLS_SCRIPT_ACTION", "")
     if action == livehook.ACTION:
-        return cmd_live_dump(env, rep)
+        return cmd_live_dump(env, rep, args.settings.sanitized)
     if action not in hook.ACTIONS:
         return 0  # CRIU runs action scripts at every action; only some concern us
-    res = hook.run(action, hook.images_dir_from_env(env), Path.cwd(), hook.pid_from_env(env),
-                   hook.made_lazy_from_env(env))
+    res = hook.run(action, criuenv.images_dir_from_env(env), Path.cwd(), criuenv.pid_from_env(env),
+                   criuenv.made_lazy_from_env(env), args.settings.sanitized)
     text = f"lazyrestore hook {res.action}: {res.outcome}: {res.detail}"
     if rep.json_mode:  # the plugin's call: both go to CRIU's log, the line for people and the event for runtimes
         rep.err.write(text + "\n")
@@ -298,10 +299,10 @@ def cmd_hook(args: argparse.Namespace, rep: Reporter) -> int:
     return 0
 
 
-def cmd_live_dump(env: dict[str, str], rep: Reporter) -> int:
+def cmd_live_dump(env: dict[str, str], rep: Reporter, sanitized: bool) -> int:
     """The plugin's live dump (LAZYRESTORE_LIVE): served until a destination has every page, else rolled back."""
-    images = hook.images_dir_from_env(env)
-    s = livehook.live_dump(env, images, Path.cwd(), rep, bool(env.get("LAZYRESTORE_SANITIZED")))
+    images = criuenv.images_dir_from_env(env)
+    s = livehook.live_dump(env, images, Path.cwd(), rep, sanitized)
     rep.result(serve.summary_text(s), "summary", action=livehook.ACTION, **asdict(s))
     return 0
 
@@ -309,7 +310,7 @@ def cmd_live_dump(env: dict[str, str], rep: Reporter) -> int:
 def cmd_index(args: argparse.Namespace, rep: Reporter) -> int:
     """Index a checkpoint CRIU wrote by itself (what the plugin does after every dump)."""
     require_dir("--images", args.images, "a directory of CRIU images")
-    cid, lazy_pages, eager_pages = hook.index_existing(args.images)
+    cid, lazy_pages, eager_pages = dumpindex.index_existing(args.images)
     rep.result(f"indexed checkpoint {cid} in {args.images}: {lazy_pages} lazy pages, {eager_pages} eager",
                "summary", action="index", images_dir=str(args.images), checkpoint_id=cid, lazy_pages=lazy_pages,
                eager_pages=eager_pages)
@@ -317,7 +318,7 @@ def cmd_index(args: argparse.Namespace, rep: Reporter) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, rep: Reporter) -> int:
-    require_valid("--listen", remote.parse_address, args.listen)
+    require_valid("--listen", address.parse_address, args.listen)
     if args.podman_in is not None or args.containerd_in is not None:
         return serve_archive(args, rep)
     if args.images is None:
@@ -328,7 +329,7 @@ def cmd_serve(args: argparse.Namespace, rep: Reporter) -> int:
     require_dir("--images", args.images, "a checkpoint directory")
     if args.kit is not None:
         require_empty_dir("--kit", args.kit, UsageError)
-    s = serve.serve(args.images, args.listen, args.once, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")),
+    s = serve.serve(args.images, args.listen, args.once, rep, args.settings.sanitized,
                     args.kit)
     rep.result(serve.summary_text(s), "summary", action="serve", **asdict(s))
     return 0
@@ -354,7 +355,7 @@ def serve_archive(args: argparse.Namespace, rep: Reporter) -> int:
                          "destination's archive)")
     archives.check(kind, archive)
     u = archives.unpack(kind, archive, unpacked, rep)
-    sanitized = bool(os.environ.get("LAZYRESTORE_SANITIZED"))
+    sanitized = args.settings.sanitized
     if args.kit is None:
         s = serve.serve(u.images, args.listen, args.once, rep, sanitized)
     else:
@@ -434,11 +435,11 @@ def exec_in_host(host: str, cmd: list[str]) -> int:
 def cmd_migrate(args: argparse.Namespace, rep: Reporter) -> int:
     require_process(args.pid)
     require_new_images(args.images)
-    require_valid("--listen", remote.parse_address, args.listen)
+    require_valid("--listen", address.parse_address, args.listen)
     if args.secret_file is not None:
         require_valid("--secret-file", secret.check_file, args.secret_file, SECRET_EXPECTED_SHARED)
     run = serve.migrate if args.via_disk else migratelive.migrate_live
-    cp, s = run(args.pid, args.images, args.listen, rep, bool(os.environ.get("LAZYRESTORE_SANITIZED")),
+    cp, s = run(args.pid, args.images, args.listen, rep, args.settings.sanitized,
                 criu_options(args), args.secret_file)
     if not s.delivered:
         raise DaemonFailed(f"the page server stopped before a destination had every page; the checkpoint in "
@@ -467,7 +468,7 @@ def cmd_status(args: argparse.Namespace, rep: Reporter) -> int:
 
 def run_lazy_pages(lazyd_args: list[str]) -> int:
     try:
-        status.exec_lazyd(hook.criu_lazy_pages_args(lazyd_args))
+        status.exec_lazyd(lazypages_args.criu_lazy_pages_args(lazyd_args))
     except LazyRestoreError as exc:
         return report_error(Reporter(json_mode=False), exc.kind, str(exc), exc.exit_code)
     return 1
@@ -652,6 +653,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["lazy-pages"]:  # every option goes to lr-lazyd as given (argparse would take -D itself)
         return run_lazy_pages(argv[1:])
     args = build_parser().parse_args(argv)
+    args.settings = settings.from_env(os.environ)  # the environment, read once here
     rep = Reporter(json_mode=getattr(args, "json", False))
     func: Callable[[argparse.Namespace, Reporter], int] = args.func
     rep.event("started", command=args.command, pid=os.getpid())

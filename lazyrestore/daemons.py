@@ -21,10 +21,8 @@ from . import workingset
 from .errors import DaemonFailed
 from .procs import ready_byte
 from .paths import native_binary
+from .layout import LAZYD_LOG, STATS_LOG, STATUS_FILE
 
-LAZYD_LOG = "lazyd.log"
-STATS_LOG = "progress.jsonl"  # every JSON line lr-lazyd reports (about 10 a second): `lazyrestore report` reads it
-STATUS_FILE = "status.json"
 EXIT_TREE_KILLED = 3
 
 

@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 from .manifest import META_DIR
+from .layout import FATEKEEPER_LOG, HELD_NAME
 
-HELD_NAME = "held"
-LOG_NAME = "fatekeeper.log"
 STAND_DOWN = b"x"  # keeper_run.STAND_DOWN
 STAND_DOWN_TIMEOUT_S = 10.0
 
@@ -41,7 +40,7 @@ class Keeper:
                 str(criu_log)]
         try:
             (images_dir / META_DIR).mkdir(exist_ok=True)
-            with open(images_dir / META_DIR / LOG_NAME, "ab") as log:
+            with open(images_dir / META_DIR / FATEKEEPER_LOG, "ab") as log:
                 self.proc = subprocess.Popen(args, pass_fds=(ctl, watch_r), stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=log, start_new_session=True)
         finally:

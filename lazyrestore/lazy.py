@@ -11,7 +11,7 @@ progress file.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from typing import Any
 from . import criu, lazyview, procs
 from .daemons import EXIT_TREE_KILLED, Lazyd, LazydOptions, read_status
 from .errors import CriuFailed, DaemonFailed
+from .lazydstats import LazydStats
 from .output import Reporter, human_bytes
 from .criuopts import CriuOptions
 from .restore import RESTORE_LOG, check_pids_free, criu_options_for, new_run_dir, run_restore, wait_running
@@ -173,19 +174,16 @@ def _follow(daemon: Lazyd, total: int, reporter: Reporter) -> dict[str, Any]:
     return last
 
 
+STATS_KEYS = {f.name for f in fields(LazydStats)}  # LazySummary's fields that come from lr-lazyd's stats as they are
+
+
 def _summary(images_dir: Path, cid: str, pid: int, processes: int, run: Path, verify_s: float, resume_s: float,
              last: dict[str, Any], detach: bool) -> LazySummary:
-    return LazySummary(
-        images_dir=str(images_dir), checkpoint_id=cid, pid=pid, processes=processes, workdir=str(run),
-        verify_s=verify_s, resume_s=resume_s, resident_s=None if detach else last.get("resident_s"),
-        faults=last.get("faults", 0), data_faults=last.get("data_faults", 0), fault_bytes=last.get("fault_bytes", 0), drain_bytes=last.get("drain_bytes", 0),
-        zero_pages=last.get("zero_pages", 0), lat_p50_us=last.get("lat_p50_us", 0.0),
-        lat_p99_us=last.get("lat_p99_us", 0.0), lat_max_us=last.get("lat_max_us", 0.0),
-        daemon_cpu_s=last.get("cpu_user_s", 0.0) + last.get("cpu_sys_s", 0.0), detached=detach,
-        prefetch_bytes=last.get("prefetch_bytes", 0), prefetch_restores=last.get("prefetch_restores", 0),
-        near_bytes=last.get("near_bytes", 0), link_bps=last.get("link_bps", 0),
-        compress=bool(last.get("compress", False)), zstd_frames=last.get("zstd_frames", 0),
-        wire_bytes=last.get("wire_bytes", 0))
+    stats = LazydStats.from_json(last)
+    carried = {f.name: getattr(stats, f.name) for f in fields(LazySummary) if f.name in STATS_KEYS}
+    return LazySummary(images_dir=str(images_dir), checkpoint_id=cid, pid=pid, processes=processes,
+                       workdir=str(run), verify_s=verify_s, resume_s=resume_s, detached=detach,
+                       daemon_cpu_s=stats.cpu_s, **{**carried, "resident_s": None if detach else stats.resident_s})
 
 
 def summary_text(s: LazySummary) -> str:

@@ -32,8 +32,8 @@ from . import criu, criuopts, fatekeeper, livehold, netrelease
 from .criuopts import CriuOptions
 from .errors import CriuFailed, DaemonFailed
 from .procs import ready_byte
+from .layout import DUMP_LOG
 
-DUMP_LOG = "dump.log"
 # criu 4.2's struct page_server_iov: u32 cmd, 4 bytes of padding, u64 nr_pages, u64 vaddr, u64 dst_id.
 PS_IOV = struct.Struct("<I4xQQQ")
 PS_IOV_CLOSE = 0x1023
@@ -155,6 +155,7 @@ class LiveDump:
         if ready_byte(self._status_r, timeout):
             self.held = livehold.hold(self.pid, self._stopped_before)
             return
+        self._ending()
         if self.proc.poll() is None:
             self.proc.kill()
         code = self.proc.wait()

@@ -30,6 +30,7 @@ from .daemons import leave_cgroups
 from .errors import CriuFailed, UsageError
 from .manifest import META_DIR
 from .output import Reporter
+from .layout import KIT_NAME
 
 ACTION = "live-dump"
 ADDRESS_ENV = "LAZYRESTORE_LIVE"
@@ -41,7 +42,6 @@ STATUS_OUT_ENV = "LAZYRESTORE_LIVE_STATUS_OUT"
 CRIU_PID_ENV = "LAZYRESTORE_LIVE_CRIU_PID"
 CRIU_LOG_ENV = "LAZYRESTORE_LIVE_CRIU_LOG"
 ROOT_PID_ENV = "CRTOOLS_INIT_PID"
-KIT_NAME = "kit"
 
 
 def _int_env(env: dict[str, str], name: str) -> int:
@@ -82,6 +82,7 @@ def live_dump(env: dict[str, str], images_dir: Path, work_dir: Path, reporter: R
     """Serve the runtime's live dump until a destination has every page (returned), else roll it back (raised)."""
     leave_cgroups()  # CRIU's cgroups may be the container's: this process must outlive them, unfrozen
     dump = adopt(env, images_dir, work_dir)
+    migratelive.keep_fate(dump)  # from here, this process dying rolls the tree back (no destination holds it)
     listen = env.get(ADDRESS_ENV, "")
     with migratelive.operator_signals() as asked:  # a stop must never just drop CRIU's socket (it kills the tree)
         reporter.event("dumping", pid=dump.pid, images_dir=str(images_dir), criu_pid=dump.proc.pid, live=True,

@@ -15,8 +15,8 @@ from pathlib import Path
 from . import procs, treefacts
 from .errors import ProcessError
 from .manifest import META_DIR
+from .layout import PID_MAP_NAME
 
-PID_MAP_NAME = "live-pids"
 
 
 def host_pids(root: int, vpids: Iterable[int]) -> dict[int, int]:

@@ -20,12 +20,10 @@ from typing import Any
 from .criuopts import CriuOptions
 from .criuopts import from_json as criu_options_from_json
 from .errors import CorruptCheckpoint
+from .layout import INDEX_NAME, MANIFEST_NAME, META_DIR
 
 FORMAT = "lazyrestore-manifest"
 VERSION = 1
-META_DIR = "lazyrestore"
-MANIFEST_NAME = "manifest.json"
-INDEX_NAME = "index.bin"
 CHECKSUM = "xxh3_64"  # XXH3-64, seed 0, of each checksum block (see lazyindex.py)
 # Files that CRIU or lazyrestore write beside the images but that are not part of them.
 NOT_CHECKPOINT = (".log",)

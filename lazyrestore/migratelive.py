@@ -35,10 +35,10 @@ from .images import read_pstree
 from .livefate import DONE, ROLLBACK, LiveFate
 from .manifest import META_DIR
 from .output import Reporter
-from .remote import parse_address
+from .address import join, parse_address
+from .layout import PID_FILE
 
 KILL = "kill"
-PID_FILE = "migrate.pid"
 RESTARTS = 5          # lr-pageserver restarts within one migration
 POLL_S = 0.2
 
@@ -120,6 +120,7 @@ def live_checkpoint(pid: int, images_dir: Path, reporter: Reporter, options: Cri
                       f"(live: its memory stays in the tree, held stopped)")
     t0 = time.monotonic()
     dump = livedump.LiveDump(binary, pid, images_dir, options)
+    keep_fate(dump)
     try:
         dump.wait_ready()
     except CriuFailed as exc:
@@ -127,13 +128,18 @@ def live_checkpoint(pid: int, images_dir: Path, reporter: Reporter, options: Cri
     return dump, index_live(dump, binary, reporter, time.monotonic() - t0, recorded, secret_from)
 
 
+def keep_fate(dump: livedump.LiveDump) -> None:
+    """A fate keeper for the dump (fatekeeper.py) from its start: if this process dies before it ends the dump, the
+    tree is rolled back unless a destination may run it (lr-pageserver's held file, none yet for a fresh dump)."""
+    fatekeeper.held_path(dump.images_dir).unlink(missing_ok=True)
+    dump.keep_fate()
+
+
 def index_live(dump: livedump.LiveDump, binary: criu.CriuBinary, reporter: Reporter, dump_s: float,
                options: CriuOptions = CriuOptions(), secret_from: Path | None = None) -> checkpoint.CheckpointSummary:
     """The index of a live dump CRIU holds ready (its lazy ranges LIVE) and its pid map; when that fails, the tree
     is rolled back and the error raised."""
     images_dir, pid, t1 = dump.images_dir, dump.pid, time.monotonic()
-    fatekeeper.held_path(images_dir).unlink(missing_ok=True)  # a fresh dump: no destination holds it yet
-    dump.keep_fate()
     try:
         m = checkpoint.write_metadata(images_dir, binary, pid, options=options, live=True, secret_from=secret_from)
         livetree.write_pid_map(images_dir, livetree.host_pids(pid, [p.pid for p in read_pstree(images_dir)]))
@@ -178,7 +184,7 @@ def serve_stopped_tree(images_dir: Path, listen: str, reporter: Reporter, saniti
                                f"log {s.log}")
         reporter.event("server_restart", code=server.wait())
         reporter.progress(f"lr-pageserver exited ({server.log_tail(1)}): serving again on {host}:{s.port}")
-        server, _ = serve.start(images_dir, f"[{host}]:{s.port}" if ":" in host else f"{host}:{s.port}", True,
+        server, _ = serve.start(images_dir, join(host, s.port), True,
                                 reporter, sanitized, live_pids=livetree.pid_map_path(images_dir))
     if outcome == DONE:
         server.wait()

@@ -12,13 +12,11 @@ failed restore can simply be started again.
 
 from __future__ import annotations
 
-import ipaddress
-import os
-import re
 import time
 from pathlib import Path
 
 from . import criu, procs, secret, sourcefile
+from .address import check_destination
 from .daemons import Lazyd, LazydOptions, RemoteSource, fetch_only
 from .errors import LazyRestoreError, UsageError
 from .lazy import LazySummary, resume_and_follow
@@ -26,50 +24,8 @@ from .output import Reporter
 from .criuopts import CriuOptions
 from .restore import check_pids_free, criu_options_for
 from .verify import verify_for_lazy
+from .layout import IMAGES_SUBDIR, RUN_SUBDIR
 
-IMAGES_SUBDIR = "images"
-RUN_SUBDIR = "run"
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """HOST:PORT (an IPv4 address or name; [IPv6]:PORT) -> (host, port); UsageError naming what is wrong."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
-        raise UsageError(f"address {text!r}: expected HOST:PORT, e.g. 10.231.0.1:7411 (port 0 to 65535)")
-    host = host.removeprefix("[").removesuffix("]")
-    if any(c.isspace() for c in host):
-        raise UsageError(f"address {text!r}: the host part has white space")
-    if not _host_syntax_ok(host):
-        raise UsageError(f"address {text!r}: {host!r} is not an IPv4 address, [IPv6] address or host name")
-    return host, int(port)
-
-
-# A host name: RFC 1123 labels ("_" too, as /etc/hosts allows), at most 253 characters in all.
-_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
-
-
-def _host_syntax_ok(host: str) -> bool:
-    """An IP address, or a host name that is not all digits and dots (999.1.1.1 is no address and no name)."""
-    try:
-        ipaddress.ip_address(host.partition("%")[0])
-        return True
-    except ValueError:
-        pass
-    return len(host) <= 253 and _HOST_NAME.fullmatch(host) is not None and not set(host) <= set("0123456789.")
-
-
-def check_destination(address: str) -> None:
-    """A restore connects to a real port: 0 (any) is only for listening."""
-    host, port = parse_address(address)
-    if port == 0:
-        raise UsageError(f"address {address!r}: port 0 means any free port when listening; give the page "
-                         "server's port (it prints it when it starts)")
-    try:
-        if ipaddress.ip_address(host).is_unspecified:
-            raise UsageError(f"address {address!r}: {host} is a listening address; give the page server's address")
-    except ValueError:
-        pass  # a host name: lr-lazyd resolves it
 
 
 def prepare_workdir(workdir: Path) -> tuple[Path, Path]:
@@ -111,7 +67,7 @@ def restore_remote(source: RemoteSource, workdir: Path, detach: bool, options: L
     return resume_and_follow(binary, images, m, run, daemon, fetch_s, reporter, criu_options)
 
 
-def prepare(source: RemoteSource, images: Path, reporter: Reporter) -> dict[str, object]:
+def prepare(source: RemoteSource, images: Path, reporter: Reporter, sanitized: bool = False) -> dict[str, object]:
     """restore --prepare: fetch the checkpoint's metadata and eager pages into images (new or empty), verify
     them, and describe the source there (lazyrestore/source.json): a runtime's lazy restore from images then
     gets its lr-lazyd from the CRIU plugin."""
@@ -123,7 +79,7 @@ def prepare(source: RemoteSource, images: Path, reporter: Reporter) -> dict[str,
     images.mkdir(parents=True, exist_ok=True)
     reporter.progress(f"fetching the checkpoint from {source.address} into {images}")
     log = images.parent / f"{images.name}-prepare.log"
-    fetch_only(images, source, log, bool(os.environ.get("LAZYRESTORE_SANITIZED")))
+    fetch_only(images, source, log, sanitized)
     m = verify_for_lazy(images)
     desc = sourcefile.write(images, "lazyrestore", source.address, str(source.secret_file), source.timeout_s)
     reporter.event("prepared", images=str(images), checkpoint_id=m.checkpoint_id, source=str(desc))

@@ -31,7 +31,7 @@ from . import lazyindex, manifest, workingset
 from .daemons import STATS_LOG
 from .errors import ImagesDirError, LazyRestoreError, UsageError
 from .lazyindex import LazyIndex
-from .remote import IMAGES_SUBDIR, RUN_SUBDIR
+from .layout import IMAGES_SUBDIR, RUN_SUBDIR
 from .restore import RUNS_DIR
 from .workingset import Profile
 

@@ -16,9 +16,8 @@ from .errors import CriuFailed, ProcessError, UsageError
 from .images import connection_options, read_pstree
 from .output import Reporter
 from .verify import verify_checkpoint
+from .layout import RESTORE_LOG, RUNS_DIR
 
-RUNS_DIR = "runs"
-RESTORE_LOG = "restore.log"
 # How long a restored root must stay alive before restore reports success.
 SETTLE_S = 0.2
 

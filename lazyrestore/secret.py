@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .errors import UsageError
 from .manifest import META_DIR
+from .layout import SECRET_NAME
 
-SECRET_NAME = "secret"
 SECRET_SIZE = 32
 
 

@@ -27,7 +27,7 @@ from .criuopts import CriuOptions
 from .output import Reporter
 from .paths import native_binary
 from .procs import ready_byte
-from .remote import parse_address
+from .address import join, parse_address
 from .restore import RUNS_DIR
 from .verify import verify_for_lazy
 
@@ -118,7 +118,7 @@ class ServeSummary:
 
 def destination_command(host: str, port: int, images_dir: Path) -> str:
     shown = host if host not in ("0.0.0.0", "::", "") else "THIS_HOST"
-    addr = f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
+    addr = join(shown, port)
     return (f"lazyrestore restore --from {addr} --secret-file {secret.secret_path(images_dir)} "
             f"--workdir /var/lib/lazyrestore/{images_dir.name}")
 
@@ -146,7 +146,7 @@ def write_kit(kit: Path, images_dir: Path, host: str, port: int) -> Path:
     fd = os.open(kit / META_DIR / secret.SECRET_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(secret.secret_path(images_dir).read_bytes())
-    addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    addr = join(host, port)
     return sourcefile.write(kit, "lazyrestore", addr, secret.SECRET_NAME)
 
 

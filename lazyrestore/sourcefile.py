@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import remote
+from .address import check_destination
 from .errors import UsageError
 from .manifest import META_DIR
+from .layout import SOURCE_NAME
 
-SOURCE_NAME = "source.json"
 FORMAT = 1
 KINDS = ("lazyrestore", "criu")
 
@@ -72,7 +72,7 @@ def read(path: Path) -> SourceFile:
         raise UsageError(f"{path}: field 'kind' is {kind!r}; expected one of {', '.join(KINDS)}")
     address = _field(raw, "address", str, path, "HOST:PORT of the page server")
     try:
-        remote.check_destination(address)
+        check_destination(address)
     except UsageError as exc:
         raise UsageError(f"{path}: {exc}") from None
     timeout = raw.get("source_timeout", 30)
@@ -86,7 +86,7 @@ def read(path: Path) -> SourceFile:
 
 def write(directory: Path, kind: str, address: str, secret_file: str | None, source_timeout: int = 30) -> Path:
     """DIRECTORY/lazyrestore/source.json (atomically); returns its path."""
-    remote.check_destination(address)
+    check_destination(address)
     meta = directory / META_DIR
     meta.mkdir(parents=True, exist_ok=True)
     raw: dict[str, Any] = {"lazyrestore_source": FORMAT, "kind": kind, "address": address,

@@ -23,7 +23,7 @@ MAGIC = b"LRWSET1\0"
 VERSION = 2
 HEADER = struct.Struct("<8sII16sQQIIII")
 ENTRY = struct.Struct("<IIQII")
-FILE_NAME = "workingset"         # in a restore's run dir: what that restore faulted on
+from .layout import WORKINGSET_NAME as FILE_NAME  # in a restore's run dir: what that restore faulted on
 STORED = "lazyrestore/workingset"  # beside the checkpoint: the merge of its restores
 
 

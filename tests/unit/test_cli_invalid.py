@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from lazyrestore import cli, criu, hook, paths, procs, serve, status, testhosts
+from lazyrestore import cli, criu, dumpindex, paths, procs, serve, status, testhosts
 from lazyrestore.errors import LazyRestoreError
 
 
@@ -246,7 +246,7 @@ def tripwires(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(testhosts, "enter", reached("entering a test host"))
     monkeypatch.setattr(serve, "PageServer", reached("starting lr-pageserver"))
     monkeypatch.setattr(status, "exec_lazyd", reached("exec of lr-lazyd"))
-    monkeypatch.setattr(hook, "index_lazy_dump", reached("indexing a lazy dump"))
+    monkeypatch.setattr(dumpindex, "index_lazy_dump", reached("indexing a lazy dump"))
     monkeypatch.setattr(os, "execvp", reached("exec"))
 
 

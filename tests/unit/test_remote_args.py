@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyrestore import cli, remote, serve
+from lazyrestore import address, cli, remote, serve
 from lazyrestore.errors import UsageError
 
 
@@ -16,19 +16,19 @@ from lazyrestore.errors import UsageError
     ("[::1]:7411", ("::1", 7411)),
 ])
 def test_addresses_parse(text: str, expected: tuple[str, int]) -> None:
-    assert remote.parse_address(text) == expected
+    assert address.parse_address(text) == expected
 
 
 @pytest.mark.parametrize("text", ["10.231.0.1", ":7411", "host:port", "host:65536", "host:-1", "a b:7411", ""])
 def test_bad_addresses_name_what_was_expected(text: str) -> None:
     with pytest.raises(UsageError, match="HOST:PORT|white space"):
-        remote.parse_address(text)
+        address.parse_address(text)
 
 
 @pytest.mark.parametrize("text, why", [("10.0.0.1:0", "port 0"), ("0.0.0.0:7411", "listening address")])
 def test_a_destination_needs_a_real_address(text: str, why: str) -> None:
     with pytest.raises(UsageError, match=why):
-        remote.check_destination(text)
+        address.check_destination(text)
 
 
 def test_workdir_must_be_new_or_empty(tmp_path: Path) -> None:

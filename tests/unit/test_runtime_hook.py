@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lazyrestore import cli, hook, sourcefile
+from lazyrestore import cli, hook, lazypages_args, sourcefile
 from lazyrestore.errors import UsageError
 
 
@@ -68,21 +68,21 @@ def test_a_description_that_is_not_json_is_refused(tmp_path: Path) -> None:
 
 def test_lazy_pages_passes_plain_options_through() -> None:
     args = ["-D", "/img", "-W", "/work", "--status-fd", "5"]
-    assert hook.criu_lazy_pages_args(args) == args
+    assert lazypages_args.criu_lazy_pages_args(args) == args
 
 
 def test_lazy_pages_takes_criu_common_options_as_zdtm_gives_them() -> None:
     # zdtm: `criu lazy-pages --no-default-config --log-file lazy-pages.log --images-dir DIR --verbosity=4`
     args = ["--no-default-config", "--log-file", "lazy-pages.log", "--images-dir", "dump/x", "--verbosity=4"]
-    assert hook.criu_lazy_pages_args(args) == ["--log-file", "lazy-pages.log", "--images-dir", "dump/x",
+    assert lazypages_args.criu_lazy_pages_args(args) == ["--log-file", "lazy-pages.log", "--images-dir", "dump/x",
                                                "--verbose=4"]
-    assert hook.criu_lazy_pages_args(["-D", "/img", "--verbosity"]) == ["-D", "/img", "--verbose"]
+    assert lazypages_args.criu_lazy_pages_args(["-D", "/img", "--verbosity"]) == ["-D", "/img", "--verbose"]
 
 
 def test_lazy_pages_translates_criu_page_server_options(tmp_path: Path) -> None:
     (tmp_path / "lazyrestore").mkdir()
     (tmp_path / "lazyrestore" / "index.bin").write_bytes(b"")  # already indexed: nothing to read here
-    out = hook.criu_lazy_pages_args(["--page-server", "--address", "10.0.0.1", "--port=27000", "-D", str(tmp_path),
+    out = lazypages_args.criu_lazy_pages_args(["--page-server", "--address", "10.0.0.1", "--port=27000", "-D", str(tmp_path),
                                      "-W", "/work"])
     assert out == ["-D", str(tmp_path), "-W", "/work", "--criu-page-server", "10.0.0.1:27000"]
 
@@ -90,7 +90,7 @@ def test_lazy_pages_translates_criu_page_server_options(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["--page-server", "--port", "1"], ["--page-server", "--address", "a", "--port", "x"]])
 def test_lazy_pages_page_server_needs_address_and_port(args: list[str]) -> None:
     with pytest.raises(UsageError, match="--address ADDR and --port PORT"):
-        hook.criu_lazy_pages_args(args)
+        lazypages_args.criu_lazy_pages_args(args)
 
 
 def test_the_hook_does_nothing_at_actions_that_do_not_concern_it(monkeypatch: pytest.MonkeyPatch) -> None:
