@@ -195,7 +195,7 @@ FUZZ_SECONDS       ?= 60
 FUZZ_SMOKE_SECONDS ?= 20
 FUZZ_FLAGS  := -O1 -g -std=gnu11 -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
 	-fno-omit-frame-pointer -Inative/include -Inative/pageserver -Inative/lazyd -Inative/fuzz
-FUZZ_PS_SRC := native/fuzz/fixture.c $(filter-out native/pageserver/main.c,$(PS_SRC))
+FUZZ_PS_SRC := native/fuzz/fixture.c $(filter-out native/pageserver/main.c native/pageserver/log.c,$(PS_SRC))
 FUZZ_HDR    := $(wildcard native/fuzz/*.h) $(PS_HDR) $(LAZYD_HDR)
 
 .PHONY: fuzz-build fuzz fuzz-smoke

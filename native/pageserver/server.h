@@ -131,7 +131,7 @@ struct ps_server {
 	uint64_t start_ns;
 };
 
-/* main.c */
+/* log.c: the log (stderr or -o FILE) and the JSON events (--events-fd) */
 void ps_log(const struct ps_server *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void ps_event(const struct ps_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* in, JSON-escaped into out (for ps_event's strings). */
