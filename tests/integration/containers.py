@@ -18,6 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lazyrestore import sample, testhosts
 from lazyrestore.paths import native_binary
@@ -169,6 +170,29 @@ def _rmdir(path: Path) -> None:
             return
         except OSError:
             time.sleep(0.05)
+
+
+def hook_events(restore_log: str) -> list[dict]:
+    """The hook's JSON events, as the plugin relays them into CRIU's log ("lazyrestore: hook: {...}")."""
+    out = []
+    for line in restore_log.splitlines():
+        _, sep, rest = line.partition("lazyrestore: hook: {")
+        if sep:
+            out.append(json.loads("{" + rest))
+    return out
+
+
+def assert_served_once(server: Any) -> None:
+    """`serve --once` (a helpers.Background) ended well once its one destination took every page."""
+    served = server.finish(timeout=120)
+    assert served.code == 0, served.stderr
+    assert served.last("summary")["delivered"] == 1
+
+
+def assert_placed_by_lazyd(lazyd_log: str, nbytes: int) -> None:
+    """lr-lazyd placed every page, at least 15/16 of nbytes through userfaultfd, and told the page server DONE."""
+    assert "every page placed" in lazyd_log and "the page server acknowledged DONE" in lazyd_log
+    assert placed_bytes(lazyd_log) >= nbytes * 15 // 16
 
 
 def placed_bytes(lazyd_log: str) -> int:
