@@ -191,7 +191,7 @@ static void announce(struct ps_server *s)
 {
 	ps_log(s, 0, "serving %s on %s (port %d): %zu files, %llu lazy pages%s", s->cfg.images_dir, s->cfg.listen, s->port,
 	       s->nfiles, (unsigned long long)s->index.hdr->lazy_pages,
-	       s->live ? " (live ranges read from the stopped tree)" : "");
+	       s->cfg.live_pids ? " (live ranges read from the stopped tree)" : "");
 	ps_event(s, "{\"event\":\"listening\",\"port\":%d,\"pid\":%d,\"lazy_pages\":%llu}", s->port, getpid(),
 		 (unsigned long long)s->index.hdr->lazy_pages);
 	if (s->cfg.status_fd >= 0) {

@@ -102,12 +102,11 @@ int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint16_t want, uint64
 	if (ps_block_range(idx, rec, first, nblocks, &p.a, &p.b))
 		return -1;
 	p.rec = &idx->recs[rec];
-	struct ps_store *st = ps_store_for(s, p.rec);
-	if (st->ops->get(st, &p, &err)) {
+	if (s->pages->ops->get(s->pages, &p, &err)) {
 		if (err.errnum == ENOMEM)
 			return -1;
 		ps_conn_fail(s, c, LR_ERR_IO, "record %llu blocks %u+%u (%s store): %s", (unsigned long long)rec, first,
-			     nblocks, st->ops->name, err.msg);
+			     nblocks, p.store, err.msg);
 		return 0;
 	}
 	struct lr_pages_hdr h = {rec, first, nblocks, p.b - p.a};

@@ -105,8 +105,7 @@ struct ps_server {
 	int dirfd;
 	struct ps_file *files;
 	size_t nfiles;
-	struct ps_store *images;    /* the pages files: every record not live */
-	struct ps_store *live;      /* --live: the stopped tree, for LR_RANGE_LIVE records; else NULL */
+	struct ps_store *pages;     /* where PAGES frames' pages come from (store.h) */
 	uint64_t lazy_blocks;       /* checksum blocks of lazy records */
 	int listen_fd, epfd;
 	int port;
@@ -141,11 +140,6 @@ int ps_holder_start(struct ps_server *s, struct lr_error *err);
 
 /* catalog.c: what is served */
 int ps_catalog_open(struct ps_server *s, struct lr_error *err);
-/* The store of record r's bytes (ps_catalog_open opened the live one if any record needs it). */
-static inline struct ps_store *ps_store_for(const struct ps_server *s, const struct lr_index_record *r)
-{
-	return r->flags & LR_RANGE_LIVE ? s->live : s->images;
-}
 void ps_catalog_close(struct ps_server *s);
 const struct ps_file *ps_catalog_find(const struct ps_server *s, const char *name, size_t len);
 
