@@ -225,8 +225,8 @@ void fx_teardown(struct ps_server *s, int *peers, size_t npeers)
 	FUZZ_CHECK(s->nconns == 0 && s->nopen == 0 && s->nsessions == 0);
 }
 
-/* main.c's log and events (main.c is not linked: libFuzzer has the main): formatted, so that what a peer
- * sent goes through vsnprintf as it would, then dropped. */
+/* log.c's log and events (log.c is not linked, nor main.c: libFuzzer has the main): formatted, so that what a
+ * peer sent goes through vsnprintf as it would, then dropped. */
 __attribute__((format(printf, 1, 0))) static void drop(const char *fmt, va_list ap)
 {
 	char line[1024];

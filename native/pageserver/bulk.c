@@ -1,74 +1,6 @@
-/* bulk.c: sessions, and the bulk stream that sends every lazy block of the checkpoint once per session. */
-#include <errno.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "lr_auth.h"
+/* bulk.c: the bulk stream, which sends every lazy block of the checkpoint once per session, and what it has sent. */
 #include "lr_proto_io.h"
 #include "server.h"
-
-struct ps_session *ps_session_new(struct ps_server *s, struct ps_conn *urgent)
-{
-	struct lr_error err;
-	struct ps_session *ss = calloc(1, sizeof(*ss));
-	if (!ss)
-		return NULL;
-	ss->sent = calloc(s->index.hdr->checksum_count ? s->index.hdr->checksum_count : 1, 1);
-	if (s->nsessions == s->capsessions) {
-		size_t n = s->capsessions ? s->capsessions * 2 : 8;
-		struct ps_session **v = realloc(s->sessions, n * sizeof(*v));
-		if (v) {
-			s->sessions = v;
-			s->capsessions = n;
-		}
-	}
-	while (ss->sent && !ss->id && !lr_random(&ss->id, sizeof(ss->id), &err))
-		; /* 0 means "no session" on the wire */
-	if (!ss->sent || !ss->id || s->nsessions == s->capsessions) {
-		free(ss->sent);
-		free(ss);
-		return NULL;
-	}
-	ss->urgent = urgent;
-	ss->blocks_left = s->lazy_blocks;
-	ss->start_ns = lr_net_now_ns();
-	s->sessions[s->nsessions++] = ss;
-	ps_event(s, "{\"event\":\"session\",\"session\":%llu,\"peer\":\"%s\"}", (unsigned long long)ss->id, urgent->peer);
-	return ss;
-}
-
-struct ps_session *ps_session_find(struct ps_server *s, uint64_t id)
-{
-	for (size_t i = 0; i < s->nsessions; i++)
-		if (s->sessions[i]->id == id)
-			return s->sessions[i];
-	return NULL;
-}
-
-void ps_session_end(struct ps_server *s, struct ps_session *ss, const char *why)
-{
-	struct ps_conn *bulk = ss->bulk;
-	ss->bulk = ss->urgent = NULL;
-	if (bulk) {
-		bulk->session = NULL;
-		ps_conn_close(s, bulk);
-	}
-	ps_log(s, ss->done ? 1 : 0, "session %llu ended: %s", (unsigned long long)ss->id, why);
-	ps_holder_release(s, ss);
-	if (!ss->done) {
-		char text[600];
-		ps_event(s, "{\"event\":\"session_lost\",\"session\":%llu,\"message\":\"%s\"}", (unsigned long long)ss->id,
-			 ps_json_text(why, text, sizeof(text)));
-	}
-	for (size_t i = 0; i < s->nsessions; i++)
-		if (s->sessions[i] == ss) {
-			s->sessions[i] = s->sessions[--s->nsessions];
-			break;
-		}
-	ps_wset_session_free(ss);
-	free(ss->sent);
-	free(ss);
-}
 
 static uint64_t block_count(const struct lr_index *idx, const struct lr_index_record *r)
 {
@@ -136,7 +68,7 @@ int ps_bulk_fill(struct ps_server *s, struct ps_conn *c)
 	if (!next_run(s, ss, &rec, &first, &n)) {
 		ss->bulk_ended = true;
 		ps_log(s, 1, "session %llu: bulk stream complete", (unsigned long long)ss->id);
-		return ps_queue_frame(c, LR_BULK_END, 0, 0, NULL, 0);
+		return ps_queue_frame(&c->queue, LR_BULK_END, 0, 0, NULL, 0);
 	}
 	uint64_t bytes;
 	if (ps_queue_pages(s, c, ss->bulk_want, 0, rec, first, n, &bytes))

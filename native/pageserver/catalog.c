@@ -113,14 +113,9 @@ static int open_stores(struct ps_server *s, const char *path, struct lr_error *e
 	if (s->index.live && !s->cfg.live_pids)
 		return lr_error_set(err, 0, "%s describes a live checkpoint (%llu ranges read from the stopped tree): "
 				    "give --live PIDMAP", path, (unsigned long long)s->index.live);
-	s->images = ps_store_images_open(s->dirfd, s->cfg.images_dir, &s->index, err);
-	if (!s->images)
+	s->pages = ps_store_open(s->dirfd, s->cfg.images_dir, &s->index, s->cfg.live_pids, err);
+	if (!s->pages)
 		return -1;
-	if (s->cfg.live_pids) {
-		s->live = ps_store_live_open(s->cfg.live_pids, &s->index, err);
-		if (!s->live)
-			return -1;
-	}
 	s->lazy_blocks = lazy_blocks(&s->index);
 	return 0;
 }
@@ -143,11 +138,9 @@ int ps_catalog_open(struct ps_server *s, struct lr_error *err)
 
 void ps_catalog_close(struct ps_server *s)
 {
-	if (s->images)
-		s->images->ops->close(s->images);
-	if (s->live)
-		s->live->ops->close(s->live);
-	s->images = s->live = NULL;
+	if (s->pages)
+		s->pages->ops->close(s->pages);
+	s->pages = NULL;
 	for (size_t i = 0; i < s->nfiles; i++)
 		close(s->files[i].fd);
 	free(s->files);

@@ -1,28 +1,26 @@
-/* conn.c: connections: accepting, reading frames, the output queue, closing. */
+/*
+ * conn.c: connections: accepting, reading frames and handing them to the handshake or the requests, writing
+ * their output queue (queue.h), settling refused ones, closing. The top of the call graph below main.c: what it
+ * calls (handshake, requests, sessions, the bulk stream) never calls back into it; they refuse a connection by
+ * marking it (refuse.c), and a session that ends hands back the connection to close (session.c).
+ */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
-#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "lr_proto_io.h"
 #include "server.h"
 
-#define PS_QUEUE_MAX 512 /* queued pieces before a connection's requests are not read any more */
-#define PS_QUEUE_BYTES (16u << 20) /* ... or bytes queued in memory (a live store's pages: file ranges cost none) */
 #define PS_ACCEPT_PAUSE_MS 1000 /* listener off after accept ran out of descriptors */
 #define PS_EVICT_LOG_NS 1000000000ULL /* at most one log line an interval for evictions (a flood evicts many) */
-
-static void queue_error(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *msg);
 
 static void peer_text(const struct sockaddr_storage *ss, char *out, size_t size)
 {
@@ -91,7 +89,8 @@ static void evict(struct ps_server *s, struct ps_conn *c)
 	if (!c->closing) {
 		snprintf(msg, sizeof(msg), "evicted: the server is full (%u connections, --max-conns) and this "
 			 "connection had not authenticated", s->cfg.max_conns);
-		queue_error(s, c, LR_ERR_TIMEOUT, msg);
+		ps_conn_refuse(s, c, LR_ERR_TIMEOUT, msg);
+		ps_conn_settle(s, c);
 	}
 	ps_conn_close(s, c); /* even were its ERROR not all sent: the slot is wanted now */
 }
@@ -200,21 +199,15 @@ int ps_conn_accept(struct ps_server *s, struct lr_error *err)
 	return 0;
 }
 
-/* Backpressure: a client that does not read its replies is not read either, so what it can make the server
- * hold is bounded; past --stall-ms without a byte taken it is dropped (main.c). */
-bool ps_conn_backlogged(const struct ps_conn *c)
-{
-	return c->n - c->head >= PS_QUEUE_MAX || c->queued_bytes >= PS_QUEUE_BYTES;
-}
-
 int ps_conn_update_events(struct ps_server *s, struct ps_conn *c)
 {
 	uint32_t want = 0;
 	/* EPOLLRDHUP goes with EPOLLIN: it is level-triggered, and a hang-up nobody reads would wake every
 	 * epoll_wait. */
-	if (!ps_conn_backlogged(c) && !c->closing)
+	if (!ps_queue_full(&c->queue) && !c->closing)
 		want |= EPOLLIN | EPOLLRDHUP;
-	if (c->n > c->head || (c->session && c == c->session->bulk && c->session->bulk_started && !c->session->bulk_ended))
+	bool bulk_due = c->session && c == c->session->bulk && c->session->bulk_started && !c->session->bulk_ended;
+	if (!ps_queue_empty(&c->queue) || bulk_due)
 		want |= EPOLLOUT;
 	if (want == c->events || c->dead)
 		return 0;
@@ -225,160 +218,41 @@ int ps_conn_update_events(struct ps_server *s, struct ps_conn *c)
 	return 0;
 }
 
-static int push(struct ps_conn *c, struct ps_out o)
+/* Write what the socket takes: 0, or -1 when it failed and c was closed (logged). */
+static int send_or_close(struct ps_server *s, struct ps_conn *c)
 {
-	/* Move the unsent pieces to the front once half the slots are sent ones: a client that reads
-	 * slowly keeps the queue from ever emptying, and the array would grow with every piece sent. */
-	if (c->head && (c->head == c->n || (c->n == c->cap && c->head >= c->cap / 2))) {
-		memmove(c->out, c->out + c->head, (c->n - c->head) * sizeof(*c->out));
-		c->n -= c->head;
-		c->head = 0;
-	}
-	if (c->n == c->cap) {
-		size_t n = c->cap ? c->cap * 2 : 16;
-		struct ps_out *v = realloc(c->out, n * sizeof(*v));
-		if (!v)
-			return -1;
-		c->out = v;
-		c->cap = n;
-	}
-	if (c->head == c->n) /* the queue starts anew: it has not stalled yet */
-		c->sent_ns = lr_net_now_ns();
-	c->out[c->n++] = o;
-	c->queued_bytes += o.bytes ? o.len : 0;
-	return 0;
-}
-
-int ps_queue_bytes(struct ps_conn *c, const void *bytes, size_t len)
-{
-	char *copy = malloc(len ? len : 1);
-	if (!copy)
-		return -1;
-	memcpy(copy, bytes, len);
-	return ps_queue_owned(c, copy, len);
-}
-
-int ps_queue_owned(struct ps_conn *c, char *bytes, size_t len)
-{
-	if (push(c, (struct ps_out){bytes, -1, 0, len})) {
-		free(bytes);
-		return -1;
-	}
-	return 0;
-}
-
-int ps_queue_frame(struct ps_conn *c, uint16_t type, uint16_t flags, uint64_t req_id, const void *payload, uint32_t len)
-{
-	char *buf = malloc(sizeof(struct lr_frame) + len);
-	if (!buf)
-		return -1;
-	lr_frame_make((struct lr_frame *)buf, type, flags, len, req_id);
-	if (len)
-		memcpy(buf + sizeof(struct lr_frame), payload, len);
-	lr_frame_seal((struct lr_frame *)buf, buf + sizeof(struct lr_frame));
-	if (push(c, (struct ps_out){buf, -1, 0, sizeof(struct lr_frame) + len})) {
-		free(buf);
-		return -1;
-	}
-	return 0;
-}
-
-int ps_queue_file(struct ps_conn *c, int fd, uint64_t off, uint64_t len)
-{
-	return len ? push(c, (struct ps_out){NULL, fd, off, len}) : 0;
-}
-
-bool ps_queue_empty(const struct ps_conn *c)
-{
-	return c->head == c->n;
-}
-
-/* Send one queued piece as far as the socket takes it: 1 done, 0 would block, -1 error. */
-static int send_piece(struct ps_conn *c, struct ps_out *o)
-{
-	if (o->bytes) {
-		ssize_t n = send(c->fd, o->bytes + o->off, o->len - o->off, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (n < 0)
-			return errno == EAGAIN || errno == EINTR ? 0 : -1;
-		c->sent_ns = lr_net_now_ns();
-		o->off += (uint64_t)n;
-		return o->off == o->len;
-	}
-	off_t off = (off_t)o->off;
-	ssize_t n = sendfile(c->fd, o->fd, &off, o->len);
-	if (n < 0)
-		return errno == EAGAIN || errno == EINTR ? 0 : -1;
-	if (n == 0)
-		return -1; /* the file is shorter than the index said: it changed under us */
-	c->sent_ns = lr_net_now_ns();
-	o->off = (uint64_t)off;
-	o->len -= (uint64_t)n;
-	return o->len == 0;
-}
-
-/* Write what the socket takes. Returns 0, or -1 when the connection must go. */
-static int flush(struct ps_conn *c)
-{
-	while (c->head < c->n) {
-		int rc = send_piece(c, &c->out[c->head]);
-		if (rc < 0)
-			return -1;
-		if (rc == 0)
-			return 0;
-		c->queued_bytes -= c->out[c->head].bytes ? c->out[c->head].len : 0;
-		free(c->out[c->head].bytes);
-		c->head++;
-	}
-	return 0;
+	if (!ps_queue_flush(&c->queue, c->fd))
+		return 0;
+	ps_log(s, 1, "conn %u (%s): send failed: %s", c->id, c->peer, strerror(errno));
+	ps_conn_close(s, c);
+	return -1;
 }
 
 int ps_conn_on_write(struct ps_server *s, struct ps_conn *c)
 {
-	if (flush(c)) {
-		ps_log(s, 1, "conn %u (%s): send failed: %s", c->id, c->peer, strerror(errno));
+	if (send_or_close(s, c))
+		return 0;
+	if (ps_queue_empty(&c->queue) && c->closing) {
 		ps_conn_close(s, c);
 		return 0;
 	}
-	if (ps_queue_empty(c) && c->closing) {
-		ps_conn_close(s, c);
-		return 0;
-	}
-	if (ps_queue_empty(c) && c->session && c == c->session->bulk) {
+	if (ps_queue_empty(&c->queue) && c->session && c == c->session->bulk) {
 		if (ps_bulk_fill(s, c))
 			return -1;
-		if (flush(c)) {
-			ps_log(s, 1, "conn %u (%s): send failed: %s", c->id, c->peer, strerror(errno));
-			ps_conn_close(s, c);
+		if (c->closing) { /* refused: the store could not read the chunk's pages */
+			ps_conn_settle(s, c);
 			return 0;
 		}
+		if (send_or_close(s, c))
+			return 0;
 	}
 	return ps_conn_update_events(s, c);
 }
 
-/* Queue ERROR code msg and close c once it is sent (or its deadline passes). */
-static void queue_error(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *msg)
+void ps_conn_settle(struct ps_server *s, struct ps_conn *c)
 {
-	char payload[sizeof(struct lr_error_frame) + 400];
-	size_t len = lr_error_frame_build(payload, sizeof(payload), code, msg);
-	ps_queue_frame(c, LR_ERROR, 0, c->hdr.req_id, payload, (uint32_t)len);
-	c->closing = true;
-	c->deadline_ns = lr_net_now_ns() + (uint64_t)s->cfg.handshake_ms * 1000000ULL; /* to read what is queued */
-	if (flush(c) || ps_queue_empty(c) || ps_conn_update_events(s, c))
+	if (ps_queue_flush(&c->queue, c->fd) || ps_queue_empty(&c->queue) || ps_conn_update_events(s, c))
 		ps_conn_close(s, c);
-}
-
-void ps_conn_fail(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *fmt, ...)
-{
-	char msg[400];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	ps_log(s, 0, "conn %u (%s): %s error: %s", c->id, c->peer, lr_error_code_name(code), msg);
-	ps_event(s, "{\"event\":\"rejected\",\"conn\":%u,\"peer\":\"%s\",\"code\":\"%s\"}", c->id, c->peer,
-		 lr_error_code_name(code));
-	queue_error(s, c, code, msg);
 }
 
 /* Read into the header, then the payload; 1 when a whole frame is in, 0 for more later, -1 closed. */
@@ -430,7 +304,21 @@ static bool damaged(struct ps_server *s, struct ps_conn *c)
 	return true;
 }
 
-int ps_conn_on_read(struct ps_server *s, struct ps_conn *c)
+/* A whole frame in, to the handshake or the requests: -1 out of memory (fatal). A handshake reply that could not be
+ * queued closes that connection only. */
+static int handle(struct ps_server *s, struct ps_conn *c)
+{
+	if (damaged(s, c))
+		return 0;
+	if (c->state == PS_READY)
+		return ps_request_frame(s, c);
+	if (ps_handshake_frame(s, c))
+		ps_conn_close(s, c);
+	return 0;
+}
+
+/* Up to 16 frames, until c is closed, refused or backlogged. */
+static int read_frames(struct ps_server *s, struct ps_conn *c)
 {
 	for (int frames = 0; frames < 16 && !c->dead && !c->closing; frames++) {
 		int rc = read_frame(s, c);
@@ -448,15 +336,25 @@ int ps_conn_on_read(struct ps_server *s, struct ps_conn *c)
 		if (rc <= 0)
 			return 0;
 		c->got = 0;
-		rc = damaged(s, c) ? 0 : c->state == PS_READY ? ps_request_frame(s, c) : ps_handshake_frame(s, c);
-		if (rc < 0)
+		if (handle(s, c))
 			return -1;
+		if (c->closing)
+			return 0; /* refused: settled by the caller */
 		if (ps_conn_update_events(s, c))
 			return -1;
-		if (ps_conn_backlogged(c))
+		if (ps_queue_full(&c->queue))
 			return 0;
 	}
 	return 0;
+}
+
+int ps_conn_on_read(struct ps_server *s, struct ps_conn *c)
+{
+	bool was_closing = c->closing;
+	int rc = read_frames(s, c);
+	if (!rc && !was_closing && c->closing)
+		ps_conn_settle(s, c);
+	return rc;
 }
 
 void ps_conn_close(struct ps_server *s, struct ps_conn *c)
@@ -467,23 +365,11 @@ void ps_conn_close(struct ps_server *s, struct ps_conn *c)
 	close(c->fd);
 	c->dead = true;
 	s->nopen--;
-	bool held_bytes = c->queued_bytes > 0;
-	for (size_t i = c->head; i < c->n; i++)
-		free(c->out[i].bytes);
-	c->head = c->n = 0;
-	c->queued_bytes = 0;
-	if (held_bytes) /* a live store's replies it never took (up to PS_QUEUE_BYTES): back to the system, not kept
-			 * by malloc for the next peer (glibc's mmap threshold grows after large frees) */
-		malloc_trim(0);
+	ps_queue_drop(&c->queue);
 	if (c->session) {
-		struct ps_session *ss = c->session;
-		if (ss->urgent == c)
-			ss->urgent = NULL;
-		if (ss->bulk == c)
-			ss->bulk = NULL;
-		c->session = NULL;
-		if (!ss->urgent) /* the urgent channel is the session */
-			ps_session_end(s, ss, ss->done ? "delivered" : "closed before DONE: the checkpoint was not delivered");
+		struct ps_conn *bulk = ps_session_leave(s, c); /* the bulk channel of a session that ended with c */
+		if (bulk)
+			ps_conn_close(s, bulk);
 	}
 }
 
@@ -495,7 +381,7 @@ size_t ps_conn_reap(struct ps_server *s)
 	for (size_t i = 0; i < s->nconns; i++) {
 		struct ps_conn *c = s->conns[i];
 		if (c->dead) {
-			free(c->out);
+			ps_queue_free(&c->queue);
 			free(c);
 		} else {
 			s->conns[w++] = c;

@@ -44,7 +44,7 @@ static int on_hello(struct ps_server *s, struct ps_conn *c)
 	memcpy(ch.checkpoint_id, s->index.hdr->checkpoint_id, 16);
 	memcpy(ch.server_nonce, c->server_nonce, LR_NONCE_SIZE);
 	c->state = PS_AUTH;
-	return ps_queue_frame(c, LR_CHALLENGE, 0, c->hdr.req_id, &ch, sizeof(ch));
+	return ps_queue_frame(&c->queue, LR_CHALLENGE, 0, c->hdr.req_id, &ch, sizeof(ch));
 }
 
 /* The session an authenticated connection belongs to, or NULL after failing it. */
@@ -102,11 +102,10 @@ static int on_auth(struct ps_server *s, struct ps_conn *c)
 	c->state = PS_READY;
 	ps_log(s, 1, "conn %u (%s): authenticated, session %llu, %s channel", c->id, c->peer,
 	       (unsigned long long)ss->id, c->channel == LR_CHANNEL_URGENT ? "urgent" : "bulk");
-	return ps_queue_frame(c, LR_WELCOME, 0, c->hdr.req_id, &w, sizeof(w));
+	return ps_queue_frame(&c->queue, LR_WELCOME, 0, c->hdr.req_id, &w, sizeof(w));
 }
 
 int ps_handshake_frame(struct ps_server *s, struct ps_conn *c)
 {
-	int rc = c->state == PS_HELLO ? on_hello(s, c) : on_auth(s, c);
-	return rc < 0 ? (ps_conn_close(s, c), 0) : 0;
+	return c->state == PS_HELLO ? on_hello(s, c) : on_auth(s, c);
 }

@@ -106,7 +106,7 @@ int ps_commit_frame(struct ps_server *s, struct ps_conn *c)
 		ps_event(s, "{\"event\":\"committed\",\"session\":%llu,\"peer\":\"%s\"}", (unsigned long long)ss->id,
 			 c->peer);
 	}
-	return ps_queue_frame(c, LR_COMMIT, 0, c->hdr.req_id, NULL, 0);
+	return ps_queue_frame(&c->queue, LR_COMMIT, 0, c->hdr.req_id, NULL, 0);
 }
 
 int ps_abort_frame(struct ps_server *s, struct ps_conn *c)
@@ -122,7 +122,7 @@ int ps_abort_frame(struct ps_server *s, struct ps_conn *c)
 	if (ss->committed && s->cfg.live_pids)
 		unmark_held(s);
 	ss->committed = false;
-	return ps_queue_frame(c, LR_ABORT, 0, c->hdr.req_id, NULL, 0);
+	return ps_queue_frame(&c->queue, LR_ABORT, 0, c->hdr.req_id, NULL, 0);
 }
 
 void ps_holder_release(struct ps_server *s, struct ps_session *ss)

@@ -191,7 +191,7 @@ static void announce(struct ps_server *s)
 {
 	ps_log(s, 0, "serving %s on %s (port %d): %zu files, %llu lazy pages%s", s->cfg.images_dir, s->cfg.listen, s->port,
 	       s->nfiles, (unsigned long long)s->index.hdr->lazy_pages,
-	       s->live ? " (live ranges read from the stopped tree)" : "");
+	       s->cfg.live_pids ? " (live ranges read from the stopped tree)" : "");
 	ps_event(s, "{\"event\":\"listening\",\"port\":%d,\"pid\":%d,\"lazy_pages\":%llu}", s->port, getpid(),
 		 (unsigned long long)s->index.hdr->lazy_pages);
 	if (s->cfg.status_fd >= 0) {
@@ -209,7 +209,7 @@ static uint64_t deadline_of(const struct ps_server *s, const struct ps_conn *c)
 		return 0;
 	if (c->state != PS_READY || c->closing)
 		return c->deadline_ns;
-	return ps_conn_backlogged(c) ? c->sent_ns + (uint64_t)s->cfg.stall_ms * 1000000ULL : 0;
+	return ps_queue_full(&c->queue) ? c->queue.sent_ns + (uint64_t)s->cfg.stall_ms * 1000000ULL : 0;
 }
 
 /*
@@ -234,10 +234,11 @@ static int expire_deadlines(struct ps_server *s)
 			ps_conn_close(s, c);
 		} else if (c->state == PS_READY) {
 			ps_log(s, 0, "conn %u (%s): dropped: it took none of its replies for %u ms (%llu bytes queued)",
-			       c->id, c->peer, s->cfg.stall_ms, (unsigned long long)c->queued_bytes);
+			       c->id, c->peer, s->cfg.stall_ms, (unsigned long long)c->queue.queued_bytes);
 			ps_conn_close(s, c);
 		} else {
 			ps_conn_fail(s, c, LR_ERR_TIMEOUT, "did not authenticate within %u ms", s->cfg.handshake_ms);
+			ps_conn_settle(s, c);
 		}
 	}
 	return next == UINT64_MAX ? 1000 : next <= now ? 0 : (int)((next - now) / 1000000ULL) + 1;
@@ -276,7 +277,7 @@ static bool finished(const struct ps_server *s)
 	if (!s->stopping)
 		return false;
 	for (size_t i = 0; i < s->nconns; i++) /* let the delivered client read its DONE */
-		if (!s->conns[i]->dead && s->conns[i]->session && !ps_queue_empty(s->conns[i]))
+		if (!s->conns[i]->dead && s->conns[i]->session && !ps_queue_empty(&s->conns[i]->queue))
 			return false;
 	return true;
 }
@@ -319,7 +320,7 @@ static void teardown(struct ps_server *s)
 		ps_conn_close(s, s->conns[i]);
 	ps_conn_reap(s);
 	free(s->conns);
-	while (s->nsessions)
+	while (s->nsessions) /* none left: a session ends with its urgent connection, closed above with its bulk one */
 		ps_session_end(s, s->sessions[0], "server stopped");
 	free(s->sessions);
 	lr_wset_fini(&s->wset);

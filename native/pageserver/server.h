@@ -3,11 +3,18 @@
  *
  * One epoll loop over the listening socket and every connection. A connection
  * authenticates (handshake.c), then sends requests (requests.c) whose replies
- * are queued as byte buffers and file ranges (conn.c sends them, file ranges
- * with sendfile). Page bytes come from a page store (store.h): the pages
- * files, or with --live the stopped source tree. A session pairs an urgent and
- * a bulk connection; the bulk one streams every lazy block once (bulk.c). The
- * images are opened read only and never written.
+ * are queued as byte buffers and file ranges (queue.h; conn.c sends them, file
+ * ranges with sendfile). Page bytes come from a page store (store.h): the pages
+ * files, or with --live the stopped source tree. A session (session.c) pairs an
+ * urgent and a bulk connection; the bulk one streams every lazy block once
+ * (bulk.c). The images are opened read only and never written.
+ *
+ * Who calls whom (make cycles: no circle): main.c -> conn.c -> handshake.c,
+ * requests.c -> session.c, holder.c, workingset.c, bulk.c -> pages.c ->
+ * refuse.c -> queue.c and log.c (leaves). A lower file never calls a higher
+ * one: a refused connection is marked (refuse.c) and settled by conn.c once
+ * the handler returns; a session that ends hands back its bulk connection for
+ * conn.c to close.
  */
 #ifndef LR_SERVER_H
 #define LR_SERVER_H
@@ -21,6 +28,7 @@
 #include "lr_proto.h"
 #include "lr_wset.h"
 #include "lr_zpages.h"
+#include "queue.h"
 #include "store.h"
 
 struct ps_config {
@@ -46,12 +54,6 @@ struct ps_file {
 	int fd;                     /* open from the start: what is listed is what is sent */
 };
 
-struct ps_out {                 /* one piece of queued output */
-	char *bytes;                /* owned bytes, or NULL for a file range */
-	int fd;                     /* file range: sent with sendfile */
-	uint64_t off, len;          /* bytes: [off, len) still to send; file: offset and bytes left */
-};
-
 enum ps_state { PS_HELLO, PS_AUTH, PS_READY };
 
 struct ps_session;
@@ -69,10 +71,7 @@ struct ps_conn {
 	struct lr_frame hdr;        /* input: header, then payload into buf */
 	uint32_t got;
 	char buf[LR_REQUEST_MAX];
-	struct ps_out *out;         /* output queue [head, n) */
-	size_t head, n, cap;
-	uint64_t queued_bytes;      /* of it, bytes held in memory (not file ranges): bounded (conn.c) */
-	uint64_t sent_ns;           /* when the queue last sent a byte, or got its first piece while empty */
+	struct ps_queue queue;      /* replies not sent yet (queue.h) */
 	uint32_t events;            /* epoll events registered */
 	bool closing;               /* close once the queue is sent (after an ERROR or DONE with --once) */
 	bool dead;                  /* closed: freed after the current batch */
@@ -106,8 +105,7 @@ struct ps_server {
 	int dirfd;
 	struct ps_file *files;
 	size_t nfiles;
-	struct ps_store *images;    /* the pages files: every record not live */
-	struct ps_store *live;      /* --live: the stopped tree, for LR_RANGE_LIVE records; else NULL */
+	struct ps_store *pages;     /* where PAGES frames' pages come from (store.h) */
 	uint64_t lazy_blocks;       /* checksum blocks of lazy records */
 	int listen_fd, epfd;
 	int port;
@@ -142,11 +140,6 @@ int ps_holder_start(struct ps_server *s, struct lr_error *err);
 
 /* catalog.c: what is served */
 int ps_catalog_open(struct ps_server *s, struct lr_error *err);
-/* The store of record r's bytes (ps_catalog_open opened the live one if any record needs it). */
-static inline struct ps_store *ps_store_for(const struct ps_server *s, const struct lr_index_record *r)
-{
-	return r->flags & LR_RANGE_LIVE ? s->live : s->images;
-}
 void ps_catalog_close(struct ps_server *s);
 const struct ps_file *ps_catalog_find(const struct ps_server *s, const char *name, size_t len);
 
@@ -161,29 +154,36 @@ int ps_wset_frame(struct ps_server *s, struct ps_conn *c);
 void ps_wset_damaged(struct ps_server *s, struct ps_conn *c, const char *why);
 void ps_wset_session_free(struct ps_session *ss);
 
-/* conn.c */
+/* conn.c: connections (the top below main.c: nothing it calls calls it back) */
 int ps_conn_accept(struct ps_server *s, struct lr_error *err);
 int ps_conn_on_read(struct ps_server *s, struct ps_conn *c);
 int ps_conn_on_write(struct ps_server *s, struct ps_conn *c);
-int ps_queue_bytes(struct ps_conn *c, const void *bytes, size_t len);
-int ps_queue_owned(struct ps_conn *c, char *bytes, size_t len); /* bytes (malloc'ed) are the queue's, even on error */
-int ps_queue_frame(struct ps_conn *c, uint16_t type, uint16_t flags, uint64_t req_id, const void *payload, uint32_t len);
-int ps_queue_file(struct ps_conn *c, int fd, uint64_t off, uint64_t len);
-bool ps_queue_empty(const struct ps_conn *c);
-/* Its queue is full (a client that does not read its replies): it is not read either. */
-bool ps_conn_backlogged(const struct ps_conn *c);
-void ps_conn_fail(struct ps_server *s, struct ps_conn *c, uint32_t code, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+/* After c was refused (refuse.c): its ERROR sent as far as the socket takes it; c closed once it is all sent, or
+ * when it cannot be. */
+void ps_conn_settle(struct ps_server *s, struct ps_conn *c);
 void ps_conn_close(struct ps_server *s, struct ps_conn *c);
 size_t ps_conn_reap(struct ps_server *s);
 int ps_accept_resume(struct ps_server *s); /* listener back on after pause; -1 with errno */
 int ps_conn_update_events(struct ps_server *s, struct ps_conn *c);
 
-/* handshake.c */
+/* refuse.c: c refused: ERROR code msg queued, c closing (its deadline: the time to read it). Nothing is sent or
+ * closed: the handler returns and conn.c settles c (ps_conn_settle). ps_conn_fail logs it and sends a
+ * "rejected" event first. */
+void ps_conn_refuse(const struct ps_server *s, struct ps_conn *c, uint32_t code, const char *msg);
+void ps_conn_fail(const struct ps_server *s, struct ps_conn *c, uint32_t code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+/* handshake.c: a frame of a connection not authenticated yet: 0, or -1 when its reply could not be queued (out of
+ * memory): the caller closes c. */
 int ps_handshake_frame(struct ps_server *s, struct ps_conn *c);
 
-/* requests.c */
+/* requests.c: a frame of an authenticated connection: 0, or -1 out of memory */
 int ps_request_frame(struct ps_server *s, struct ps_conn *c);
+
+/* pages.c: PAGES frames */
+/* Record rec's blocks [first, first + nblocks) as an address range [a, b), or -1 when outside the record. */
+int ps_block_range(const struct lr_index *idx, uint64_t rec, uint32_t first, uint32_t nblocks, uint64_t *a,
+		   uint64_t *b);
 /* PAGES of blocks [first, first + nblocks) of record rec, from its store: *bytes page bytes queued, or 0 when the
  * store could not read them and c was refused (ERROR, closing). -1 out of memory or a range outside the index. */
 int ps_queue_pages(struct ps_server *s, struct ps_conn *c, uint16_t want, uint64_t req_id, uint64_t rec, uint32_t first,
@@ -195,12 +195,19 @@ int ps_abort_frame(struct ps_server *s, struct ps_conn *c);
 /* ss ends: it holds the tree no more. */
 void ps_holder_release(struct ps_server *s, struct ps_session *ss);
 
-/* bulk.c */
+/* session.c: sessions. Ending one closes no connection: it returns its bulk connection (detached from it, or
+ * NULL), which the caller closes. */
 struct ps_session *ps_session_new(struct ps_server *s, struct ps_conn *urgent);
 struct ps_session *ps_session_find(struct ps_server *s, uint64_t id);
-void ps_session_end(struct ps_server *s, struct ps_session *ss, const char *why);
+struct ps_conn *ps_session_end(struct ps_server *s, struct ps_session *ss, const char *why);
+/* c, closed, leaves its session; when c was the urgent channel the session ends (ps_session_end's return). */
+struct ps_conn *ps_session_leave(struct ps_server *s, struct ps_conn *c);
+
+/* bulk.c: the bulk stream */
 void ps_bulk_mark_sent(struct ps_server *s, struct ps_session *ss, uint64_t rec, uint32_t first, uint32_t nblocks);
 void ps_bulk_seek(struct ps_server *s, struct ps_session *ss, uint64_t rec, uint32_t block);
+/* Queue the next bulk chunk of c's session (or BULK_END): 0 (c refused when the store could not read it), -1 out
+ * of memory. */
 int ps_bulk_fill(struct ps_server *s, struct ps_conn *c);
 
 #endif /* LR_SERVER_H */

@@ -1,13 +1,13 @@
 /*
  * store.h: where lr-pageserver gets the pages of a PAGES frame.
  *
- * Two kinds of page store, one ops table each, both opened at start by the
- * catalog: the image store (store_images.c: the pages-N.img files; checksums
- * from the index, bytes sent with sendfile) and the live store (store_live.c,
- * --live: the stopped source tree's memory, read and checksummed per frame).
- * A record is served by the store its flags name (ps_store_for): LR_RANGE_LIVE
- * records by the live one, all others by the image one. The request and bulk
- * code only ever call the table.
+ * One interface, an ops table, and a store of each kind behind it: the image store (store_images.c: the
+ * pages-N.img files; checksums from the index, bytes sent with sendfile) and the live store (store_live.c,
+ * --live: the stopped source tree's memory, read and checksummed per frame). The catalog opens the checkpoint's
+ * store once at start (ps_store_open, store.c), which serves each record from the store its flags name
+ * (LR_RANGE_LIVE records from the live one, all others from the image one). The request and bulk code only ever
+ * hold that one store and call its table: nothing outside the stores knows which kind served a frame but by
+ * the name the store gives (ps_pages.store, for errors).
  */
 #ifndef LR_STORE_H
 #define LR_STORE_H
@@ -34,6 +34,7 @@ struct ps_pages {
 	bool read;                  /* out: the bytes follow the checksums in frame */
 	int fd;                     /* out, when !read */
 	uint64_t off;
+	const char *store;          /* out: the name of the kind of store that read it, or failed to */
 };
 
 struct ps_store;
@@ -48,6 +49,10 @@ struct ps_store_ops {
 struct ps_store {               /* the first member of each kind's own struct */
 	const struct ps_store_ops *ops;
 };
+
+/* The checkpoint's store: the image store, and with pidmap (else NULL) the live store too. */
+struct ps_store *ps_store_open(int dirfd, const char *dir, const struct lr_index *idx, const char *pidmap,
+			       struct lr_error *err);
 
 /* The pages files of every record that is not live, opened and checked against the index (dirfd: the images). */
 struct ps_store *ps_store_images_open(int dirfd, const char *dir, const struct lr_index *idx, struct lr_error *err);

@@ -72,7 +72,7 @@ int ps_wset_get(struct ps_server *s, struct ps_conn *c, const char *name, size_t
 	size_t off = 0;
 	do {
 		uint32_t n = ss->wset_snap_len - off > LR_FILE_CHUNK ? LR_FILE_CHUNK : (uint32_t)(ss->wset_snap_len - off);
-		if (ps_queue_frame(c, LR_FILE_DATA, off + n < ss->wset_snap_len ? LR_F_MORE : 0, c->hdr.req_id,
+		if (ps_queue_frame(&c->queue, LR_FILE_DATA, off + n < ss->wset_snap_len ? LR_F_MORE : 0, c->hdr.req_id,
 				   ss->wset_snap + off, n))
 			return -1;
 		off += n;

@@ -430,7 +430,7 @@ def test_peak_memory_stays_small_while_serving_a_large_tree(workdir: Path, reape
             print(f"lr-pageserver --live: peak RSS {peak} KiB after streaming {tree_bytes >> 20} MiB")
             assert peak < 32 << 10, f"peak RSS {peak} KiB"
             # A client that asks for the whole main region at once and reads nothing until it has asked: the
-            # server stops reading its requests once 16 MiB of replies wait (conn.c), so it never holds more.
+            # server stops reading its requests once 16 MiB of replies wait (queue.c), so it never holds more.
             main = max(range(len(entries)), key=lambda i: entries[i].nr_pages)
             asked = list(requests(entries[main]))
             for first, n in asked:
