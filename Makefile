@@ -146,16 +146,16 @@ COLDSTART_ARGS ?=
 COMPRESS_ARGS ?=
 .PHONY: bench coldstart compress
 bench: build
-	$(VENV)/bin/python bench/run_bench.py $(BENCH_ARGS)
-	$(VENV)/bin/python bench/run_remote_bench.py $(REMOTE_BENCH_ARGS)
-	$(VENV)/bin/python bench/coldstart.py $(COLDSTART_ARGS)
-	$(VENV)/bin/python bench/compress.py $(COMPRESS_ARGS)
+	$(VENV)/bin/python -m bench local $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench remote $(REMOTE_BENCH_ARGS)
+	$(VENV)/bin/python -m bench coldstart $(COLDSTART_ARGS)
+	$(VENV)/bin/python -m bench compress $(COMPRESS_ARGS)
 
 coldstart: build
-	$(VENV)/bin/python bench/coldstart.py $(COLDSTART_ARGS)
+	$(VENV)/bin/python -m bench coldstart $(COLDSTART_ARGS)
 
 compress: build
-	$(VENV)/bin/python bench/compress.py $(COMPRESS_ARGS)
+	$(VENV)/bin/python -m bench compress $(COMPRESS_ARGS)
 
 # --- C unit tests (ASan + UBSan), run by tests/unit/test_native.py ------------
 TEST_SANFLAGS := $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC)
@@ -229,4 +229,4 @@ reliability: build fuzz-build
 	$(VENV)/bin/python scripts/reliability.py --runs $(RELIABILITY_RUNS)
 
 soak: build
-	$(VENV)/bin/python bench/soak.py --minutes $(SOAK_MINUTES)
+	$(VENV)/bin/python -m bench soak --minutes $(SOAK_MINUTES)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from report_cells import (Record, dated, failed_alarm, fmt, markdown_table, median, outcome, ratio, run_ok, table_row,
+from .cells import (Record, dated, failed_alarm, fmt, markdown_table, median, outcome, ratio, run_ok, table_row,
                           times, verdict)
 
 Key = tuple[str, float, str]  # (fill, rate in Mbit/s with 0 for unlimited, --compress mode)
@@ -24,7 +24,7 @@ FILL_LABELS = {TEXT: "Compressible memory (`--fill text`)", RANDOM: "Incompressi
 # A cut smaller than this is within what two runs of the same thing differ by on this 2-vCPU VM.
 CUT_MIN = 1.10
 MIB = 1 << 20
-SECTION = "compress"  # its name between BENCHMARKS.md's markers (bench_markers)
+SECTION = "compress"  # its name between BENCHMARKS.md's markers (markers.py)
 FIELDS = ("total_s", "fetch_s", "resume_s", "resident_s", "wire_bytes", "placed_bytes", "zstd_frames", "link_bps",
           "server_cpu_s", "daemon_cpu_s")
 
@@ -94,7 +94,7 @@ def _row(med: dict[Key, Record], key: Key) -> str:
     fill, rate, mode = key
     m = med[key]
     cells = [rate_label(rate), f"`{mode}`", fmt(m["total_s"], 2), "—" if mode == OFF else times(speedup(med, *key)),
-             fmt(m["resume_s"], 2), fmt(m["wire_bytes"], 1, 1 / MIB), times(m["ratio"]), chose(m),
+             fmt(m["resume_s"], 2), fmt(m["wire_bytes"], 1, scale=1 / MIB), times(m["ratio"]), chose(m),
              fmt(m["zstd_frames"], 0), measured(m, mode), fmt(m["server_cpu_s"], 2), f"{m['ok']}/{m['runs']}"]
     return table_row(cells)
 
@@ -134,7 +134,8 @@ def _run_row(r: Record) -> str:
     bps = r.get("link_bps")
     cells = [str(r["order"]), r["fill"], rate_label(r["rate_mbit"]), f"`{r['mode']}`", fmt(r.get("total_s"), 2),
              fmt(r.get("fetch_s"), 2), fmt(r.get("resume_s"), 2), fmt(r.get("resident_s"), 2),
-             fmt(r.get("wire_bytes"), 1, 1 / MIB), fmt(r.get("placed_bytes"), 1, 1 / MIB), fmt(r.get("zstd_frames"), 0),
+             fmt(r.get("wire_bytes"), 1, scale=1 / MIB), fmt(r.get("placed_bytes"), 1, scale=1 / MIB),
+             fmt(r.get("zstd_frames"), 0),
              "n/a" if r.get("compress") is None else ("yes" if r["compress"] else "no"),
              f"{bps / 1e6:.1f}" if bps else "—",
              f"{fmt(r.get('server_cpu_s'), 2)} / {fmt(r.get('daemon_cpu_s'), 2)}", outcome(r)]

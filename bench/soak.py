@@ -6,7 +6,7 @@ memory (the fixed region against its model, the rewritten region page by page), 
 compared with the original's, and the machine is checked for leftovers: lazyrestore's processes, CRIU,
 mounts, the soak's own file descriptors. Writes bench/soak_results.json (read by `make reliability`).
 
-    python bench/soak.py --minutes 20
+    python -m bench soak --minutes 20
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LAZYRESTORE_TESTHOSTS_PREFIX", "lrsoak")
 
-from lazyrestore import sample, testhosts  # noqa: E402
+from lazyrestore import sample, testhosts
 
 RESULTS = Path(__file__).with_name("soak_results.json")
 LEFTOVER_NAMES = ("lr-lazyd", "lr-pageserver", "criu")
@@ -151,7 +150,7 @@ def summarize(cycles: list[dict[str, Any]], before: dict[str, int], after: dict[
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--mib", type=int, default=128, help="the workload's fixed region")
     ap.add_argument("--writers", type=int, default=2, help="threads that keep rewriting memory")
@@ -174,6 +173,3 @@ def main(argv: list[str]) -> int:
         or result["failed_cycles"]
     return 1 if bad or not result["cycles"] else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,18 +1,14 @@
-"""bench/remote_report.py and run_remote_bench.py's plan: medians per workload, the goals, the section."""
+"""bench/remote_report.py and bench/remote.py's plan: medians per workload, the goals, the section."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import remote_report as rep  # noqa: E402
+from bench import remote_report as rep
 
 LOOP = "loopback"
 NETS = {LOOP: "loopback", "hosts": "test hosts A → B (no netem)"}
@@ -133,10 +129,11 @@ def test_goals_without_lr_live_first_leave_it_out() -> None:
 
 
 def load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """run_remote_bench (and run_bench, which it imports) set LAZYRESTORE_PLUGIN when imported: put it back."""
+    """bench.remote; importing it changes no environment (python -m bench sets LAZYRESTORE_PLUGIN in main)."""
     monkeypatch.setenv("LAZYRESTORE_PLUGIN", "unit-test")
-    import run_remote_bench
-    return run_remote_bench
+    from bench import remote
+    assert remote.os.environ["LAZYRESTORE_PLUGIN"] == "unit-test"
+    return remote
 
 
 def test_plan_skips_the_disk_methods_above_disk_max(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-import subprocess
 from typing import Any
 
-from bench_methods import LABELS, METHODS
+from .cells import fmt, ratio, times
+from .local_methods import LABELS, METHODS
 
 from lazyrestore.criu import log_level
 from lazyrestore.restore import SETTLE_S
@@ -22,43 +20,6 @@ FIELDS = ("resume_s", "resident_s", "drain_gbps", "lat_p50_us", "lat_p99_us", "d
 
 Record = dict[str, Any]
 Medians = dict[tuple[str, int, str], dict[str, Any]]
-
-
-# --- machine ---------------------------------------------------------------
-
-def _first_line_with(path: str, key: str) -> str:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def _command_output(args: list[str]) -> str:
-    try:
-        out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def machine(criu_path: str, repo: str) -> dict[str, str]:
-    mem_kb = _first_line_with("/proc/meminfo", "MemTotal").split()[0]
-    commit = _command_output(["git", "-C", repo, "rev-parse", "--short", "HEAD"])
-    dirty = _command_output(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"])
-    criu_version = _command_output([criu_path, "--version"]).replace("\n", ", ").removeprefix("Version: ")
-    return {
-        "kernel": platform.release(),
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "memory": f"{int(mem_kb) / (1 << 20):.1f} GiB" if mem_kb.isdigit() else mem_kb,
-        "cpu": _first_line_with("/proc/cpuinfo", "model name"),
-        "criu": f"{criu_version} ({criu_path})",
-        "python": platform.python_version(),
-        "lazyrestore": commit + (" (with uncommitted changes)" if dirty not in ("", "unknown") else ""),
-    }
 
 
 # --- numbers ---------------------------------------------------------------
@@ -106,18 +67,6 @@ def medians(records: list[Record]) -> Medians:
     return out
 
 
-def ratio(num: float | None, den: float | None) -> float | None:
-    return num / den if num is not None and den else None
-
-
-def fmt(x: float | None, digits: int = 3, bound: str = "") -> str:
-    return "n/a" if x is None else f"{bound}{x:.{digits}f}"
-
-
-def fmt_ratio(x: float | None, bound: str = "") -> str:
-    return "n/a" if x is None else f"{bound}{x:.2f}×"
-
-
 # --- tables ----------------------------------------------------------------
 
 TABLE_HEAD = ("| size | method | resume (s) | resident (s) | drain (GB/s) | fault p50 / p99 (µs) | daemon CPU (s) "
@@ -128,9 +77,9 @@ TABLE_HEAD = ("| size | method | resume (s) | resident (s) | drain (GB/s) | faul
 def _ratios(m: dict[str, Any], base: dict[str, Any]) -> list[str]:
     """resume, resident and drain against CRIU lazy-pages; a censored baseline makes the last two lower bounds."""
     low = "> " if base.get("censored") and not m["censored"] else ""
-    return [fmt_ratio(ratio(base.get("resume_s"), m["resume_s"])),
-            fmt_ratio(ratio(base.get("resident_s"), m["resident_s"]), low),
-            fmt_ratio(ratio(m["drain_gbps"], base.get("drain_gbps")), low)]
+    return [times(ratio(base.get("resume_s"), m["resume_s"])),
+            times(ratio(base.get("resident_s"), m["resident_s"]), low),
+            times(ratio(m["drain_gbps"], base.get("drain_gbps")), low)]
 
 
 def _checks(m: dict[str, Any]) -> str:
@@ -229,7 +178,7 @@ def goal_drain(med: Medians, kind: str, size: int) -> tuple[bool | None, str]:
     ok = gbps >= DRAIN_GBPS_MIN or (r is not None and r >= DRAIN_RATIO_MIN)
     over, under = ("> ", "< ") if base.get("censored") else ("", "")
     return ok, (f"{kind} {size} MiB: lr-lazyd {gbps:.2f} GB/s, CRIU lazy-pages {fmt(base.get('drain_gbps'), 2, under)} "
-                f"GB/s, ratio {fmt_ratio(r, over)}")
+                f"GB/s, ratio {times(r, over)}")
 
 
 def goals_section(med: Medians, kinds: list[str], sizes: list[int]) -> tuple[str, list[bool | None]]:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make bench`, part 2: migrating a running workload to another host, lazily and eagerly, side by side.
 
 For each size, repeat, network (loopback at every size; the two test hosts A -> B
@@ -22,11 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,22 +31,22 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import remote_report
-from bench_markers import write_section
-from bench_methods import MethodFailed
-from bench_procs import become_subreaper, kill_and_wait, kill_descendants
-from remote_methods import LABELS, METHODS, WORKLOADS, RemoteTimedOut, Source, methods_at, start_source
-from remote_procs import CRIU_PIPE_MAX, HOSTS, LOOPBACK, NETWORKS, PIPE_MAX_SIZE, Network, hosts_up, loopback, shielded
+from . import remote_report
+from .markers import write_section
+from .local_methods import MethodFailed
+from .local_report import run_failed
+from .machine import command_line, machine
+from .options import csv_choice, csv_ints, positive
+from .procs import become_subreaper, kill_and_wait, kill_descendants
+from .remote_methods import LABELS, METHODS, WORKLOADS, RemoteTimedOut, Source, methods_at, start_source
+from .netprocs import CRIU_PIPE_MAX, HOSTS, LOOPBACK, NETWORKS, PIPE_MAX_SIZE, Network, hosts_up, loopback, shielded
 
 from pyroute2 import netns
 
 from lazyrestore import criu, sample, testhosts
 from lazyrestore.errors import LazyRestoreError
 from lazyrestore.restore import SETTLE_S
-from run_bench import csv_ints, positive
 
-# The CRIU baselines run CRIU as CRIU: lazyrestore's CRIU plugin would index every dump they time.
-os.environ["LAZYRESTORE_PLUGIN"] = "off"
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -69,17 +66,8 @@ def log(text: str) -> None:
 
 # --- options ---------------------------------------------------------------------
 
-def csv_choice(choices: tuple[str, ...]) -> Any:
-    def parse(text: str) -> list[str]:
-        got = [x.strip() for x in text.split(",") if x.strip()]
-        if not got or any(x not in choices for x in got):
-            raise argparse.ArgumentTypeError(f"expected a list from {','.join(choices)}, got {text!r}")
-        return got
-    return parse
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench remote", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=csv_ints, default=list(DEFAULT_SIZES),
                    help=f"workload sizes in MiB ({','.join(map(str, DEFAULT_SIZES))})")
     p.add_argument("--networks", type=csv_choice(NETWORKS), default=None,
@@ -305,12 +293,12 @@ def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[
 
 
 def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[str, Any]:
-    command = shlex.join([os.path.relpath(sys.executable, REPO), os.path.relpath(__file__, REPO), *argv])
+    command = command_line("remote", argv)
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": args.sizes,
             "methods": args.methods, "workloads": args.workloads, "scanners": WORKLOADS,
             "disk_max_mib": args.disk_max, "hosts_sizes": args.hosts_sizes, "repeat": args.repeat,
             "drain_timeout_s": args.drain_timeout,
-            "command": command, "machine": remote_report.machine(criu_path, REPO),
+            "command": command, "machine": machine(criu_path, REPO),
             "pipe_max_size": int(PIPE_MAX_SIZE.read_text()), "criu_pipe_max": CRIU_PIPE_MAX,
             "criu_log_level": criu.log_level(), "settle_s": SETTLE_S, "hosts": None,
             "host_a": testhosts.HOST_A, "addr_a": testhosts.ADDR_A, "host_b": testhosts.HOST_B,
@@ -343,11 +331,8 @@ def main(argv: list[str]) -> int:
     finally:
         cleanup(meta["hosts"] is not None)
     write_outputs(args, meta, records)
-    failed = [r for r in records if remote_report.run_failed(r)]
+    failed = [r for r in records if run_failed(r)]
     if failed:
         log(f"{len(failed)} failed migration(s) or checksum mismatch(es): see {args.out}")
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make bench`: eager restore, CRIU's local lazy mode and lr-lazyd, side by side in one run.
 
 For each size and workload kind: start the sample workload, take its checksum,
@@ -15,11 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,17 +24,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import bench_report
-from bench_markers import keep_remote
-from bench_methods import METHODS, BaselineTimedOut, MethodFailed, Target, lazyrestore_cmd
-from bench_procs import DRAIN_TIMEOUT_S, TIMEOUT_S, become_subreaper, kill_and_wait, kill_descendants, run_json
+from . import local_report
+from .markers import keep_remote
+from .local_methods import METHODS, BaselineTimedOut, MethodFailed, Target, lazyrestore_cmd
+from .machine import command_line, machine
+from .options import csv_ints, positive
+from .procs import DRAIN_TIMEOUT_S, TIMEOUT_S, become_subreaper, kill_and_wait, kill_descendants, run_json
 
 from lazyrestore import criu, sample
 from lazyrestore.paths import native_binary
 from lazyrestore.errors import LazyRestoreError
 
-# The CRIU baselines run CRIU as CRIU: lazyrestore's CRIU plugin would index every dump they time.
-os.environ["LAZYRESTORE_PLUGIN"] = "off"
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -68,16 +65,6 @@ def log(text: str) -> None:
 
 # --- options ---------------------------------------------------------------
 
-def csv_ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes in MiB such as 256,1024, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive sizes in MiB, got {text!r}")
-    return values
-
-
 def csv_kinds(text: str) -> list[str]:
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     bad = [k for k in kinds if k not in KINDS]
@@ -86,14 +73,8 @@ def csv_kinds(text: str) -> list[str]:
     return kinds
 
 
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench local", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=csv_ints, default=list(DEFAULT_SIZES), help="workload sizes in MiB (256,1024,4096)")
     p.add_argument("--kinds", type=csv_kinds, default=list(KINDS), help="workload kinds (idle,scanning)")
     p.add_argument("--repeat", type=positive, default=1, help="measurements per size, kind and method (median reported)")
@@ -207,7 +188,7 @@ def describe(rec: dict[str, Any]) -> str:
         return f"{head} FAILED: {rec['error']}"
     if rec.get("timed_out"):
         return f"{head} resume {rec['resume_s']:.3f} s, TIMED OUT: {rec['note']}; memory not checked"
-    f = bench_report.fmt
+    f = local_report.fmt
     lat = "" if rec["lat_p50_us"] is None else f", fault p50/p99 {rec['lat_p50_us']:.1f}/{rec['lat_p99_us']:.1f} us"
     cpu = "" if rec["daemon_cpu_s"] is None else f", daemon cpu {rec['daemon_cpu_s']:.3f} s"
     return (f"{head} resume {f(rec['resume_s'])} s, resident {f(rec['resident_s'])} s, "
@@ -261,10 +242,10 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]],
                   checkpoints: list[dict[str, Any]], fills: list[dict[str, Any]]) -> None:
-    med = bench_report.medians(records)
+    med = local_report.medians(records)
     previous = args.out.read_text() if args.out.exists() else ""
-    # The remote-migration section (run_remote_bench.py) survives this rewrite.
-    args.out.write_text(keep_remote(previous, bench_report.render(meta, records, checkpoints, med, fills)))
+    # The marked sections (remote.py, coldstart.py, compress.py, the CRIU comparison) survive this rewrite.
+    args.out.write_text(keep_remote(previous, local_report.render(meta, records, checkpoints, med, fills)))
     medians_json = [{"kind": k, "size_mib": s, "method": m, **v} for (k, s, m), v in sorted(med.items())]
     args.json_out.write_text(json.dumps({"meta": meta, "checkpoints": checkpoints, "runs": records, "fill_rates": fills,
                                          "medians": medians_json}, indent=2) + "\n")
@@ -284,10 +265,10 @@ def main(argv: list[str]) -> int:
     criu_path = check_machine()
     become_subreaper()
     signal.signal(signal.SIGTERM, _on_term)
-    command = shlex.join([os.path.relpath(sys.executable, REPO), os.path.relpath(__file__, REPO), *argv])
+    command = command_line("local", argv)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": args.sizes, "kinds": args.kinds,
             "repeat": args.repeat, "drain_timeout_s": args.drain_timeout, "command": command,
-            "machine": bench_report.machine(criu_path, str(REPO))}
+            "machine": machine(criu_path, REPO)}
     records: list[dict[str, Any]] = []
     checkpoints: list[dict[str, Any]] = []
     fills: list[dict[str, Any]] = []
@@ -302,11 +283,8 @@ def main(argv: list[str]) -> int:
     finally:
         cleanup(None)
     write_outputs(args, meta, records, checkpoints, fills)
-    failed = [r for r in records if bench_report.run_failed(r)] + [c for c in checkpoints if c.get("error")]
+    failed = [r for r in records if local_report.run_failed(r)] + [c for c in checkpoints if c.get("error")]
     if failed:
         log(f"{len(failed)} failure(s) or checksum mismatch(es): see {args.out}")
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

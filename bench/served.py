@@ -8,7 +8,8 @@ restored many times on the destination, each restored tree checked and killed; a
   subreaper, Ctrl-C and SIGTERM, a scratch dir in /dev/shm and the test hosts (claim_hosts), removed afterwards,
   and the exit code.
 
-Import it only after setting LAZYRESTORE_TESTHOSTS_PREFIX: remote_procs imports lazyrestore.testhosts, which reads it.
+Import it only after setting LAZYRESTORE_TESTHOSTS_PREFIX (python -m bench does): netprocs imports
+lazyrestore.testhosts, which reads it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,11 +28,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import remote_report
-from bench_methods import lazyrestore_cmd
-from bench_procs import become_subreaper, kill_and_wait, kill_descendants, wait_gone
-from remote_procs import JsonProc, Network, finish, pump, shielded
-from report_cells import run_ok
+from .local_methods import lazyrestore_cmd
+from .machine import machine as describe_machine
+from .procs import become_subreaper, kill_and_wait, kill_descendants, wait_gone
+from .netprocs import JsonProc, Network, finish, pump, shielded
+from .cells import run_ok
 
 from pyroute2 import netns
 
@@ -68,13 +67,6 @@ class RunFailed(Exception):
 
 def say(name: str, text: str) -> None:
     print(f"{name}: {text}", flush=True)
-
-
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
 
 
 def parse_options(p: argparse.ArgumentParser, argv: list[str], *, section: str, results: str, quick_help: str,
@@ -351,13 +343,8 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
-def command_line(script: str, argv: list[str]) -> str:
-    """How the bench was run, relative to the repository."""
-    return shlex.join([os.path.relpath(sys.executable, REPO), os.path.relpath(script, REPO), *argv])
-
-
 def machine(criu_path: str) -> dict[str, str]:
-    return remote_report.machine(criu_path, REPO)
+    return describe_machine(criu_path, REPO)
 
 
 def write_json(path: Path, results: dict[str, Any]) -> None:
