@@ -38,6 +38,7 @@ COMMANDS = {
                         env_default={"LAZYRESTORE_TESTHOSTS_PREFIX": "lrcz"}),
     "soak": Command("bench.soak", "migrate one workload back and forth for a while (RELIABILITY.md's soak)",
                     env_default={"LAZYRESTORE_TESTHOSTS_PREFIX": "lrsoak"}),
+    "render": Command("bench.render", "run nothing: rewrite BENCHMARKS.md and RELIABILITY.md from the summaries"),
 }
 
 

@@ -7,7 +7,7 @@ every auto run has the working set earlier restores recorded), and --eager eager
 each: the time from the restore command's start to the first verified answer to `GET 0 KEYS`, the remote
 faults lr-lazyd served until then, and the time until every page is resident; every restored tree's memory
 checksum must equal the original's. Writes the "Cold start" section of BENCHMARKS.md (between its markers)
-and bench/coldstart_results.json. Exits 1 if any run failed or restored wrong memory, 130 on Ctrl-C or
+bench/results/coldstart.json (its summary) and build/bench/coldstart.jsonl (every record). Exits 1 if any run failed or restored wrong memory, 130 on Ctrl-C or
 SIGTERM, after killing every process it started and removing its dir in /dev/shm and its test hosts.
 """
 
@@ -31,6 +31,7 @@ from .markers import write_section
 from .local_methods import lazyrestore_cmd
 from .machine import command_line
 from .options import positive
+from .summaries import write_raw, write_summary
 from .served import (ERRORS, STEP_TIMEOUT_S, RunFailed, Served, deliveries,
                        read_restore, start_restore, wait_delivered)
 from .coldstart_report import AUTO, EAGER, OFF
@@ -63,7 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--network", choices=(HOSTS, LOOPBACK), default=HOSTS,
                    help="hosts: workload and page server on test host A, restores on B (default); loopback: all in "
                         "the root network namespace")
-    return served.parse_options(p, argv, section="cold-start", results="coldstart_results.json",
+    return served.parse_options(p, argv, section="cold-start", suite="coldstart",
                                    quick_help="smoke run: 256 MiB, 2 repeats", quick={"mib": 256, "repeat": 2})
 
 
@@ -319,13 +320,13 @@ def run_all(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[s
 
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    med = coldstart_report.medians(records)
-    write_section(args.out, coldstart_report.SECTION, coldstart_report.render(meta, records))
-    served.write_json(args.json_out, {"meta": meta, "runs": records, "medians": med,
-                                         "ratios": coldstart_report.ratios(med)})
-    for line in coldstart_report.goals(med):
+    summary = coldstart_report.summarize(meta, records)
+    write_summary(args.summary, summary)
+    write_raw(args.json_out, meta, {"run": records})
+    write_section(args.out, coldstart_report.SECTION, coldstart_report.render_summary(summary))
+    for line in coldstart_report.goals(summary["medians"]):
         log(line)
-    log(f"wrote the cold-start section of {args.out} and {args.json_out}")
+    log(f"wrote the cold-start section of {args.out}, {args.summary} and {args.json_out}")
 
 
 def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[str, Any]:

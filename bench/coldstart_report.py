@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .summaries import pick
 from .cells import (Record, dated, failed_alarm, fmt, markdown_table, median, outcome, ratio, run_ok, table_row,
                           times, verdict)
 
@@ -141,8 +142,9 @@ checkpointed once onto tmpfs; `lazyrestore serve` serves that one checkpoint fro
 """
 
 
-def render(meta: dict[str, Any], records: list[Record]) -> str:
-    med = medians(records)
+def render(meta: dict[str, Any], records: list[Record], med: dict[str, Record] | None = None) -> str:
+    """The section from the run's meta, its records (at least RUN_KEYS) and its medians (from records if None)."""
+    med = medians(records) if med is None else med
     return "\n".join(["## Cold start: first answer after a restore", "", *failed_alarm(records), dated(meta),
                       f"Command: `{meta['command']}`; network: {meta['network_label']}.", "",
                       table(med), "", "Goals:", "", *goals(med), "", "### Method", "",
@@ -151,3 +153,20 @@ def render(meta: dict[str, Any], records: list[Record]) -> str:
                                    extra=f" --drain-rate {meta['drain_rate']}" if meta.get("drain_rate") else ""),
                       "### Every run", "", runs_table(records), ""])
 
+
+
+# --- summary -----------------------------------------------------------------------------------------------
+
+RUN_KEYS = ("mode", "order", "error", "memory", "first_answer_s", "running_s", "faults_until_answer", "faults",
+            "workingset_before", "prefetch_bytes", "resident_s", "lat_p50_us", "lat_p99_us")
+
+
+def summarize(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
+    """The suite's summary (bench/results/coldstart.json): meta, medians, ratios and each run's row."""
+    med = medians(records)
+    return {"suite": "coldstart", "date": meta["date"], "commit": meta["machine"].get("lazyrestore"), "meta": meta,
+            "medians": med, "ratios": ratios(med), "runs": pick(records, RUN_KEYS)}
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    return render(summary["meta"], summary["runs"], summary["medians"])

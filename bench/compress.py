@@ -6,7 +6,7 @@ veth ends; 0: unlimited), --repeat rounds of `restore --from … --prefetch off`
 and auto, in rotating order. For each: the time from the restore command's start to every page resident, the
 page-frame bytes on the link, whether page data travelled compressed, the link auto measured and the page
 server's CPU time; every restored tree's memory checksum must equal the original's. Writes the "Slow links"
-section of BENCHMARKS.md (between its markers) and bench/compress_results.json. Exits 1 if any run failed or
+section of BENCHMARKS.md (between its markers) bench/results/compress.json (its summary) and build/bench/compress.jsonl (every record). Exits 1 if any run failed or
 restored wrong memory, 130 on Ctrl-C or SIGTERM, after killing every process it started and removing its dir
 in /dev/shm and its test hosts (their qdiscs go with them).
 """
@@ -26,6 +26,7 @@ from . import compress_report
 from .markers import write_section
 from .machine import command_line
 from .options import positive
+from .summaries import write_raw, write_summary
 from .served import (STEP_TIMEOUT_S, RunFailed, Served, deliveries, read_restore,
                        start_restore, wait_delivered)
 from .compress_report import MODES, RANDOM, TEXT
@@ -68,7 +69,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--rates", type=rates, default=[0.0, 1000.0, 100.0],
                    help="link rates in Mbit/s, 0 for unlimited (0,1000,100)")
     p.add_argument("--fills", type=fills, default=[TEXT, RANDOM], help="workload fills (text,random)")
-    return served.parse_options(p, argv, section="slow-links", results="compress_results.json",
+    return served.parse_options(p, argv, section="slow-links", suite="compress",
                                    quick_help="smoke run: 64 MiB, 1 round", quick={"mib": 64, "repeat": 1})
 
 
@@ -199,14 +200,13 @@ def run_all(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[s
 
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    med = compress_report.medians(records)
-    goals = compress_report.goals(med)
-    write_section(args.out, compress_report.SECTION, compress_report.render(meta, records))
-    served.write_json(args.json_out, {"meta": meta, "runs": records, "medians": compress_report.medians_json(med),
-                                         "goals": goals, "costs": compress_report.costs(med)})
-    for line in goals:
+    summary = compress_report.summarize(meta, records)
+    write_summary(args.summary, summary)
+    write_raw(args.json_out, meta, {"run": records})
+    write_section(args.out, compress_report.SECTION, compress_report.render_summary(summary))
+    for line in summary["goals"]:
         log(line)
-    log(f"wrote the slow-links section of {args.out} and {args.json_out}")
+    log(f"wrote the slow-links section of {args.out}, {args.summary} and {args.json_out}")
 
 
 def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[str, Any]:

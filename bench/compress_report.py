@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .summaries import pick
 from .cells import (Record, dated, failed_alarm, fmt, markdown_table, median, outcome, ratio, run_ok, table_row,
                           times, verdict)
 
@@ -177,8 +178,9 @@ carries nearly every page, so the link and the compression are what is measured.
 """
 
 
-def render(meta: dict[str, Any], records: list[Record]) -> str:
-    med = medians(records)
+def render(meta: dict[str, Any], records: list[Record], med: dict[Key, Record] | None = None) -> str:
+    """The section from the run's meta, its records (at least RUN_KEYS) and its medians (from records if None)."""
+    med = medians(records) if med is None else med
     alarm = failed_alarm(records)
     unused = compression_unused(records)
     if unused:
@@ -201,3 +203,26 @@ def medians_json(med: dict[Key, Record]) -> list[Record]:
     return [{"fill": f, "rate_mbit": rate, "mode": mode, **row, "off_over_this": speedup(med, f, rate, mode)}
             for (f, rate, mode), row in med.items()]
 
+
+
+def medians_from_json(rows: list[Record]) -> dict[Key, Record]:
+    """medians_json's list back by (fill, rate, mode)."""
+    derived = ("fill", "rate_mbit", "mode", "off_over_this")
+    return {(m["fill"], m["rate_mbit"], m["mode"]): {k: v for k, v in m.items() if k not in derived} for m in rows}
+
+
+# --- summary -----------------------------------------------------------------------------------------------
+
+RUN_KEYS = ("fill", "rate_mbit", "mode", "order", "error", "memory", "compress", "total_s", "fetch_s", "resume_s",
+            "resident_s", "wire_bytes", "placed_bytes", "zstd_frames", "link_bps", "server_cpu_s", "daemon_cpu_s")
+
+
+def summarize(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
+    """The suite's summary (bench/results/compress.json): meta, medians, goals, costs and each run's row."""
+    med = medians(records)
+    return {"suite": "compress", "date": meta["date"], "commit": meta["machine"].get("lazyrestore"), "meta": meta,
+            "medians": medians_json(med), "goals": goals(med), "costs": costs(med), "runs": pick(records, RUN_KEYS)}
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    return render(summary["meta"], summary["runs"], medians_from_json(summary["medians"]))

@@ -3,7 +3,8 @@
 For each size and workload kind: start the sample workload, take its checksum,
 checkpoint it once onto tmpfs, then restore that same checkpoint with each
 method in turn (the order rotates between repeats), check the restored memory
-against the checksum, kill the tree. Writes BENCHMARKS.md and bench/results.json;
+against the checksum, kill the tree. Writes BENCHMARKS.md (its top), bench/results/local.json (the
+summary it is rendered from) and build/bench/local.jsonl (every record);
 exits 1 if any restore failed or any checksum differed, 130 on Ctrl-C (or SIGTERM),
 after killing every process it started and removing its dirs in /dev/shm.
 CRIU's daemon running out of --drain-timeout is reported as a bound, not a failure.
@@ -29,15 +30,15 @@ from .markers import keep_remote
 from .local_methods import METHODS, BaselineTimedOut, MethodFailed, Target, lazyrestore_cmd
 from .machine import command_line, machine
 from .options import csv_ints, positive
+from .summaries import raw_path, summary_path, write_raw, write_summary
 from .procs import DRAIN_TIMEOUT_S, TIMEOUT_S, become_subreaper, kill_and_wait, kill_descendants, run_json
 
 from lazyrestore import criu, sample
 from lazyrestore.paths import native_binary
 from lazyrestore.errors import LazyRestoreError
+from lazyrestore.restore import SETTLE_S
 
-
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
+REPO = Path(__file__).resolve().parent.parent
 KINDS = {"idle": 0, "scanning": 2}  # kind -> scanner threads
 DEFAULT_SIZES = (256, 1024, 4096)
 SHM = Path("/dev/shm")
@@ -79,7 +80,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--kinds", type=csv_kinds, default=list(KINDS), help="workload kinds (idle,scanning)")
     p.add_argument("--repeat", type=positive, default=1, help="measurements per size, kind and method (median reported)")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report file (BENCHMARKS.md)")
-    p.add_argument("--json-out", type=Path, default=BENCH_DIR / "results.json", help="raw results (bench/results.json)")
+    p.add_argument("--summary", type=Path, default=summary_path("local"),
+                   help="the summary the report is rendered from (bench/results/local.json)")
+    p.add_argument("--json-out", type=Path, default=raw_path("local"),
+                   help="raw records, JSON Lines (build/bench/local.jsonl)")
     p.add_argument("--drain-timeout", type=positive, default=int(DRAIN_TIMEOUT_S),
                    help="seconds from a lazy restore's start until every page must be resident (600); "
                         "past it CRIU's daemon gets a bound (resident > limit), lr-lazyd a failure")
@@ -128,7 +132,7 @@ def verify(cp: Checkpointed, pid: int) -> tuple[str, dict[str, str]]:
 
 
 def measure(cp: Checkpointed, method: str, repeat: int, order: int, drain_timeout: float) -> dict[str, Any]:
-    """Restore cp once with method, verify, kill; a record for results.json (error set on failure)."""
+    """Restore cp once with method, verify, kill; a record for build/bench/local.jsonl (error set on failure)."""
     os.truncate(cp.log, cp.log_size)
     rec: dict[str, Any] = {"size_mib": cp.size_mib, "kind": cp.kind, "method": method, "repeat": repeat,
                            "order": order, "lazy_bytes": cp.lazy_bytes, "error": None, "checksum": None}
@@ -242,14 +246,13 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]],
                   checkpoints: list[dict[str, Any]], fills: list[dict[str, Any]]) -> None:
-    med = local_report.medians(records)
+    summary = local_report.summarize(meta, records, checkpoints, fills)
+    write_summary(args.summary, summary)
+    write_raw(args.json_out, meta, {"checkpoint": checkpoints, "fill_rate": fills, "run": records})
     previous = args.out.read_text() if args.out.exists() else ""
-    # The marked sections (remote.py, coldstart.py, compress.py, the CRIU comparison) survive this rewrite.
-    args.out.write_text(keep_remote(previous, local_report.render(meta, records, checkpoints, med, fills)))
-    medians_json = [{"kind": k, "size_mib": s, "method": m, **v} for (k, s, m), v in sorted(med.items())]
-    args.json_out.write_text(json.dumps({"meta": meta, "checkpoints": checkpoints, "runs": records, "fill_rates": fills,
-                                         "medians": medians_json}, indent=2) + "\n")
-    log(f"wrote {args.out} and {args.json_out}")
+    # The marked sections (remote, coldstart, compress, the CRIU comparison) survive this rewrite.
+    args.out.write_text(keep_remote(previous, local_report.render(summary)))
+    log(f"wrote {args.out}, {args.summary} and {args.json_out}")
 
 
 def check_machine() -> str:
@@ -268,6 +271,7 @@ def main(argv: list[str]) -> int:
     command = command_line("local", argv)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": args.sizes, "kinds": args.kinds,
             "repeat": args.repeat, "drain_timeout_s": args.drain_timeout, "command": command,
+            "settle_s": SETTLE_S, "criu_log_level": criu.log_level(),
             "machine": machine(criu_path, REPO)}
     records: list[dict[str, Any]] = []
     checkpoints: list[dict[str, Any]] = []

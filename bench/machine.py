@@ -37,12 +37,17 @@ def _command_output(args: list[str]) -> str:
     return out.stdout.strip() or "unknown"
 
 
+def commit(repo: Path) -> str:
+    """The repository's HEAD, short, "(with uncommitted changes)" after it when the work tree has some."""
+    head = _command_output(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
+    dirty = _command_output(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"])
+    return head + (" (with uncommitted changes)" if dirty not in ("", "unknown") else "")
+
+
 def machine(criu_path: str, repo: Path) -> dict[str, str]:
     """Kernel, vCPUs, memory, CPU model, CRIU's version and path, Python, and lazyrestore's HEAD (marked when the
     work tree has uncommitted changes)."""
     mem_kb = _first_line_with("/proc/meminfo", "MemTotal").split()[0]
-    commit = _command_output(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"])
-    dirty = _command_output(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"])
     criu_version = _command_output([criu_path, "--version"]).replace("\n", ", ").removeprefix("Version: ")
     return {
         "kernel": platform.release(),
@@ -51,5 +56,5 @@ def machine(criu_path: str, repo: Path) -> dict[str, str]:
         "cpu": _first_line_with("/proc/cpuinfo", "model name"),
         "criu": f"{criu_version} ({criu_path})",
         "python": platform.python_version(),
-        "lazyrestore": commit + (" (with uncommitted changes)" if dirty not in ("", "unknown") else ""),
+        "lazyrestore": commit(repo),
     }

@@ -10,7 +10,8 @@ checksum, migrate it, check the restored memory against the checksum, kill the
 tree. The methods that keep a full copy of the memory on tmpfs (lr-remote,
 eager-copy) are skipped above --disk-max MiB. Writes the
 "Remote migration" section of BENCHMARKS.md (between its markers; the rest of
-the file is left alone) and bench/remote_results.json. Exits 1 if any migration
+the file is left alone), bench/results/remote.json (its summary) and build/bench/remote.jsonl
+(every record). Exits 1 if any migration
 failed or any checksum differed, 130 on Ctrl-C (or SIGTERM), after killing every
 process it started, removing its dirs in /dev/shm and the test hosts, and putting
 fs.pipe-max-size back. CRIU's daemon running out of --drain-timeout is a bound, not a failure.
@@ -19,7 +20,6 @@ fs.pipe-max-size back. CRIU's daemon running out of --drain-timeout is a bound, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -37,6 +37,7 @@ from .local_methods import MethodFailed
 from .local_report import run_failed
 from .machine import command_line, machine
 from .options import csv_choice, csv_ints, positive
+from .summaries import raw_path, read_summary, summary_path, write_raw, write_summary
 from .procs import become_subreaper, kill_and_wait, kill_descendants
 from .remote_methods import LABELS, METHODS, WORKLOADS, RemoteTimedOut, Source, methods_at, start_source
 from .netprocs import CRIU_PIPE_MAX, HOSTS, LOOPBACK, NETWORKS, PIPE_MAX_SIZE, Network, hosts_up, loopback, shielded
@@ -47,9 +48,7 @@ from lazyrestore import criu, sample, testhosts
 from lazyrestore.errors import LazyRestoreError
 from lazyrestore.restore import SETTLE_S
 
-
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
+REPO = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
 SCRATCH_PREFIX = "lazyrestore-remote-bench-"
 DEFAULT_SIZES = (256, 1024, 4096, 8192)
@@ -85,9 +84,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="seconds from a lazy restore's start until every page must be resident (120); past it "
                         "CRIU's daemon gets a bound, lazyrestore a failure")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report (its remote section only)")
-    p.add_argument("--json-out", type=Path, default=BENCH_DIR / "remote_results.json", help="raw results")
+    p.add_argument("--summary", type=Path, default=summary_path("remote"),
+                   help="the summary the section is rendered from (bench/results/remote.json)")
+    p.add_argument("--json-out", type=Path, default=raw_path("remote"), help="raw records, JSON Lines")
     p.add_argument("--render-only", action="store_true",
-                   help="run nothing: write the section again from --json-out's runs (after a change of the report)")
+                   help="run nothing: write the section again from --summary (after a change of the report)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 256 MiB, 1 repeat, loopback only (both workloads unless --workloads)")
     args = p.parse_args(argv)
@@ -280,16 +281,19 @@ def cleanup(hosts: bool) -> None:
 
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    med = remote_report.medians(records)
-    write_section(args.out, "remote-bench", remote_report.render(meta, records, med))
-    medians_json = [{"size_mib": s, "network": n, "workload": w, "method": m, **v}
-                    for (s, n, w, m), v in sorted(med.items())]
-    args.json_out.write_text(json.dumps({"meta": meta, "runs": records, "medians": medians_json}, indent=2) + "\n")
-    lines, _ = remote_report.goals(med, meta)
+    write_summary(args.summary, remote_report.summarize(meta, records))
+    write_raw(args.json_out, meta, {"run": records})
+    render_section(args)
+    lines, _ = remote_report.goals(remote_report.medians(records), meta)
     for line in lines:
         if line:
             log(line)
-    log(f"wrote the remote section of {args.out} and {args.json_out}")
+    log(f"wrote the remote section of {args.out}, {args.summary} and {args.json_out}")
+
+
+def render_section(args: argparse.Namespace) -> None:
+    """BENCHMARKS.md's remote section from the summary alone."""
+    write_section(args.out, "remote-bench", remote_report.render_summary(read_summary(args.summary)))
 
 
 def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[str, Any]:
@@ -308,8 +312,7 @@ def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.render_only:
-        saved = json.loads(args.json_out.read_text())
-        write_outputs(args, saved["meta"], saved["runs"])
+        render_section(args)
         return 0
     criu_path = check_machine()
     become_subreaper()

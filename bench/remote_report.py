@@ -8,6 +8,7 @@ from typing import Any
 from .remote_methods import DISK_METHODS, LABELS, METHODS, SCANNERS
 from .cells import fmt, ratio, times
 from .local_report import outcome, run_censored, run_ok
+from .summaries import pick
 
 Record = dict[str, Any]
 Key = tuple[int, str, str, str]  # (size_mib, network, workload, method)
@@ -320,7 +321,7 @@ repeats.
   destination has every page, then the source ends); when it prints its port, `lazyrestore restore --from
   ADDR:PORT --secret-file IMAGES/lazyrestore/secret --workdir NEW` on the destination. resume = its `listening`
   event (just before CRIU's restore) + `resume_s` (its `resumed` event comes {settle:.1f} s later, after the
-  tool's liveness wait; results.json keeps that time too); every page resident = resume + `resident_s`; drain =
+  tool's liveness wait; the raw records keep that time too); every page resident = resume + `resident_s`; drain =
   (drain_bytes + fault_bytes) / resident_s; fault p50 / p99 and fault count from its summary. Breakdown: dump
   and index (`checkpointed`), page server start (to `listening`), destination start (the restore command's
   start-up and lr-lazyd's), fetch (metadata and eager pages, `verify_s`), CRIU restore (`resume_s`).
@@ -436,3 +437,31 @@ def render(meta: dict[str, Any], records: list[Record], med: Medians) -> str:
         "### Goals", "", *goal_lines, "", "### Method", "", notes(meta),
         "### Every run", "", runs_table(records, meta["networks"]), ""]
     return "\n".join(parts)
+
+
+# --- summary ------------------------------------------------------------------
+
+RUN_KEYS = ("size_mib", "network", "workload", "method", "repeat", "order", "error", "checksum", "timed_out", "note",
+            "resume_s", "total_s", "drain_gbps", "lat_p99_us")
+
+
+def medians_json(med: Medians) -> list[Record]:
+    """The medians as a JSON-friendly list (tuple keys spelled out)."""
+    return [{"size_mib": s, "network": n, "workload": w, "method": m, **v} for (s, n, w, m), v in sorted(med.items())]
+
+
+def medians_from_json(rows: list[Record]) -> Medians:
+    """medians_json's list back by (size, network, workload, method)."""
+    names = ("size_mib", "network", "workload", "method")
+    return {(m["size_mib"], m["network"], m["workload"], m["method"]): {k: v for k, v in m.items() if k not in names}
+            for m in rows}
+
+
+def summarize(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
+    """The suite's summary (bench/results/remote.json): meta, medians and each run's row."""
+    return {"suite": "remote", "date": meta["date"], "commit": meta["machine"].get("lazyrestore"), "meta": meta,
+            "medians": medians_json(medians(records)), "runs": pick(records, RUN_KEYS)}
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    return render(summary["meta"], summary["runs"], medians_from_json(summary["medians"]))

@@ -15,7 +15,6 @@ lazyrestore.testhosts, which reads it.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -30,6 +29,7 @@ from typing import Any
 
 from .local_methods import lazyrestore_cmd
 from .machine import machine as describe_machine
+from .summaries import raw_path, summary_path
 from .procs import become_subreaper, kill_and_wait, kill_descendants, wait_gone
 from .netprocs import JsonProc, Network, finish, pump, shielded
 from .cells import run_ok
@@ -41,8 +41,8 @@ from lazyrestore.errors import LazyRestoreError
 from lazyrestore.manifest import META_DIR
 from lazyrestore.secret import SECRET_NAME
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
+
+REPO = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
 STEP_TIMEOUT_S = 300.0          # start, checkpoint, memory report; a restore to every page resident on a fast link
 DELIVERY_TIMEOUT_S = 30.0       # for the page server to report a delivery the destination already saw
@@ -69,12 +69,14 @@ def say(name: str, text: str) -> None:
     print(f"{name}: {text}", flush=True)
 
 
-def parse_options(p: argparse.ArgumentParser, argv: list[str], *, section: str, results: str, quick_help: str,
+def parse_options(p: argparse.ArgumentParser, argv: list[str], *, section: str, suite: str, quick_help: str,
                   quick: dict[str, Any]) -> argparse.Namespace:
     """argv parsed with p's options and --out (BENCHMARKS.md, of which the bench writes its section only),
-    --json-out (bench/<results>) and --quick (a smoke run: the options in quick take its values)."""
+    --summary (bench/results/SUITE.json), --json-out (build/bench/SUITE.jsonl) and --quick (a smoke run: the
+    options in quick take its values)."""
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help=f"report (its {section} section only)")
-    p.add_argument("--json-out", type=Path, default=BENCH_DIR / results, help="raw results")
+    p.add_argument("--summary", type=Path, default=summary_path(suite), help="the summary the section is rendered from")
+    p.add_argument("--json-out", type=Path, default=raw_path(suite), help="raw records, JSON Lines")
     p.add_argument("--quick", action="store_true", help=quick_help)
     args = p.parse_args(argv)
     if args.quick:
@@ -346,6 +348,3 @@ def utc_now() -> str:
 def machine(criu_path: str) -> dict[str, str]:
     return describe_machine(criu_path, REPO)
 
-
-def write_json(path: Path, results: dict[str, Any]) -> None:
-    path.write_text(json.dumps(results, indent=2) + "\n")
