@@ -13,6 +13,7 @@ from typing import Any
 
 from .cells import fmt, ratio, times
 from .local_methods import LABELS, METHODS
+from .summaries import pick
 
 BASELINE = "criu-lazy"
 OURS = "lr-lazyd"
@@ -134,6 +135,7 @@ def outcome(r: Record) -> str:
     return r["checksum"] if r["checksum"] == "ok" else f"**{r['checksum']}**"
 
 
+CHECKPOINT_KEYS = ("size_mib", "kind", "error", "lazy_bytes", "images_bytes", "dump_s", "frozen_s")
 RUN_KEYS = ("kind", "size_mib", "repeat", "order", "method", "error", "checksum", "timed_out", "note", "resident_min_s")
 
 
@@ -284,7 +286,7 @@ def summarize(meta: dict[str, Any], records: list[Record], checkpoints: list[Rec
     """The suite's summary: what render needs, from a run's records, checkpoints and fill rates."""
     med = with_ratios(medians(records))
     return {"suite": "local", "date": meta["date"], "commit": meta["machine"].get("lazyrestore"), "meta": meta,
-            "checkpoints": checkpoints,
+            "checkpoints": pick(checkpoints, CHECKPOINT_KEYS),
             "medians": [{"kind": k, "size_mib": s, "method": m, **v} for (k, s, m), v in sorted(med.items())],
             "fill_rates": fill_medians(fills, meta["kinds"], meta["sizes"], med),
             "resume_flat": resume_flat(med, meta["kinds"]), "runs": run_rows(records)}

@@ -250,9 +250,10 @@ def run_checked(src: Served, work: Path, rec: Record, restore: Callable[[], int 
 
 @dataclass(frozen=True)
 class Bench:
-    """What a bench script supplies to main: its name (log prefix), what it needs root for, its scratch dir's
+    """What a bench module supplies to main: its name (log prefix), what it needs root for, its scratch dir's
     prefix, and its steps. run_all fills the records (a LazyRestoreError: the bench cannot run); write_outputs
-    writes the report and the raw results (args.out, args.json_out)."""
+    writes the summary, the report's section rendered from it and the raw records (args.summary, args.out,
+    args.json_out)."""
 
     name: str
     needs_root_for: str

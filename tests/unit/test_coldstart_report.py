@@ -17,7 +17,7 @@ def run(mode: str, order: int, first: float, faults: int | None, error: str | No
 
 
 def meta() -> dict[str, Any]:
-    return {"date": "2026-12-02", "mib": 1024, "keys": 2000, "command": "bench/coldstart.py",
+    return {"date": "2026-12-02", "mib": 1024, "keys": 2000, "command": "python -m bench coldstart",
             "network_label": "test hosts", "src_label": "A", "dst_label": "B", "eager_copy_s": 0.4,
             "machine": {"lazyrestore": "abc1234", "cpu": "cpu", "nproc": "2", "memory": "1 GiB", "kernel": "6.18"}}
 

@@ -27,7 +27,7 @@ def slow_text(off: float, on: float, auto: float, rate: float = 100.0) -> list[d
 
 
 def meta() -> dict[str, Any]:
-    return {"date": "2026-12-02", "mib": 64, "repeat": 1, "command": "bench/compress.py --quick",
+    return {"date": "2026-12-02", "mib": 64, "repeat": 1, "command": "python -m bench compress --quick",
             "network_label": "test hosts A → B, tbf", "src_label": "A", "dst_label": "B",
             "machine": {"lazyrestore": "abc1234", "cpu": "cpu", "nproc": "2", "memory": "1 GiB", "kernel": "6.18"}}
 

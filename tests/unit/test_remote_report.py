@@ -29,7 +29,7 @@ def meta(sizes: list[int], workloads: tuple[str, ...] = ("idle", "scanning"),
          methods: tuple[str, ...] = tuple(rep.METHODS), disk_max: int = 4096) -> dict[str, Any]:
     return {"date": "2026-12-03", "sizes": sizes, "methods": list(methods), "workloads": list(workloads),
             "disk_max_mib": disk_max, "hosts_sizes": [1024], "repeat": 1, "drain_timeout_s": 120,
-            "command": "bench/run_remote_bench.py", "networks": {LOOP: "loopback"}, "hosts": None,
+            "command": "python -m bench remote", "networks": {LOOP: "loopback"}, "hosts": None,
             "machine": {"lazyrestore": "abc1234", "cpu": "cpu", "nproc": "2", "memory": "23.5 GiB",
                         "kernel": "6.18", "criu": "4.2.1"},
             "pipe_max_size": 1048576, "criu_pipe_max": 4194304, "criu_log_level": 2, "settle_s": 0.2,
