@@ -1,7 +1,7 @@
 """`python -m bench COMMAND [OPTIONS]`: run one benchmark suite, or render the reports from the committed summaries.
 
 COMMAND is local, remote, coldstart, compress, soak (each with its own options: `python -m bench local --help`) or
-render. The process configuration a suite needs is applied here, before its module (and lazyrestore.testhosts,
+render. Run it from the repository's root (as the Makefile does), with the venv's Python: bench is not installed. The process configuration a suite needs is applied here, before its module (and lazyrestore.testhosts,
 which reads its prefix once) is imported: the CRIU baselines of local and remote run with LAZYRESTORE_PLUGIN=off
 (CRIU as CRIU: lazyrestore's plugin would index every dump they time), and each suite that sets up test hosts
 names them with its own LAZYRESTORE_TESTHOSTS_PREFIX (unless one is set), apart from the tests' and each other's.
