@@ -39,7 +39,7 @@ test: build
 # --remote-lazy-pages and --lazy-migrate (ns flavour), and --lazy-pages with the drain capped at 1 MB/s (faults place
 # most pages), `lazyrestore lazy-pages` as the daemon, the plugin loaded.
 # ZDTM_DAEMONS=stock,lazyrestore adds CRIU's own daemon (no plugin) for comparison; ZDTM_RECORD=1 writes
-# bench/zdtm_results.json for RELIABILITY.md (`scripts/reliability.py --render-only`). See scripts/zdtm.py.
+# bench/results/zdtm.json for RELIABILITY.md (`scripts/reliability.py --render-only`). See scripts/zdtm.py.
 ZDTM_MODES   ?= lazy-pages,remote-lazy-pages,lazy-migrate,lazy-pages-slow-drain
 ZDTM_DAEMONS ?= lazyrestore
 ZDTM_RECORD  ?=
@@ -47,7 +47,7 @@ ZDTM_RECORD  ?=
 zdtm: build
 	$(VENV)/bin/python scripts/zdtm.py --modes $(ZDTM_MODES) --daemons $(ZDTM_DAEMONS) $(if $(ZDTM_RECORD),--record)
 
-# Circles between files (Python imports in lazyrestore/, C calls in native/lazyd and native/pageserver): exit 1
+# Circles between files (Python imports in lazyrestore/ and bench/, C calls in native/lazyd and native/pageserver): exit 1
 # while there is one (issue 19). See scripts/cycles.py.
 .PHONY: cycles
 cycles:
@@ -124,38 +124,41 @@ $(NATIVE)/san/lr-lazyd: $(LAZYD_SRC) $(LAZYD_HDR)
 	$(CC) $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC) -pthread -o $@ $(LAZYD_SRC) -lxxhash -lcrypto -lzstd
 
 # --- benchmarks ------------------------------------------------------------
+# `python -m bench SUITE` (bench/__init__.py: the layout). Each suite writes its summary (bench/results/SUITE.json,
+# committed), its part of BENCHMARKS.md rendered from it, and its raw records (build/bench/SUITE.jsonl);
+# `python -m bench render` rewrites BENCHMARKS.md and RELIABILITY.md from the summaries without running anything.
 # Eager restore, CRIU's local lazy mode and lr-lazyd side by side; writes BENCHMARKS.md.
 # About 20 minutes, 6 of them waiting on CRIU's 4 GiB scanning case; `make bench BENCH_ARGS=--quick` for a smoke run.
 BENCH_ARGS ?= --repeat 3 --drain-timeout 120
 # Then remote migration (lazyrestore migrate live / destination first / --via-disk + restore --from, CRIU's remote
 # lazy mode, eager checkpoint + copy + restore) at 256 MiB, 1, 4 and 8 GiB on loopback and at 1 GiB between the test
 # hosts, idle and scanning workloads (the tmpfs-copy methods only up to --disk-max 4096 MiB); rewrites only
-# BENCHMARKS.md's remote section and bench/remote_results.json. About an hour (CRIU's remote drain of the scanning
+# BENCHMARKS.md's remote section and bench/results/remote.json. About an hour (CRIU's remote drain of the scanning
 # workload runs into its 120 s limit at 4 and 8 GiB); REMOTE_BENCH_ARGS=--quick for a smoke run (256 MiB, 1 repeat,
 # loopback, both workloads).
 REMOTE_BENCH_ARGS ?= --repeat 3 --drain-timeout 120
 # Then the cold start (`make coldstart` alone): one checkpoint of a serving 1 GiB workload restored 5 times lazily
 # with --prefetch off, 5 times with auto and once eagerly, between the test hosts; time to the first correct answer
-# and remote faults until it. Rewrites only BENCHMARKS.md's cold-start section and bench/coldstart_results.json.
+# and remote faults until it. Rewrites only BENCHMARKS.md's cold-start section and bench/results/coldstart.json.
 # About 2 minutes; COLDSTART_ARGS=--quick for a smoke run (256 MiB, 2 + 2 restores).
 COLDSTART_ARGS ?=
 # Then slow links (`make compress` alone): a 256 MiB workload, compressible (text) and not (random), migrated between
 # the test hosts over a tbf-limited link (unlimited, 1 Gbit/s, 100 Mbit/s) with --compress off, on and auto, twice in
 # rotating order; total migration time, bytes on the link, auto's choice. Rewrites only BENCHMARKS.md's slow-links
-# section and bench/compress_results.json. About 5 minutes; COMPRESS_ARGS=--quick for a smoke run (64 MiB, 1 round).
+# section and bench/results/compress.json. About 5 minutes; COMPRESS_ARGS=--quick for a smoke run (64 MiB, 1 round).
 COMPRESS_ARGS ?=
 .PHONY: bench coldstart compress
 bench: build
-	$(VENV)/bin/python bench/run_bench.py $(BENCH_ARGS)
-	$(VENV)/bin/python bench/run_remote_bench.py $(REMOTE_BENCH_ARGS)
-	$(VENV)/bin/python bench/coldstart.py $(COLDSTART_ARGS)
-	$(VENV)/bin/python bench/compress.py $(COMPRESS_ARGS)
+	$(VENV)/bin/python -m bench local $(BENCH_ARGS)
+	$(VENV)/bin/python -m bench remote $(REMOTE_BENCH_ARGS)
+	$(VENV)/bin/python -m bench coldstart $(COLDSTART_ARGS)
+	$(VENV)/bin/python -m bench compress $(COMPRESS_ARGS)
 
 coldstart: build
-	$(VENV)/bin/python bench/coldstart.py $(COLDSTART_ARGS)
+	$(VENV)/bin/python -m bench coldstart $(COLDSTART_ARGS)
 
 compress: build
-	$(VENV)/bin/python bench/compress.py $(COMPRESS_ARGS)
+	$(VENV)/bin/python -m bench compress $(COMPRESS_ARGS)
 
 # --- C unit tests (ASan + UBSan), run by tests/unit/test_native.py ------------
 TEST_SANFLAGS := $(SANFLAGS) -std=gnu11 -Wall -Wextra -Werror $(NATIVE_INC)
@@ -221,7 +224,7 @@ fuzz-smoke: fuzz-build
 
 # --- reliability: fault injection, load and hostile input (RELIABILITY.md); the soak ------------------------
 # `make reliability` runs the fault-injection and load tests RELIABILITY_RUNS times and the hostile-input
-# tests once, and writes RELIABILITY.md with bench/fuzz_results.json and bench/soak_results.json.
+# tests once, and writes RELIABILITY.md with bench/results/fuzz.json, soak.json and zdtm.json.
 RELIABILITY_RUNS ?= 3
 SOAK_MINUTES     ?= 20
 .PHONY: reliability soak
@@ -229,4 +232,4 @@ reliability: build fuzz-build
 	$(VENV)/bin/python scripts/reliability.py --runs $(RELIABILITY_RUNS)
 
 soak: build
-	$(VENV)/bin/python bench/soak.py --minutes $(SOAK_MINUTES)
+	$(VENV)/bin/python -m bench soak --minutes $(SOAK_MINUTES)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make coldstart` (and the end of `make bench`): time to the first correct answer of a restored server.
 
 A serving workload (lr-workload --serve: a key-value table of --mib MiB) is started on test host A, asked
@@ -8,7 +7,7 @@ every auto run has the working set earlier restores recorded), and --eager eager
 each: the time from the restore command's start to the first verified answer to `GET 0 KEYS`, the remote
 faults lr-lazyd served until then, and the time until every page is resident; every restored tree's memory
 checksum must equal the original's. Writes the "Cold start" section of BENCHMARKS.md (between its markers)
-and bench/coldstart_results.json. Exits 1 if any run failed or restored wrong memory, 130 on Ctrl-C or
+bench/results/coldstart.json (its summary) and build/bench/coldstart.jsonl (every record). Exits 1 if any run failed or restored wrong memory, 130 on Ctrl-C or
 SIGTERM, after killing every process it started and removing its dir in /dev/shm and its test hosts.
 """
 
@@ -17,10 +16,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import random
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,23 +25,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Our own test hosts (lrcs-host-a/-b), apart from the tests' and the other benches': read by
-# lazyrestore.testhosts when it is first imported (bench_run imports it).
-os.environ.setdefault("LAZYRESTORE_TESTHOSTS_PREFIX", "lrcs")
-
-import bench_run  # noqa: E402
-import coldstart_report  # noqa: E402
-from bench_markers import write_section  # noqa: E402
-from bench_methods import lazyrestore_cmd  # noqa: E402
-from bench_run import (ERRORS, STEP_TIMEOUT_S, RunFailed, Served, deliveries, positive,  # noqa: E402
+from . import served
+from . import coldstart_report
+from .markers import write_section
+from .local_methods import lazyrestore_cmd
+from .machine import command_line
+from .options import positive
+from .summaries import write_raw, write_summary
+from .served import (ERRORS, STEP_TIMEOUT_S, RunFailed, Served, deliveries,
                        read_restore, start_restore, wait_delivered)
-from coldstart_report import AUTO, EAGER, OFF  # noqa: E402
-from remote_procs import HOSTS, LOOPBACK, JsonProc, Network, hosts_up, loopback, shielded  # noqa: E402
+from .coldstart_report import AUTO, EAGER, OFF
+from .netprocs import HOSTS, LOOPBACK, JsonProc, Network, hosts_up, loopback, shielded
 
-from lazyrestore import daemons, sample, testhosts, workingset  # noqa: E402
-from lazyrestore.errors import LazyRestoreError  # noqa: E402
-from lazyrestore.layout import RUN_SUBDIR  # noqa: E402
-from lazyrestore.restore import SETTLE_S  # noqa: E402
+from lazyrestore import daemons, sample, testhosts, workingset
+from lazyrestore.errors import LazyRestoreError
+from lazyrestore.layout import RUN_SUBDIR
+from lazyrestore.restore import SETTLE_S
 
 SCRATCH_PREFIX = "lazyrestore-coldstart-"
 ANSWER_TIMEOUT_S = 60.0  # one request, once the restored server took the connection
@@ -54,11 +50,11 @@ WARM_REQUESTS = 3
 
 
 def log(text: str) -> None:
-    bench_run.say("coldstart", text)
+    served.say("coldstart", text)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench coldstart", description=__doc__.splitlines()[0])
     p.add_argument("--mib", type=positive, default=1024, help="the key-value table's size in MiB (1024)")
     p.add_argument("--keys", type=positive, default=2000, help="keys of the first request, each on its own page (2000)")
     p.add_argument("--repeat", type=positive, default=5, help="lazy restores with prefetch off, and as many with auto (5)")
@@ -68,7 +64,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--network", choices=(HOSTS, LOOPBACK), default=HOSTS,
                    help="hosts: workload and page server on test host A, restores on B (default); loopback: all in "
                         "the root network namespace")
-    return bench_run.parse_options(p, argv, section="cold-start", results="coldstart_results.json",
+    return served.parse_options(p, argv, section="cold-start", suite="coldstart",
                                    quick_help="smoke run: 256 MiB, 2 repeats", quick={"mib": 256, "repeat": 2})
 
 
@@ -86,11 +82,11 @@ class Source(Served):
 
 def start_workload(net: Network, scratch: Path, mib: int, keys: int) -> Source:
     """The serving workload in the source's namespace, warmed with its hot request."""
-    w = bench_run.start_workload(net, scratch, mib, serve=random.randrange(1 << 32))
+    w = served.start_workload(net, scratch, mib, serve=random.randrange(1 << 32))
     table = w.kv_table()
     with net.inside_src():
         answers = {sample.kv_get(table.name, 0, keys, timeout=ANSWER_TIMEOUT_S) for _ in range(WARM_REQUESTS)}
-    checksums = bench_run.memory_checksums(w)
+    checksums = served.memory_checksums(w)
     if len(answers) != 1:
         raise LazyRestoreError(f"the workload answered GET 0 {keys} differently each time: {sorted(answers)}")
     return Source(net, scratch, w.pid, w.log, w.roles, checksums, table=table, keys=keys, answer=answers.pop())
@@ -176,7 +172,7 @@ def destination(net: Network) -> Iterator[None]:
 def restore_args(src: Source, mode: str, work: Path) -> list[str]:
     if mode == EAGER:
         return lazyrestore_cmd("restore", "--images", str(work), "--json")
-    return bench_run.restore_from(src, work, "--prefetch", mode, *src.lazy_extra)
+    return served.restore_from(src, work, "--prefetch", mode, *src.lazy_extra)
 
 
 def restore_and_ask(src: Source, mode: str, work: Path) -> tuple[JsonProc, Probe, int | None]:
@@ -204,7 +200,7 @@ def running_at(rst: JsonProc, s: dict[str, Any]) -> float | None:
 
 
 def figures(rst: JsonProc, probe: Probe, code: int | None) -> dict[str, Any]:
-    pid, summary = bench_run.restore_result(rst, code)
+    pid, summary = served.restore_result(rst, code)
     if probe.at is None or probe.error:
         raise RunFailed(probe.error or "no answer", pid)
     s, t0, running = summary[1], rst.launched, running_at(rst, summary[1])
@@ -212,7 +208,7 @@ def figures(rst: JsonProc, probe: Probe, code: int | None) -> dict[str, Any]:
             "connected_s": None if probe.connected is None else probe.connected - t0, "attempts": probe.attempts,
             "resident_s": summary[0] - t0, "faults": s.get("faults"), "prefetch_bytes": s.get("prefetch_bytes"),
             "prefetch_restores": s.get("prefetch_restores"), "lat_p50_us": s.get("lat_p50_us"),
-            "lat_p99_us": s.get("lat_p99_us"), "summary": bench_run.scalars(s)}
+            "lat_p99_us": s.get("lat_p99_us"), "summary": served.scalars(s)}
 
 
 def faults_until(run_dir: Path, answered_at: float) -> tuple[int | None, str | None]:
@@ -261,8 +257,8 @@ def measure(src: Source, mode: str, order: int) -> dict[str, Any]:
     rec: dict[str, Any] = {"mode": mode, "order": order, "error": None, "memory": None}
     work = src.scratch / f"restore-{order}-{mode}"
     if mode == EAGER:
-        return bench_run.run_checked(src, work, rec, lambda: eager_run(src, work, rec))
-    return bench_run.run_checked(src, work, rec, lambda: lazy_run(src, mode, work, rec))
+        return served.run_checked(src, work, rec, lambda: eager_run(src, work, rec))
+    return served.run_checked(src, work, rec, lambda: lazy_run(src, mode, work, rec))
 
 
 def schedule(repeat: int, eager: int) -> list[str]:
@@ -292,7 +288,7 @@ def setup_network(name: str, meta: dict[str, Any]) -> Network:
         meta.update(network_label="loopback (everything in the root network namespace)", src_label="the root "
                     "network namespace", dst_label="the root network namespace")
         return net
-    bench_run.claim_hosts(meta)
+    served.claim_hosts(meta)
     net, meta["hosts"] = hosts_up()
     meta.update(network_label=net.label, src_label=f"test host A ({testhosts.HOST_A}, {testhosts.ADDR_A})",
                 dst_label=f"test host B ({testhosts.HOST_B}, {testhosts.ADDR_B})")
@@ -303,7 +299,7 @@ def prepare(args: argparse.Namespace, meta: dict[str, Any], scratch: Path) -> So
     net = setup_network(args.network, meta)
     log(f"{args.mib} MiB serving workload on {meta['src_label']} ...")
     src = start_workload(net, scratch, args.mib, args.keys)
-    meta["checkpoint"] = bench_run.checkpoint_and_serve(src)
+    meta["checkpoint"] = served.checkpoint_and_serve(src)
     log(f"checkpoint {meta['checkpoint']['checkpoint_id']} served on {src.address}; the hot request: GET 0 {args.keys}")
     return src
 
@@ -318,31 +314,32 @@ def run_all(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[s
             log(describe(rec))
     finally:
         with shielded():
-            bench_run.stop_server(src)
+            served.stop_server(src)
     copies = [r["copy_s"] for r in records if r.get("copy_s") is not None]
     meta["eager_copy_s"] = sum(copies) / len(copies) if copies else None
 
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    med = coldstart_report.medians(records)
-    write_section(args.out, coldstart_report.SECTION, coldstart_report.render(meta, records))
-    bench_run.write_json(args.json_out, {"meta": meta, "runs": records, "medians": med,
-                                         "ratios": coldstart_report.ratios(med)})
-    for line in coldstart_report.goals(med):
+    summary = coldstart_report.summarize(meta, records)
+    write_summary(args.summary, summary)
+    write_raw(args.json_out, meta, {"run": records})
+    write_section(args.out, coldstart_report.SECTION, coldstart_report.render_summary(summary))
+    for line in coldstart_report.goals(summary["medians"]):
         log(line)
-    log(f"wrote the cold-start section of {args.out} and {args.json_out}")
+    log(f"wrote the cold-start section of {args.out}, {args.summary} and {args.json_out}")
 
 
 def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[str, Any]:
-    return {"date": bench_run.utc_now(), "mib": args.mib, "keys": args.keys, "repeat": args.repeat, "eager": args.eager,
-            "network": args.network, "drain_rate": args.drain_rate, "command": bench_run.command_line(__file__, argv),
-            "machine": bench_run.machine(criu_path), "hosts": None}
+    return {"date": served.utc_now(), "mib": args.mib, "keys": args.keys, "repeat": args.repeat, "eager": args.eager,
+            "network": args.network, "drain_rate": args.drain_rate, "command": command_line("coldstart", argv),
+            "machine": served.machine(criu_path), "hosts": None}
 
 
-# What main runs: options, meta, the runs and the outputs (bench_run.main does the rest).
-BENCH = bench_run.Bench("coldstart", "CRIU and network namespaces", SCRATCH_PREFIX,
+# What main runs: options, meta, the runs and the outputs (served.main does the rest).
+BENCH = served.Bench("coldstart", "CRIU and network namespaces", SCRATCH_PREFIX,
                         parse_args, new_meta, run_all, write_outputs)
 
 
-if __name__ == "__main__":
-    sys.exit(bench_run.main(BENCH, sys.argv[1:]))
+def main(argv: list[str]) -> int:
+    """`python -m bench coldstart`: its exit code (served.main)."""
+    return served.main(BENCH, argv)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from report_cells import (Record, dated, failed_alarm, fmt, markdown_table, median, outcome, ratio, run_ok, table_row,
+from .summaries import pick
+from .cells import (Record, dated, failed_alarm, fmt, markdown_table, median, outcome, ratio, run_ok, table_row,
                           times, verdict)
 
 OFF, AUTO, EAGER = "off", "auto", "eager"
@@ -17,7 +18,7 @@ MODES = (OFF, AUTO, EAGER)
 LABELS = {OFF: "lazy, `--prefetch off`", AUTO: "lazy, `--prefetch auto`", EAGER: "eager (`restore --images`)"}
 FIRST_ANSWER_RATIO_MIN = 2.0
 FAULTS_RATIO_MIN = 5.0
-SECTION = "coldstart"  # its name between BENCHMARKS.md's markers (bench_markers)
+SECTION = "coldstart"  # its name between BENCHMARKS.md's markers (markers.py)
 
 
 def medians(records: list[Record]) -> dict[str, Record]:
@@ -64,7 +65,7 @@ def _row(mode: str, m: Record, r: dict[str, float | None], bound: str) -> str:
     x_first = {OFF: r["first_answer_off_over_auto"], EAGER: r["first_answer_eager_over_auto"]}.get(mode)
     lazy = mode != EAGER
     lat = f"{fmt(m['lat_p50_us'], 0)} / {fmt(m['lat_p99_us'], 0)}" if lazy else "—"
-    cells = [LABELS[mode], fmt(m["first_answer_s"], 1, 1000), fmt(m["running_s"], 1, 1000),
+    cells = [LABELS[mode], fmt(m["first_answer_s"], 1, scale=1000), fmt(m["running_s"], 1, scale=1000),
              fmt(m["faults_until_answer"], 0) if lazy else "—", lat, fmt(m["resident_s"]),
              "—" if mode == AUTO else times(x_first), times(r["faults_off_over_auto"], bound) if mode == OFF else "—",
              f"{m['ok']}/{m['runs']}"]
@@ -97,9 +98,11 @@ RUNS_HEAD = ("| order | restore | first answer (ms) | tree running (ms) | faults
 def _run_row(r: Record) -> str:
     ws = r.get("workingset_before")
     pre = r.get("prefetch_bytes")
-    cells = [str(r["order"]), LABELS[r["mode"]], fmt(r.get("first_answer_s"), 1, 1000), fmt(r.get("running_s"), 1, 1000),
+    cells = [str(r["order"]), LABELS[r["mode"]], fmt(r.get("first_answer_s"), 1, scale=1000),
+             fmt(r.get("running_s"), 1, scale=1000),
              fmt(r.get("faults_until_answer"), 0), fmt(r.get("faults"), 0),
-             f"{ws['pages']} / {ws['restores']}" if ws else "—", "—" if pre is None else fmt(pre, 1, 1 / (1 << 20)),
+             f"{ws['pages']} / {ws['restores']}" if ws else "—",
+             "—" if pre is None else fmt(pre, 1, scale=1 / (1 << 20)),
              fmt(r.get("resident_s")), outcome(r)]
     return table_row(cells)
 
@@ -139,8 +142,9 @@ checkpointed once onto tmpfs; `lazyrestore serve` serves that one checkpoint fro
 """
 
 
-def render(meta: dict[str, Any], records: list[Record]) -> str:
-    med = medians(records)
+def render(meta: dict[str, Any], records: list[Record], med: dict[str, Record] | None = None) -> str:
+    """The section from the run's meta, its records (at least RUN_KEYS) and its medians (from records if None)."""
+    med = medians(records) if med is None else med
     return "\n".join(["## Cold start: first answer after a restore", "", *failed_alarm(records), dated(meta),
                       f"Command: `{meta['command']}`; network: {meta['network_label']}.", "",
                       table(med), "", "Goals:", "", *goals(med), "", "### Method", "",
@@ -149,3 +153,20 @@ def render(meta: dict[str, Any], records: list[Record]) -> str:
                                    extra=f" --drain-rate {meta['drain_rate']}" if meta.get("drain_rate") else ""),
                       "### Every run", "", runs_table(records), ""])
 
+
+
+# --- summary -----------------------------------------------------------------------------------------------
+
+RUN_KEYS = ("mode", "order", "error", "memory", "first_answer_s", "running_s", "faults_until_answer", "faults",
+            "workingset_before", "prefetch_bytes", "resident_s", "lat_p50_us", "lat_p99_us")
+
+
+def summarize(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
+    """The suite's summary (bench/results/coldstart.json): meta, medians, ratios and each run's row."""
+    med = medians(records)
+    return {"suite": "coldstart", "date": meta["date"], "commit": meta["machine"].get("lazyrestore"), "meta": meta,
+            "medians": med, "ratios": ratios(med), "runs": pick(records, RUN_KEYS)}
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    return render(summary["meta"], summary["runs"], summary["medians"])

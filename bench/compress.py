@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make compress` (and the end of `make bench`): total migration time over slow links, --compress off / on / auto.
 
 For each memory fill (text: compressible; random: incompressible) a workload of --mib MiB is started on test host
@@ -7,7 +6,7 @@ veth ends; 0: unlimited), --repeat rounds of `restore --from … --prefetch off`
 and auto, in rotating order. For each: the time from the restore command's start to every page resident, the
 page-frame bytes on the link, whether page data travelled compressed, the link auto measured and the page
 server's CPU time; every restored tree's memory checksum must equal the original's. Writes the "Slow links"
-section of BENCHMARKS.md (between its markers) and bench/compress_results.json. Exits 1 if any run failed or
+section of BENCHMARKS.md (between its markers) bench/results/compress.json (its summary) and build/bench/compress.jsonl (every record). Exits 1 if any run failed or
 restored wrong memory, 130 on Ctrl-C or SIGTERM, after killing every process it started and removing its dir
 in /dev/shm and its test hosts (their qdiscs go with them).
 """
@@ -18,24 +17,22 @@ import argparse
 import contextlib
 import os
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Our own test hosts (lrcz-host-a/-b), apart from the tests' and the other benches': read by
-# lazyrestore.testhosts when it is first imported (bench_run imports it).
-os.environ.setdefault("LAZYRESTORE_TESTHOSTS_PREFIX", "lrcz")
-
-import bench_run  # noqa: E402
-import compress_report  # noqa: E402
-from bench_markers import write_section  # noqa: E402
-from bench_run import (STEP_TIMEOUT_S, RunFailed, Served, deliveries, positive, read_restore,  # noqa: E402
+from . import served
+from . import compress_report
+from .markers import write_section
+from .machine import command_line
+from .options import positive
+from .summaries import write_raw, write_summary
+from .served import (STEP_TIMEOUT_S, RunFailed, Served, deliveries, read_restore,
                        start_restore, wait_delivered)
-from compress_report import MODES, RANDOM, TEXT  # noqa: E402
-from remote_procs import HOSTS, JsonProc, Network, shielded  # noqa: E402
+from .compress_report import MODES, RANDOM, TEXT
+from .netprocs import HOSTS, JsonProc, Network, shielded
 
-from lazyrestore import sample, testhosts  # noqa: E402
+from lazyrestore import sample, testhosts
 
 SCRATCH_PREFIX = "lazyrestore-compress-"
 SLOW_LINK_MARGIN = 3.0     # a restore may take this many times its memory's time on a limited link
@@ -43,7 +40,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(text: str) -> None:
-    bench_run.say("compress", text)
+    served.say("compress", text)
 
 
 def rates(text: str) -> list[float]:
@@ -66,13 +63,13 @@ def fills(text: str) -> list[str]:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench compress", description=__doc__.splitlines()[0])
     p.add_argument("--mib", type=positive, default=256, help="each workload's memory in MiB (256)")
     p.add_argument("--repeat", type=positive, default=2, help="rounds of off, on and auto per link and fill (2)")
     p.add_argument("--rates", type=rates, default=[0.0, 1000.0, 100.0],
                    help="link rates in Mbit/s, 0 for unlimited (0,1000,100)")
     p.add_argument("--fills", type=fills, default=[TEXT, RANDOM], help="workload fills (text,random)")
-    return bench_run.parse_options(p, argv, section="slow-links", results="compress_results.json",
+    return served.parse_options(p, argv, section="slow-links", suite="compress",
                                    quick_help="smoke run: 64 MiB, 1 round", quick={"mib": 64, "repeat": 1})
 
 
@@ -91,8 +88,8 @@ class Source(Served):
 
 
 def start_workload(net: Network, scratch: Path, mib: int, fill: str) -> Source:
-    w = bench_run.start_workload(net, scratch, mib, fill=fill)
-    return Source(net, scratch, w.pid, w.log, w.roles, bench_run.memory_checksums(w), fill=fill)
+    w = served.start_workload(net, scratch, mib, fill=fill)
+    return Source(net, scratch, w.pid, w.log, w.roles, served.memory_checksums(w), fill=fill)
 
 
 def server_cpu_s(src: Source) -> float | None:
@@ -107,19 +104,19 @@ def server_cpu_s(src: Source) -> float | None:
 # --- one restore ---------------------------------------------------------------------------------------
 
 def figures(rst: JsonProc, code: int | None) -> dict[str, Any]:
-    pid, summary = bench_run.restore_result(rst, code)
+    pid, summary = served.restore_result(rst, code)
     s, fetched = summary[1], rst.first("fetched")
     placed = sum(s.get(k) or 0 for k in ("fault_bytes", "drain_bytes", "prefetch_bytes"))
     return {"pid": pid, "total_s": summary[0] - rst.launched, "fetch_s": fetched[1].get("seconds") if fetched else None,
             "resume_s": s.get("resume_s"), "resident_s": s.get("resident_s"), "compress": s.get("compress"),
             "link_bps": s.get("link_bps"), "zstd_frames": s.get("zstd_frames"), "wire_bytes": s.get("wire_bytes"),
             "placed_bytes": placed, "faults": s.get("faults"), "daemon_cpu_s": s.get("daemon_cpu_s"),
-            "summary": bench_run.scalars(s)}
+            "summary": served.scalars(s)}
 
 
 def restore_run(src: Source, mode: str, work: Path, timeout: float, rec: dict[str, Any]) -> int | None:
     delivered, cpu0 = deliveries(src), server_cpu_s(src)
-    rst = start_restore(src, bench_run.restore_from(src, work, "--prefetch", "off", "--compress", mode), work)
+    rst = start_restore(src, served.restore_from(src, work, "--prefetch", "off", "--compress", mode), work)
     code = read_restore(src, rst, timeout)
     rec.update(figures(rst, code))
     if not wait_delivered(src, delivered + 1):
@@ -133,7 +130,7 @@ def measure(src: Source, rate: float, mode: str, order: int, timeout: float) -> 
     rec: dict[str, Any] = {"fill": src.fill, "rate_mbit": rate, "mode": mode, "order": order, "error": None,
                            "memory": None}
     work = src.scratch / f"restore-{order}-{mode}"
-    return bench_run.run_checked(src, work, rec, lambda: restore_run(src, mode, work, timeout, rec))
+    return served.run_checked(src, work, rec, lambda: restore_run(src, mode, work, timeout, rec))
 
 
 def rotation(repeat: int) -> list[list[str]]:
@@ -157,7 +154,7 @@ def describe(rec: dict[str, Any]) -> str:
 
 def setup_network(meta: dict[str, Any]) -> Network:
     """The test hosts without netem (tbf limits the link per rate): A serves, B restores."""
-    bench_run.claim_hosts(meta)
+    served.claim_hosts(meta)
     h = testhosts.up()
     meta["hosts"] = {"a": h.a, "b": h.b, "note": "no netem: tbf on both veth ends per rate, no delay"}
     meta.update(network_label="test hosts A → B, tbf on both veth ends (no netem, no delay)",
@@ -170,7 +167,7 @@ def prepare(net: Network, args: argparse.Namespace, fill: str, scratch: Path, me
     dir_.mkdir()
     log(f"{args.mib} MiB workload filled with {fill} on {meta['src_label']} ...")
     src = start_workload(net, dir_, args.mib, fill)
-    meta["checkpoints"][fill] = bench_run.checkpoint_and_serve(src)
+    meta["checkpoints"][fill] = served.checkpoint_and_serve(src)
     log(f"checkpoint {meta['checkpoints'][fill]['checkpoint_id']} ({fill}) served on {src.address}")
     return src
 
@@ -198,31 +195,31 @@ def run_all(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[s
             run_fill(src, args, records)
         finally:
             with shielded():
-                bench_run.stop_server(src)
+                served.stop_server(src)
                 shutil.rmtree(src.scratch, ignore_errors=True)
 
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    med = compress_report.medians(records)
-    goals = compress_report.goals(med)
-    write_section(args.out, compress_report.SECTION, compress_report.render(meta, records))
-    bench_run.write_json(args.json_out, {"meta": meta, "runs": records, "medians": compress_report.medians_json(med),
-                                         "goals": goals, "costs": compress_report.costs(med)})
-    for line in goals:
+    summary = compress_report.summarize(meta, records)
+    write_summary(args.summary, summary)
+    write_raw(args.json_out, meta, {"run": records})
+    write_section(args.out, compress_report.SECTION, compress_report.render_summary(summary))
+    for line in summary["goals"]:
         log(line)
-    log(f"wrote the slow-links section of {args.out} and {args.json_out}")
+    log(f"wrote the slow-links section of {args.out}, {args.summary} and {args.json_out}")
 
 
 def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[str, Any]:
-    return {"date": bench_run.utc_now(), "mib": args.mib, "repeat": args.repeat, "rates_mbit": args.rates,
-            "fills": args.fills, "command": bench_run.command_line(__file__, argv), "checkpoints": {},
-            "machine": bench_run.machine(criu_path), "hosts": None}
+    return {"date": served.utc_now(), "mib": args.mib, "repeat": args.repeat, "rates_mbit": args.rates,
+            "fills": args.fills, "command": command_line("compress", argv), "checkpoints": {},
+            "machine": served.machine(criu_path), "hosts": None}
 
 
-# What main runs: options, meta, the runs and the outputs (bench_run.main does the rest).
-BENCH = bench_run.Bench("compress", "CRIU, network namespaces and qdiscs", SCRATCH_PREFIX,
+# What main runs: options, meta, the runs and the outputs (served.main does the rest).
+BENCH = served.Bench("compress", "CRIU, network namespaces and qdiscs", SCRATCH_PREFIX,
                         parse_args, new_meta, run_all, write_outputs)
 
 
-if __name__ == "__main__":
-    sys.exit(bench_run.main(BENCH, sys.argv[1:]))
+def main(argv: list[str]) -> int:
+    """`python -m bench compress`: its exit code (served.main)."""
+    return served.main(BENCH, argv)

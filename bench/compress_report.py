@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from report_cells import (Record, dated, failed_alarm, fmt, markdown_table, median, outcome, ratio, run_ok, table_row,
+from .summaries import pick
+from .cells import (Record, dated, failed_alarm, fmt, markdown_table, median, outcome, ratio, run_ok, table_row,
                           times, verdict)
 
 Key = tuple[str, float, str]  # (fill, rate in Mbit/s with 0 for unlimited, --compress mode)
@@ -24,7 +25,7 @@ FILL_LABELS = {TEXT: "Compressible memory (`--fill text`)", RANDOM: "Incompressi
 # A cut smaller than this is within what two runs of the same thing differ by on this 2-vCPU VM.
 CUT_MIN = 1.10
 MIB = 1 << 20
-SECTION = "compress"  # its name between BENCHMARKS.md's markers (bench_markers)
+SECTION = "compress"  # its name between BENCHMARKS.md's markers (markers.py)
 FIELDS = ("total_s", "fetch_s", "resume_s", "resident_s", "wire_bytes", "placed_bytes", "zstd_frames", "link_bps",
           "server_cpu_s", "daemon_cpu_s")
 
@@ -94,7 +95,7 @@ def _row(med: dict[Key, Record], key: Key) -> str:
     fill, rate, mode = key
     m = med[key]
     cells = [rate_label(rate), f"`{mode}`", fmt(m["total_s"], 2), "—" if mode == OFF else times(speedup(med, *key)),
-             fmt(m["resume_s"], 2), fmt(m["wire_bytes"], 1, 1 / MIB), times(m["ratio"]), chose(m),
+             fmt(m["resume_s"], 2), fmt(m["wire_bytes"], 1, scale=1 / MIB), times(m["ratio"]), chose(m),
              fmt(m["zstd_frames"], 0), measured(m, mode), fmt(m["server_cpu_s"], 2), f"{m['ok']}/{m['runs']}"]
     return table_row(cells)
 
@@ -134,7 +135,8 @@ def _run_row(r: Record) -> str:
     bps = r.get("link_bps")
     cells = [str(r["order"]), r["fill"], rate_label(r["rate_mbit"]), f"`{r['mode']}`", fmt(r.get("total_s"), 2),
              fmt(r.get("fetch_s"), 2), fmt(r.get("resume_s"), 2), fmt(r.get("resident_s"), 2),
-             fmt(r.get("wire_bytes"), 1, 1 / MIB), fmt(r.get("placed_bytes"), 1, 1 / MIB), fmt(r.get("zstd_frames"), 0),
+             fmt(r.get("wire_bytes"), 1, scale=1 / MIB), fmt(r.get("placed_bytes"), 1, scale=1 / MIB),
+             fmt(r.get("zstd_frames"), 0),
              "n/a" if r.get("compress") is None else ("yes" if r["compress"] else "no"),
              f"{bps / 1e6:.1f}" if bps else "—",
              f"{fmt(r.get('server_cpu_s'), 2)} / {fmt(r.get('daemon_cpu_s'), 2)}", outcome(r)]
@@ -176,8 +178,9 @@ carries nearly every page, so the link and the compression are what is measured.
 """
 
 
-def render(meta: dict[str, Any], records: list[Record]) -> str:
-    med = medians(records)
+def render(meta: dict[str, Any], records: list[Record], med: dict[Key, Record] | None = None) -> str:
+    """The section from the run's meta, its records (at least RUN_KEYS) and its medians (from records if None)."""
+    med = medians(records) if med is None else med
     alarm = failed_alarm(records)
     unused = compression_unused(records)
     if unused:
@@ -200,3 +203,26 @@ def medians_json(med: dict[Key, Record]) -> list[Record]:
     return [{"fill": f, "rate_mbit": rate, "mode": mode, **row, "off_over_this": speedup(med, f, rate, mode)}
             for (f, rate, mode), row in med.items()]
 
+
+
+def medians_from_json(rows: list[Record]) -> dict[Key, Record]:
+    """medians_json's list back by (fill, rate, mode)."""
+    derived = ("fill", "rate_mbit", "mode", "off_over_this")
+    return {(m["fill"], m["rate_mbit"], m["mode"]): {k: v for k, v in m.items() if k not in derived} for m in rows}
+
+
+# --- summary -----------------------------------------------------------------------------------------------
+
+RUN_KEYS = ("fill", "rate_mbit", "mode", "order", "error", "memory", "compress", "total_s", "fetch_s", "resume_s",
+            "resident_s", "wire_bytes", "placed_bytes", "zstd_frames", "link_bps", "server_cpu_s", "daemon_cpu_s")
+
+
+def summarize(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
+    """The suite's summary (bench/results/compress.json): meta, medians, goals, costs and each run's row."""
+    med = medians(records)
+    return {"suite": "compress", "date": meta["date"], "commit": meta["machine"].get("lazyrestore"), "meta": meta,
+            "medians": medians_json(med), "goals": goals(med), "costs": costs(med), "runs": pick(records, RUN_KEYS)}
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    return render(summary["meta"], summary["runs"], medians_from_json(summary["medians"]))

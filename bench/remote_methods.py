@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_methods import CRIU_DAEMON_LOG, CRIU_DAEMON_VERBOSITY, CRIU_RESTORE_LOG, MethodFailed, lazyrestore_cmd
-from bench_procs import TIMEOUT_S, is_alive, kill_and_wait, wait_exit_rusage, wait_gone
-from remote_procs import JsonProc, Network, finish, pipe_max_size, wait_event
+from .local_methods import CRIU_DAEMON_LOG, CRIU_DAEMON_VERBOSITY, CRIU_RESTORE_LOG, MethodFailed, lazyrestore_cmd
+from .procs import TIMEOUT_S, is_alive, kill_and_wait, wait_exit_rusage, wait_gone
+from .netprocs import JsonProc, Network, finish, pipe_max_size, wait_event
 
 from lazyrestore import criu, images, sample
 from lazyrestore.procs import ready_byte
@@ -39,7 +39,7 @@ from lazyrestore.manifest import META_DIR
 from lazyrestore.restore import SETTLE_S
 from lazyrestore.secret import SECRET_NAME
 
-SCANNERS = 2  # the "scanning" workload of run_bench.py: faults happen during the drain
+SCANNERS = 2  # the "scanning" workload of local.py: faults happen during the drain
 WORKLOADS = {"idle": 0, "scanning": SCANNERS}  # workload -> scanner threads
 DISK_METHODS = ("lr-remote", "eager-copy")  # keep a full copy of the memory on tmpfs beside source and destination
 REPORT_TIMEOUT_S = 300.0

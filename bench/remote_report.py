@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-import subprocess
-from pathlib import Path
 from typing import Any
 
-from remote_methods import DISK_METHODS, LABELS, METHODS, SCANNERS
-from bench_report import fmt, fmt_ratio, outcome, ratio, run_censored, run_failed, run_ok
+from .remote_methods import DISK_METHODS, LABELS, METHODS, SCANNERS
+from .cells import fmt, ratio, times
+from .local_report import outcome, run_censored, run_ok
+from .summaries import pick
 
 Record = dict[str, Any]
 Key = tuple[int, str, str, str]  # (size_mib, network, workload, method)
@@ -34,47 +32,6 @@ BREAKDOWN = (  # column, keys (per method)
     ("destination start", ("restore_start_s", "daemon_start_s")), ("fetch / verify", ("fetch_s", "verify_s")),
     ("CRIU restore", ("criu_resume_s", "criu_restore_s")), ("then until resident", ("resident_after_resume_s",)),
 )
-
-
-# --- machine ------------------------------------------------------------------
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
-
-def git_commit(repo: Path) -> str:
-    """HEAD's commit read from .git (without running git), short; "unknown" when it cannot be read."""
-    head = _read(repo / ".git" / "HEAD")
-    if not head.startswith("ref: "):
-        return head[:7] or "unknown"
-    ref = head.removeprefix("ref: ")
-    found = _read(repo / ".git" / ref)
-    if not found:
-        packed = [ln.split() for ln in _read(repo / ".git" / "packed-refs").splitlines() if ln.endswith(" " + ref)]
-        found = packed[0][0] if packed else ""
-    return found[:7] or "unknown"
-
-
-def _cpu() -> str:
-    for line in _read(Path("/proc/cpuinfo")).splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def machine(criu_path: str, repo: Path) -> dict[str, str]:
-    mem_kb = next((ln.split()[1] for ln in _read(Path("/proc/meminfo")).splitlines() if ln.startswith("MemTotal")), "")
-    try:
-        out = subprocess.run([criu_path, "--version"], capture_output=True, text=True, timeout=30, check=False).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        out = "unknown"
-    return {"kernel": platform.release(), "nproc": str(len(os.sched_getaffinity(0))),
-            "memory": f"{int(mem_kb) / (1 << 20):.1f} GiB" if mem_kb.isdigit() else "unknown", "cpu": _cpu(),
-            "criu": f"{out.strip().replace(chr(10), ', ').removeprefix('Version: ')} ({criu_path})",
-            "python": platform.python_version(), "lazyrestore": git_commit(repo)}
 
 
 # --- numbers --------------------------------------------------------------------
@@ -153,8 +110,8 @@ def _row(k: Key, med: Medians, nets: dict[str, str]) -> str:
     m = med[k]
     over, under = ("> ", "< ") if m["censored"] else ("", "")
     lat = "n/a" if m["lat_p50_us"] is None else f"{m['lat_p50_us']:.1f} / {m['lat_p99_us']:.1f}"
-    x_criu = fmt_ratio(*drain_vs_criu(med, size, net, wl, method)) if method in LIVE else "—"
-    x_eager = "—" if method == EAGER else fmt_ratio(total_vs_eager(med, size, net, wl, method), over)
+    x_criu = times(*drain_vs_criu(med, size, net, wl, method)) if method in LIVE else "—"
+    x_eager = "—" if method == EAGER else times(total_vs_eager(med, size, net, wl, method), over)
     cells = [f"{size} MiB", nets.get(net, net), wl, LABELS[method], fmt(m["resume_s"]), fmt(m["total_s"], 3, over),
              fmt(m["drain_gbps"], 3, under), x_criu, x_eager, lat, fmt(m["faults"], 0), _mib(m["server_peak_kib"]),
              _checks(m)]
@@ -246,7 +203,7 @@ def goal_drain(med: Medians, wl: str, method: str = OURS) -> tuple[bool | None, 
     if m.get("drain_gbps") is None or floor is None:
         return None, f"{method}: no drain figure at {DRAIN_SIZE} MiB on loopback"
     r, low = drain_vs_criu(med, DRAIN_SIZE, LOOPBACK, wl, method)
-    x_criu = "" if r is None else f", {fmt_ratio(r, low)} CRIU remote's"
+    x_criu = "" if r is None else f", {times(r, low)} CRIU remote's"
     return m["drain_gbps"] >= floor, f"{method} drain {m['drain_gbps']:.2f} GB/s{x_criu} (≥ {floor:g} GB/s)"
 
 
@@ -364,7 +321,7 @@ repeats.
   destination has every page, then the source ends); when it prints its port, `lazyrestore restore --from
   ADDR:PORT --secret-file IMAGES/lazyrestore/secret --workdir NEW` on the destination. resume = its `listening`
   event (just before CRIU's restore) + `resume_s` (its `resumed` event comes {settle:.1f} s later, after the
-  tool's liveness wait; results.json keeps that time too); every page resident = resume + `resident_s`; drain =
+  tool's liveness wait; the raw records keep that time too); every page resident = resume + `resident_s`; drain =
   (drain_bytes + fault_bytes) / resident_s; fault p50 / p99 and fault count from its summary. Breakdown: dump
   and index (`checkpointed`), page server start (to `listening`), destination start (the restore command's
   start-up and lr-lazyd's), fetch (metadata and eager pages, `verify_s`), CRIU restore (`resume_s`).
@@ -480,3 +437,31 @@ def render(meta: dict[str, Any], records: list[Record], med: Medians) -> str:
         "### Goals", "", *goal_lines, "", "### Method", "", notes(meta),
         "### Every run", "", runs_table(records, meta["networks"]), ""]
     return "\n".join(parts)
+
+
+# --- summary ------------------------------------------------------------------
+
+RUN_KEYS = ("size_mib", "network", "workload", "method", "repeat", "order", "error", "checksum", "timed_out", "note",
+            "resume_s", "total_s", "drain_gbps", "lat_p99_us")
+
+
+def medians_json(med: Medians) -> list[Record]:
+    """The medians as a JSON-friendly list (tuple keys spelled out)."""
+    return [{"size_mib": s, "network": n, "workload": w, "method": m, **v} for (s, n, w, m), v in sorted(med.items())]
+
+
+def medians_from_json(rows: list[Record]) -> Medians:
+    """medians_json's list back by (size, network, workload, method)."""
+    names = ("size_mib", "network", "workload", "method")
+    return {(m["size_mib"], m["network"], m["workload"], m["method"]): {k: v for k, v in m.items() if k not in names}
+            for m in rows}
+
+
+def summarize(meta: dict[str, Any], records: list[Record]) -> dict[str, Any]:
+    """The suite's summary (bench/results/remote.json): meta, medians and each run's row."""
+    return {"suite": "remote", "date": meta["date"], "commit": meta["machine"].get("lazyrestore"), "meta": meta,
+            "medians": medians_json(medians(records)), "runs": pick(records, RUN_KEYS)}
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    return render(summary["meta"], summary["runs"], medians_from_json(summary["medians"]))

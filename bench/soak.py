@@ -4,9 +4,10 @@ The workload keeps rewriting part of its memory all the time (lr-workload --writ
 moves memory that changed since the last one. After every cycle the restored tree verifies every page of its
 memory (the fixed region against its model, the rewritten region page by page), its fixed region's checksum is
 compared with the original's, and the machine is checked for leftovers: lazyrestore's processes, CRIU,
-mounts, the soak's own file descriptors. Writes bench/soak_results.json (read by `make reliability`).
+mounts, the soak's own file descriptors. Writes bench/results/soak.json (its summary, which
+`make reliability` shows) and build/bench/soak.jsonl (every cycle).
 
-    python bench/soak.py --minutes 20
+    python -m bench soak --minutes 20
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("LAZYRESTORE_TESTHOSTS_PREFIX", "lrsoak")
+from .machine import commit
+from .summaries import raw_path, summary_path, write_raw, write_summary
 
-from lazyrestore import sample, testhosts  # noqa: E402
+from lazyrestore import sample, testhosts
 
-RESULTS = Path(__file__).with_name("soak_results.json")
+REPO = Path(__file__).resolve().parent.parent
 LEFTOVER_NAMES = ("lr-lazyd", "lr-pageserver", "criu")
 
 
@@ -150,13 +152,22 @@ def summarize(cycles: list[dict[str, Any]], before: dict[str, int], after: dict[
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def summarize_soak(result: dict[str, Any], head: str | None) -> dict[str, Any]:
+    """The soak's summary: its figures and the state before and after, without the cycles (those are raw)."""
+    return {"suite": "soak", "date": result["date"], "commit": head,
+            **{k: v for k, v in result.items() if k not in ("cycles_detail", "date")}}
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench soak", description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=20.0)
     ap.add_argument("--mib", type=int, default=128, help="the workload's fixed region")
     ap.add_argument("--writers", type=int, default=2, help="threads that keep rewriting memory")
     ap.add_argument("--write-mib", type=int, default=32, help="the region they rewrite")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=summary_path("soak"),
+                    help="the summary RELIABILITY.md shows (bench/results/soak.json)")
+    ap.add_argument("--json-out", type=Path, default=raw_path("soak"),
+                    help="every cycle, JSON Lines (build/bench/soak.jsonl)")
     args = ap.parse_args(argv)
     if args.minutes <= 0 or args.mib <= 0 or args.writers < 1 or args.write_mib < 1:
         ap.error("--minutes, --mib, --writers and --write-mib must be positive")
@@ -165,15 +176,14 @@ def main(argv: list[str]) -> int:
         result = soak(args.minutes, args.mib, args.writers, args.write_mib, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_summary(args.out, summarize_soak(result, commit(REPO)))
+    write_raw(args.json_out, {k: v for k, v in result.items() if k != "cycles_detail"},
+              {"cycle": result["cycles_detail"]})
     print(f"soak: {result['cycles']} cycles in {result['minutes']} min, {len(result['failed_cycles'])} failed, "
           f"{result['mismatches']} mismatches, "
           f"{result['leaked_processes']} leaked processes, fds {result['leaked_fds']:+d}, "
-          f"mounts {result['leaked_mounts']:+d}; {args.out}")
+          f"mounts {result['leaked_mounts']:+d}; {args.out}, {args.json_out}")
     bad = result["mismatches"] or result["leaked_processes"] or result["leaked_fds"] or result["leaked_mounts"] \
         or result["failed_cycles"]
     return 1 if bad or not result["cycles"] else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,7 +1,8 @@
 """Circles between files: Python modules that import each other (directly or round a loop), and C files that call
 each other round a loop. `make cycles`; exit 1 when there is one, with each circle printed.
 
-Python: every `import` and `from ... import` of the package (at any depth, in functions too) between its modules.
+Python (the packages in PY_PACKAGES): every `import` and `from ... import` of the package (at any depth, in
+functions too) between its modules.
 C: each .c file of a directory compiled on its own (-c), then `nm`: a file depends on another when it uses a symbol
 the other defines. A circle is a strongly connected component of more than one file (Tarjan).
 """
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PY_PACKAGES = ("lazyrestore", "bench")
 C_DIRS = {"native/lazyd": ["-Inative/include", "-Inative/lazyd"],
           "native/pageserver": ["-Inative/include", "-Inative/pageserver"]}
 
@@ -98,7 +100,7 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.parse_args()
-    graphs = {"lazyrestore/ (imports)": python_graph(REPO / "lazyrestore")}
+    graphs = {f"{pkg}/ (imports)": python_graph(REPO / pkg) for pkg in PY_PACKAGES}
     with tempfile.TemporaryDirectory() as tmp:
         for d, flags in C_DIRS.items():
             build = Path(tmp) / d.replace("/", "_")

@@ -22,7 +22,7 @@ for the remote modes, fs.pipe-max-size=4 MiB (CRIU's page server needs it).
 
 Only the tests of the set are built (the whole zdtm tree needs libaio and libnl headers it does not use); a test
 that does not build, or that zdtm does not report, is a failure. Results: build/zdtm/results.json and a table;
-`--record` also writes bench/zdtm_results.json, which RELIABILITY.md shows (scripts/reliability.py).
+`--record` also writes bench/results/zdtm.json (its summary), which RELIABILITY.md shows (scripts/reliability.py).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 WORK = REPO / "build" / "zdtm"
-RECORD = REPO / "bench" / "zdtm_results.json"
+RECORD = REPO / "bench" / "results" / "zdtm.json"
 CRIU_TREE = Path(os.environ.get("CRIU_TREE", "/var/cache/lazyrestore/criu"))
 LAZY_TESTS = r".*(maps0|uffd-events|lazy-thp|futex|fork).*"
 LAZY_EXCLUDE = ("maps04", "cmdlinenv00", "maps007")

@@ -291,7 +291,7 @@ def test_writers_keep_rewriting_pages_that_verify(workload: Callable[..., Worklo
 
 # --- --serve: the key-value server (native/workload/serve.h) ---------------------------------------------
 
-HOT_KEYS = 2000  # one request over 2000 scattered pages, as bench/coldstart.py asks
+HOT_KEYS = 2000  # one request over 2000 scattered pages, as `python -m bench coldstart` asks
 
 
 def kv_id() -> int:

@@ -1,13 +1,9 @@
-"""bench/bench_markers.py: run_bench.py rewriting BENCHMARKS.md keeps every other bench's marked section."""
+"""bench/markers.py: bench/local.py rewriting BENCHMARKS.md keeps every other bench's marked section."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import bench_markers  # noqa: E402
+from bench import markers
 
 
 def section(name: str, body: str) -> str:
@@ -16,7 +12,7 @@ def section(name: str, body: str) -> str:
 
 def test_every_marked_section_survives_a_rewrite() -> None:
     old = "# old report\n\n" + "\n\n".join(section(n, f"{n} table") for n in ("remote-bench", "coldstart", "compress"))
-    new = bench_markers.keep_remote(old, "# new report\n")
+    new = markers.keep_remote(old, "# new report\n")
     assert new.startswith("# new report\n")
     assert "old report" not in new
     for name in ("remote-bench", "coldstart", "compress"):
@@ -25,6 +21,6 @@ def test_every_marked_section_survives_a_rewrite() -> None:
 
 def test_a_half_section_is_not_kept_and_none_adds_nothing() -> None:
     old = "# old\n\n<!-- coldstart:begin -->\nno end marker\n" + section("compress", "c")
-    new = bench_markers.keep_remote(old, "# new\n")
+    new = markers.keep_remote(old, "# new\n")
     assert "no end marker" not in new and section("compress", "c") in new
-    assert bench_markers.keep_remote("# nothing marked\n", "# new\n") == "# new\n"
+    assert markers.keep_remote("# nothing marked\n", "# new\n") == "# new\n"

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import bench_markers  # noqa: E402
-import coldstart_report as rep  # noqa: E402
+from bench import markers
+from bench import coldstart_report as rep
 
 
 def run(mode: str, order: int, first: float, faults: int | None, error: str | None = None) -> dict[str, Any]:
@@ -21,7 +17,7 @@ def run(mode: str, order: int, first: float, faults: int | None, error: str | No
 
 
 def meta() -> dict[str, Any]:
-    return {"date": "2026-12-02", "mib": 1024, "keys": 2000, "command": "bench/coldstart.py",
+    return {"date": "2026-12-02", "mib": 1024, "keys": 2000, "command": "python -m bench coldstart",
             "network_label": "test hosts", "src_label": "A", "dst_label": "B", "eager_copy_s": 0.4,
             "machine": {"lazyrestore": "abc1234", "cpu": "cpu", "nproc": "2", "memory": "1 GiB", "kernel": "6.18"}}
 
@@ -61,9 +57,9 @@ def test_render_lists_every_run_and_flags_failures() -> None:
 
 
 def test_put_section_replaces_only_between_its_markers() -> None:
-    first = bench_markers.put_section("", rep.SECTION, "## Cold start\nfigures-1")
-    assert first.startswith("# lazyrestore benchmarks\n\n" + bench_markers.markers(rep.SECTION)[0])
+    first = markers.put_section("", rep.SECTION, "## Cold start\nfigures-1")
+    assert first.startswith("# lazyrestore benchmarks\n\n" + markers.markers(rep.SECTION)[0])
     doc = "# Bench\n\nintro\n\n" + first.split("\n\n", 1)[1] + "\n## After\n"
-    again = bench_markers.put_section(doc, rep.SECTION, "## Cold start\nfigures-2")
+    again = markers.put_section(doc, rep.SECTION, "## Cold start\nfigures-2")
     assert "figures-2" in again and "figures-1" not in again
     assert again.startswith("# Bench\n\nintro\n\n") and again.endswith("## After\n")

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import bench_markers  # noqa: E402
-import compress_report as rep  # noqa: E402
+from bench import markers
+from bench import compress_report as rep
 
 MIB = 1 << 20
 
@@ -31,7 +27,7 @@ def slow_text(off: float, on: float, auto: float, rate: float = 100.0) -> list[d
 
 
 def meta() -> dict[str, Any]:
-    return {"date": "2026-12-02", "mib": 64, "repeat": 1, "command": "bench/compress.py --quick",
+    return {"date": "2026-12-02", "mib": 64, "repeat": 1, "command": "python -m bench compress --quick",
             "network_label": "test hosts A → B, tbf", "src_label": "A", "dst_label": "B",
             "machine": {"lazyrestore": "abc1234", "cpu": "cpu", "nproc": "2", "memory": "1 GiB", "kernel": "6.18"}}
 
@@ -106,10 +102,10 @@ def test_medians_json_spells_out_the_keys() -> None:
 
 
 def test_put_section_replaces_only_between_its_markers() -> None:
-    first = bench_markers.put_section("", rep.SECTION, "## Slow links\nfigures-1")
-    assert first.startswith("# lazyrestore benchmarks\n\n" + bench_markers.markers(rep.SECTION)[0])
+    first = markers.put_section("", rep.SECTION, "## Slow links\nfigures-1")
+    assert first.startswith("# lazyrestore benchmarks\n\n" + markers.markers(rep.SECTION)[0])
     doc = "# Bench\n\n<!-- coldstart:begin -->\ncold\n<!-- coldstart:end -->\n\n" + first.split("\n\n", 1)[1]
     doc += "\n## After\n"
-    again = bench_markers.put_section(doc, rep.SECTION, "## Slow links\nfigures-2")
+    again = markers.put_section(doc, rep.SECTION, "## Slow links\nfigures-2")
     assert "figures-2" in again and "figures-1" not in again
     assert again.startswith("# Bench\n\n<!-- coldstart:begin -->\ncold\n") and again.endswith("## After\n")

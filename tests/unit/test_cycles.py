@@ -31,3 +31,11 @@ def test_python_imports_found_at_any_depth(tmp_path: Path) -> None:
     (pkg / "z.py").write_text("import pkg.x\n")
     assert cycles.python_graph(pkg) == {"x": {"y"}, "y": {"x"}, "z": {"x"}}
     assert cycles.circles(cycles.python_graph(pkg)) == [["x", "y"]]
+
+
+def test_the_bench_package_is_checked_and_has_no_circle() -> None:
+    assert cycles.PY_PACKAGES == ("lazyrestore", "bench")
+    graph = cycles.python_graph(cycles.REPO / "bench")
+    assert {"__main__", "local", "remote", "cells", "summaries", "render"} <= set(graph)
+    assert "cells" in graph["local_report"] and "summaries" in graph["render"]
+    assert cycles.circles(graph) == []

@@ -1,18 +1,14 @@
-"""bench/remote_report.py and run_remote_bench.py's plan: medians per workload, the goals, the section."""
+"""bench/remote_report.py and bench/remote.py's plan: medians per workload, the goals, the section."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import remote_report as rep  # noqa: E402
+from bench import remote_report as rep
 
 LOOP = "loopback"
 NETS = {LOOP: "loopback", "hosts": "test hosts A → B (no netem)"}
@@ -33,7 +29,7 @@ def meta(sizes: list[int], workloads: tuple[str, ...] = ("idle", "scanning"),
          methods: tuple[str, ...] = tuple(rep.METHODS), disk_max: int = 4096) -> dict[str, Any]:
     return {"date": "2026-12-03", "sizes": sizes, "methods": list(methods), "workloads": list(workloads),
             "disk_max_mib": disk_max, "hosts_sizes": [1024], "repeat": 1, "drain_timeout_s": 120,
-            "command": "bench/run_remote_bench.py", "networks": {LOOP: "loopback"}, "hosts": None,
+            "command": "python -m bench remote", "networks": {LOOP: "loopback"}, "hosts": None,
             "machine": {"lazyrestore": "abc1234", "cpu": "cpu", "nproc": "2", "memory": "23.5 GiB",
                         "kernel": "6.18", "criu": "4.2.1"},
             "pipe_max_size": 1048576, "criu_pipe_max": 4194304, "criu_log_level": 2, "settle_s": 0.2,
@@ -133,10 +129,11 @@ def test_goals_without_lr_live_first_leave_it_out() -> None:
 
 
 def load_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """run_remote_bench (and run_bench, which it imports) set LAZYRESTORE_PLUGIN when imported: put it back."""
+    """bench.remote; importing it changes no environment (python -m bench sets LAZYRESTORE_PLUGIN in main)."""
     monkeypatch.setenv("LAZYRESTORE_PLUGIN", "unit-test")
-    import run_remote_bench
-    return run_remote_bench
+    from bench import remote
+    assert remote.os.environ["LAZYRESTORE_PLUGIN"] == "unit-test"
+    return remote
 
 
 def test_plan_skips_the_disk_methods_above_disk_max(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,12 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_procs import clean_env
+from .procs import clean_env
 
-# The bench's own pair of test hosts (lrbench-host-a/-b), apart from the tests' (lr-) and the demo's (lrd-):
-# read by lazyrestore.testhosts when it is first imported.
-os.environ.setdefault("LAZYRESTORE_TESTHOSTS_PREFIX", "lrbench")
-from lazyrestore import testhosts  # noqa: E402
+from lazyrestore import testhosts
 
 LOOPBACK = "loopback"
 HOSTS = "hosts"

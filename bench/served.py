@@ -8,19 +8,17 @@ restored many times on the destination, each restored tree checked and killed; a
   subreaper, Ctrl-C and SIGTERM, a scratch dir in /dev/shm and the test hosts (claim_hosts), removed afterwards,
   and the exit code.
 
-Import it only after setting LAZYRESTORE_TESTHOSTS_PREFIX: remote_procs imports lazyrestore.testhosts, which reads it.
+Import it only after setting LAZYRESTORE_TESTHOSTS_PREFIX (python -m bench does): netprocs imports
+lazyrestore.testhosts, which reads it.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,11 +27,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import remote_report
-from bench_methods import lazyrestore_cmd
-from bench_procs import become_subreaper, kill_and_wait, kill_descendants, wait_gone
-from remote_procs import JsonProc, Network, finish, pump, shielded
-from report_cells import run_ok
+from .local_methods import lazyrestore_cmd
+from .machine import machine as describe_machine
+from .summaries import raw_path, summary_path
+from .procs import become_subreaper, kill_and_wait, kill_descendants, wait_gone
+from .netprocs import JsonProc, Network, finish, pump, shielded
+from .cells import run_ok
 
 from pyroute2 import netns
 
@@ -42,8 +41,8 @@ from lazyrestore.errors import LazyRestoreError
 from lazyrestore.manifest import META_DIR
 from lazyrestore.secret import SECRET_NAME
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
+
+REPO = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
 STEP_TIMEOUT_S = 300.0          # start, checkpoint, memory report; a restore to every page resident on a fast link
 DELIVERY_TIMEOUT_S = 30.0       # for the page server to report a delivery the destination already saw
@@ -70,19 +69,14 @@ def say(name: str, text: str) -> None:
     print(f"{name}: {text}", flush=True)
 
 
-def positive(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return value
-
-
-def parse_options(p: argparse.ArgumentParser, argv: list[str], *, section: str, results: str, quick_help: str,
+def parse_options(p: argparse.ArgumentParser, argv: list[str], *, section: str, suite: str, quick_help: str,
                   quick: dict[str, Any]) -> argparse.Namespace:
     """argv parsed with p's options and --out (BENCHMARKS.md, of which the bench writes its section only),
-    --json-out (bench/<results>) and --quick (a smoke run: the options in quick take its values)."""
+    --summary (bench/results/SUITE.json), --json-out (build/bench/SUITE.jsonl) and --quick (a smoke run: the
+    options in quick take its values)."""
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help=f"report (its {section} section only)")
-    p.add_argument("--json-out", type=Path, default=BENCH_DIR / results, help="raw results")
+    p.add_argument("--summary", type=Path, default=summary_path(suite), help="the summary the section is rendered from")
+    p.add_argument("--json-out", type=Path, default=raw_path(suite), help="raw records, JSON Lines")
     p.add_argument("--quick", action="store_true", help=quick_help)
     args = p.parse_args(argv)
     if args.quick:
@@ -256,9 +250,10 @@ def run_checked(src: Served, work: Path, rec: Record, restore: Callable[[], int 
 
 @dataclass(frozen=True)
 class Bench:
-    """What a bench script supplies to main: its name (log prefix), what it needs root for, its scratch dir's
+    """What a bench module supplies to main: its name (log prefix), what it needs root for, its scratch dir's
     prefix, and its steps. run_all fills the records (a LazyRestoreError: the bench cannot run); write_outputs
-    writes the report and the raw results (args.out, args.json_out)."""
+    writes the summary, the report's section rendered from it and the raw records (args.summary, args.out,
+    args.json_out)."""
 
     name: str
     needs_root_for: str
@@ -351,14 +346,6 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
-def command_line(script: str, argv: list[str]) -> str:
-    """How the bench was run, relative to the repository."""
-    return shlex.join([os.path.relpath(sys.executable, REPO), os.path.relpath(script, REPO), *argv])
-
-
 def machine(criu_path: str) -> dict[str, str]:
-    return remote_report.machine(criu_path, REPO)
+    return describe_machine(criu_path, REPO)
 
-
-def write_json(path: Path, results: dict[str, Any]) -> None:
-    path.write_text(json.dumps(results, indent=2) + "\n")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_procs import DRAIN_TIMEOUT_S, TIMEOUT_S, is_alive, kill_and_wait, run_json, wait_exit_rusage
+from .procs import DRAIN_TIMEOUT_S, TIMEOUT_S, is_alive, kill_and_wait, run_json, wait_exit_rusage
 
 from lazyrestore import criu
 from lazyrestore.restore import SETTLE_S

@@ -1,17 +1,19 @@
-"""BENCHMARKS.md: machine, medians per (kind, size, method), ratios against CRIU's lazy mode, goals."""
+"""BENCHMARKS.md's top (python -m bench local): machine, medians per (kind, size, method), ratios against CRIU's
+lazy mode, fill rates, goals, every run.
+
+summarize() turns a run's records into the suite's summary (bench/results/local.json): the medians with their
+ratios against CRIU lazy-pages, the fill-rate medians with their shares, the goals' ratios and each run's
+figures as the report shows them. render() writes the report from that summary alone.
+"""
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-import subprocess
 from typing import Any
 
-from bench_methods import LABELS, METHODS
-
-from lazyrestore.criu import log_level
-from lazyrestore.restore import SETTLE_S
+from .cells import fmt, ratio, times
+from .local_methods import LABELS, METHODS
+from .summaries import pick
 
 BASELINE = "criu-lazy"
 OURS = "lr-lazyd"
@@ -22,43 +24,6 @@ FIELDS = ("resume_s", "resident_s", "drain_gbps", "lat_p50_us", "lat_p99_us", "d
 
 Record = dict[str, Any]
 Medians = dict[tuple[str, int, str], dict[str, Any]]
-
-
-# --- machine ---------------------------------------------------------------
-
-def _first_line_with(path: str, key: str) -> str:
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(key):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
-def _command_output(args: list[str]) -> str:
-    try:
-        out = subprocess.run(args, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
-def machine(criu_path: str, repo: str) -> dict[str, str]:
-    mem_kb = _first_line_with("/proc/meminfo", "MemTotal").split()[0]
-    commit = _command_output(["git", "-C", repo, "rev-parse", "--short", "HEAD"])
-    dirty = _command_output(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"])
-    criu_version = _command_output([criu_path, "--version"]).replace("\n", ", ").removeprefix("Version: ")
-    return {
-        "kernel": platform.release(),
-        "nproc": str(len(os.sched_getaffinity(0))),
-        "memory": f"{int(mem_kb) / (1 << 20):.1f} GiB" if mem_kb.isdigit() else mem_kb,
-        "cpu": _first_line_with("/proc/cpuinfo", "model name"),
-        "criu": f"{criu_version} ({criu_path})",
-        "python": platform.python_version(),
-        "lazyrestore": commit + (" (with uncommitted changes)" if dirty not in ("", "unknown") else ""),
-    }
 
 
 # --- numbers ---------------------------------------------------------------
@@ -106,18 +71,6 @@ def medians(records: list[Record]) -> Medians:
     return out
 
 
-def ratio(num: float | None, den: float | None) -> float | None:
-    return num / den if num is not None and den else None
-
-
-def fmt(x: float | None, digits: int = 3, bound: str = "") -> str:
-    return "n/a" if x is None else f"{bound}{x:.{digits}f}"
-
-
-def fmt_ratio(x: float | None, bound: str = "") -> str:
-    return "n/a" if x is None else f"{bound}{x:.2f}×"
-
-
 # --- tables ----------------------------------------------------------------
 
 TABLE_HEAD = ("| size | method | resume (s) | resident (s) | drain (GB/s) | fault p50 / p99 (µs) | daemon CPU (s) "
@@ -125,12 +78,21 @@ TABLE_HEAD = ("| size | method | resume (s) | resident (s) | drain (GB/s) | faul
               "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 
 
+def with_ratios(med: Medians) -> Medians:
+    """med, each row with x_criu: its resume, resident (CRIU / it) and drain (it / CRIU) against CRIU lazy-pages."""
+    for (kind, size, _), m in med.items():
+        base = med.get((kind, size, BASELINE), {})
+        m["x_criu"] = {"resume": ratio(base.get("resume_s"), m["resume_s"]),
+                       "resident": ratio(base.get("resident_s"), m["resident_s"]),
+                       "drain": ratio(m["drain_gbps"], base.get("drain_gbps"))}
+    return med
+
+
 def _ratios(m: dict[str, Any], base: dict[str, Any]) -> list[str]:
     """resume, resident and drain against CRIU lazy-pages; a censored baseline makes the last two lower bounds."""
     low = "> " if base.get("censored") and not m["censored"] else ""
-    return [fmt_ratio(ratio(base.get("resume_s"), m["resume_s"])),
-            fmt_ratio(ratio(base.get("resident_s"), m["resident_s"]), low),
-            fmt_ratio(ratio(m["drain_gbps"], base.get("drain_gbps")), low)]
+    x = m["x_criu"]
+    return [times(x["resume"]), times(x["resident"], low), times(x["drain"], low)]
 
 
 def _checks(m: dict[str, Any]) -> str:
@@ -173,36 +135,62 @@ def outcome(r: Record) -> str:
     return r["checksum"] if r["checksum"] == "ok" else f"**{r['checksum']}**"
 
 
-def runs_table(records: list[Record]) -> str:
-    lines = ["| workload | size | repeat | order | method | resume (s) | resident (s) | drain (GB/s) | outcome |",
-             "|---|---:|---:|---:|---|---:|---:|---:|---|"]
+CHECKPOINT_KEYS = ("size_mib", "kind", "error", "lazy_bytes", "images_bytes", "dump_s", "frozen_s")
+RUN_KEYS = ("kind", "size_mib", "repeat", "order", "method", "error", "checksum", "timed_out", "note", "resident_min_s")
+
+
+def run_rows(records: list[Record]) -> list[Record]:
+    """What the report shows of each run: its keys (RUN_KEYS) and its figures (for a censored run, the bounds)."""
+    rows = []
     for r in records:
         f = _figures(r)
+        rows.append({**{k: r[k] for k in RUN_KEYS if k in r},
+                     **{k: f.get(k) for k in ("resume_s", "resident_s", "drain_gbps")}})
+    return rows
+
+
+def runs_table(rows: list[Record]) -> str:
+    lines = ["| workload | size | repeat | order | method | resume (s) | resident (s) | drain (GB/s) | outcome |",
+             "|---|---:|---:|---:|---|---:|---:|---:|---|"]
+    for r in rows:
         over, under = ("> ", "< ") if run_censored(r) else ("", "")
         lines.append(f"| {r['kind']} | {r['size_mib']} MiB | {r['repeat']} | {r['order']} | {LABELS[r['method']]} "
-                     f"| {fmt(f.get('resume_s'))} | {fmt(f.get('resident_s'), 3, over)} "
-                     f"| {fmt(f.get('drain_gbps'), 2, under)} | {outcome(r)} |")
+                     f"| {fmt(r.get('resume_s'))} | {fmt(r.get('resident_s'), 3, over)} "
+                     f"| {fmt(r.get('drain_gbps'), 2, under)} | {outcome(r)} |")
     return "\n".join(lines)
 
 
-def fill_table(fills: list[Record], kinds: list[str], sizes: list[int], med: Medians) -> str:
-    """The machine's fresh-memory fill rates beside each lazy method's drain (the ceiling for any restore)."""
-    rows = ["| workload | size | UFFDIO_COPY, 1 thread | UFFDIO_COPY, 2 threads | memcpy, 1 thread | lr-lazyd drain "
-            "| of 1-thread UFFDIO_COPY | CRIU lazy-pages drain | of 1-thread UFFDIO_COPY |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+def fill_medians(fills: list[Record], kinds: list[str], sizes: list[int], med: Medians) -> list[Record]:
+    """Per (kind, size): the median fill rates (GB/s) and each lazy method's drain as a share of the 1-thread
+    UFFDIO_COPY rate (%)."""
+    rows = []
     for kind in kinds:
         for size in sizes:
             got = [f for f in fills if (f["kind"], f["size_mib"]) == (kind, size) and not f.get("error")]
             if not got:
                 continue
-            one, two, cpy = (statistics.median(f[k] for f in got) for k in ("uffd_1t", "uffd_2t", "memcpy_1t"))
-            ours = med.get((kind, size, OURS), {}).get("drain_gbps")
-            base = med.get((kind, size, BASELINE), {})
-            under = "< " if base.get("censored") else ""
-            rows.append(f"| {kind} | {size} MiB | {one:.2f} | {two:.2f} | {cpy:.2f} | {fmt(ours, 2)} | "
-                        f"{fmt(None if ours is None else 100 * ours / one, 0)} % | "
-                        f"{fmt(base.get('drain_gbps'), 2, under)} | "
-                        f"{fmt(None if base.get('drain_gbps') is None else 100 * base['drain_gbps'] / one, 0, under)} % |")
+            row: Record = {"kind": kind, "size_mib": size,
+                           **{k: statistics.median(f[k] for f in got) for k in ("uffd_1t", "uffd_2t", "memcpy_1t")}}
+            for method in (OURS, BASELINE):
+                drain = med.get((kind, size, method), {}).get("drain_gbps")
+                row[f"{method}_pct"] = None if drain is None else 100 * drain / row["uffd_1t"]
+            rows.append(row)
+    return rows
+
+
+def fill_table(fills: list[Record], med: Medians) -> str:
+    """The machine's fresh-memory fill rates beside each lazy method's drain (the ceiling for any restore)."""
+    rows = ["| workload | size | UFFDIO_COPY, 1 thread | UFFDIO_COPY, 2 threads | memcpy, 1 thread | lr-lazyd drain "
+            "| of 1-thread UFFDIO_COPY | CRIU lazy-pages drain | of 1-thread UFFDIO_COPY |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for f in fills:
+        kind, size = f["kind"], f["size_mib"]
+        ours = med.get((kind, size, OURS), {}).get("drain_gbps")
+        base = med.get((kind, size, BASELINE), {})
+        under = "< " if base.get("censored") else ""
+        rows.append(f"| {kind} | {size} MiB | {f['uffd_1t']:.2f} | {f['uffd_2t']:.2f} | {f['memcpy_1t']:.2f} "
+                    f"| {fmt(ours, 2)} | {fmt(f[OURS + '_pct'], 0)} % | {fmt(base.get('drain_gbps'), 2, under)} | "
+                    f"{fmt(f[BASELINE + '_pct'], 0, under)} % |")
     return "\n".join(rows)
 
 
@@ -212,9 +200,14 @@ def _verdict(ok: bool | None) -> str:
     return "not evaluated" if ok is None else ("**holds**" if ok else "**does not hold**")
 
 
-def goal_flat_resume(med: Medians, kind: str) -> tuple[bool | None, str]:
+def resume_flat(med: Medians, kinds: list[str]) -> dict[str, float | None]:
+    """Per kind: lr-lazyd's resume at 4 GiB / at 256 MiB (goal a)."""
+    return {kind: ratio(med.get((kind, 4096, OURS), {}).get("resume_s"), med.get((kind, 256, OURS), {}).get("resume_s"))
+            for kind in kinds}
+
+
+def goal_flat_resume(med: Medians, kind: str, r: float | None) -> tuple[bool | None, str]:
     small, big = med.get((kind, 256, OURS), {}), med.get((kind, 4096, OURS), {})
-    r = ratio(big.get("resume_s"), small.get("resume_s"))
     if r is None:
         return None, f"needs lr-lazyd figures for the {kind} workload at 256 MiB and 4096 MiB"
     return r <= RESUME_FLAT_MAX, (f"{kind}: lr-lazyd resume {fmt(big['resume_s'])} s at 4 GiB / "
@@ -223,21 +216,22 @@ def goal_flat_resume(med: Medians, kind: str) -> tuple[bool | None, str]:
 
 def goal_drain(med: Medians, kind: str, size: int) -> tuple[bool | None, str]:
     ours, base = med.get((kind, size, OURS), {}), med.get((kind, size, BASELINE), {})
-    gbps, r = ours.get("drain_gbps"), ratio(ours.get("drain_gbps"), base.get("drain_gbps"))
+    gbps, r = ours.get("drain_gbps"), ours.get("x_criu", {}).get("drain")
     if gbps is None:
         return None, f"{kind} {size} MiB: no lr-lazyd drain figure"
     ok = gbps >= DRAIN_GBPS_MIN or (r is not None and r >= DRAIN_RATIO_MIN)
     over, under = ("> ", "< ") if base.get("censored") else ("", "")
     return ok, (f"{kind} {size} MiB: lr-lazyd {gbps:.2f} GB/s, CRIU lazy-pages {fmt(base.get('drain_gbps'), 2, under)} "
-                f"GB/s, ratio {fmt_ratio(r, over)}")
+                f"GB/s, ratio {times(r, over)}")
 
 
-def goals_section(med: Medians, kinds: list[str], sizes: list[int]) -> tuple[str, list[bool | None]]:
+def goals_section(med: Medians, flat: dict[str, float | None], kinds: list[str],
+                  sizes: list[int]) -> tuple[str, list[bool | None]]:
     lines = ["## Goals", "",
              f"(a) Time to resume flat across sizes: lr-lazyd at 4 GiB / at 256 MiB ≤ {RESUME_FLAT_MAX} (idle workload).", ""]
     verdicts: list[bool | None] = []
     for kind in kinds:
-        ok, text = goal_flat_resume(med, kind)
+        ok, text = goal_flat_resume(med, kind, flat.get(kind))
         tag = "" if kind == "idle" else " (for information)"
         lines.append(f"- {text}: {_verdict(ok)}{tag}")
         if kind == "idle":
@@ -287,8 +281,25 @@ How the figures are taken (all times from the start of CRIU's restore of the sam
 """
 
 
-def render(meta: dict[str, Any], records: list[Record], checkpoints: list[Record], med: Medians,
-           fills: list[Record]) -> str:
+def summarize(meta: dict[str, Any], records: list[Record], checkpoints: list[Record],
+              fills: list[Record]) -> dict[str, Any]:
+    """The suite's summary: what render needs, from a run's records, checkpoints and fill rates."""
+    med = with_ratios(medians(records))
+    return {"suite": "local", "date": meta["date"], "commit": meta["machine"].get("lazyrestore"), "meta": meta,
+            "checkpoints": pick(checkpoints, CHECKPOINT_KEYS),
+            "medians": [{"kind": k, "size_mib": s, "method": m, **v} for (k, s, m), v in sorted(med.items())],
+            "fill_rates": fill_medians(fills, meta["kinds"], meta["sizes"], med),
+            "resume_flat": resume_flat(med, meta["kinds"]), "runs": run_rows(records)}
+
+
+def medians_of(summary: dict[str, Any]) -> Medians:
+    """The summary's medians by (kind, size, method)."""
+    return {(m["kind"], m["size_mib"], m["method"]): m for m in summary["medians"]}
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The report (without the marked sections that follow it) from the summary alone."""
+    meta, records, checkpoints, med = summary["meta"], summary["runs"], summary["checkpoints"], medians_of(summary)
     kinds, sizes = meta["kinds"], meta["sizes"]
     parts = ["# lazyrestore benchmarks", ""]
     parts += _alarms(records, checkpoints)
@@ -305,10 +316,10 @@ def render(meta: dict[str, Any], records: list[Record], checkpoints: list[Record
               "of 1 MiB from a resident buffer into a region registered with userfaultfd, as a lazy-pages daemon "
               "does but with nothing to read or verify, with 1 and 2 threads; and memcpy into fresh memory (a page "
               "fault, a zeroed page, then the copy: eager restore's way). Figures in GB/s.", "",
-              fill_table(fills, kinds, sizes, med), ""]
-    goals, _ = goals_section(med, kinds, sizes)
-    parts += [goals, "", "## Method", "", NOTES.format(settle=SETTLE_S, restore_level=log_level(), limit=meta["drain_timeout_s"]),
-              "## Every run", "", runs_table(records), ""]
+              fill_table(summary["fill_rates"], med), ""]
+    goals, _ = goals_section(med, summary["resume_flat"], kinds, sizes)
+    notes = NOTES.format(settle=meta["settle_s"], restore_level=meta["criu_log_level"], limit=meta["drain_timeout_s"])
+    parts += [goals, "", "## Method", "", notes, "## Every run", "", runs_table(records), ""]
     return "\n".join(parts)
 
 

@@ -1,7 +1,9 @@
-"""How runs and their figures show in the BENCHMARKS.md sections of coldstart.py and compress.py.
+"""Table cells for every BENCHMARKS.md section: figures become Markdown cells ("n/a" when there is none), cells
+become rows, rows a table.
 
-A run's record is a dict with at least "error" (None, or what failed) and "memory" ("ok", or what differed).
-Figures become Markdown cells ("n/a" when there is none), cells become rows, rows a table.
+The run helpers at the end (run_ok, outcome, failed_alarm) read the records of the benches on a served checkpoint
+(coldstart, compress): a dict with at least "error" (None, or what failed) and "memory" ("ok", or what differed).
+The local and remote benches' records say "checksum" instead; theirs are in local_report.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ def ratio(num: float | None, den: float | None) -> float | None:
     return num / den if num is not None and den else None
 
 
-def fmt(x: float | None, digits: int = 3, scale: float = 1.0) -> str:
-    """x times scale with digits decimals."""
-    return "n/a" if x is None else f"{x * scale:.{digits}f}"
+def fmt(x: float | None, digits: int = 3, bound: str = "", *, scale: float = 1.0) -> str:
+    """x times scale with digits decimals, after bound ("> " or "< " when it is a bound)."""
+    return "n/a" if x is None else f"{bound}{x * scale:.{digits}f}"
 
 
 def times(x: float | None, bound: str = "") -> str:
-    """A ratio: "2.50×", after bound ("≥ " when it is a lower bound)."""
+    """A ratio: "2.50×", after bound ("≥ " or "> " when it is a lower bound)."""
     return "n/a" if x is None else f"{bound}{x:.2f}×"
 
 

@@ -1,8 +1,8 @@
-"""BENCHMARKS.md holds several reports: run_bench.py writes the whole file, the others one section each.
+"""BENCHMARKS.md holds several reports: local.py writes the whole file, the others one section each.
 
 A section sits between `<!-- NAME:begin -->` and `<!-- NAME:end -->` (remote-bench, coldstart, compress, and
 criu-version: the comparison of two CRIU releases' runs, written by hand when the bootstrap moves to a new CRIU).
-run_bench.py keeps every such block when it rewrites the file (keep_remote); run_remote_bench.py, coldstart.py
+local.py keeps every such block when it rewrites the file (keep_remote); remote.py, coldstart.py
 and compress.py replace only what is between their own markers, appending them when they are missing
 (put_section, write_section).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SECTIONS = ("criu-version", "remote-bench", "coldstart", "compress")  # in the order they follow run_bench.py's report
+SECTIONS = ("criu-version", "remote-bench", "coldstart", "compress")  # in the order they follow local.py's report
 EMPTY_HEAD = "# lazyrestore benchmarks"  # the title of a report that had no text before its first section
 
 

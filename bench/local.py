@@ -1,10 +1,10 @@
-#!/usr/bin/env python3
 """`make bench`: eager restore, CRIU's local lazy mode and lr-lazyd, side by side in one run.
 
 For each size and workload kind: start the sample workload, take its checksum,
 checkpoint it once onto tmpfs, then restore that same checkpoint with each
 method in turn (the order rotates between repeats), check the restored memory
-against the checksum, kill the tree. Writes BENCHMARKS.md and bench/results.json;
+against the checksum, kill the tree. Writes BENCHMARKS.md (its top), bench/results/local.json (the
+summary it is rendered from) and build/bench/local.jsonl (every record);
 exits 1 if any restore failed or any checksum differed, 130 on Ctrl-C (or SIGTERM),
 after killing every process it started and removing its dirs in /dev/shm.
 CRIU's daemon running out of --drain-timeout is reported as a bound, not a failure.
@@ -15,11 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,20 +25,20 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import bench_report
-from bench_markers import keep_remote
-from bench_methods import METHODS, BaselineTimedOut, MethodFailed, Target, lazyrestore_cmd
-from bench_procs import DRAIN_TIMEOUT_S, TIMEOUT_S, become_subreaper, kill_and_wait, kill_descendants, run_json
+from . import local_report
+from .markers import keep_remote
+from .local_methods import METHODS, BaselineTimedOut, MethodFailed, Target, lazyrestore_cmd
+from .machine import command_line, machine
+from .options import csv_ints, positive
+from .summaries import raw_path, summary_path, write_raw, write_summary
+from .procs import DRAIN_TIMEOUT_S, TIMEOUT_S, become_subreaper, kill_and_wait, kill_descendants, run_json
 
 from lazyrestore import criu, sample
 from lazyrestore.paths import native_binary
 from lazyrestore.errors import LazyRestoreError
+from lazyrestore.restore import SETTLE_S
 
-# The CRIU baselines run CRIU as CRIU: lazyrestore's CRIU plugin would index every dump they time.
-os.environ["LAZYRESTORE_PLUGIN"] = "off"
-
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
+REPO = Path(__file__).resolve().parent.parent
 KINDS = {"idle": 0, "scanning": 2}  # kind -> scanner threads
 DEFAULT_SIZES = (256, 1024, 4096)
 SHM = Path("/dev/shm")
@@ -68,16 +66,6 @@ def log(text: str) -> None:
 
 # --- options ---------------------------------------------------------------
 
-def csv_ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected sizes in MiB such as 256,1024, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive sizes in MiB, got {text!r}")
-    return values
-
-
 def csv_kinds(text: str) -> list[str]:
     kinds = [k.strip() for k in text.split(",") if k.strip()]
     bad = [k for k in kinds if k not in KINDS]
@@ -86,19 +74,16 @@ def csv_kinds(text: str) -> list[str]:
     return kinds
 
 
-def positive(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
-    return int(text)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench local", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=csv_ints, default=list(DEFAULT_SIZES), help="workload sizes in MiB (256,1024,4096)")
     p.add_argument("--kinds", type=csv_kinds, default=list(KINDS), help="workload kinds (idle,scanning)")
     p.add_argument("--repeat", type=positive, default=1, help="measurements per size, kind and method (median reported)")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report file (BENCHMARKS.md)")
-    p.add_argument("--json-out", type=Path, default=BENCH_DIR / "results.json", help="raw results (bench/results.json)")
+    p.add_argument("--summary", type=Path, default=summary_path("local"),
+                   help="the summary the report is rendered from (bench/results/local.json)")
+    p.add_argument("--json-out", type=Path, default=raw_path("local"),
+                   help="raw records, JSON Lines (build/bench/local.jsonl)")
     p.add_argument("--drain-timeout", type=positive, default=int(DRAIN_TIMEOUT_S),
                    help="seconds from a lazy restore's start until every page must be resident (600); "
                         "past it CRIU's daemon gets a bound (resident > limit), lr-lazyd a failure")
@@ -147,7 +132,7 @@ def verify(cp: Checkpointed, pid: int) -> tuple[str, dict[str, str]]:
 
 
 def measure(cp: Checkpointed, method: str, repeat: int, order: int, drain_timeout: float) -> dict[str, Any]:
-    """Restore cp once with method, verify, kill; a record for results.json (error set on failure)."""
+    """Restore cp once with method, verify, kill; a record for build/bench/local.jsonl (error set on failure)."""
     os.truncate(cp.log, cp.log_size)
     rec: dict[str, Any] = {"size_mib": cp.size_mib, "kind": cp.kind, "method": method, "repeat": repeat,
                            "order": order, "lazy_bytes": cp.lazy_bytes, "error": None, "checksum": None}
@@ -207,7 +192,7 @@ def describe(rec: dict[str, Any]) -> str:
         return f"{head} FAILED: {rec['error']}"
     if rec.get("timed_out"):
         return f"{head} resume {rec['resume_s']:.3f} s, TIMED OUT: {rec['note']}; memory not checked"
-    f = bench_report.fmt
+    f = local_report.fmt
     lat = "" if rec["lat_p50_us"] is None else f", fault p50/p99 {rec['lat_p50_us']:.1f}/{rec['lat_p99_us']:.1f} us"
     cpu = "" if rec["daemon_cpu_s"] is None else f", daemon cpu {rec['daemon_cpu_s']:.3f} s"
     return (f"{head} resume {f(rec['resume_s'])} s, resident {f(rec['resident_s'])} s, "
@@ -261,14 +246,13 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]],
                   checkpoints: list[dict[str, Any]], fills: list[dict[str, Any]]) -> None:
-    med = bench_report.medians(records)
+    summary = local_report.summarize(meta, records, checkpoints, fills)
+    write_summary(args.summary, summary)
+    write_raw(args.json_out, meta, {"checkpoint": checkpoints, "fill_rate": fills, "run": records})
     previous = args.out.read_text() if args.out.exists() else ""
-    # The remote-migration section (run_remote_bench.py) survives this rewrite.
-    args.out.write_text(keep_remote(previous, bench_report.render(meta, records, checkpoints, med, fills)))
-    medians_json = [{"kind": k, "size_mib": s, "method": m, **v} for (k, s, m), v in sorted(med.items())]
-    args.json_out.write_text(json.dumps({"meta": meta, "checkpoints": checkpoints, "runs": records, "fill_rates": fills,
-                                         "medians": medians_json}, indent=2) + "\n")
-    log(f"wrote {args.out} and {args.json_out}")
+    # The marked sections (remote, coldstart, compress, the CRIU comparison) survive this rewrite.
+    args.out.write_text(keep_remote(previous, local_report.render(summary)))
+    log(f"wrote {args.out}, {args.summary} and {args.json_out}")
 
 
 def check_machine() -> str:
@@ -284,10 +268,11 @@ def main(argv: list[str]) -> int:
     criu_path = check_machine()
     become_subreaper()
     signal.signal(signal.SIGTERM, _on_term)
-    command = shlex.join([os.path.relpath(sys.executable, REPO), os.path.relpath(__file__, REPO), *argv])
+    command = command_line("local", argv)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": args.sizes, "kinds": args.kinds,
             "repeat": args.repeat, "drain_timeout_s": args.drain_timeout, "command": command,
-            "machine": bench_report.machine(criu_path, str(REPO))}
+            "settle_s": SETTLE_S, "criu_log_level": criu.log_level(),
+            "machine": machine(criu_path, REPO)}
     records: list[dict[str, Any]] = []
     checkpoints: list[dict[str, Any]] = []
     fills: list[dict[str, Any]] = []
@@ -302,11 +287,8 @@ def main(argv: list[str]) -> int:
     finally:
         cleanup(None)
     write_outputs(args, meta, records, checkpoints, fills)
-    failed = [r for r in records if bench_report.run_failed(r)] + [c for c in checkpoints if c.get("error")]
+    failed = [r for r in records if local_report.run_failed(r)] + [c for c in checkpoints if c.get("error")]
     if failed:
         log(f"{len(failed)} failure(s) or checksum mismatch(es): see {args.out}")
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make bench`, part 2: migrating a running workload to another host, lazily and eagerly, side by side.
 
 For each size, repeat, network (loopback at every size; the two test hosts A -> B
@@ -11,7 +10,8 @@ checksum, migrate it, check the restored memory against the checksum, kill the
 tree. The methods that keep a full copy of the memory on tmpfs (lr-remote,
 eager-copy) are skipped above --disk-max MiB. Writes the
 "Remote migration" section of BENCHMARKS.md (between its markers; the rest of
-the file is left alone) and bench/remote_results.json. Exits 1 if any migration
+the file is left alone), bench/results/remote.json (its summary) and build/bench/remote.jsonl
+(every record). Exits 1 if any migration
 failed or any checksum differed, 130 on Ctrl-C (or SIGTERM), after killing every
 process it started, removing its dirs in /dev/shm and the test hosts, and putting
 fs.pipe-max-size back. CRIU's daemon running out of --drain-timeout is a bound, not a failure.
@@ -20,13 +20,10 @@ fs.pipe-max-size back. CRIU's daemon running out of --drain-timeout is a bound, 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,25 +31,24 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import remote_report
-from bench_markers import write_section
-from bench_methods import MethodFailed
-from bench_procs import become_subreaper, kill_and_wait, kill_descendants
-from remote_methods import LABELS, METHODS, WORKLOADS, RemoteTimedOut, Source, methods_at, start_source
-from remote_procs import CRIU_PIPE_MAX, HOSTS, LOOPBACK, NETWORKS, PIPE_MAX_SIZE, Network, hosts_up, loopback, shielded
+from . import remote_report
+from .markers import write_section
+from .local_methods import MethodFailed
+from .local_report import run_failed
+from .machine import command_line, machine
+from .options import csv_choice, csv_ints, positive
+from .summaries import raw_path, read_summary, summary_path, write_raw, write_summary
+from .procs import become_subreaper, kill_and_wait, kill_descendants
+from .remote_methods import LABELS, METHODS, WORKLOADS, RemoteTimedOut, Source, methods_at, start_source
+from .netprocs import CRIU_PIPE_MAX, HOSTS, LOOPBACK, NETWORKS, PIPE_MAX_SIZE, Network, hosts_up, loopback, shielded
 
 from pyroute2 import netns
 
 from lazyrestore import criu, sample, testhosts
 from lazyrestore.errors import LazyRestoreError
 from lazyrestore.restore import SETTLE_S
-from run_bench import csv_ints, positive
 
-# The CRIU baselines run CRIU as CRIU: lazyrestore's CRIU plugin would index every dump they time.
-os.environ["LAZYRESTORE_PLUGIN"] = "off"
-
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
+REPO = Path(__file__).resolve().parent.parent
 SHM = Path("/dev/shm")
 SCRATCH_PREFIX = "lazyrestore-remote-bench-"
 DEFAULT_SIZES = (256, 1024, 4096, 8192)
@@ -69,17 +65,8 @@ def log(text: str) -> None:
 
 # --- options ---------------------------------------------------------------------
 
-def csv_choice(choices: tuple[str, ...]) -> Any:
-    def parse(text: str) -> list[str]:
-        got = [x.strip() for x in text.split(",") if x.strip()]
-        if not got or any(x not in choices for x in got):
-            raise argparse.ArgumentTypeError(f"expected a list from {','.join(choices)}, got {text!r}")
-        return got
-    return parse
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench remote", description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=csv_ints, default=list(DEFAULT_SIZES),
                    help=f"workload sizes in MiB ({','.join(map(str, DEFAULT_SIZES))})")
     p.add_argument("--networks", type=csv_choice(NETWORKS), default=None,
@@ -97,9 +84,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="seconds from a lazy restore's start until every page must be resident (120); past it "
                         "CRIU's daemon gets a bound, lazyrestore a failure")
     p.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md", help="report (its remote section only)")
-    p.add_argument("--json-out", type=Path, default=BENCH_DIR / "remote_results.json", help="raw results")
+    p.add_argument("--summary", type=Path, default=summary_path("remote"),
+                   help="the summary the section is rendered from (bench/results/remote.json)")
+    p.add_argument("--json-out", type=Path, default=raw_path("remote"), help="raw records, JSON Lines")
     p.add_argument("--render-only", action="store_true",
-                   help="run nothing: write the section again from --json-out's runs (after a change of the report)")
+                   help="run nothing: write the section again from --summary (after a change of the report)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 256 MiB, 1 repeat, loopback only (both workloads unless --workloads)")
     args = p.parse_args(argv)
@@ -292,25 +281,28 @@ def cleanup(hosts: bool) -> None:
 
 
 def write_outputs(args: argparse.Namespace, meta: dict[str, Any], records: list[dict[str, Any]]) -> None:
-    med = remote_report.medians(records)
-    write_section(args.out, "remote-bench", remote_report.render(meta, records, med))
-    medians_json = [{"size_mib": s, "network": n, "workload": w, "method": m, **v}
-                    for (s, n, w, m), v in sorted(med.items())]
-    args.json_out.write_text(json.dumps({"meta": meta, "runs": records, "medians": medians_json}, indent=2) + "\n")
-    lines, _ = remote_report.goals(med, meta)
+    write_summary(args.summary, remote_report.summarize(meta, records))
+    write_raw(args.json_out, meta, {"run": records})
+    render_section(args)
+    lines, _ = remote_report.goals(remote_report.medians(records), meta)
     for line in lines:
         if line:
             log(line)
-    log(f"wrote the remote section of {args.out} and {args.json_out}")
+    log(f"wrote the remote section of {args.out}, {args.summary} and {args.json_out}")
+
+
+def render_section(args: argparse.Namespace) -> None:
+    """BENCHMARKS.md's remote section from the summary alone."""
+    write_section(args.out, "remote-bench", remote_report.render_summary(read_summary(args.summary)))
 
 
 def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[str, Any]:
-    command = shlex.join([os.path.relpath(sys.executable, REPO), os.path.relpath(__file__, REPO), *argv])
+    command = command_line("remote", argv)
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "sizes": args.sizes,
             "methods": args.methods, "workloads": args.workloads, "scanners": WORKLOADS,
             "disk_max_mib": args.disk_max, "hosts_sizes": args.hosts_sizes, "repeat": args.repeat,
             "drain_timeout_s": args.drain_timeout,
-            "command": command, "machine": remote_report.machine(criu_path, REPO),
+            "command": command, "machine": machine(criu_path, REPO),
             "pipe_max_size": int(PIPE_MAX_SIZE.read_text()), "criu_pipe_max": CRIU_PIPE_MAX,
             "criu_log_level": criu.log_level(), "settle_s": SETTLE_S, "hosts": None,
             "host_a": testhosts.HOST_A, "addr_a": testhosts.ADDR_A, "host_b": testhosts.HOST_B,
@@ -320,8 +312,7 @@ def new_meta(args: argparse.Namespace, argv: list[str], criu_path: str) -> dict[
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.render_only:
-        saved = json.loads(args.json_out.read_text())
-        write_outputs(args, saved["meta"], saved["runs"])
+        render_section(args)
         return 0
     criu_path = check_machine()
     become_subreaper()
@@ -343,11 +334,8 @@ def main(argv: list[str]) -> int:
     finally:
         cleanup(meta["hosts"] is not None)
     write_outputs(args, meta, records)
-    failed = [r for r in records if remote_report.run_failed(r)]
+    failed = [r for r in records if run_failed(r)]
     if failed:
         log(f"{len(failed)} failed migration(s) or checksum mismatch(es): see {args.out}")
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
