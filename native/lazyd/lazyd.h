@@ -106,8 +106,9 @@ struct lr_lazyd {
 };
 
 /* tasks.c */
+/* on_uffd: what reads the task's uffd events (serve.c's lr_serve_uffd; passed in, so tasks.c calls no server). */
 int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const struct lr_spans *parent,
-		struct lr_task **out, struct lr_error *err);
+		lr_fd_cb on_uffd, struct lr_task **out, struct lr_error *err);
 void lr_task_gone(struct lr_lazyd *d, struct lr_task *t);
 /* Every task of the restored tree has exited (none is left to serve). */
 bool lr_tasks_all_gone(const struct lr_lazyd *d);
@@ -115,6 +116,8 @@ int lr_task_defer(struct lr_task *t, uint64_t addr, uint64_t t0, struct lr_error
 uint64_t lr_left_bytes(const struct lr_lazyd *d);
 /* SIGKILL every task of the tree whose host pid is known; wait (up to 10 s) until they are gone. */
 void lr_tasks_kill(struct lr_lazyd *d);
+
+/* log.c: one line to stderr (the -o file), "lr-lazyd[PID] SECONDS: ...", when level <= -v. */
 void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* place.c */

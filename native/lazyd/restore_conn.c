@@ -18,7 +18,7 @@ static int take_task(struct lr_lazyd *d, const struct lr_criu_task *ct, struct l
 			close(ct->uffd);
 			return lr_error_set(err, 0, "CRIU restore sent pid %d twice", ct->pid);
 		}
-	if (lr_task_add(d, ct->pid, ct->host_pid, ct->uffd, NULL, &t, err)) {
+	if (lr_task_add(d, ct->pid, ct->host_pid, ct->uffd, NULL, lr_serve_uffd, &t, err)) {
 		close(ct->uffd);
 		return -1;
 	}

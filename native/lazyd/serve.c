@@ -102,7 +102,7 @@ static int on_fork(struct lr_lazyd *d, struct lr_task *t, const struct uffd_msg 
 	int ufd = (int)m->arg.fork.ufd;
 
 	d->stats.forks++;
-	if (lr_task_add(d, 0, 0, ufd, &t->spans, &child, err)) {
+	if (lr_task_add(d, 0, 0, ufd, &t->spans, lr_serve_uffd, &child, err)) {
 		close(ufd);
 		return -1;
 	}
