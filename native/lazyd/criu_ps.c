@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "blocks.h"
 #include "criu_ps.h"
 #include "lazyd.h"
 #include "lr_net.h"
@@ -82,23 +83,17 @@ int lr_cps_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool u
 	struct lr_cps *c = d->cps;
 	const struct lr_index_record *x = &d->index.recs[rec];
 	const uint64_t bs = d->index.hdr->block_size, base = x->start / bs * bs, end = lr_record_end(&d->index, x);
-	uint32_t k0 = (uint32_t)((a - base) / bs), k1 = (uint32_t)((b - 1 - base) / bs) + 1;
+	uint32_t k, k1, g0, g1;
 
-	for (uint32_t k = k0; k < k1;) {
-		if (c->inflight[x->first_checksum + k]) {
-			k++;
-			continue;
-		}
-		struct cps_req q = {rec, k, k, 0, 0, urgent};
-		while (q.k1 < k1 && q.k1 - q.k0 < CPS_REQ_MAX_BLOCKS && !c->inflight[x->first_checksum + q.k1])
-			c->inflight[x->first_checksum + q.k1++] = 1;
+	lr_blocks_of(&d->index, x, a, b, &k, &k1);
+	while (lr_blocks_next(c->inflight + x->first_checksum, &k, k1, CPS_REQ_MAX_BLOCKS, 1, &g0, &g1)) {
+		struct cps_req q = {rec, g0, g1, 0, 0, urgent};
 		uint64_t lo = base + (uint64_t)q.k0 * bs, hi = base + (uint64_t)q.k1 * bs;
 		q.vaddr = lo < x->start ? x->start : lo;
 		q.npages = ((hi > end ? end : hi) - q.vaddr) / d->page_size;
 		c->inflight_bytes += q.npages * d->page_size;
 		if (push(d, q, err))
 			return -1;
-		k = q.k1;
 	}
 	return 0;
 }

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "blocks.h"
 #include "lazyd.h"
 #include "lr_proto_io.h"
 #include "remote.h"
@@ -406,23 +407,15 @@ int lr_remote_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, boo
 {
 	struct lr_remote *r = d->remote;
 	const struct lr_index_record *x = &d->index.recs[rec];
-	uint64_t bs = d->index.hdr->block_size, base = x->start / bs * bs;
-	uint32_t k0 = (uint32_t)((a - base) / bs), k1 = (uint32_t)((b - 1 - base) / bs) + 1;
-	uint32_t per = LR_PAGES_MAX_DATA / (uint32_t)bs;
+	uint64_t bs = d->index.hdr->block_size;
+	uint32_t per = LR_PAGES_MAX_DATA / (uint32_t)bs, k0, k1, k, g0, g1;
 
 	if (!r->connected)
 		return 0; /* asked for again once reconnected */
-	for (uint32_t k = k0; k < k1;) {
-		if (r->inflight[x->first_checksum + k]) {
-			k++;
-			continue;
-		}
-		struct lr_page_req q = {rec, k, 0};
+	lr_blocks_of(&d->index, x, a, b, &k0, &k1);
+	for (k = k0; lr_blocks_next(r->inflight + x->first_checksum, &k, k1, per, 1, &g0, &g1);) {
+		struct lr_page_req q = {rec, g0, g1 - g0};
 		expect(r);
-		while (k < k1 && q.nblocks < per && !r->inflight[x->first_checksum + k]) {
-			r->inflight[x->first_checksum + k++] = 1;
-			q.nblocks++;
-		}
 		r->inflight_bytes += (uint64_t)q.nblocks * bs;
 		r->requests++;
 		if (send_frame(d, r->urgent.rec.fd, LR_GET_PAGES, &q, sizeof(q), err)) {

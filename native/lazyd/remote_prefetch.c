@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "blocks.h"
 #include "lazyd.h"
 #include "lr_net.h"
 
@@ -44,21 +45,11 @@ static int plan_requests(struct lr_prefetch *p, const struct lr_index *idx, stru
 	for (size_t i = 0; i < p->n; i++) {
 		const struct lr_window *w = &p->v[i];
 		const struct lr_index_record *x = &idx->recs[w->record];
-		uint64_t base = x->start / bs * bs;
-		uint32_t k = (uint32_t)((w->a - base) / bs), k1 = (uint32_t)((w->b - 1 - base) / bs) + 1;
-		while (k < k1) {
-			if (p->local[x->first_checksum + k]) {
-				k++;
-				continue;
-			}
-			struct lr_page_req q = {w->record, k, 0};
-			while (k < k1 && q.nblocks < per && !p->local[x->first_checksum + k]) {
-				p->local[x->first_checksum + k++] = BLOCK_ASKED;
-				q.nblocks++;
-			}
-			if (push(p, q, err))
+		uint32_t k, k1, g0, g1;
+		lr_blocks_of(idx, x, w->a, w->b, &k, &k1);
+		while (lr_blocks_next(p->local + x->first_checksum, &k, k1, per, BLOCK_ASKED, &g0, &g1))
+			if (push(p, (struct lr_page_req){w->record, g0, g1 - g0}, err))
 				return -1;
-		}
 	}
 	return 0;
 }
