@@ -48,11 +48,7 @@ static int on_conn_read(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
 			d->stats.finished_ns = lr_now_ns();
 			lr_log(d, 1, "restore finished: %zu task(s), %lu bytes to place", d->ntasks,
 			       (unsigned long)lr_left_bytes(d));
-			if (d->remote)
-				lr_prefetch_choose(d);
-			if (lr_prefetch_place(d, err) ||
-			    (d->remote && (lr_prefetch_busy(d) ? 0 : d->prefetch.nreq ? lr_prefetch_settle(d, err)
-										  : lr_remote_bulk_start(d, err))))
+			if (d->src.ops->finished && d->src.ops->finished(&d->src, err))
 				return -1;
 		}
 		if (rc == 3) { /* CRIU closed the connection after finishing: all is in */
