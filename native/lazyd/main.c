@@ -694,10 +694,11 @@ int main(int argc, char **argv)
 	int rc = open_log(&d, &err) || open_inputs(&d, &err);
 	if (!rc)
 		report_plan(&d);
-	if (rc || lr_remote_commit(&d, &err) || enter_work_dir(&d, &err) || start_listening(&d, &err) ||
-	    run(&d, &err)) {
+	if (rc || (d.src.ops->commit && d.src.ops->commit(&d.src, &err)) || enter_work_dir(&d, &err) ||
+	    start_listening(&d, &err) || run(&d, &err)) {
 		lr_log(&d, 0, "error: %s", err.msg);
-		lr_remote_abort_unrun(&d, err.msg);
+		if (d.src.ops && d.src.ops->abort_unrun)
+			d.src.ops->abort_unrun(&d.src, err.msg);
 		emit(&d, "error", false, err.msg);
 		teardown(&d);
 		return 1;

@@ -38,6 +38,16 @@ struct lr_chan {               /* one connection's receive side: bytes [start, e
 /* Room for the largest frame plus what one recv may bring beyond it. */
 #define LR_CHAN_BUF ((size_t)LR_FRAME_MAX + sizeof(struct lr_frame) + (1u << 20))
 
+/* chan.c. Non-blocking: 1 with a whole frame in c->hdr / c->payload, 0 for more later, -1 when the connection is
+ * gone (or a header is malformed). */
+int lr_chan_next(struct lr_chan *c, struct lr_error *err);
+/* A whole frame waits in c's buffer. */
+bool lr_chan_has_frame(const struct lr_chan *c);
+/* The ERROR frame in c as err (returns -1). */
+int lr_chan_refused(const struct lr_chan *c, struct lr_error *err);
+/* That refusal was of a request that may have been damaged on the way (not the secret, version or session). */
+bool lr_chan_retryable(const struct lr_chan *c);
+
 /*
  * What the prefetch layer over this source (src_prefetch.c) sees before the rest: called by src_lrps.c when set
  * (ctx is the layer's), so the layer is not called by name.
@@ -96,7 +106,7 @@ int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err);
 int lr_remote_ask(struct lr_lazyd *d, const struct lr_page_req *q, struct lr_error *err);
 /* "restore finished": start the bulk stream (from the first pending page). */
 int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err);
-/* Blocking: read the urgent channel until a frame of type `type` answering req_id arrives (other frames, such
+/* chan.c. Blocking: read the urgent channel until a frame of type `type` answering req_id arrives (other frames, such
  * as PAGES asked for earlier, are skipped), by until_ns. An ERROR is an error; *refused (unless NULL) tells a
  * refusal by the server's word from one of a request damaged on the way. */
 int lr_remote_await(struct lr_lazyd *d, uint16_t type, uint64_t req_id, uint64_t until_ns, bool *refused,

@@ -79,6 +79,10 @@ struct lr_src_ops {
 	/* The index is open: plan the working set at wset (NULL: none; missing_ok: a missing file is no plan), open
 	 * the pages files the source reads. */
 	int (*prepare)(struct lr_src *s, const char *wset, bool missing_ok, struct lr_error *err);
+	/* Before listening: this restore may run its tree (lr-pageserver: COMMIT, commit.c). */
+	int (*commit)(struct lr_src *s, struct lr_error *err);
+	/* Failing before the tree could run (why: the error): tell the source it never will (ABORT). Best effort. */
+	void (*abort_unrun)(struct lr_src *s, const char *why);
 	/* In the event loop, listening (after the guardian's fork): connect, open leases, start threads. */
 	int (*start)(struct lr_src *s, struct lr_error *err);
 	/* The bytes of record rec at checkpoint addresses [a, b): an lr_src_rc, or -1. */

@@ -80,49 +80,7 @@ static void lost(struct lr_lazyd *d, const char *why)
 	       (unsigned long long)(r->timeout_ms / 1000));
 }
 
-/* Non-blocking: 1 with a whole frame in c->hdr / c->payload, 0 for more later, -1 when the connection is gone. */
-static int chan_next(struct lr_chan *c, struct lr_error *err)
-{
-	const size_t hsz = sizeof(c->hdr);
-	for (;;) {
-		size_t have = c->end - c->start;
-		if (have >= hsz) {
-			memcpy(&c->hdr, c->buf + c->start, hsz);
-			if (lr_frame_check(&c->hdr, LR_FRAME_MAX, err))
-				return -1;
-			if (have >= hsz + c->hdr.length) {
-				c->payload = c->buf + c->start + hsz;
-				c->start += hsz + c->hdr.length;
-				return 1;
-			}
-		}
-		if (c->start && LR_CHAN_BUF - c->end < LR_FRAME_MAX + hsz) { /* make room for a whole frame */
-			memmove(c->buf, c->buf + c->start, have);
-			c->start = 0;
-			c->end = have;
-		}
-		ssize_t n = recv(c->rec.fd, c->buf + c->end, LR_CHAN_BUF - c->end, MSG_DONTWAIT);
-		if (n == 0)
-			return lr_error_set(err, 0, "the page server closed the connection");
-		if (n < 0)
-			return errno == EAGAIN || errno == EINTR ? 0 : lr_error_set(err, errno, "receive from the page server");
-		c->end += (size_t)n;
-		c->rx_ns = lr_now_ns();
-	}
-}
-
-static bool chan_has_frame(const struct lr_chan *c);
 static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_error *err);
-
-static int peer_error(const struct lr_chan *c, struct lr_error *err)
-{
-	struct lr_error_frame e = {0, 0};
-	if (c->hdr.length >= sizeof(e))
-		memcpy(&e, c->payload, sizeof(e));
-	int n = c->hdr.length > sizeof(e) ? (int)(c->hdr.length - sizeof(e)) : 0;
-	return lr_error_set(err, 0, "the page server refused: %s error: %.*s", lr_error_code_name(e.code), n,
-			    c->payload + sizeof(e));
-}
 
 /*
  * A frame that cannot be right arrived from a server that proved it holds the secret: bytes damaged on the
@@ -139,16 +97,6 @@ static int damaged(struct lr_lazyd *d, struct lr_error *err)
 	snprintf(why, sizeof(why), "damaged frame: %s", err->msg);
 	lost(d, why);
 	return 0;
-}
-
-/* The server refused a request that may have been damaged on the way (not the secret, version or session). */
-static bool retryable_refusal(const struct lr_chan *c)
-{
-	struct lr_error_frame e = {0, 0};
-	if (c->hdr.length >= sizeof(e))
-		memcpy(&e, c->payload, sizeof(e));
-	return e.code == LR_ERR_PROTOCOL || e.code == LR_ERR_TOO_BIG || e.code == LR_ERR_RANGE ||
-	       e.code == LR_ERR_DAMAGED;
 }
 
 static void clear_inflight(struct lr_remote *r, const struct lr_index *idx, const struct lr_pages_hdr *h)
@@ -249,7 +197,7 @@ static int on_frame(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 		       r->bulk_bytes, r->urgent_bytes);
 		return bulk ? 0 : lr_error_set(err, 0, "the page server sent BULK_END on the urgent channel");
 	case LR_ERROR:
-		return peer_error(c, err) && retryable_refusal(c) ? damaged(d, err) : -1;
+		return lr_chan_refused(c, err) && lr_chan_retryable(c) ? damaged(d, err) : -1;
 	default:
 		lr_error_set(err, 0, "unexpected %s frame from the page server on the %s channel",
 			     lr_frame_name(c->hdr.type), bulk ? "bulk" : "urgent");
@@ -278,7 +226,7 @@ static int resume_bulk(struct lr_lazyd *d, struct lr_error *err)
 	r->bulk_paused = false;
 	if (lr_loop_add(d->epfd, &r->bulk.rec, err))
 		return -1;
-	return chan_has_frame(&r->bulk) ? on_chan(d, &r->bulk, true, err) : 0;
+	return lr_chan_has_frame(&r->bulk) ? on_chan(d, &r->bulk, true, err) : 0;
 }
 
 /* The frames that have arrived, up to LR_CHAN_BATCH bytes of them: then back to the loop (faults first). */
@@ -288,7 +236,7 @@ static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_e
 	while (taken < LR_CHAN_BATCH && d->remote->connected) {
 		if (bulk && d->src.sink.drain_wait_ms(d->src.sink.ctx))
 			return pause_bulk(d, err); /* --drain-rate: TCP holds the server back meanwhile */
-		int rc = chan_next(c, err);
+		int rc = lr_chan_next(c, err);
 		struct lr_error why;
 		if (rc < 0 && c->end - c->start >= sizeof(c->hdr) && lr_frame_check(&c->hdr, LR_FRAME_MAX, &why))
 			return damaged(d, err); /* a malformed header: the handshake proved the peer, so damage */
@@ -307,19 +255,10 @@ static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_e
 	return 0;
 }
 
-static bool chan_has_frame(const struct lr_chan *c)
-{
-	struct lr_frame h;
-	if (c->rec.fd < 0 || c->end - c->start < sizeof(h))
-		return false;
-	memcpy(&h, c->buf + c->start, sizeof(h));
-	return c->end - c->start >= sizeof(h) + (size_t)h.length;
-}
-
 static bool buffered(const struct lr_lazyd *d)
 {
 	const struct lr_remote *r = d->remote;
-	return r && r->connected && (chan_has_frame(&r->urgent) || (!r->bulk_paused && chan_has_frame(&r->bulk)));
+	return r && r->connected && (lr_chan_has_frame(&r->urgent) || (!r->bulk_paused && lr_chan_has_frame(&r->bulk)));
 }
 
 static int pump(struct lr_lazyd *d, struct lr_error *err)
@@ -327,9 +266,9 @@ static int pump(struct lr_lazyd *d, struct lr_error *err)
 	struct lr_remote *r = d->remote;
 	if (!buffered(d))
 		return 0;
-	if (chan_has_frame(&r->urgent) && on_chan(d, &r->urgent, false, err))
+	if (lr_chan_has_frame(&r->urgent) && on_chan(d, &r->urgent, false, err))
 		return -1;
-	return r->connected && !r->bulk_paused && chan_has_frame(&r->bulk) ? on_chan(d, &r->bulk, true, err) : 0;
+	return r->connected && !r->bulk_paused && lr_chan_has_frame(&r->bulk) ? on_chan(d, &r->bulk, true, err) : 0;
 }
 
 static int on_urgent(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
@@ -587,34 +526,6 @@ static int send_wset(struct lr_lazyd *d, const struct lr_wset *w, struct lr_erro
 	return rc;
 }
 
-int lr_remote_await(struct lr_lazyd *d, uint16_t type, uint64_t req_id, uint64_t until_ns, bool *refused,
-		    struct lr_error *err)
-{
-	struct lr_remote *r = d->remote;
-	struct lr_chan *c = &r->urgent;
-
-	while (lr_now_ns() < until_ns) { /* replies to earlier requests may still come first */
-		struct pollfd p = {c->rec.fd, POLLIN, 0};
-		if (poll(&p, 1, 100) < 0 && errno != EINTR)
-			return lr_error_set(err, errno, "poll");
-		int rc = chan_next(c, err);
-		if (rc < 0)
-			return -1;
-		if (rc == 0 || (c->hdr.type != type && c->hdr.type != LR_ERROR))
-			continue;
-		if (lr_frame_sum_check(&c->hdr, c->payload, err))
-			return -1;
-		if (c->hdr.type == LR_ERROR) {
-			if (refused)
-				*refused = !retryable_refusal(c);
-			return peer_error(c, err);
-		}
-		if (c->hdr.req_id == req_id)
-			return 0;
-	}
-	return lr_error_set(err, ETIMEDOUT, "no %s from the page server", lr_frame_name(type));
-}
-
 static int remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
@@ -668,6 +579,16 @@ static int lrps_prepare(struct lr_src *s, const char *wset, bool missing_ok, str
 	if (!strcmp(s->d->cfg.compress, "on"))
 		s->d->remote->want |= LR_F_COMPRESS;
 	return 0;
+}
+
+static int lrps_commit(struct lr_src *s, struct lr_error *err)
+{
+	return lr_remote_commit(s->d, err);
+}
+
+static void lrps_abort_unrun(struct lr_src *s, const char *why)
+{
+	lr_remote_abort_unrun(s->d, why);
 }
 
 static int lrps_start(struct lr_src *s, struct lr_error *err)
@@ -758,6 +679,8 @@ const struct lr_src_ops lr_src_lrps_ops = {
 	.yield_to_faults = true,
 	.open = lrps_open,
 	.prepare = lrps_prepare,
+	.commit = lrps_commit,
+	.abort_unrun = lrps_abort_unrun,
 	.start = lrps_start,
 	.get = lrps_get,
 	.sweep_pages = lrps_sweep_pages,

@@ -309,6 +309,16 @@ static int layer_prepare(struct lr_src *s, const char *wset, bool missing_ok, st
 	return lr_pages_open(&d->pages, d->cfg.images_dir, d->cfg.map, err);
 }
 
+static int layer_commit(struct lr_src *s, struct lr_error *err)
+{
+	return lr_src_lrps_ops.commit(s, err);
+}
+
+static void layer_abort_unrun(struct lr_src *s, const char *why)
+{
+	lr_src_lrps_ops.abort_unrun(s, why);
+}
+
 /* The source below connected, the working set's first requests out; then the pages files (the read leases must
  * be the daemon's, not the guardian's). */
 static int layer_start(struct lr_src *s, struct lr_error *err)
@@ -388,6 +398,8 @@ const struct lr_src_ops lr_src_prefetch_ops = {
 	.yield_to_faults = true,
 	.open = layer_open,
 	.prepare = layer_prepare,
+	.commit = layer_commit,
+	.abort_unrun = layer_abort_unrun,
 	.start = layer_start,
 	.get = layer_get,
 	.sweep_pages = layer_sweep_pages,
