@@ -1,4 +1,7 @@
-/* source.c: the page source the options ask for, chosen once (source.h); the only file that names the kinds. */
+/*
+ * source.c: the page source the options ask for, chosen once (source.h); outside the sources, the only file that
+ * names the kinds.
+ */
 #include "lazyd.h"
 
 int lr_src_choose(struct lr_lazyd *d, struct lr_sink sink, struct lr_error *err)

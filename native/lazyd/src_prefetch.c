@@ -1,12 +1,13 @@
 /*
  * src_prefetch.c: the working set fetched ahead, a page-source layer over lr-pageserver's (source.h, src_lrps.c).
  *
- * The working set is asked of the page server as soon as lr-lazyd listens, while CRIU
- * restores (prefetch.h); it also measures the link for --compress auto. A few MiB in flight at a
- * time, so a fault's request never waits long behind them. What arrives before "restore finished" is also
- * written into the local pages files (the tasks that need it may not have their userfaultfds here yet) and
- * its blocks marked local (a live record's, in no pages file, are held in memory instead); it is placed into every task as it comes, as a task arrives, and at "restore
- * finished".
+ * The working set is asked of the page server as soon as lr-lazyd listens, while CRIU restores (prefetch.h); it
+ * also measures the link for --compress auto. A few MiB in flight at a time, so a fault's request never waits
+ * long behind them. What arrives before "restore finished" is also written into the local pages files (the tasks
+ * that need it may not have their userfaultfds here yet) and its blocks marked local (a live record's, in no
+ * pages file, are held in memory instead); it is placed into every task as it comes, as a task arrives, and at
+ * "restore finished".
+ *
  * Faults on blocks kept locally are answered from the pages files (src_local.c's get); the rest goes to the
  * source below. It sees what arrives first through the source's hooks (remote.h), and places through the sink.
  */
