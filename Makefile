@@ -14,7 +14,7 @@ bootstrap:
 
 build: bootstrap native plugin
 
-native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index $(NATIVE)/tests/test_wset $(NATIVE)/tests/test_proto $(NATIVE)/tests/test_live_frame $(NATIVE)/tests/test_uffd_place
+native: $(NATIVE)/lr-workload $(NATIVE)/lr-index-layout $(NATIVE)/lr-fill-rate $(NATIVE)/lr-lazyd $(NATIVE)/san/lr-lazyd $(NATIVE)/lr-pageserver $(NATIVE)/san/lr-pageserver $(NATIVE)/tests/test_spans $(NATIVE)/tests/test_index $(NATIVE)/tests/test_wset $(NATIVE)/tests/test_proto $(NATIVE)/tests/test_live_frame $(NATIVE)/tests/test_uffd_place $(NATIVE)/tests/test_src_local
 
 WORKLOAD_SRC := native/workload/lr-workload.c native/workload/writers.c native/workload/serve.c
 
@@ -174,6 +174,12 @@ $(NATIVE)/tests/test_index: native/tests/test_index.c native/common/index.c nati
 $(NATIVE)/tests/test_uffd_place: native/tests/test_uffd_place.c native/lazyd/uffd.c native/common/error.c native/tests/check.h $(LAZYD_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(TEST_SANFLAGS) -o $@ native/tests/test_uffd_place.c native/lazyd/uffd.c native/common/error.c
+
+SRC_LOCAL_SRC := native/tests/test_src_local.c native/lazyd/src_local.c native/lazyd/blocks.c native/lazyd/prefetch.c \
+	native/common/pages.c native/common/index.c native/common/error.c native/common/wset.c native/common/ahead.c
+$(NATIVE)/tests/test_src_local: $(SRC_LOCAL_SRC) native/tests/check.h $(LAZYD_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(TEST_SANFLAGS) -pthread -o $@ $(SRC_LOCAL_SRC) -lxxhash
 
 $(NATIVE)/tests/test_wset: native/tests/test_wset.c native/common/wset.c native/common/error.c native/tests/check.h $(LAZYD_HDR)
 	@mkdir -p $(@D)

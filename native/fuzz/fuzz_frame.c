@@ -28,7 +28,7 @@ static char *recv_buf; /* LR_FRAME_MAX bytes, as lr-lazyd's fetch buffer */
 static char *zbuf;     /* LR_FRAME_MAX bytes: an inflated PAGES payload, as lr-lazyd's r->zbuf */
 static ZSTD_DCtx *zdx;
 
-/* remote_fetch.c logs through lr-lazyd's lr_log (tasks.c, not linked); the parsers never call it. */
+/* remote_fetch.c logs through lr-lazyd's lr_log (log.c, not linked); the parsers never call it. */
 void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...)
 {
 	(void)d;

@@ -54,16 +54,6 @@ _Static_assert(offsetof(struct page_server_iov, nr_pages) == 8, "CRIU 4.2 pads c
 #define PS_IOV_CLOSE 0x1023
 #define PS_CMD_MASK 0xffffu
 
-struct lr_lazyd;
-
-/* Connect to cfg.criu_ps and put the connection in the event loop. */
-int lr_cps_start(struct lr_lazyd *d, struct lr_error *err);
-/* Ask for the pages of record rec in checkpoint addresses [a, b) not already asked for (urgent: for a fault). */
-int lr_cps_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool urgent, struct lr_error *err);
-/* The background drain: ask for pending pages while less than a window is in flight; 1 when it asked. */
-int lr_cps_drain_step(struct lr_lazyd *d, struct lr_error *err);
-/* Every page placed: PS_IOV_CLOSE, and the server's status. */
-int lr_cps_done(struct lr_lazyd *d, struct lr_error *err);
-void lr_cps_close(struct lr_lazyd *d);
+/* The source itself: lr_src_criu_ops (source.h, src_criu.c). */
 
 #endif /* LR_CRIU_PS_H */

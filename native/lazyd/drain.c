@@ -1,5 +1,8 @@
-/* drain.c: placing the pages nobody asked for yet, one chunk at a time, between faults. */
-#include "criu_ps.h"
+/*
+ * drain.c: the pages nobody asked for yet, between faults: the drain's policy (faults first, the rate cap,
+ * locality) and its one step, whatever the source. A source with the bytes here has them placed a chunk at a time;
+ * one that fetches them is asked for the pending runs by the one sweep (they are placed as they arrive).
+ */
 #include "lazyd.h"
 #include "uffd.h"
 
@@ -36,7 +39,7 @@ void lr_drain_fault(struct lr_lazyd *d, uint64_t t_ns, uint64_t addr)
 static int yield_ms(const struct lr_lazyd *d)
 {
 	uint64_t now = lr_now_ns();
-	if (!d->remote || !d->fault_at_ns || !d->stats.finished_ns || now - d->fault_at_ns >= LR_YIELD_NS ||
+	if (!d->src.ops->yield_to_faults || !d->fault_at_ns || !d->stats.finished_ns || now - d->fault_at_ns >= LR_YIELD_NS ||
 	    now - d->stats.finished_ns >= LR_YIELD_WINDOW_NS)
 		return 0;
 	return (int)((LR_YIELD_NS - (now - d->fault_at_ns)) / 1000000ULL) + 1;
@@ -53,6 +56,11 @@ int lr_drain_wait_ms(const struct lr_lazyd *d)
 	uint64_t allowed_ns = d->stats.drain_bytes * 1000000000ULL / d->cfg.drain_rate;
 	uint64_t spent_ns = lr_now_ns() - d->drain_epoch_ns;
 	return allowed_ns > spent_ns ? (int)((allowed_ns - spent_ns) / 1000000ULL) + 1 : 0;
+}
+
+int lr_drain_wait_cb(void *ctx)
+{
+	return lr_drain_wait_ms(ctx);
 }
 
 /* The next task with pages left and no pending retry, round robin. */
@@ -147,23 +155,41 @@ static int after_place(struct lr_lazyd *d, struct lr_task *t, const struct lr_ru
 }
 
 /*
- * One step: up to one chunk of one task's pending pages, over as many runs as
- * it takes (sparse memory has many short runs; a step per run would spend more
- * on the loop than on copying). A waiting fault is served after at most this.
- * Returns 1 when it placed (or tried to place) something, 0 when there was
- * nothing to do, -1 on error.
+ * The sweep, for a source that fetches: ask for the first pending run (at most max pages, whole blocks) of the
+ * first task that has one not in flight yet. 1 when a request went out, 0 when there was nothing to ask for.
  */
-int lr_drain_step(struct lr_lazyd *d, struct lr_error *err)
+static int sweep(struct lr_lazyd *d, uint64_t max, struct lr_error *err)
+{
+	const uint64_t ps = d->page_size, bpp = d->index.hdr->block_size / ps;
+	for (size_t i = 0; i < d->ntasks; i++) {
+		struct lr_task *t = d->tasks[i];
+		struct lr_run run;
+		const char *data;
+		if (t->gone || !t->spans.left || t->retry_at_ns > lr_now_ns() || !lr_spans_next_run(&t->spans, max, bpp, &run))
+			continue;
+		const struct lr_span *sp = &t->spans.v[run.span];
+		uint64_t a = sp->src + run.page * ps;
+		int rc = d->src.ops->get(&d->src, sp->rec, a, a + run.npages * ps, LR_GET_DRAIN, &data, err);
+		if (rc < 0)
+			return -1;
+		if (rc == LR_SRC_ASKED)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * A source that has the bytes here: up to one chunk of one task's pending pages, over as many runs as it takes
+ * (sparse memory has many short runs; a step per run would spend more on the loop than on copying), the pages
+ * after the latest fault's window first. A waiting fault is served after at most this.
+ */
+static int place_chunk(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_task *t = next_task(d);
 	struct lr_run run;
 	uint64_t ps = d->page_size, budget = d->cfg.chunk / ps, placed;
 	int more = 1;
 
-	if (d->remote)
-		return lr_remote_drain_step(d, err);
-	if (d->cps)
-		return lr_cps_drain_step(d, err);
 	if (!t)
 		return 0;
 	if (!d->drain_epoch_ns) {
@@ -172,7 +198,7 @@ int lr_drain_step(struct lr_lazyd *d, struct lr_error *err)
 	}
 	struct lr_task *near = near_run(d, budget, &run);
 	if (near) {
-		int rc = lr_place(d, near, run.span, run.page, run.page + run.npages, &placed, err);
+		int rc = lr_place(d, near, run.span, run.page, run.page + run.npages, LR_GET_DRAIN, &placed, err);
 		d->stats.drain_bytes += placed;
 		d->stats.near_bytes += placed;
 		return after_place(d, near, &run, rc) < 0 ? -1 : 1;
@@ -180,11 +206,24 @@ int lr_drain_step(struct lr_lazyd *d, struct lr_error *err)
 	if (!lr_spans_next_run(&t->spans, budget, d->index.hdr->block_size / ps, &run))
 		return 0;
 	do {
-		int rc = lr_place(d, t, run.span, run.page, run.page + run.npages, &placed, err);
+		int rc = lr_place(d, t, run.span, run.page, run.page + run.npages, LR_GET_DRAIN, &placed, err);
 		d->stats.drain_bytes += placed;
 		lr_ahead_reached(&d->ahead, checksum_at(d, &t->spans.v[run.span], run.page + run.npages - 1));
 		more = after_place(d, t, &run, rc);
 		budget -= run.npages;
 	} while (more > 0 && budget && lr_spans_next_run(&t->spans, budget, d->index.hdr->block_size / ps, &run));
 	return more < 0 ? -1 : 1;
+}
+
+/* Returns 1 when it placed (or asked for, or tried to place) something, 0 when there was nothing to do, -1 on
+ * error. */
+int lr_drain_step(struct lr_lazyd *d, struct lr_error *err)
+{
+	const struct lr_src_ops *o = d->src.ops;
+	if (!o->sweep_pages)
+		return place_chunk(d, err);
+	int rc = o->resume ? o->resume(&d->src, err) : 0; /* a stream paused by the rate cap goes on first */
+	if (rc)
+		return rc < 0 ? -1 : 1;
+	return o->window_full && o->window_full(&d->src) ? 0 : sweep(d, o->sweep_pages(&d->src), err);
 }

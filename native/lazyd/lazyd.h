@@ -17,6 +17,7 @@
 #include "spans.h"
 #include "prefetch.h"
 #include "profile.h"
+#include "source.h"
 #include "stats.h"
 
 struct lr_config {
@@ -40,7 +41,7 @@ struct lr_config {
 	const char *secret_file;  /* the checkpoint's secret (remote mode) */
 	uint64_t source_timeout_ms; /* how long a lost page server may stay away */
 	bool fetch_only;          /* remote mode: fetch the checkpoint, then exit */
-	const char *criu_ps;      /* HOST:PORT of CRIU's page server (criu_ps.c); images_dir holds the dump */
+	const char *criu_ps;      /* HOST:PORT of CRIU's page server (src_criu.c); images_dir holds the dump */
 	const char *profile_file; /* --profile: write the working set here once every page is placed */
 	uint32_t profile_faults;  /* record at most this many faults ... */
 	uint32_t profile_ms;      /* ... within this long of the start */
@@ -77,8 +78,9 @@ struct lr_lazyd {
 	struct lr_index index;
 	struct lr_pages pages;
 	struct lr_ahead ahead;     /* verifies mapped page bytes ahead of the drain */
-	struct lr_remote *remote;  /* the page server, in remote mode; NULL for local images */
-	struct lr_cps *cps;        /* CRIU's page server (--criu-page-server); NULL otherwise */
+	struct lr_src src;         /* where page bytes come from (source.h): the rest calls src.ops, never a kind */
+	struct lr_remote *remote;  /* src_lrps.c's state (--source); NULL otherwise. Only the source's files use it */
+	struct lr_cps *cps;        /* src_criu.c's state (--criu-page-server); NULL otherwise. Likewise */
 	struct lr_stats stats;
 	struct lr_profile profile; /* the faults of this restore, in order (profile.h) */
 	struct lr_prefetch prefetch; /* the checkpoint's working set, placed first (prefetch.h) */
@@ -106,8 +108,9 @@ struct lr_lazyd {
 };
 
 /* tasks.c */
+/* on_uffd: what reads the task's uffd events (serve.c's lr_serve_uffd; passed in, so tasks.c calls no server). */
 int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const struct lr_spans *parent,
-		struct lr_task **out, struct lr_error *err);
+		lr_fd_cb on_uffd, struct lr_task **out, struct lr_error *err);
 void lr_task_gone(struct lr_lazyd *d, struct lr_task *t);
 /* Every task of the restored tree has exited (none is left to serve). */
 bool lr_tasks_all_gone(const struct lr_lazyd *d);
@@ -115,42 +118,26 @@ int lr_task_defer(struct lr_task *t, uint64_t addr, uint64_t t0, struct lr_error
 uint64_t lr_left_bytes(const struct lr_lazyd *d);
 /* SIGKILL every task of the tree whose host pid is known; wait (up to 10 s) until they are gone. */
 void lr_tasks_kill(struct lr_lazyd *d);
+
+/* log.c: one line to stderr (the -o file), "lr-lazyd[PID] SECONDS: ...", when level <= -v. */
 void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* place.c */
+/* place.c: the sink sources deliver into, and placing for faults and the drain. */
+/* Place bytes of span si's pages [lo, hi) from data (the bytes of page lo on); an lr_uffd_rc or -1. */
 int lr_place_from(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, const char *data,
 		  uint64_t *placed, struct lr_error *err);
-int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, uint64_t *placed,
-	     struct lr_error *err);
-/* Some task still needs a page of record rec within checkpoint addresses [a, b). */
-bool lr_wanted(const struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b);
-/* Bytes of record rec at checkpoint addresses [a, b) arrived from a page source: into every task that needs them. */
-int lr_place_all(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, const char *data, uint64_t *placed,
-		 struct lr_error *err);
+/* Place the pending pages of span si within its pages [lo, hi), asking the source (why: a fault or the drain):
+ * an lr_uffd_rc, LR_SRC_WAIT (asked for: placed when they arrive), or -1. */
+int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, enum lr_get why,
+	     uint64_t *placed, struct lr_error *err);
+/* The sink the daemon's source delivers into (source.h). */
+struct lr_sink lr_place_sink(struct lr_lazyd *d);
+/* Place every working-set window some task still needs whose bytes are here (get LR_GET_HERE). */
+int lr_prefetch_place(struct lr_lazyd *d, struct lr_error *err);
 
 /* serve.c */
 int lr_serve_uffd(void *ctx, struct lr_fdrec *rec, struct lr_error *err);
 int lr_serve_deferred(struct lr_lazyd *d, struct lr_error *err);
-
-/* remote_prefetch.c: the working set asked of the page server while CRIU restores (see there). */
-int lr_prefetch_remote(struct lr_lazyd *d, struct lr_error *err);
-/* Send more of it while little is in flight. */
-int lr_prefetch_pump(struct lr_lazyd *d, struct lr_error *err);
-/* PAGES arrived: 1 when they were asked for ahead (kept in the pages files before restore finished), else 0. */
-int lr_prefetch_arrived(struct lr_lazyd *d, const struct lr_pages_hdr *h, uint64_t a, const char *data, uint32_t wire,
-			struct lr_error *err);
-/* The working set is in: the rest of the blocks it came in placed too (off the tree's way), then the bulk
- * stream starts. */
-int lr_prefetch_settle(struct lr_lazyd *d, struct lr_error *err);
-/* Asked for ahead and not all arrived yet: the bulk stream waits (the working set first). */
-bool lr_prefetch_busy(const struct lr_lazyd *d);
-/* A frame asked for ahead failed its checksum: its pages are left to faults and the drain. */
-int lr_prefetch_failed(struct lr_lazyd *d, const struct lr_pages_hdr *h, struct lr_error *err);
-/* The connection was lost: what was asked ahead and not arrived is left to faults and the drain. */
-void lr_prefetch_lost(struct lr_prefetch *p, uint64_t nblocks);
-/* "restore finished": --compress auto decides on the link measured so far (remote.c measures the bulk
- * stream when nothing was fetched ahead). */
-void lr_prefetch_choose(struct lr_lazyd *d);
 
 /* drain.c */
 int lr_drain_step(struct lr_lazyd *d, struct lr_error *err);
@@ -160,6 +147,8 @@ void lr_drain_fault(struct lr_lazyd *d, uint64_t t_ns, uint64_t addr);
 /* A fault's window ended at address `end` of task t: the drain goes on from there first. */
 void lr_drain_near(struct lr_lazyd *d, struct lr_task *t, uint64_t end);
 int lr_drain_wait_ms(const struct lr_lazyd *d);
+/* The same for a sink (source.h): ctx is the daemon. */
+int lr_drain_wait_cb(void *ctx);
 
 /* restore_conn.c */
 int lr_conn_on_listen(void *ctx, struct lr_fdrec *rec, struct lr_error *err);

@@ -19,7 +19,6 @@
 #include <unistd.h>
 
 #include "guard.h"
-#include "criu_ps.h"
 #include "lazyd.h"
 #include "lr_cleanup.h"
 
@@ -287,10 +286,8 @@ static void write_status_file(const char *path, const char *json, size_t len)
 static void emit(struct lr_lazyd *d, const char *event, bool with_hist, const char *message)
 {
 	char buf[16384];
-	if (d->remote) {
-		d->stats.zstd_frames = d->remote->zstd_frames;
-		d->stats.wire_bytes = d->remote->wire_bytes;
-	}
+	if (d->src.ops && d->src.ops->stats)
+		d->src.ops->stats(&d->src, &d->stats);
 	int len = lr_stats_json(&d->stats, event, lr_left_bytes(d), with_hist, buf, sizeof(buf) - 600);
 	if (len <= 0 || (size_t)len >= sizeof(buf) - 600)
 		return;
@@ -335,37 +332,38 @@ static int on_guard_gone(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
 			    "checkpoint is intact", (int)d->guard_pid);
 }
 
-/* Remote mode: the guardian first (it must not inherit the page server's sockets), then the fetch. */
-static int fetch_remote(struct lr_lazyd *d, struct lr_error *err)
+/*
+ * The page source, before the index (lr-pageserver: the guardian forked, then the checkpoint fetched into the
+ * images dir). Its sink: place.c places what arrives, drain.c paces a stream.
+ */
+static int open_source(struct lr_lazyd *d, struct lr_error *err)
 {
-	if (!d->cfg.source)
-		return 0;
-	d->remote = calloc(1, sizeof(*d->remote));
-	if (!d->remote)
-		return lr_error_set(err, ENOMEM, "remote source");
-	d->remote->urgent.rec.fd = d->remote->bulk.rec.fd = -1;
-	d->remote->timeout_ms = d->cfg.source_timeout_ms;
-	if (d->cfg.guard && lr_guard_fork(&d->guard_fd, err))
-		return -1;
-	return lr_remote_fetch(d, err);
+	struct lr_sink sink = lr_place_sink(d);
+	sink.drain_wait_ms = lr_drain_wait_cb;
+	return lr_src_choose(d, sink, err);
 }
 
 /*
- * The working set to place first. Local images: read from the pages files when placed. Remote: the server
- * sent it with the checkpoint's files when it has one; its blocks are fetched ahead now (remote_prefetch.c).
+ * The index checked against the source; the working set to place first planned (local images: read from the
+ * pages files when placed; lr-pageserver: the server sent it with the checkpoint's files when it has one, and
+ * its blocks are fetched ahead now, src_prefetch.c), and the pages files the source reads opened.
  */
-static int plan_prefetch(struct lr_lazyd *d, struct lr_error *err)
+static int prepare_source(struct lr_lazyd *d, const char *index_path, struct lr_error *err)
 {
+	const struct lr_src_ops *o = d->src.ops;
 	char path[4096];
 	bool missing_ok;
 	const char *ws = lr_prefetch_path(d->cfg.prefetch, d->cfg.images_dir, path, sizeof(path), &missing_ok);
 
-	if (d->cfg.criu_ps || d->cfg.fetch_only)
-		return 0;
-	if (ws && lr_prefetch_plan(&d->prefetch, ws, missing_ok, &d->index, d->cfg.fault_around, d->cfg.chunk,
-				   d->remote != NULL, err))
-		return -1;
-	return d->remote ? lr_prefetch_remote(d, err) : 0;
+	if (d->index.unverified && !o->unverified_ok)
+		return lr_error_set(err, 0, "%s has no checksums: it describes a --lazy-pages dump whose pages are in "
+				    "CRIU's page server; give --criu-page-server HOST:PORT", index_path);
+	if (d->index.live && !o->live_ok)
+		return lr_error_set(err, 0, "%s describes a live checkpoint: its lazy pages are read from the stopped source "
+				    "tree by lr-pageserver --live; restore it with --source HOST:PORT", index_path);
+	/* --criu-page-server takes any index: the pages CRIU's page server serves (a --lazy-pages dump's, or a
+	 * normal dump's through `criu page-server --lazy-pages`) are its LR_RANGE_LAZY records (see criu_ps.h) */
+	return o->prepare ? o->prepare(&d->src, d->cfg.fetch_only ? NULL : ws, missing_ok, err) : 0;
 }
 
 /* What the prefetch plan comes to, in the stats and the log; a working set not used is a warning. */
@@ -387,24 +385,14 @@ static int open_inputs(struct lr_lazyd *d, struct lr_error *err)
 {
 	char path[4096];
 	d->page_size = (uint32_t)sysconf(_SC_PAGESIZE);
-	if (fetch_remote(d, err))
+	if (open_source(d, err))
 		return -1;
 	if (snprintf(path, sizeof(path), "%s/%s", d->cfg.images_dir, LR_INDEX_NAME) >= (int)sizeof(path))
 		return lr_error_set(err, ENAMETOOLONG, "images dir %s", d->cfg.images_dir);
 	if (lr_index_open(&d->index, path, d->page_size, err))
 		return -1;
 	lr_profile_start(&d->profile, &d->index);
-	if (d->index.unverified && !d->cfg.criu_ps)
-		return lr_error_set(err, 0, "%s has no checksums: it describes a --lazy-pages dump whose pages are in "
-				    "CRIU's page server; give --criu-page-server HOST:PORT", path);
-	if (d->index.live && !d->remote)
-		return lr_error_set(err, 0, "%s describes a live checkpoint: its lazy pages are read from the stopped source "
-				    "tree by lr-pageserver --live; restore it with --source HOST:PORT", path);
-	/* --criu-page-server takes any index: the pages CRIU's page server serves (a --lazy-pages dump's, or a
-	 * normal dump's through `criu page-server --lazy-pages`) are its LR_RANGE_LAZY records (see criu_ps.h) */
-	if (plan_prefetch(d, err))
-		return -1;
-	if (!d->cfg.criu_ps && lr_pages_open(&d->pages, d->cfg.images_dir, d->cfg.map, err))
+	if (prepare_source(d, path, err))
 		return -1;
 	d->buf_size = (d->cfg.chunk > d->cfg.fault_around ? d->cfg.chunk : d->cfg.fault_around) +
 		      2 * (size_t)d->index.hdr->block_size;
@@ -490,14 +478,7 @@ static int start_listening(struct lr_lazyd *d, struct lr_error *err)
 	d->guard_pid = getppid(); /* lr_guard_fork made the guardian this daemon's parent */
 	if (d->cfg.guard && lr_loop_add(d->epfd, &d->guard_rec, err))
 		return -1;
-	if (d->remote && (lr_remote_start(d, err) || lr_prefetch_pump(d, err)))
-		return -1;
-	if (d->cfg.criu_ps && lr_cps_start(d, err))
-		return -1;
-	/* Open the pages files only now, in the daemon: the read leases must be ours, not the guardian's. */
-	if (!d->cfg.criu_ps && lr_pages_prepare(&d->pages, &d->index, err))
-		return -1;
-	if (d->cfg.map && d->cfg.ahead && !d->remote && !d->cps && lr_ahead_start(&d->ahead, &d->index, &d->pages, d->cfg.ahead, err))
+	if (d->src.ops->start && d->src.ops->start(&d->src, err))
 		return -1;
 	if (d->cfg.status_fd >= 0) {
 		if (write_all(d->cfg.status_fd, "", 1))
@@ -532,10 +513,11 @@ static int next_timeout(const struct lr_lazyd *d, bool drained)
 {
 	uint64_t since = (lr_now_ns() - d->stats.last_emit_ns) / 1000000ULL;
 	int tick = since >= d->cfg.stats_ms ? 0 : (int)(d->cfg.stats_ms - since);
-	int remote = lr_remote_wait_ms(d);
-	if (remote >= 0 && remote < tick)
-		tick = remote;
-	if (lr_remote_buffered(d))
+	bool ready = false;
+	int src = d->src.ops->wait_ms ? d->src.ops->wait_ms(&d->src, &ready) : -1;
+	if (src >= 0 && src < tick)
+		tick = src;
+	if (ready)
 		return 0;
 	if (has_deferred(d))
 		return 1;
@@ -560,7 +542,7 @@ static int run(struct lr_lazyd *d, struct lr_error *err)
 		if (all_placed(d)) /* checked before sleeping too: the drain step may have placed the last page */
 			return 0;
 		if (lr_loop_run_once(d->epfd, d, next_timeout(d, drained), err) < 0 || lr_serve_deferred(d, err) ||
-		    (d->remote && (lr_remote_pump(d, err) || lr_remote_tick(d, err) || lr_prefetch_pump(d, err))))
+		    (d->src.ops->tick && d->src.ops->tick(&d->src, err)))
 			return -1;
 		if (all_placed(d))
 			return 0;
@@ -631,15 +613,9 @@ static void finish(struct lr_lazyd *d)
 	struct lr_wset add = {0};
 	if (d->cfg.store_wset && lr_prefetch_carry(&d->prefetch, d->stats.prefetch_bytes > 0, &d->profile.w, &add, &err))
 		lr_log(d, 0, "warning: the working set will not be stored: %s", err.msg);
-	if (d->remote && lr_remote_done(d, d->cfg.store_wset ? &add : NULL, &err))
-		lr_log(d, 0, "warning: every page is placed, but the page server was not told (%s): it keeps the "
-		       "checkpoint as undelivered", err.msg);
-	else if (d->remote)
-		lr_log(d, 1, "the page server acknowledged DONE: the checkpoint is delivered");
-	if (d->cps && lr_cps_done(d, &err))
-		lr_log(d, 0, "warning: every page is placed, but closing CRIU's page server failed: %s", err.msg);
+	int kept = d->src.ops->done ? d->src.ops->done(&d->src, d->cfg.store_wset ? &add : NULL) : 0;
 	write_profile(d);
-	if (!d->remote && d->cfg.store_wset)
+	if (!kept && d->cfg.store_wset)
 		store_profile(d, &add);
 	lr_wset_fini(&add);
 }
@@ -661,8 +637,8 @@ static void teardown(struct lr_lazyd *d)
 	lr_prefetch_fini(&d->prefetch);
 	free(d->buf);
 	lr_ahead_stop(&d->ahead); /* before the mappings it reads go away */
-	lr_remote_close(d);
-	lr_cps_close(d);
+	if (d->src.ops && d->src.ops->close)
+		d->src.ops->close(&d->src);
 	lr_pages_close(&d->pages);
 	lr_index_close(&d->index);
 	if (d->conn_rec.fd >= 0)
@@ -718,10 +694,11 @@ int main(int argc, char **argv)
 	int rc = open_log(&d, &err) || open_inputs(&d, &err);
 	if (!rc)
 		report_plan(&d);
-	if (rc || lr_remote_commit(&d, &err) || enter_work_dir(&d, &err) || start_listening(&d, &err) ||
-	    run(&d, &err)) {
+	if (rc || (d.src.ops->commit && d.src.ops->commit(&d.src, &err)) || enter_work_dir(&d, &err) ||
+	    start_listening(&d, &err) || run(&d, &err)) {
 		lr_log(&d, 0, "error: %s", err.msg);
-		lr_remote_abort_unrun(&d, err.msg);
+		if (d.src.ops && d.src.ops->abort_unrun)
+			d.src.ops->abort_unrun(&d.src, err.msg);
 		emit(&d, "error", false, err.msg);
 		teardown(&d);
 		return 1;

@@ -1,7 +1,8 @@
-/* place.c: putting verified page bytes into a task, shared by faults, the drain and the remote source. */
+/*
+ * place.c: putting verified page bytes into tasks. The sink every page source delivers into (source.h), and the
+ * placing of faults' windows, the drain's runs and the working set, with bytes the source has now.
+ */
 #include "lazyd.h"
-#include "criu_ps.h"
-#include "remote.h"
 #include "uffd.h"
 
 int lr_place_from(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, const char *data,
@@ -73,7 +74,8 @@ static int place_task(struct lr_lazyd *d, struct lr_task *t, uint32_t rec, uint6
 	return 0;
 }
 
-bool lr_wanted(const struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b)
+/* Some task still needs a page of record rec within checkpoint addresses [a, b). */
+static bool wanted(const struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b)
 {
 	for (size_t i = 0; i < d->ntasks; i++) {
 		const struct lr_task *t = d->tasks[i];
@@ -91,8 +93,9 @@ bool lr_wanted(const struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b)
 	return false;
 }
 
-int lr_place_all(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, const char *data, uint64_t *placed,
-		 struct lr_error *err)
+/* Bytes of record rec at checkpoint addresses [a, b) arrived from a page source: into every task that needs them. */
+static int place_all(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, const char *data, uint64_t *placed,
+		     struct lr_error *err)
 {
 	*placed = 0;
 	for (size_t i = 0; i < d->ntasks; i++)
@@ -103,14 +106,13 @@ int lr_place_all(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, const
 }
 
 /*
- * Place the pending pages of span si within its pages [lo, hi). Local images:
- * the bytes are read and verified once, then each run of pending pages is
- * copied. Remote source: they are asked for and LR_UFFD_WAIT returned; they
- * are placed when they arrive. Returns an lr_uffd_rc (LR_UFFD_OK when nothing
- * in the window is pending any more) or -1.
+ * Place the pending pages of span si within its pages [lo, hi). A source with the bytes here (local images) has
+ * them read and verified once, then each run of pending pages is copied. One that fetches them asks for them, and
+ * LR_SRC_WAIT is returned: they are placed when they arrive (the sink). Returns an lr_uffd_rc (LR_UFFD_OK when
+ * nothing in the window is pending any more), LR_SRC_WAIT, or -1.
  */
-int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, uint64_t *placed,
-	     struct lr_error *err)
+int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint64_t hi, enum lr_get why,
+	     uint64_t *placed, struct lr_error *err)
 {
 	const struct lr_span sp = t->spans.v[si];
 	const uint64_t ps = d->page_size;
@@ -121,13 +123,65 @@ int lr_place(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64_t lo, uint
 	if (!lr_spans_run_in(&t->spans, si, lo, hi, &run))
 		return LR_UFFD_OK;
 	uint64_t a = sp.src + run.page * ps, b = sp.src + hi * ps;
-	if ((d->remote && !lr_prefetch_is_local(&d->prefetch, &d->index, sp.rec, a, b)) || d->cps) {
-		if (d->remote ? lr_remote_want(d, sp.rec, a, b, true, err) : lr_cps_want(d, sp.rec, a, b, true, err))
-			return -1;
-		return LR_UFFD_WAIT;
-	}
-	if (lr_pages_get(&d->pages, &d->index, &d->index.recs[sp.rec], a, b - a,
-			 d->buf, d->buf_size, &data, err))
+	int rc = d->src.ops->get(&d->src, sp.rec, a, b, why, &data, err);
+	if (rc < 0)
 		return -1;
+	if (rc != LR_SRC_NOW)
+		return LR_SRC_WAIT;
 	return lr_place_from(d, t, si, run.page, hi, data, placed, err);
+}
+
+/* Place one window of the working set into every task that still needs it, when the source has its bytes here. */
+static int place_window(struct lr_lazyd *d, const struct lr_window *w, struct lr_error *err)
+{
+	const char *data;
+	uint64_t placed = 0;
+
+	if (!wanted(d, w->record, w->a, w->b))
+		return 0;
+	int rc = d->src.ops->get(&d->src, w->record, w->a, w->b, LR_GET_HERE, &data, err);
+	if (rc < 0)
+		return -1;
+	if (rc != LR_SRC_NOW)
+		return 0;
+	if (place_all(d, w->record, w->a, w->b, data, &placed, err))
+		return -1;
+	d->stats.prefetch_bytes += placed;
+	return 0;
+}
+
+int lr_prefetch_place(struct lr_lazyd *d, struct lr_error *err)
+{
+	uint64_t t0 = lr_now_ns(), before = d->stats.prefetch_bytes;
+	if (!d->prefetch.n)
+		return 0;
+	for (size_t i = 0; i < d->prefetch.n; i++)
+		if (place_window(d, &d->prefetch.v[i], err))
+			return -1;
+	if (d->stats.prefetch_bytes > before)
+		lr_log(d, 1, "prefetch: placed %llu bytes of the working set in %.1f ms%s",
+		       (unsigned long long)(d->stats.prefetch_bytes - before), (double)(lr_now_ns() - t0) / 1e6,
+		       d->finished ? " after restore finished" : " before the tree runs");
+	return 0;
+}
+
+static int sink_deliver(void *ctx, uint32_t rec, uint64_t a, uint64_t b, const char *data, uint64_t *placed,
+			struct lr_error *err)
+{
+	return place_all(ctx, rec, a, b, data, placed, err);
+}
+
+static bool sink_wanted(void *ctx, uint32_t rec, uint64_t a, uint64_t b)
+{
+	return wanted(ctx, rec, a, b);
+}
+
+static int sink_place_here(void *ctx, struct lr_error *err)
+{
+	return lr_prefetch_place(ctx, err);
+}
+
+struct lr_sink lr_place_sink(struct lr_lazyd *d)
+{
+	return (struct lr_sink){.ctx = d, .deliver = sink_deliver, .wanted = sink_wanted, .place_here = sink_place_here};
 }

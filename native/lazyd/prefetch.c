@@ -1,11 +1,10 @@
-/* prefetch.c: the working set as windows, and placing them (see prefetch.h). */
+/* prefetch.c: the working set as windows, a plan (see prefetch.h); placing them is place.c's, through the source. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
-#include "lazyd.h"
 #include "lr_wset.h"
 #include "prefetch.h"
 
@@ -130,7 +129,7 @@ bool lr_prefetch_is_local(const struct lr_prefetch *p, const struct lr_index *id
 	if (!p->local || b <= a)
 		return false;
 	for (uint64_t k = (a - base) / bs; k <= (b - 1 - base) / bs; k++)
-		if (p->local[x->first_checksum + k] != 1) /* BLOCK_LOCAL (remote_prefetch.c); not while asked for */
+		if (p->local[x->first_checksum + k] != 1) /* BLOCK_LOCAL (src_prefetch.c); not while asked for */
 			return false;
 	return true;
 }
@@ -180,36 +179,4 @@ void lr_prefetch_fini(struct lr_prefetch *p)
 	p->v = NULL;
 	p->local = NULL;
 	p->n = 0;
-}
-
-/* Place one window from the local pages files into every task that still needs it. */
-static int place_window(struct lr_lazyd *d, const struct lr_window *w, struct lr_error *err)
-{
-	const char *data;
-	uint64_t placed = 0;
-
-	if (!lr_wanted(d, w->record, w->a, w->b) ||
-	    (d->remote && !lr_prefetch_is_local(&d->prefetch, &d->index, w->record, w->a, w->b)))
-		return 0;
-	if (lr_pages_get(&d->pages, &d->index, &d->index.recs[w->record], w->a, w->b - w->a, d->buf, d->buf_size,
-			 &data, err) ||
-	    lr_place_all(d, w->record, w->a, w->b, data, &placed, err))
-		return -1;
-	d->stats.prefetch_bytes += placed;
-	return 0;
-}
-
-int lr_prefetch_place(struct lr_lazyd *d, struct lr_error *err)
-{
-	uint64_t t0 = lr_now_ns(), before = d->stats.prefetch_bytes;
-	if (!d->prefetch.n || d->cps)
-		return 0;
-	for (size_t i = 0; i < d->prefetch.n; i++)
-		if (place_window(d, &d->prefetch.v[i], err))
-			return -1;
-	if (d->stats.prefetch_bytes > before)
-		lr_log(d, 1, "prefetch: placed %llu bytes of the working set in %.1f ms%s",
-		       (unsigned long long)(d->stats.prefetch_bytes - before), (double)(lr_now_ns() - t0) / 1e6,
-		       d->finished ? " after restore finished" : " before the tree runs");
-	return 0;
 }

@@ -1,5 +1,5 @@
 /*
- * prefetch.h: placing a checkpoint's working set (lr_wset.h) before the tree asks for it.
+ * prefetch.h: planning to place a checkpoint's working set (lr_wset.h) before the tree asks for it.
  *
  * The working set's pages become windows (the --fault-around window of each, clipped to its record,
  * neighbours in time and address joined), in the order they were first faulted on. For local images the
@@ -42,7 +42,7 @@ struct lr_prefetch {
 	size_t got;                /* replies (or failures) of them so far */
 	struct lr_window *byaddr;  /* remote mode: the windows by record and address (finding a frame's windows) */
 	struct lr_held {           /* remote mode: a block arrived after restore finished, placed beyond its windows */
-		uint32_t record;   /* once the whole working set is in (lr_prefetch_settle) */
+		uint32_t record;   /* once the whole working set is in (src_prefetch.c: settle) */
 		uint64_t a, len;
 		char *bytes;
 	} *held;
@@ -77,9 +77,5 @@ void lr_prefetch_fini(struct lr_prefetch *p);
  */
 int lr_prefetch_carry(const struct lr_prefetch *p, bool placed, const struct lr_wset *faults, struct lr_wset *out,
 		      struct lr_error *err);
-
-struct lr_lazyd;
-/* Place every window some task still needs (local bytes only). */
-int lr_prefetch_place(struct lr_lazyd *d, struct lr_error *err);
 
 #endif /* LR_PREFETCH_H */

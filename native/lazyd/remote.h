@@ -38,6 +38,34 @@ struct lr_chan {               /* one connection's receive side: bytes [start, e
 /* Room for the largest frame plus what one recv may bring beyond it. */
 #define LR_CHAN_BUF ((size_t)LR_FRAME_MAX + sizeof(struct lr_frame) + (1u << 20))
 
+/* chan.c. Non-blocking: 1 with a whole frame in c->hdr / c->payload, 0 for more later, -1 when the connection is
+ * gone (or a header is malformed). */
+int lr_chan_next(struct lr_chan *c, struct lr_error *err);
+/* A whole frame waits in c's buffer. */
+bool lr_chan_has_frame(const struct lr_chan *c);
+/* The ERROR frame in c as err (returns -1). */
+int lr_chan_refused(const struct lr_chan *c, struct lr_error *err);
+/* That refusal was of a request that may have been damaged on the way (not the secret, version or session). */
+bool lr_chan_retryable(const struct lr_chan *c);
+
+/*
+ * What the prefetch layer over this source (src_prefetch.c) sees before the rest: called by src_lrps.c when set
+ * (ctx is the layer's), so the layer is not called by name.
+ */
+struct lr_remote_hooks {
+	void *ctx;
+	/* PAGES arrived, checked: 1 when the layer asked for them ahead and took them (placed what it places),
+	 * 0 when they go to the sink as usual, -1 on error. wire: the payload's size on the link. */
+	int (*arrived)(void *ctx, const struct lr_pages_hdr *h, uint64_t a, const char *data, uint32_t wire,
+		       struct lr_error *err);
+	/* A frame failed its checksum (its pages stay pending). */
+	int (*failed)(void *ctx, const struct lr_pages_hdr *h, struct lr_error *err);
+	/* The connection was lost: what was asked for is forgotten. */
+	void (*lost)(void *ctx);
+	/* The bulk stream waits (the working set first). */
+	bool (*busy)(void *ctx);
+};
+
 struct lr_remote {
 	struct lr_addr addr;
 	uint8_t secret[LR_SECRET_SIZE];
@@ -67,34 +95,18 @@ struct lr_remote {
 	uint64_t bulk_active_ns;   /* ... and how long it ran before that stretch */
 	uint64_t wire_bytes;       /* PAGES payload bytes as they crossed the link */
 	bool committed;            /* the server answered COMMIT: this restore's tree may run (commit.c) */
+	struct lr_remote_hooks hooks;
 };
+
+/* The source is lr_src_lrps_ops (source.h, src_lrps.c); these are its parts the other files use. */
 
 /* Connect, authenticate and fetch the checkpoint into cfg.images_dir (before the index is opened). */
 int lr_remote_fetch(struct lr_lazyd *d, struct lr_error *err);
-/* After the index is open: the in-flight table, both channels in the event loop. */
-int lr_remote_start(struct lr_lazyd *d, struct lr_error *err);
-/* Ask for the blocks of record rec covering checkpoint addresses [a, b) unless already asked for;
- * hint: a fault wants them (the bulk stream is told to move there). */
-int lr_remote_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool hint, struct lr_error *err);
 /* GET_PAGES for exactly q (its blocks marked in flight), unless the connection is down. */
 int lr_remote_ask(struct lr_lazyd *d, const struct lr_page_req *q, struct lr_error *err);
-/* After the bulk stream: ask for pages it could not place. 1 when something was asked for. */
-int lr_remote_drain_step(struct lr_lazyd *d, struct lr_error *err);
 /* "restore finished": start the bulk stream (from the first pending page). */
 int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err);
-/* Reconnect when due; fails once the source has been gone longer than the timeout. */
-int lr_remote_tick(struct lr_lazyd *d, struct lr_error *err);
-/* Whole frames wait in a channel's buffer (a wakeup stopped at LR_CHAN_BATCH): lr_remote_pump them. */
-bool lr_remote_buffered(const struct lr_lazyd *d);
-int lr_remote_pump(struct lr_lazyd *d, struct lr_error *err);
-/* Milliseconds until lr_remote_tick has something to do (-1: nothing). */
-int lr_remote_wait_ms(const struct lr_lazyd *d);
-/* Every page placed: send the server this restore's working set w (unless NULL or empty: it stores it
- * beside the checkpoint), tell it DONE and wait for its answer. */
-struct lr_wset;
-int lr_remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err);
-void lr_remote_close(struct lr_lazyd *d);
-/* Blocking: read the urgent channel until a frame of type `type` answering req_id arrives (other frames, such
+/* chan.c. Blocking: read the urgent channel until a frame of type `type` answering req_id arrives (other frames, such
  * as PAGES asked for earlier, are skipped), by until_ns. An ERROR is an error; *refused (unless NULL) tells a
  * refusal by the server's word from one of a request damaged on the way. */
 int lr_remote_await(struct lr_lazyd *d, uint16_t type, uint64_t req_id, uint64_t until_ns, bool *refused,

@@ -18,7 +18,7 @@ static int take_task(struct lr_lazyd *d, const struct lr_criu_task *ct, struct l
 			close(ct->uffd);
 			return lr_error_set(err, 0, "CRIU restore sent pid %d twice", ct->pid);
 		}
-	if (lr_task_add(d, ct->pid, ct->host_pid, ct->uffd, NULL, &t, err)) {
+	if (lr_task_add(d, ct->pid, ct->host_pid, ct->uffd, NULL, lr_serve_uffd, &t, err)) {
 		close(ct->uffd);
 		return -1;
 	}
@@ -48,11 +48,7 @@ static int on_conn_read(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
 			d->stats.finished_ns = lr_now_ns();
 			lr_log(d, 1, "restore finished: %zu task(s), %lu bytes to place", d->ntasks,
 			       (unsigned long)lr_left_bytes(d));
-			if (d->remote)
-				lr_prefetch_choose(d);
-			if (lr_prefetch_place(d, err) ||
-			    (d->remote && (lr_prefetch_busy(d) ? 0 : d->prefetch.nreq ? lr_prefetch_settle(d, err)
-										  : lr_remote_bulk_start(d, err))))
+			if (d->src.ops->finished && d->src.ops->finished(&d->src, err))
 				return -1;
 		}
 		if (rc == 3) { /* CRIU closed the connection after finishing: all is in */

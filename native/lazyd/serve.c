@@ -34,7 +34,7 @@ static int serve_window(struct lr_lazyd *d, struct lr_task *t, size_t si, uint64
 	uint64_t wa = src / fa * fa, wb = wa + fa;
 	uint64_t lo = wa > sp->src ? (wa - sp->src) / ps : 0;
 	uint64_t hi = (wb - sp->src) / ps < sp->npages ? (wb - sp->src) / ps : sp->npages;
-	int rc = lr_place(d, t, si, lo, hi, &placed, err);
+	int rc = lr_place(d, t, si, lo, hi, LR_GET_FAULT, &placed, err);
 	lr_drain_near(d, t, sp->addr + hi * ps);
 	d->stats.fault_bytes += placed;
 	return rc;
@@ -80,7 +80,7 @@ static int serve_fault(struct lr_lazyd *d, struct lr_task *t, uint64_t addr, uin
 		d->stats.retries++;
 		t->retry_at_ns = lr_now_ns() + LR_RETRY_DELAY_NS;
 		return lr_task_defer(t, addr, t0, err);
-	case LR_UFFD_WAIT: /* asked the page server: served when the bytes are placed */
+	case LR_SRC_WAIT: /* asked the page source: served when the bytes are placed */
 		return lr_task_defer(t, addr, t0, err);
 	case LR_UFFD_GONE:
 		lr_task_gone(d, t);
@@ -102,7 +102,7 @@ static int on_fork(struct lr_lazyd *d, struct lr_task *t, const struct uffd_msg 
 	int ufd = (int)m->arg.fork.ufd;
 
 	d->stats.forks++;
-	if (lr_task_add(d, 0, 0, ufd, &t->spans, &child, err)) {
+	if (lr_task_add(d, 0, 0, ufd, &t->spans, lr_serve_uffd, &child, err)) {
 		close(ufd);
 		return -1;
 	}

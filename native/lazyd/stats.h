@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "clock.h"
 #include "lr_error.h"
 
 #define LR_HIST_BUCKETS 320
@@ -44,7 +45,6 @@ struct lr_stats {
 	uint64_t last_emit_ns;
 };
 
-uint64_t lr_now_ns(void);
 void lr_stats_latency(struct lr_stats *s, uint64_t ns);
 /* Upper bound (ns) of the bucket holding quantile q (0..1) of the latencies; 0 when none. */
 uint64_t lr_stats_quantile(const struct lr_stats *s, double q);

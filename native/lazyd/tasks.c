@@ -1,7 +1,6 @@
 /* tasks.c: the restored tasks and their uffds. */
 #include <errno.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,21 +10,6 @@
 
 #include "guard.h"
 #include "lazyd.h"
-
-void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...)
-{
-	va_list ap;
-	char line[768];
-
-	if (level > d->cfg.verbose)
-		return;
-	int len = snprintf(line, sizeof(line), "lr-lazyd[%d] %.6f: ", getpid(),
-			   (double)(lr_now_ns() - d->stats.start_ns) / 1e9);
-	va_start(ap, fmt);
-	vsnprintf(line + len, sizeof(line) - (size_t)len, fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "%s\n", line);
-}
 
 void lr_tasks_kill(struct lr_lazyd *d)
 {
@@ -89,14 +73,14 @@ static int watch_exit(struct lr_lazyd *d, struct lr_task *t, struct lr_error *er
 }
 
 int lr_task_add(struct lr_lazyd *d, int32_t pid, pid_t host_pid, int uffd, const struct lr_spans *parent,
-		struct lr_task **out, struct lr_error *err)
+		lr_fd_cb on_uffd, struct lr_task **out, struct lr_error *err)
 {
 	struct lr_task *t = calloc(1, sizeof(*t));
 	if (!t || grow_tasks(d, err)) {
 		free(t);
 		return t ? -1 : lr_error_set(err, ENOMEM, "task of pid %d", pid);
 	}
-	t->rec = (struct lr_fdrec){.fd = uffd, .on_read = lr_serve_uffd};
+	t->rec = (struct lr_fdrec){.fd = uffd, .on_read = on_uffd};
 	t->pid = pid;
 	t->host_pid = host_pid;
 	t->novma_at_events = UINT64_MAX;

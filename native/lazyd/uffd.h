@@ -22,8 +22,7 @@ enum lr_uffd_rc {
 	LR_UFFD_EXISTS,   /* stopped at a page that exists: *done bytes placed before it */
 	LR_UFFD_RETRY,    /* stopped because the layout is changing: *done bytes placed */
 	LR_UFFD_NOVMA,    /* stopped at an address with no registered VMA */
-	LR_UFFD_GONE,     /* the task's memory is gone */
-	LR_UFFD_WAIT,     /* (lr_place, remote source) the bytes are on their way: serve the fault when they arrive */
+	LR_UFFD_GONE,     /* the task's memory is gone (the last: source.h's results follow) */
 };
 
 /* Copy len bytes from src to dst in the task; returns an lr_uffd_rc, or -1 with err. */

@@ -18,7 +18,7 @@
 #define PS 4096u
 #define BS 16384u
 
-/* remote_fetch.c logs through lr-lazyd's lr_log (tasks.c, not linked); the check never calls it. */
+/* remote_fetch.c logs through lr-lazyd's lr_log (log.c, not linked); the check never calls it. */
 void lr_log(const struct lr_lazyd *d, int level, const char *fmt, ...)
 {
 	(void)d;

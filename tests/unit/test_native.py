@@ -9,7 +9,10 @@
 * build/native/tests/test_live_frame: lr-lazyd's PAGES check (remote_fetch.c) for live records (the server's
   sums, computed as it read the stopped tree) and the others (the index's), and live records' flags;
 * build/native/tests/test_uffd_place: lazyd/uffd.c's lr_uffd_place on a userfaultfd of its own: all-zero pages
-  mapped as zero pages (no Rss), the others copied.
+  mapped as zero pages (no Rss), the others copied;
+* build/native/tests/test_src_local: a page source driven into a fake sink (lazyd/source.h): src_local.c over a
+  pages file of its own, with the block-grouping helper (blocks.c): exactly the file's bytes of the ranges asked
+  for arrive, a damaged pages file fails its checksum.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ WSET_BIN = TESTS_DIR / "test_wset"
 PROTO_BIN = TESTS_DIR / "test_proto"
 LIVE_FRAME_BIN = TESTS_DIR / "test_live_frame"
 UFFD_PLACE_BIN = TESTS_DIR / "test_uffd_place"
+SRC_LOCAL_BIN = TESTS_DIR / "test_src_local"
 needs_spans = pytest.mark.skipif(not SPANS_BIN.exists(), reason=f"{SPANS_BIN} is not built (run `make build` or `make native`)")
 needs_index = pytest.mark.skipif(not INDEX_BIN.exists(), reason=f"{INDEX_BIN} is not built (run `make build` or `make native`)")
 
@@ -103,6 +107,11 @@ def test_live_pages_are_checked_against_the_sums_sent_and_others_against_the_ind
 @built(UFFD_PLACE_BIN)
 def test_all_zero_pages_are_placed_as_zero_pages_allocating_nothing() -> None:
     run_counted(UFFD_PLACE_BIN)
+
+
+@built(SRC_LOCAL_BIN)
+def test_local_source_delivers_exactly_the_checked_bytes_into_a_fake_sink() -> None:
+    run_counted(SRC_LOCAL_BIN)
 
 
 # ---------------------------------------------------------------- building indexes

@@ -1,4 +1,4 @@
-/* criu_ps.c: CRIU's page server as lr-lazyd's page source, inside the event loop (see criu_ps.h). */
+/* src_criu.c: CRIU's page server as lr-lazyd's page source (source.h), inside the event loop (see criu_ps.h). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "blocks.h"
 #include "criu_ps.h"
 #include "lazyd.h"
 #include "lr_net.h"
@@ -77,28 +78,22 @@ static int push(struct lr_lazyd *d, struct cps_req q, struct lr_error *err)
 	return send_get(d, &q, err);
 }
 
-int lr_cps_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool urgent, struct lr_error *err)
+static int cps_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool urgent, struct lr_error *err)
 {
 	struct lr_cps *c = d->cps;
 	const struct lr_index_record *x = &d->index.recs[rec];
 	const uint64_t bs = d->index.hdr->block_size, base = x->start / bs * bs, end = lr_record_end(&d->index, x);
-	uint32_t k0 = (uint32_t)((a - base) / bs), k1 = (uint32_t)((b - 1 - base) / bs) + 1;
+	uint32_t k, k1, g0, g1;
 
-	for (uint32_t k = k0; k < k1;) {
-		if (c->inflight[x->first_checksum + k]) {
-			k++;
-			continue;
-		}
-		struct cps_req q = {rec, k, k, 0, 0, urgent};
-		while (q.k1 < k1 && q.k1 - q.k0 < CPS_REQ_MAX_BLOCKS && !c->inflight[x->first_checksum + q.k1])
-			c->inflight[x->first_checksum + q.k1++] = 1;
+	lr_blocks_of(&d->index, x, a, b, &k, &k1);
+	while (lr_blocks_next(c->inflight + x->first_checksum, &k, k1, CPS_REQ_MAX_BLOCKS, 1, &g0, &g1)) {
+		struct cps_req q = {rec, g0, g1, 0, 0, urgent};
 		uint64_t lo = base + (uint64_t)q.k0 * bs, hi = base + (uint64_t)q.k1 * bs;
 		q.vaddr = lo < x->start ? x->start : lo;
 		q.npages = ((hi > end ? end : hi) - q.vaddr) / d->page_size;
 		c->inflight_bytes += q.npages * d->page_size;
 		if (push(d, q, err))
 			return -1;
-		k = q.k1;
 	}
 	return 0;
 }
@@ -138,7 +133,7 @@ static int take_reply(struct lr_lazyd *d, const struct page_server_iov *pi, cons
 	c->len--;
 	if (!(x->flags & LR_RANGE_UNVERIFIED) && check_blocks(d, x, q.vaddr, q.vaddr + len, data, err))
 		return -1;
-	if (lr_place_all(d, q.rec, q.vaddr, q.vaddr + len, data, &placed, err))
+	if (d->src.sink.deliver(d->src.sink.ctx, q.rec, q.vaddr, q.vaddr + len, data, &placed, err))
 		return -1;
 	*(q.urgent ? &d->stats.fault_bytes : &d->stats.drain_bytes) += placed;
 	c->bytes += len;
@@ -228,7 +223,7 @@ static int on_read(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
 	return take_replies(d, err) < 0 ? -1 : 0;
 }
 
-int lr_cps_start(struct lr_lazyd *d, struct lr_error *err)
+static int cps_start(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_cps *c = calloc(1, sizeof(*c));
 	if (!c)
@@ -250,29 +245,7 @@ int lr_cps_start(struct lr_lazyd *d, struct lr_error *err)
 	return lr_loop_add(d->epfd, &c->rec, err);
 }
 
-int lr_cps_drain_step(struct lr_lazyd *d, struct lr_error *err)
-{
-	struct lr_cps *c = d->cps;
-	if (c->inflight_bytes >= CPS_WINDOW)
-		return 0;
-	for (size_t i = 0; i < d->ntasks; i++) {
-		struct lr_task *t = d->tasks[i];
-		struct lr_run run;
-		uint64_t bpp = d->index.hdr->block_size / d->page_size;
-		if (t->gone || !t->spans.left || t->retry_at_ns > lr_now_ns() ||
-		    !lr_spans_next_run(&t->spans, CPS_REQ_MAX_BLOCKS * bpp, bpp, &run))
-			continue;
-		const struct lr_span *sp = &t->spans.v[run.span];
-		uint64_t a = sp->src + run.page * d->page_size, before = c->requests;
-		if (lr_cps_want(d, sp->rec, a, a + run.npages * d->page_size, false, err))
-			return -1;
-		if (c->requests > before)
-			return 1;
-	}
-	return 0;
-}
-
-int lr_cps_done(struct lr_lazyd *d, struct lr_error *err)
+static int cps_done(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_cps *c = d->cps;
 	struct page_server_iov pi = psi(PS_IOV_CLOSE, 0, 0, 0);
@@ -298,7 +271,7 @@ int lr_cps_done(struct lr_lazyd *d, struct lr_error *err)
 	return status ? lr_error_set(err, 0, "CRIU's page server %s ended with status %d", c->addr.text, status) : 0;
 }
 
-void lr_cps_close(struct lr_lazyd *d)
+static void cps_close(struct lr_lazyd *d)
 {
 	struct lr_cps *c = d->cps;
 	if (!c)
@@ -311,3 +284,58 @@ void lr_cps_close(struct lr_lazyd *d)
 	free(c);
 	d->cps = NULL;
 }
+
+static int criu_start(struct lr_src *s, struct lr_error *err)
+{
+	return cps_start(s->d, err);
+}
+
+/* Asked for (unless in flight already); nothing is ever here before it arrives. */
+static int criu_get(struct lr_src *s, uint32_t rec, uint64_t a, uint64_t b, enum lr_get why, const char **data,
+		    struct lr_error *err)
+{
+	struct lr_cps *c = s->d->cps;
+	uint64_t before = c->requests;
+	(void)data;
+	if (why == LR_GET_HERE)
+		return LR_SRC_WAIT;
+	if (cps_want(s->d, rec, a, b, why == LR_GET_FAULT, err))
+		return -1;
+	return c->requests > before ? LR_SRC_ASKED : LR_SRC_WAIT;
+}
+
+static uint64_t criu_sweep_pages(const struct lr_src *s)
+{
+	return CPS_REQ_MAX_BLOCKS * (s->d->index.hdr->block_size / s->d->page_size);
+}
+
+/* The drain keeps less than a window asked for: a fault's GET waits behind at most that. */
+static bool criu_window_full(const struct lr_src *s)
+{
+	return s->d->cps->inflight_bytes >= CPS_WINDOW;
+}
+
+static int criu_done(struct lr_src *s, const struct lr_wset *w)
+{
+	struct lr_error err;
+	(void)w;
+	if (cps_done(s->d, &err))
+		lr_log(s->d, 0, "warning: every page is placed, but closing CRIU's page server failed: %s", err.msg);
+	return 0;
+}
+
+static void criu_close(struct lr_src *s)
+{
+	cps_close(s->d);
+}
+
+const struct lr_src_ops lr_src_criu_ops = {
+	.name = "criu-page-server",
+	.unverified_ok = true,
+	.start = criu_start,
+	.get = criu_get,
+	.sweep_pages = criu_sweep_pages,
+	.window_full = criu_window_full,
+	.done = criu_done,
+	.close = criu_close,
+};

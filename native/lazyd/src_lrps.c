@@ -1,4 +1,4 @@
-/* remote.c: the page server as lr-lazyd's page source, inside the event loop (see remote.h). */
+/* src_lrps.c: an lr-pageserver as lr-lazyd's page source (source.h), inside the event loop (see remote.h). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <inttypes.h>
@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "blocks.h"
+#include "guard.h"
 #include "lazyd.h"
 #include "lr_proto_io.h"
 #include "remote.h"
@@ -49,7 +51,7 @@ static int send_frame(struct lr_lazyd *d, int fd, uint16_t type, const void *p, 
 	return lr_send_frame(fd, type, flags, ++r->next_req, p, len, lr_net_now_ns() + stall_ms(r) * 1000000ULL, err);
 }
 
-/* The connection is gone: forget what was asked for, reconnect from lr_remote_tick. */
+/* The connection is gone: forget what was asked for, reconnect from remote_tick. */
 static void lost(struct lr_lazyd *d, const char *why)
 {
 	struct lr_remote *r = d->remote;
@@ -68,7 +70,8 @@ static void lost(struct lr_lazyd *d, const char *why)
 		}
 	r->connected = r->bulk_started = r->bulk_ended = r->bulk_paused = false;
 	memset(r->inflight, 0, d->index.hdr->checksum_count);
-	lr_prefetch_lost(&d->prefetch, d->index.hdr->checksum_count);
+	if (r->hooks.lost)
+		r->hooks.lost(r->hooks.ctx);
 	r->inflight_bytes = 0;
 	r->lost_at_ns = lr_now_ns();
 	r->retry_at_ns = r->lost_at_ns;
@@ -77,49 +80,7 @@ static void lost(struct lr_lazyd *d, const char *why)
 	       (unsigned long long)(r->timeout_ms / 1000));
 }
 
-/* Non-blocking: 1 with a whole frame in c->hdr / c->payload, 0 for more later, -1 when the connection is gone. */
-static int chan_next(struct lr_chan *c, struct lr_error *err)
-{
-	const size_t hsz = sizeof(c->hdr);
-	for (;;) {
-		size_t have = c->end - c->start;
-		if (have >= hsz) {
-			memcpy(&c->hdr, c->buf + c->start, hsz);
-			if (lr_frame_check(&c->hdr, LR_FRAME_MAX, err))
-				return -1;
-			if (have >= hsz + c->hdr.length) {
-				c->payload = c->buf + c->start + hsz;
-				c->start += hsz + c->hdr.length;
-				return 1;
-			}
-		}
-		if (c->start && LR_CHAN_BUF - c->end < LR_FRAME_MAX + hsz) { /* make room for a whole frame */
-			memmove(c->buf, c->buf + c->start, have);
-			c->start = 0;
-			c->end = have;
-		}
-		ssize_t n = recv(c->rec.fd, c->buf + c->end, LR_CHAN_BUF - c->end, MSG_DONTWAIT);
-		if (n == 0)
-			return lr_error_set(err, 0, "the page server closed the connection");
-		if (n < 0)
-			return errno == EAGAIN || errno == EINTR ? 0 : lr_error_set(err, errno, "receive from the page server");
-		c->end += (size_t)n;
-		c->rx_ns = lr_now_ns();
-	}
-}
-
-static bool chan_has_frame(const struct lr_chan *c);
 static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_error *err);
-
-static int peer_error(const struct lr_chan *c, struct lr_error *err)
-{
-	struct lr_error_frame e = {0, 0};
-	if (c->hdr.length >= sizeof(e))
-		memcpy(&e, c->payload, sizeof(e));
-	int n = c->hdr.length > sizeof(e) ? (int)(c->hdr.length - sizeof(e)) : 0;
-	return lr_error_set(err, 0, "the page server refused: %s error: %.*s", lr_error_code_name(e.code), n,
-			    c->payload + sizeof(e));
-}
 
 /*
  * A frame that cannot be right arrived from a server that proved it holds the secret: bytes damaged on the
@@ -136,16 +97,6 @@ static int damaged(struct lr_lazyd *d, struct lr_error *err)
 	snprintf(why, sizeof(why), "damaged frame: %s", err->msg);
 	lost(d, why);
 	return 0;
-}
-
-/* The server refused a request that may have been damaged on the way (not the secret, version or session). */
-static bool retryable_refusal(const struct lr_chan *c)
-{
-	struct lr_error_frame e = {0, 0};
-	if (c->hdr.length >= sizeof(e))
-		memcpy(&e, c->payload, sizeof(e));
-	return e.code == LR_ERR_PROTOCOL || e.code == LR_ERR_TOO_BIG || e.code == LR_ERR_RANGE ||
-	       e.code == LR_ERR_DAMAGED;
 }
 
 static void clear_inflight(struct lr_remote *r, const struct lr_index *idx, const struct lr_pages_hdr *h)
@@ -219,14 +170,16 @@ static int on_pages(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 			return -1;
 		lr_log(d, 0, "%s; asking for it again", err->msg);
 		clear_inflight(r, &d->index, &h);
-		if (lr_prefetch_failed(d, &h, err))
+		if (r->hooks.failed && r->hooks.failed(r->hooks.ctx, &h, err))
 			return -1;
 		return 0; /* the pages stay pending: the fault retries / the sweep asks again */
 	}
 	clear_inflight(r, &d->index, &h);
 	*(bulk ? &r->bulk_bytes : &r->urgent_bytes) += h.data_len;
-	int ahead = lr_prefetch_arrived(d, &h, a, data, c->hdr.length, err); /* places what it asked for itself */
-	if (ahead < 0 || (!ahead && lr_place_all(d, (uint32_t)h.record, a, a + h.data_len, data, &placed, err)))
+	/* the prefetch layer places what it asked for itself */
+	int ahead = r->hooks.arrived ? r->hooks.arrived(r->hooks.ctx, &h, a, data, c->hdr.length, err) : 0;
+	if (ahead < 0 ||
+	    (!ahead && d->src.sink.deliver(d->src.sink.ctx, (uint32_t)h.record, a, a + h.data_len, data, &placed, err)))
 		return -1;
 	*(bulk ? &d->stats.drain_bytes : &d->stats.fault_bytes) += placed;
 	return 0;
@@ -244,7 +197,7 @@ static int on_frame(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 		       r->bulk_bytes, r->urgent_bytes);
 		return bulk ? 0 : lr_error_set(err, 0, "the page server sent BULK_END on the urgent channel");
 	case LR_ERROR:
-		return peer_error(c, err) && retryable_refusal(c) ? damaged(d, err) : -1;
+		return lr_chan_refused(c, err) && lr_chan_retryable(c) ? damaged(d, err) : -1;
 	default:
 		lr_error_set(err, 0, "unexpected %s frame from the page server on the %s channel",
 			     lr_frame_name(c->hdr.type), bulk ? "bulk" : "urgent");
@@ -252,7 +205,7 @@ static int on_frame(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_
 	}
 }
 
-/* Stop reading the bulk channel until the drain rate allows more (lr_remote_drain_step resumes it). */
+/* Stop reading the bulk channel until the drain rate allows more (the drain's turn resumes it: lrps_resume). */
 static int pause_bulk(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
@@ -273,7 +226,7 @@ static int resume_bulk(struct lr_lazyd *d, struct lr_error *err)
 	r->bulk_paused = false;
 	if (lr_loop_add(d->epfd, &r->bulk.rec, err))
 		return -1;
-	return chan_has_frame(&r->bulk) ? on_chan(d, &r->bulk, true, err) : 0;
+	return lr_chan_has_frame(&r->bulk) ? on_chan(d, &r->bulk, true, err) : 0;
 }
 
 /* The frames that have arrived, up to LR_CHAN_BATCH bytes of them: then back to the loop (faults first). */
@@ -281,9 +234,9 @@ static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_e
 {
 	uint64_t taken = 0;
 	while (taken < LR_CHAN_BATCH && d->remote->connected) {
-		if (bulk && lr_drain_wait_ms(d))
+		if (bulk && d->src.sink.drain_wait_ms(d->src.sink.ctx))
 			return pause_bulk(d, err); /* --drain-rate: TCP holds the server back meanwhile */
-		int rc = chan_next(c, err);
+		int rc = lr_chan_next(c, err);
 		struct lr_error why;
 		if (rc < 0 && c->end - c->start >= sizeof(c->hdr) && lr_frame_check(&c->hdr, LR_FRAME_MAX, &why))
 			return damaged(d, err); /* a malformed header: the handshake proved the peer, so damage */
@@ -302,29 +255,20 @@ static int on_chan(struct lr_lazyd *d, struct lr_chan *c, bool bulk, struct lr_e
 	return 0;
 }
 
-static bool chan_has_frame(const struct lr_chan *c)
-{
-	struct lr_frame h;
-	if (c->rec.fd < 0 || c->end - c->start < sizeof(h))
-		return false;
-	memcpy(&h, c->buf + c->start, sizeof(h));
-	return c->end - c->start >= sizeof(h) + (size_t)h.length;
-}
-
-bool lr_remote_buffered(const struct lr_lazyd *d)
+static bool buffered(const struct lr_lazyd *d)
 {
 	const struct lr_remote *r = d->remote;
-	return r && r->connected && (chan_has_frame(&r->urgent) || (!r->bulk_paused && chan_has_frame(&r->bulk)));
+	return r && r->connected && (lr_chan_has_frame(&r->urgent) || (!r->bulk_paused && lr_chan_has_frame(&r->bulk)));
 }
 
-int lr_remote_pump(struct lr_lazyd *d, struct lr_error *err)
+static int pump(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
-	if (!lr_remote_buffered(d))
+	if (!buffered(d))
 		return 0;
-	if (chan_has_frame(&r->urgent) && on_chan(d, &r->urgent, false, err))
+	if (lr_chan_has_frame(&r->urgent) && on_chan(d, &r->urgent, false, err))
 		return -1;
-	return r->connected && !r->bulk_paused && chan_has_frame(&r->bulk) ? on_chan(d, &r->bulk, true, err) : 0;
+	return r->connected && !r->bulk_paused && lr_chan_has_frame(&r->bulk) ? on_chan(d, &r->bulk, true, err) : 0;
 }
 
 static int on_urgent(void *ctx, struct lr_fdrec *rec, struct lr_error *err)
@@ -354,7 +298,7 @@ static int add_channels(struct lr_lazyd *d, struct lr_error *err)
 }
 
 /* The bulk channel's handshake right after the fetch met a damaged frame: the urgent channel goes too, and
- * lr_remote_tick connects both again, as after a lost connection. */
+ * remote_tick connects both again, as after a lost connection. */
 static void lost_at_start(struct lr_lazyd *d, const char *why)
 {
 	struct lr_remote *r = d->remote;
@@ -367,7 +311,7 @@ static void lost_at_start(struct lr_lazyd *d, const char *why)
 	       (unsigned long long)(r->timeout_ms / 1000));
 }
 
-int lr_remote_start(struct lr_lazyd *d, struct lr_error *err)
+static int remote_start(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	r->inflight = calloc(d->index.hdr->checksum_count ? d->index.hdr->checksum_count : 1, 1);
@@ -402,27 +346,19 @@ int lr_remote_ask(struct lr_lazyd *d, const struct lr_page_req *q, struct lr_err
 	return 0;
 }
 
-int lr_remote_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool hint, struct lr_error *err)
+static int remote_want(struct lr_lazyd *d, uint32_t rec, uint64_t a, uint64_t b, bool hint, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	const struct lr_index_record *x = &d->index.recs[rec];
-	uint64_t bs = d->index.hdr->block_size, base = x->start / bs * bs;
-	uint32_t k0 = (uint32_t)((a - base) / bs), k1 = (uint32_t)((b - 1 - base) / bs) + 1;
-	uint32_t per = LR_PAGES_MAX_DATA / (uint32_t)bs;
+	uint64_t bs = d->index.hdr->block_size;
+	uint32_t per = LR_PAGES_MAX_DATA / (uint32_t)bs, k0, k1, k, g0, g1;
 
 	if (!r->connected)
 		return 0; /* asked for again once reconnected */
-	for (uint32_t k = k0; k < k1;) {
-		if (r->inflight[x->first_checksum + k]) {
-			k++;
-			continue;
-		}
-		struct lr_page_req q = {rec, k, 0};
+	lr_blocks_of(&d->index, x, a, b, &k0, &k1);
+	for (k = k0; lr_blocks_next(r->inflight + x->first_checksum, &k, k1, per, 1, &g0, &g1);) {
+		struct lr_page_req q = {rec, g0, g1 - g0};
 		expect(r);
-		while (k < k1 && q.nblocks < per && !r->inflight[x->first_checksum + k]) {
-			r->inflight[x->first_checksum + k++] = 1;
-			q.nblocks++;
-		}
 		r->inflight_bytes += (uint64_t)q.nblocks * bs;
 		r->requests++;
 		if (send_frame(d, r->urgent.rec.fd, LR_GET_PAGES, &q, sizeof(q), err)) {
@@ -459,8 +395,8 @@ static struct lr_page_req first_pending(const struct lr_lazyd *d)
 int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
-	if (!r->connected || r->bulk_started || !d->cfg.drain || lr_prefetch_busy(d))
-		return 0; /* the working set first: lr_prefetch_arrived starts the stream once it is in */
+	if (!r->connected || r->bulk_started || !d->cfg.drain || (r->hooks.busy && r->hooks.busy(r->hooks.ctx)))
+		return 0; /* the working set first: the prefetch layer starts the stream once it is in */
 	struct lr_page_req q = first_pending(d);
 	if (!d->drain_epoch_ns)
 		d->drain_epoch_ns = lr_now_ns();
@@ -473,32 +409,7 @@ int lr_remote_bulk_start(struct lr_lazyd *d, struct lr_error *err)
 	return 0;
 }
 
-int lr_remote_drain_step(struct lr_lazyd *d, struct lr_error *err)
-{
-	struct lr_remote *r = d->remote;
-	if (r->connected && r->bulk_paused)
-		return resume_bulk(d, err) ? -1 : 1; /* called only once the drain rate allows more */
-	if (!r->connected || !r->bulk_ended || r->inflight_bytes >= LR_SWEEP_INFLIGHT)
-		return 0;
-	for (size_t i = 0; i < d->ntasks; i++) {
-		struct lr_task *t = d->tasks[i];
-		struct lr_run run;
-		if (t->gone || !t->spans.left || t->retry_at_ns > lr_now_ns() ||
-		    !lr_spans_next_run(&t->spans, LR_PAGES_MAX_DATA / d->page_size, d->index.hdr->block_size / d->page_size,
-				       &run))
-			continue;
-		const struct lr_span *sp = &t->spans.v[run.span];
-		uint64_t a = sp->src + run.page * d->page_size;
-		uint64_t before = r->inflight_bytes;
-		if (lr_remote_want(d, sp->rec, a, a + run.npages * d->page_size, false, err))
-			return -1;
-		if (r->inflight_bytes > before)
-			return 1;
-	}
-	return 0;
-}
-
-int lr_remote_wait_ms(const struct lr_lazyd *d)
+static int remote_wait_ms(const struct lr_lazyd *d)
 {
 	const struct lr_remote *r = d->remote;
 	if (!r || r->connected)
@@ -563,7 +474,7 @@ static void check_stall(struct lr_lazyd *d, uint64_t now)
 	lost(d, why);
 }
 
-int lr_remote_tick(struct lr_lazyd *d, struct lr_error *err)
+static int remote_tick(struct lr_lazyd *d, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	uint64_t now = lr_now_ns();
@@ -615,35 +526,7 @@ static int send_wset(struct lr_lazyd *d, const struct lr_wset *w, struct lr_erro
 	return rc;
 }
 
-int lr_remote_await(struct lr_lazyd *d, uint16_t type, uint64_t req_id, uint64_t until_ns, bool *refused,
-		    struct lr_error *err)
-{
-	struct lr_remote *r = d->remote;
-	struct lr_chan *c = &r->urgent;
-
-	while (lr_now_ns() < until_ns) { /* replies to earlier requests may still come first */
-		struct pollfd p = {c->rec.fd, POLLIN, 0};
-		if (poll(&p, 1, 100) < 0 && errno != EINTR)
-			return lr_error_set(err, errno, "poll");
-		int rc = chan_next(c, err);
-		if (rc < 0)
-			return -1;
-		if (rc == 0 || (c->hdr.type != type && c->hdr.type != LR_ERROR))
-			continue;
-		if (lr_frame_sum_check(&c->hdr, c->payload, err))
-			return -1;
-		if (c->hdr.type == LR_ERROR) {
-			if (refused)
-				*refused = !retryable_refusal(c);
-			return peer_error(c, err);
-		}
-		if (c->hdr.req_id == req_id)
-			return 0;
-	}
-	return lr_error_set(err, ETIMEDOUT, "no %s from the page server", lr_frame_name(type));
-}
-
-int lr_remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err)
+static int remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error *err)
 {
 	struct lr_remote *r = d->remote;
 	uint64_t until = lr_now_ns() + LR_IO_TIMEOUT_MS * 1000000ULL;
@@ -655,7 +538,7 @@ int lr_remote_done(struct lr_lazyd *d, const struct lr_wset *w, struct lr_error 
 	return lr_remote_await(d, LR_DONE, r->next_req, until, NULL, err);
 }
 
-void lr_remote_close(struct lr_lazyd *d)
+static void remote_close(struct lr_lazyd *d)
 {
 	struct lr_remote *r = d->remote;
 	if (!r)
@@ -673,3 +556,140 @@ void lr_remote_close(struct lr_lazyd *d)
 	free(r);
 	d->remote = NULL;
 }
+
+/* The guardian first (it must not inherit the page server's sockets), then the checkpoint's files. */
+static int lrps_open(struct lr_src *s, struct lr_error *err)
+{
+	struct lr_lazyd *d = s->d;
+	d->remote = calloc(1, sizeof(*d->remote));
+	if (!d->remote)
+		return lr_error_set(err, ENOMEM, "remote source");
+	d->remote->urgent.rec.fd = d->remote->bulk.rec.fd = -1;
+	d->remote->timeout_ms = d->cfg.source_timeout_ms;
+	if (d->cfg.guard && lr_guard_fork(&d->guard_fd, err))
+		return -1;
+	return lr_remote_fetch(d, err);
+}
+
+static int lrps_prepare(struct lr_src *s, const char *wset, bool missing_ok, struct lr_error *err)
+{
+	(void)wset;
+	(void)missing_ok;
+	(void)err;
+	if (!strcmp(s->d->cfg.compress, "on"))
+		s->d->remote->want |= LR_F_COMPRESS;
+	return 0;
+}
+
+static int lrps_commit(struct lr_src *s, struct lr_error *err)
+{
+	return lr_remote_commit(s->d, err);
+}
+
+static void lrps_abort_unrun(struct lr_src *s, const char *why)
+{
+	lr_remote_abort_unrun(s->d, why);
+}
+
+static int lrps_start(struct lr_src *s, struct lr_error *err)
+{
+	return remote_start(s->d, err);
+}
+
+/* Asked for on the urgent channel (unless in flight already); nothing is ever here before it arrives. */
+static int lrps_get(struct lr_src *s, uint32_t rec, uint64_t a, uint64_t b, enum lr_get why, const char **data,
+		    struct lr_error *err)
+{
+	struct lr_remote *r = s->d->remote;
+	uint64_t before = r->inflight_bytes;
+	(void)data;
+	if (why == LR_GET_HERE)
+		return LR_SRC_WAIT;
+	if (remote_want(s->d, rec, a, b, why == LR_GET_FAULT, err))
+		return -1;
+	return r->inflight_bytes > before ? LR_SRC_ASKED : LR_SRC_WAIT;
+}
+
+static uint64_t lrps_sweep_pages(const struct lr_src *s)
+{
+	return LR_PAGES_MAX_DATA / s->d->page_size;
+}
+
+/* Called only once the drain rate allows more. */
+static int lrps_resume(struct lr_src *s, struct lr_error *err)
+{
+	struct lr_remote *r = s->d->remote;
+	if (!r->connected || !r->bulk_paused)
+		return 0;
+	return resume_bulk(s->d, err) ? -1 : 1;
+}
+
+/* The drain asks for what the bulk stream could not place, once it ended, less than LR_SWEEP_INFLIGHT at once. */
+static bool lrps_window_full(const struct lr_src *s)
+{
+	const struct lr_remote *r = s->d->remote;
+	return !r->connected || !r->bulk_ended || r->inflight_bytes >= LR_SWEEP_INFLIGHT;
+}
+
+static int lrps_finished(struct lr_src *s, struct lr_error *err)
+{
+	return lr_remote_bulk_start(s->d, err);
+}
+
+static int lrps_tick(struct lr_src *s, struct lr_error *err)
+{
+	return pump(s->d, err) || remote_tick(s->d, err) ? -1 : 0;
+}
+
+static int lrps_wait_ms(const struct lr_src *s, bool *ready)
+{
+	*ready = buffered(s->d);
+	return remote_wait_ms(s->d);
+}
+
+/* The server keeps this restore's working set beside the checkpoint. */
+static int lrps_done(struct lr_src *s, const struct lr_wset *w)
+{
+	struct lr_error err;
+	if (remote_done(s->d, w, &err))
+		lr_log(s->d, 0, "warning: every page is placed, but the page server was not told (%s): it keeps the "
+		       "checkpoint as undelivered", err.msg);
+	else
+		lr_log(s->d, 1, "the page server acknowledged DONE: the checkpoint is delivered");
+	return 1;
+}
+
+static void lrps_stats(const struct lr_src *s, struct lr_stats *st)
+{
+	const struct lr_remote *r = s->d->remote;
+	if (!r)
+		return;
+	st->zstd_frames = r->zstd_frames;
+	st->wire_bytes = r->wire_bytes;
+}
+
+static void lrps_close(struct lr_src *s)
+{
+	remote_close(s->d);
+}
+
+const struct lr_src_ops lr_src_lrps_ops = {
+	.name = "lr-pageserver",
+	.live_ok = true,
+	.yield_to_faults = true,
+	.open = lrps_open,
+	.prepare = lrps_prepare,
+	.commit = lrps_commit,
+	.abort_unrun = lrps_abort_unrun,
+	.start = lrps_start,
+	.get = lrps_get,
+	.sweep_pages = lrps_sweep_pages,
+	.resume = lrps_resume,
+	.window_full = lrps_window_full,
+	.finished = lrps_finished,
+	.tick = lrps_tick,
+	.wait_ms = lrps_wait_ms,
+	.done = lrps_done,
+	.stats = lrps_stats,
+	.close = lrps_close,
+};
