@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from .scripts import load
@@ -39,3 +41,14 @@ def test_the_bench_package_is_checked_and_has_no_circle() -> None:
     assert {"__main__", "local", "remote", "cells", "summaries", "render"} <= set(graph)
     assert "cells" in graph["local_report"] and "summaries" in graph["render"]
     assert cycles.circles(graph) == []
+
+
+def test_the_tree_has_no_circle() -> None:
+    """Issue 19's shape, kept: no import circle in lazyrestore/ or bench/, no call circle in native/lazyd or
+    native/pageserver (what `make cycles` prints; each C file compiled on its own, ~3 s)."""
+    res = subprocess.run([sys.executable, str(cycles.REPO / "scripts" / "cycles.py")], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 4 and all(line.endswith("no circle") for line in lines), res.stdout
+    assert any(line.startswith("native/lazyd/ (calls)") for line in lines), res.stdout
