@@ -9,6 +9,7 @@ Layout, one job per module:
 - served: what coldstart and compress share (one checkpoint served by `lazyrestore serve`, restored many times,
   and the process around it); coldstart + coldstart_report, compress + compress_report: their sections.
 - soak: the soak (RELIABILITY.md's soak section, rendered by scripts/reliability.py).
+- memory: the check every restore ends with (checksums, BAD lines in the log).
 - cells: Markdown table cells (fmt, times, ratio, table_row ...); markers: BENCHMARKS.md's marked sections.
 - procs (process plumbing: subreaper, kill, wait), netprocs (network namespaces, JSON-line commands), options
   (argparse types), machine (the machine, commit and command line a run records).

@@ -29,6 +29,7 @@ from . import local_report
 from .markers import keep_remote
 from .local_methods import METHODS, BaselineTimedOut, MethodFailed, Target, lazyrestore_cmd
 from .machine import command_line, machine
+from .memory import REPORT_TIMEOUT_S, check_restored
 from .options import csv_ints, positive
 from .summaries import raw_path, summary_path, write_raw, write_summary
 from .procs import DRAIN_TIMEOUT_S, TIMEOUT_S, become_subreaper, kill_and_wait, kill_descendants, run_json
@@ -42,7 +43,6 @@ REPO = Path(__file__).resolve().parent.parent
 KINDS = {"idle": 0, "scanning": 2}  # kind -> scanner threads
 DEFAULT_SIZES = (256, 1024, 4096)
 SHM = Path("/dev/shm")
-REPORT_TIMEOUT_S = 300.0
 
 
 @dataclass
@@ -118,19 +118,6 @@ def prepare(size: int, kind: str, scratch: Path) -> tuple[Checkpointed, dict[str
 
 # --- one restore -----------------------------------------------------------
 
-def verify(cp: Checkpointed, pid: int) -> tuple[str, dict[str, str]]:
-    """"ok", or what differed: checksums of the restored tree against the original, BAD lines in the log."""
-    after = sample.Workload(pid, cp.log, cp.roles).request_report(timeout=REPORT_TIMEOUT_S)
-    got = {role: rep.checksum for role, rep in after.items()}
-    wrong = [f"{role} {cp.checksums[role]} -> {got.get(role)}" for role in cp.roles if got.get(role) != cp.checksums[role]]
-    with open(cp.log, "rb") as f:
-        f.seek(cp.log_size)
-        bad = [ln for ln in f.read().decode(errors="replace").splitlines() if "BAD" in ln]
-    problems = ([f"checksum mismatch: {', '.join(wrong)}"] if wrong else []) + \
-               ([f"{len(bad)} BAD line(s), first: {bad[0]}"] if bad else [])
-    return ("; ".join(problems) or "ok"), got
-
-
 def measure(cp: Checkpointed, method: str, repeat: int, order: int, drain_timeout: float) -> dict[str, Any]:
     """Restore cp once with method, verify, kill; a record for build/bench/local.jsonl (error set on failure)."""
     os.truncate(cp.log, cp.log_size)
@@ -144,7 +131,7 @@ def measure(cp: Checkpointed, method: str, repeat: int, order: int, drain_timeou
                    drain_gbps=drain_gbps(cp, m.resume_s, m.resident_s, method), lat_p50_us=m.lat_p50_us,
                    lat_p99_us=m.lat_p99_us, lat_max_us=m.lat_max_us, daemon_cpu_s=m.daemon_cpu_s,
                    faults=m.faults, extra=m.extra)
-        rec["checksum"], rec["checksums_after"] = verify(cp, m.pid)
+        rec["checksum"], rec["checksums_after"] = check_restored(m.pid, cp.log, cp.log_size, cp.roles, cp.checksums)
     except BaselineTimedOut as exc:
         pid = exc.pid
         rec.update(timed_out=True, resume_s=exc.resume_s, resident_min_s=exc.limit_s, daemon_cpu_min_s=exc.cpu_s,

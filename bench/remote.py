@@ -36,15 +36,16 @@ from .markers import write_section
 from .local_methods import MethodFailed
 from .local_report import run_failed
 from .machine import command_line, machine
+from .memory import check_restored
 from .options import csv_choice, csv_ints, positive
 from .summaries import raw_path, read_summary, summary_path, write_raw, write_summary
 from .procs import become_subreaper, kill_and_wait, kill_descendants
-from .remote_methods import LABELS, METHODS, WORKLOADS, RemoteTimedOut, Source, methods_at, start_source
+from .remote_methods import LABELS, METHODS, WORKLOADS, RemoteTimedOut, methods_at, start_source
 from .netprocs import CRIU_PIPE_MAX, HOSTS, LOOPBACK, NETWORKS, PIPE_MAX_SIZE, Network, hosts_up, loopback, shielded
 
 from pyroute2 import netns
 
-from lazyrestore import criu, sample, testhosts
+from lazyrestore import criu, testhosts
 from lazyrestore.errors import LazyRestoreError
 from lazyrestore.restore import SETTLE_S
 
@@ -55,7 +56,6 @@ DEFAULT_SIZES = (256, 1024, 4096, 8192)
 DEFAULT_HOSTS_SIZES = (1024,)
 DISK_MAX_MIB = 4096  # 24 GiB: an 8 GiB source and its destination fit, a tmpfs copy of it beside them does not
 DRAIN_TIMEOUT_S = 120
-REPORT_TIMEOUT_S = 300.0
 ERRORS = (LazyRestoreError, subprocess.SubprocessError, TimeoutError, OSError, KeyError, ValueError, TypeError)
 
 
@@ -141,19 +141,6 @@ def plan(args: argparse.Namespace) -> list[Step]:
 
 # --- one migration ----------------------------------------------------------------
 
-def check_memory(src: Source, pid: int) -> tuple[str, dict[str, str]]:
-    """"ok", or what differed: the restored tree's checksums against the source's, BAD lines in the log."""
-    after = sample.Workload(pid, src.log, src.roles).request_report(timeout=REPORT_TIMEOUT_S)
-    got = {role: rep.checksum for role, rep in after.items()}
-    wrong = [f"{r} {src.checksums[r]} -> {got.get(r)}" for r in src.roles if got.get(r) != src.checksums[r]]
-    with open(src.log, "rb") as f:
-        f.seek(src.log_size)
-        bad = [ln for ln in f.read().decode(errors="replace").splitlines() if "BAD" in ln]
-    problems = ([f"checksum mismatch: {', '.join(wrong)}"] if wrong else []) + \
-               ([f"{len(bad)} BAD line(s), first: {bad[0]}"] if bad else [])
-    return ("; ".join(problems) or "ok"), got
-
-
 def migrate_once(rec: dict[str, Any], step: Step, net: Network, scratch: Path, drain_timeout: float) -> int | None:
     """Fill rec with one migration's figures and outcome; the restored root's pid (None if there is none)."""
     try:
@@ -175,7 +162,7 @@ def migrate_once(rec: dict[str, Any], step: Step, net: Network, scratch: Path, d
     pid = figures.pop("pid")
     rec.update(figures)
     try:
-        rec["checksum"], rec["checksums_after"] = check_memory(src, pid)
+        rec["checksum"], rec["checksums_after"] = check_restored(pid, src.log, src.log_size, src.roles, src.checksums)
     except ERRORS as exc:
         rec["error"] = f"memory check: {type(exc).__name__}: {exc}"
     return pid

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .local_methods import CRIU_DAEMON_LOG, CRIU_DAEMON_VERBOSITY, CRIU_RESTORE_LOG, MethodFailed, lazyrestore_cmd
+from .memory import REPORT_TIMEOUT_S
 from .procs import TIMEOUT_S, is_alive, kill_and_wait, wait_exit_rusage, wait_gone
 from .netprocs import JsonProc, Network, finish, pipe_max_size, wait_event
 
@@ -42,7 +43,6 @@ from lazyrestore.secret import SECRET_NAME
 SCANNERS = 2  # the "scanning" workload of local.py: faults happen during the drain
 WORKLOADS = {"idle": 0, "scanning": SCANNERS}  # workload -> scanner threads
 DISK_METHODS = ("lr-remote", "eager-copy")  # keep a full copy of the memory on tmpfs beside source and destination
-REPORT_TIMEOUT_S = 300.0
 SOURCE_EXIT_TIMEOUT_S = 60.0
 CRIU_DUMP_LOG = "dump.log"
 CRIU_VERBOSITY = f"-v{criu.log_level()}"  # dump and restore at lazyrestore's own CRIU level
